@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# System packages the test suite needs: libvirt (daemon, QEMU driver, headers for the
+# Python binding), QEMU for the real guest, busybox for its initramfs, InfluxDB 1.x and
+# promtool as real consumers of the output.
+set -euo pipefail
+PKGS="libvirt-dev pkg-config gcc libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+qemu-system-x86 busybox-static cpio influxdb influxdb-client prometheus"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -z "$missing" ]; then echo "system packages: all present"; exit 0; fi
+if [ "$(id -u)" != 0 ]; then
+  echo "E! not root: install these Debian packages first, then run make test again:" >&2
+  echo "   apt-get install -y --no-install-recommends$missing" >&2
+  exit 1
+fi
+echo "installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing
