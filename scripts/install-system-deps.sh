@@ -3,8 +3,15 @@
 # Python binding), QEMU for the real guest, busybox for its initramfs, InfluxDB 1.x and
 # promtool as real consumers of the output.
 set -euo pipefail
-PKGS="libvirt-dev pkg-config gcc libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+# Usage: install-system-deps.sh [run|test]   (run: only what `make run` needs)
+RUN_PKGS="libvirt-dev pkg-config gcc"
+TEST_PKGS="$RUN_PKGS libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 qemu-system-x86 busybox-static cpio influxdb influxdb-client prometheus"
+case "${1:-test}" in
+  run) PKGS=$RUN_PKGS ;;
+  test) PKGS=$TEST_PKGS ;;
+  *) echo "usage: $0 [run|test]" >&2; exit 2 ;;
+esac
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -1,0 +1,53 @@
+"""balloon_host: per-hypervisor-host sums of the judged VM lines of one source poll."""
+
+from __future__ import annotations
+
+from .model import Fields, HostInfo, Sample, Tags
+
+
+def host_lines(samples: list[Sample], hosts: list[HostInfo]) -> list[tuple[Tags, Fields]]:
+    """One (tags, fields) per host the source described; sums come from its VMs' lines.
+
+    Run after the health stage, so stuck/stale flags are those on the VM lines.
+    A source that describes no host (the guest source) gets no host line.
+    """
+    if not hosts:
+        return []
+    by_host: dict[str, list[Fields]] = {}
+    for sample in samples:
+        by_host.setdefault(sample.tags.get("host", ""), []).append(sample.fields)
+    out: list[tuple[Tags, Fields]] = []
+    for info in hosts:
+        vms = by_host.get(info.tags.get("host", ""), [])
+        promised = ballooned = targets = with_target = 0
+        counts = {"vms_ballooned": 0, "vms_stuck": 0, "vms_stale": 0, "vms_blocked": 0}
+        for fields in vms:
+            promised += int(fields.get("memory_max_bytes", 0))
+            actual = int(fields.get("balloon_actual_bytes", 0))
+            ballooned += actual
+            target = fields.get("balloon_target_bytes")
+            if target is not None:
+                targets += int(target)
+                with_target += 1
+            if actual:
+                counts["vms_ballooned"] += 1
+            if fields.get("stuck") is True:
+                counts["vms_stuck"] += 1
+            if fields.get("stale") is True:
+                counts["vms_stale"] += 1
+            if fields.get("inflation_blocked") is True:
+                counts["vms_blocked"] += 1
+        result: Fields = {"vms_total": len(vms), **counts}
+        result["memory_max_bytes"] = promised
+        result["balloon_actual_bytes"] = ballooned
+        if vms and with_target == len(vms):
+            result["balloon_target_bytes"] = targets
+        if info.memory_bytes is not None:
+            result["host_memory_bytes"] = info.memory_bytes
+            if info.memory_bytes > 0:
+                result["overcommit_ratio"] = promised / info.memory_bytes
+                result["reclaimed_ratio"] = ballooned / info.memory_bytes
+        if info.free_bytes is not None:
+            result["host_free_bytes"] = info.free_bytes
+        out.append((dict(info.tags), result))
+    return out

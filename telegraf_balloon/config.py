@@ -1,0 +1,545 @@
+"""TOML config -> frozen, validated objects. Every error names the file and the key path."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
+
+from . import catalog
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on old Pythons only
+    import tomli as tomllib
+
+DEFAULT_PATH = "/etc/telegraf/telegraf-balloon.toml"
+
+
+class ConfigError(Exception):
+    """A config problem: which file, which key, what is wrong."""
+
+    def __init__(self, path: str, key: str, message: str) -> None:
+        self.path = path
+        self.key = key
+        self.message = message
+        where = f"{path}: {key}: " if key else f"{path}: "
+        super().__init__(where + message)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    hostname: str = ""
+    timeout: float = 5.0
+    internal: bool = True
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    root: str = "/"
+
+
+@dataclass(frozen=True)
+class LibvirtConfig:
+    uri: str = "qemu:///system"
+    domains: tuple[str, ...] = ()
+    read_only: bool = True
+    set_stats_period: int = 0
+    keepalive_interval: int = 5
+    keepalive_count: int = 3
+    refresh_interval: float = 300.0
+
+
+@dataclass(frozen=True)
+class VsphereConfig:
+    url: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+    password_file: str = ""
+    ca_file: str = ""
+    insecure_skip_verify: bool = False
+    vm_include: tuple[str, ...] = ("*",)
+    page_size: int = 500
+    target_counters: bool = True
+
+
+@dataclass(frozen=True)
+class LogsConfig:
+    files: tuple[str, ...] = ()
+    patterns: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    stuck_gap_ratio: float = 0.05
+    stuck_for: float = 300.0
+    stale_after: Optional[float] = None  # None: max(60 s, 3 x the stats period)
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    field: str
+    measurement: str
+    warn: Optional[float]
+    crit: Optional[float]
+    for_seconds: float = 0.0
+    below: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    agent: AgentConfig = AgentConfig()
+    guest: tuple[GuestConfig, ...] = ()
+    libvirt: tuple[LibvirtConfig, ...] = ()
+    vsphere: tuple[VsphereConfig, ...] = ()
+    logs: tuple[LogsConfig, ...] = ()
+    health: HealthConfig = HealthConfig()
+    thresholds: tuple[ThresholdRule, ...] = ()
+
+    def source_count(self) -> int:
+        return len(self.guest) + len(self.libvirt) + len(self.vsphere) + len(self.logs)
+
+    def summary(self) -> str:
+        kinds = [
+            f"{len(items)} {name}"
+            for name, items in (
+                ("guest", self.guest),
+                ("libvirt", self.libvirt),
+                ("vsphere", self.vsphere),
+                ("logs", self.logs),
+            )
+            if items
+        ]
+        return (
+            f"{self.path}: ok: sources: {', '.join(kinds)}; "
+            f"{len(self.thresholds)} threshold rule(s); timeout {self.agent.timeout:g}s"
+        )
+
+
+def default_config() -> Config:
+    """What runs without a config file: the guest source on '/'."""
+    return Config(path="(built-in default)", guest=(GuestConfig(),))
+
+
+# --- values -------------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def parse_duration(value: object) -> float:
+    """'5s', '1m30s', '250ms' or a number of seconds -> seconds. ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration such as "5s", got a boolean')
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ValueError("empty duration")
+        pos = 0
+        seconds = 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or pos == 0:
+            raise ValueError(f'bad duration {value!r} (use e.g. "500ms", "5s", "10m", "1h")')
+    else:
+        raise ValueError(f'expected a duration such as "5s", got {type(value).__name__}')
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"duration must not be negative: {value!r}")
+    return seconds
+
+
+def expand_env(text: str, environ: Mapping[str, str]) -> str:
+    """Expand ${VAR} and ${VAR:-default}; KeyError(VAR) for an unset VAR without default."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = environ.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise KeyError(name)
+            return default
+        return value
+
+    return _ENV_REF.sub(replace, text)
+
+
+# --- the walker -------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Reads one table's keys with types checked, then refuses whatever was not read."""
+
+    def __init__(self, path: str, keypath: str, table: object, environ: Mapping[str, str]):
+        self.path = path
+        self.keypath = keypath
+        self.environ = environ
+        if not isinstance(table, dict):
+            raise ConfigError(path, keypath, f"expected a table, got {_type_name(table)}")
+        self.table: dict[str, Any] = table
+        self.seen: set[str] = set()
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.path, f"{self.keypath}.{key}" if self.keypath else key, message)
+
+    def _raw(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.table.get(key)
+
+    def string(self, key: str, default: str) -> str:
+        value = self._raw(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {_type_name(value)}")
+        try:
+            return expand_env(value, self.environ)
+        except KeyError as unset:
+            raise self.error(
+                key, f"environment variable {unset.args[0]} is not set and has no default"
+            ) from None
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._raw(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_type_name(value)}")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+        value = self._raw(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected an integer, got {_type_name(value)}")
+        if value < minimum:
+            raise self.error(key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, key: str, default: Optional[float]) -> Optional[float]:
+        value = self._raw(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(key, f"expected a number, got {_type_name(value)}")
+        return float(value)
+
+    def ratio(self, key: str, default: float) -> float:
+        value = self.number(key, default)
+        assert value is not None
+        if not 0.0 <= value <= 1.0:
+            raise self.error(key, f"must be a ratio between 0 and 1, got {value:g}")
+        return value
+
+    def duration(self, key: str, default: Optional[float]) -> Optional[float]:
+        value = self._raw(key)
+        if value is None:
+            return default
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._raw(key)
+        if value is None:
+            return default
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, f"expected a list of strings, got {_type_name(value)}")
+        try:
+            return tuple(expand_env(v, self.environ) for v in value)
+        except KeyError as unset:
+            raise self.error(
+                key, f"environment variable {unset.args[0]} is not set and has no default"
+            ) from None
+
+    def table_of(self, key: str) -> Optional[_Reader]:
+        value = self._raw(key)
+        if value is None:
+            return None
+        return _Reader(
+            self.path, f"{self.keypath}.{key}" if self.keypath else key, value, self.environ
+        )
+
+    def finish(self) -> None:
+        for key in self.table:
+            if key not in self.seen:
+                raise self.error(key, "unknown key")
+
+
+def _type_name(value: object) -> str:
+    names = {
+        dict: "a table",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+def _list_of_tables(reader: _Reader, key: str) -> list[_Reader]:
+    value = reader._raw(key)
+    if value is None:
+        return []
+    keypath = f"{reader.keypath}.{key}" if reader.keypath else key
+    if not isinstance(value, list):
+        raise ConfigError(
+            reader.path, keypath, f"expected [[{keypath}]] tables, got {_type_name(value)}"
+        )
+    return [
+        _Reader(reader.path, f"{keypath}[{i}]", item, reader.environ)
+        for i, item in enumerate(value)
+    ]
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+
+def _agent(r: Optional[_Reader]) -> AgentConfig:
+    if r is None:
+        return AgentConfig()
+    timeout = r.duration("timeout", 5.0)
+    assert timeout is not None
+    if timeout <= 0:
+        raise r.error("timeout", "must be greater than zero")
+    out = AgentConfig(
+        hostname=r.string("hostname", ""),
+        timeout=timeout,
+        internal=r.boolean("internal", True),
+    )
+    r.finish()
+    return out
+
+
+def _guest(r: _Reader) -> GuestConfig:
+    root = r.string("root", "/")
+    if not root:
+        raise r.error("root", 'must not be empty (use "/" for this machine)')
+    r.finish()
+    return GuestConfig(root=root)
+
+
+def _libvirt(r: _Reader) -> LibvirtConfig:
+    uri = r.string("uri", "qemu:///system")
+    if not uri or "://" not in uri:
+        raise r.error("uri", f'not a libvirt URI: {uri!r} (e.g. "qemu:///system")')
+    read_only = r.boolean("read_only", True)
+    period = r.integer("set_stats_period", 0)
+    if period > 0 and read_only:
+        raise r.error("set_stats_period", "needs read_only = false (arming the period writes)")
+    refresh = r.duration("refresh_interval", 300.0)
+    assert refresh is not None
+    out = LibvirtConfig(
+        uri=uri,
+        domains=r.strings("domains", ()),
+        read_only=read_only,
+        set_stats_period=period,
+        keepalive_interval=r.integer("keepalive_interval", 5),
+        keepalive_count=r.integer("keepalive_count", 3),
+        refresh_interval=refresh,
+    )
+    r.finish()
+    return out
+
+
+def _vsphere(r: _Reader) -> VsphereConfig:
+    url = r.string("url", "")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise r.error("url", 'not an http(s) URL (e.g. "https://vcenter.example.com/sdk")')
+    password = r.string("password", "")
+    password_file = r.string("password_file", "")
+    if password and password_file:
+        raise r.error("password_file", "set password or password_file, not both")
+    if password_file:
+        try:
+            with open(password_file, encoding="utf-8") as handle:
+                password = handle.read().strip()
+        except OSError as exc:
+            raise r.error("password_file", f"cannot read {password_file}: {exc.strerror}") from None
+    ca_file = r.string("ca_file", "")
+    if ca_file and not os.access(ca_file, os.R_OK):
+        raise r.error("ca_file", f"cannot read {ca_file}")
+    out = VsphereConfig(
+        url=url,
+        username=r.string("username", ""),
+        password=password,
+        password_file=password_file,
+        ca_file=ca_file,
+        insecure_skip_verify=r.boolean("insecure_skip_verify", False),
+        vm_include=r.strings("vm_include", ("*",)),
+        page_size=r.integer("page_size", 500, minimum=1),
+        target_counters=r.boolean("target_counters", True),
+    )
+    r.finish()
+    return out
+
+
+def _logs(r: _Reader) -> LogsConfig:
+    files = r.strings("files", ())
+    if not files:
+        raise r.error("files", "list at least one file or glob")
+    patterns: list[tuple[str, str]] = []
+    table = r.table_of("patterns")
+    if table is not None:
+        for name in table.table:
+            regex = table.string(name, "")
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise table.error(name, f"bad regular expression: {exc}") from None
+            if not regex:
+                raise table.error(name, "empty regular expression")
+            patterns.append((name, regex))
+        table.finish()
+    r.finish()
+    return LogsConfig(files=files, patterns=tuple(patterns))
+
+
+def _health(r: Optional[_Reader]) -> HealthConfig:
+    if r is None:
+        return HealthConfig()
+    stuck_for = r.duration("stuck_for", 300.0)
+    assert stuck_for is not None
+    out = HealthConfig(
+        stuck_gap_ratio=r.ratio("stuck_gap_ratio", 0.05),
+        stuck_for=stuck_for,
+        stale_after=r.duration("stale_after", None),
+    )
+    r.finish()
+    return out
+
+
+def _threshold(r: _Reader) -> ThresholdRule:
+    name = r.string("field", "")
+    if not name:
+        raise r.error("field", "required: the field this rule watches")
+    measurement = r.string("measurement", "")
+    if measurement:
+        if measurement not in (catalog.BALLOON, catalog.HOST):
+            raise r.error("measurement", 'must be "balloon" or "balloon_host"')
+        if not catalog.thresholdable(measurement, name):
+            raise r.error("field", f"{measurement} has no numeric or boolean field {name!r}")
+    elif catalog.thresholdable(catalog.BALLOON, name):
+        measurement = catalog.BALLOON
+    elif catalog.thresholdable(catalog.HOST, name):
+        measurement = catalog.HOST
+    else:
+        raise r.error("field", f"no numeric or boolean field {name!r} in balloon or balloon_host")
+    warn = r.number("warn", None)
+    crit = r.number("crit", None)
+    if warn is None and crit is None:
+        raise r.error("warn", "set warn, crit or both")
+    below = r.boolean("below", False)
+    if warn is not None and crit is not None and (warn < crit if below else warn > crit):
+        side = "above" if below else "beyond"
+        raise r.error("warn", f"warn ({warn:g}) is {side} crit ({crit:g})")
+    for_seconds = r.duration("for", 0.0)
+    assert for_seconds is not None
+    out = ThresholdRule(name, measurement, warn, crit, for_seconds, below)
+    r.finish()
+    return out
+
+
+_SOURCES: dict[str, Callable[[_Reader], Any]] = {
+    "guest": _guest,
+    "libvirt": _libvirt,
+    "vsphere": _vsphere,
+    "logs": _logs,
+}
+
+_IDENTITY: dict[str, Callable[[Any], str]] = {
+    "guest": lambda c: os.path.normpath(c.root),
+    "libvirt": lambda c: c.uri,
+    "vsphere": lambda c: c.url,
+    "logs": lambda c: "\0".join(sorted(c.files)),
+}
+
+
+def load_text(text: str, path: str, environ: Optional[Mapping[str, str]] = None) -> Config:
+    """Parse and validate config text; ConfigError on the first problem."""
+    env = os.environ if environ is None else environ
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"TOML syntax: {exc}") from None
+    top = _Reader(path, "", data, env)
+    agent = _agent(top.table_of("agent"))
+    found: dict[str, list[Any]] = {kind: [] for kind in _SOURCES}
+    sources = top.table_of("sources")
+    if sources is not None:
+        for kind in sources.table:
+            if kind not in _SOURCES:
+                raise sources.error(
+                    kind, f"unknown source kind (known: {', '.join(sorted(_SOURCES))})"
+                )
+            items = _list_of_tables(sources, kind)
+            if not items:
+                raise sources.error(kind, "empty list of sources")
+            seen: dict[str, str] = {}
+            for reader in items:
+                parsed = _SOURCES[kind](reader)
+                identity = _IDENTITY[kind](parsed)
+                if identity in seen:
+                    raise ConfigError(
+                        path, reader.keypath, f"duplicate of {seen[identity]} (same {kind} target)"
+                    )
+                seen[identity] = reader.keypath
+                found[kind].append(parsed)
+    health = _health(top.table_of("health"))
+    thresholds = tuple(_threshold(r) for r in _list_of_tables(top, "thresholds"))
+    top.finish()
+    config = Config(
+        path=path,
+        agent=agent,
+        guest=tuple(found["guest"]),
+        libvirt=tuple(found["libvirt"]),
+        vsphere=tuple(found["vsphere"]),
+        logs=tuple(found["logs"]),
+        health=health,
+        thresholds=thresholds,
+    )
+    if config.source_count() == 0:
+        raise ConfigError(path, "sources", "no source configured (add e.g. [[sources.guest]])")
+    return config
+
+
+def load(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:
+    """Read and validate a config file."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read config: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8: {exc}") from None
+    return load_text(text, path, environ)
+
+
+def hostname(config: Config) -> str:
+    """The guest-side host tag: [agent] hostname, else the machine's name."""
+    return config.agent.hostname or socket.gethostname()

@@ -1,0 +1,179 @@
+"""The judgement: ratios, rates, stuck, stale and threshold levels, with state across polls.
+
+Fed plain samples from any source; knows nothing of where they came from. State is kept
+per source instance and VM key and is dropped for a VM as soon as a poll of its source
+no longer reports it, so memory stays bounded by the VMs that exist.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from . import catalog
+from .config import HealthConfig, ThresholdRule
+from .model import Fields
+
+_WARN, _CRIT = 1, 2
+
+
+class _Rule:
+    """A [[thresholds]] rule compiled for the hot loop."""
+
+    __slots__ = ("below", "crit", "field", "for_seconds", "level_key", "warn")
+
+    def __init__(self, rule: ThresholdRule) -> None:
+        self.field = rule.field
+        self.level_key = rule.field + catalog.LEVEL_SUFFIX
+        self.for_seconds = rule.for_seconds
+        self.below = rule.below
+        # Compare on negated values when low is bad, so one comparison serves both.
+        sign = -1.0 if rule.below else 1.0
+        self.warn = None if rule.warn is None else sign * rule.warn
+        self.crit = None if rule.crit is None else sign * rule.crit
+
+
+class _State:
+    """What one VM (or host) needs remembered from earlier polls."""
+
+    __slots__ = ("crit_since", "last_time", "stuck_since", "swap_in", "swap_out", "warn_since")
+
+    def __init__(self, rules: int) -> None:
+        self.last_time: Optional[float] = None
+        self.swap_in: Optional[int] = None
+        self.swap_out: Optional[int] = None
+        self.stuck_since: Optional[float] = None
+        self.warn_since: list[Optional[float]] = [None] * rules
+        self.crit_since: list[Optional[float]] = [None] * rules
+
+
+def _levels(rules: list[_Rule], fields: Fields, state: _State, now: float) -> int:
+    """Add `<field>_level` for every rule whose field is on the line; return the highest."""
+    highest = 0
+    warn_since, crit_since = state.warn_since, state.crit_since
+    for i, rule in enumerate(rules):
+        value = fields.get(rule.field)
+        if value is None or type(value) is str:
+            warn_since[i] = crit_since[i] = None
+            continue
+        number = -float(value) if rule.below else float(value)
+        raw = (
+            _CRIT
+            if rule.crit is not None and number >= rule.crit
+            else _WARN
+            if rule.warn is not None and number >= rule.warn
+            else 0
+        )
+        # A level rises only once its condition has held `for`; it falls at once.
+        level = 0
+        if raw >= _WARN:
+            since = warn_since[i]
+            if since is None:
+                since = warn_since[i] = now
+            if now - since >= rule.for_seconds:
+                level = _WARN
+        else:
+            warn_since[i] = None
+        if raw == _CRIT:
+            since = crit_since[i]
+            if since is None:
+                since = crit_since[i] = now
+            if now - since >= rule.for_seconds:
+                level = _CRIT
+        else:
+            crit_since[i] = None
+        fields[rule.level_key] = level
+        if level > highest:
+            highest = level
+    return highest
+
+
+class Health:
+    """One stage between the sources and the serializer; call once per source poll."""
+
+    def __init__(self, config: HealthConfig, thresholds: tuple[ThresholdRule, ...] = ()) -> None:
+        self.config = config
+        self.vm_rules = [_Rule(r) for r in thresholds if r.measurement == catalog.BALLOON]
+        self.host_rules = [_Rule(r) for r in thresholds if r.measurement == catalog.HOST]
+        self._vms: dict[str, dict[str, _State]] = {}
+        self._hosts: dict[str, dict[str, _State]] = {}
+
+    def tracked(self) -> int:
+        """VMs and hosts with state (for tests and benchmarks)."""
+        return sum(len(v) for v in self._vms.values()) + sum(len(h) for h in self._hosts.values())
+
+    def forget(self, instance: str) -> None:
+        """Drop all state of one source instance."""
+        self._vms.pop(instance, None)
+        self._hosts.pop(instance, None)
+
+    def vms(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
+        """Judge every VM of one source poll in place; VMs not in `items` are forgotten."""
+        cfg = self.config
+        gap_limit = cfg.stuck_gap_ratio
+        stuck_for = cfg.stuck_for
+        stale_after = cfg.stale_after
+        rules = self.vm_rules
+        nrules = len(rules)
+        old = self._vms.get(instance, {})
+        new: dict[str, _State] = {}
+        for key, fields in items:
+            state = old.pop(key, None) or new.get(key) or _State(nrules)
+            new[key] = state
+            get = fields.get
+
+            maximum = get("memory_max_bytes")
+            actual = get("balloon_actual_bytes")
+            target = get("balloon_target_bytes")
+            if actual is not None and maximum:
+                fields["balloon_ratio"] = actual / maximum  # type: ignore[operator]
+            if target is not None and actual is not None:
+                gap = target - actual  # type: ignore[operator]
+                fields["balloon_gap_bytes"] = gap
+                # Stuck: the balloon holds less than asked, by more than the ratio, for long.
+                if maximum and gap / maximum > gap_limit:  # type: ignore[operator]
+                    since = state.stuck_since
+                    if since is None:
+                        since = state.stuck_since = now
+                    fields["stuck"] = now - since >= stuck_for
+                else:
+                    state.stuck_since = None
+                    fields["stuck"] = False
+            else:
+                state.stuck_since = None
+
+            last = state.last_time
+            swap_in = get("swap_in_bytes_total")
+            swap_out = get("swap_out_bytes_total")
+            if last is not None and now > last:
+                elapsed = now - last
+                prev = state.swap_in
+                if prev is not None and swap_in is not None and swap_in >= prev:  # type: ignore[operator]
+                    fields["swap_in_bytes_per_second"] = (swap_in - prev) / elapsed  # type: ignore[operator]
+                prev = state.swap_out
+                if prev is not None and swap_out is not None and swap_out >= prev:  # type: ignore[operator]
+                    fields["swap_out_bytes_per_second"] = (swap_out - prev) / elapsed  # type: ignore[operator]
+            state.last_time = now
+            state.swap_in = swap_in  # type: ignore[assignment]
+            state.swap_out = swap_out  # type: ignore[assignment]
+
+            age = get("stats_age_seconds")
+            if age is not None and "stale" not in fields:
+                limit = stale_after
+                if limit is None:
+                    period = get("stats_period_seconds") or 0
+                    limit = max(60.0, 3.0 * period)  # type: ignore[operator]
+                fields["stale"] = age > limit  # type: ignore[operator]
+
+            fields["alert_level"] = _levels(rules, fields, state, now) if nrules else 0
+        self._vms[instance] = new
+
+    def hosts(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
+        """Threshold levels for the host lines of one source poll."""
+        rules = self.host_rules
+        old = self._hosts.get(instance, {})
+        new: dict[str, _State] = {}
+        for key, fields in items:
+            state = old.pop(key, None) or new.get(key) or _State(len(rules))
+            new[key] = state
+            fields["alert_level"] = _levels(rules, fields, state, now) if rules else 0
+        self._hosts[instance] = new

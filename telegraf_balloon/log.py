@@ -1,0 +1,60 @@
+"""Diagnostics on stderr with Telegraf's level prefixes; repeated faults logged once."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Optional, TextIO
+
+
+class Log:
+    """Writes `E! `/`W! `/`I! `/`D! ` lines; a fault is logged when it starts and when it clears."""
+
+    def __init__(self, stream: Optional[TextIO] = None, debug: bool = False) -> None:
+        self._stream = stream
+        self.debug_enabled = debug
+        self._faults: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def _write(self, prefix: str, message: str) -> None:
+        stream = self._stream or sys.stderr
+        # One diagnostic is one line: Telegraf reads stderr line by line.
+        text = " ".join(message.splitlines()) if "\n" in message else message
+        with self._lock:
+            try:
+                stream.write(prefix + text + "\n")
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # stderr gone: nothing else to tell
+
+    def error(self, message: str) -> None:
+        self._write("E! ", message)
+
+    def warn(self, message: str) -> None:
+        self._write("W! ", message)
+
+    def info(self, message: str) -> None:
+        self._write("I! ", message)
+
+    def debug(self, message: str) -> None:
+        if self.debug_enabled:
+            self._write("D! ", message)
+
+    def fault(self, key: str, message: str, level: str = "W") -> None:
+        """Log a fault under `key` once, until it clears or its message changes."""
+        with self._lock:
+            if self._faults.get(key) == message:
+                return
+            self._faults[key] = message
+        self._write(level + "! ", message)
+
+    def clear(self, key: str, message: Optional[str] = None) -> None:
+        """The fault under `key` is over: say so once."""
+        with self._lock:
+            had = self._faults.pop(key, None)
+        if had is not None and message:
+            self.info(message)
+
+    def has_fault(self, key: str) -> bool:
+        with self._lock:
+            return key in self._faults

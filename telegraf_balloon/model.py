@@ -1,0 +1,76 @@
+"""What sources hand to the health stage, and what the serializer gets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Protocol, Union
+
+FieldValue = Union[bool, int, float, str]
+Fields = dict[str, FieldValue]
+Tags = dict[str, str]
+
+
+class Sample:
+    """One VM seen by one source at one poll: tags and the fields the source knows.
+
+    `key` identifies the VM within its source instance across polls (UUID, else name).
+    Fields a source cannot know are absent, never zero-filled.
+    """
+
+    __slots__ = ("fields", "key", "tags")
+
+    def __init__(self, key: str, tags: Tags, fields: Fields) -> None:
+        self.key = key
+        self.tags = tags
+        self.fields = fields
+
+    def __repr__(self) -> str:
+        return f"Sample({self.key!r}, {self.tags!r}, {self.fields!r})"
+
+
+@dataclass
+class HostInfo:
+    """What a source knows of one hypervisor host itself (not summed from its VMs)."""
+
+    tags: Tags
+    memory_bytes: Optional[int] = None
+    free_bytes: Optional[int] = None
+
+
+@dataclass
+class PollResult:
+    """Everything one source poll produced."""
+
+    samples: list[Sample] = field(default_factory=list)
+    hosts: list[HostInfo] = field(default_factory=list)
+    points: list[tuple[str, Tags, Fields]] = field(default_factory=list)  # other measurements
+    api_latency_seconds: Optional[float] = None
+    error: Optional[str] = None  # set when the poll failed as a whole (the source is down)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One line of output before serialization."""
+
+    measurement: str
+    tags: Tags
+    fields: Fields
+    time_ns: int
+
+    def as_tuple(self) -> tuple[str, Tags, Fields, int]:
+        return (self.measurement, self.tags, self.fields, self.time_ns)
+
+
+class Source(Protocol):
+    """A balloon source: polled from its own worker thread, one call at a time."""
+
+    kind: str  # "guest", "libvirt", ...
+    instance: str  # shown in the collector's `instance` tag; never holds credentials
+
+    def poll(self, now: float) -> PollResult:
+        """Read everything for one poll; `now` is the poll's wall-clock time (seconds)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

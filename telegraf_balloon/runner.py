@@ -1,0 +1,281 @@
+"""The execd loop: triggers in, one flushed batch per poll out, each source behind a deadline."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from typing import BinaryIO, Callable, Optional
+
+from . import catalog, lineprotocol
+from .aggregate import host_lines
+from .config import Config
+from .health import Health
+from .log import Log
+from .model import Fields, PollResult, Source, Tags
+
+_TRIGGER = "trigger"
+_STOP = "stop"
+_DONE = "done"
+
+
+class StdoutClosed(Exception):
+    """The reader of our stdout went away: nothing more to do."""
+
+
+class _Worker:
+    """One source's own thread; at most one call in flight, however slow it is."""
+
+    def __init__(self, source: Source, events: queue.SimpleQueue[tuple[object, ...]]) -> None:
+        self.source = source
+        self.events = events
+        self.requests: queue.SimpleQueue[Optional[tuple[int, float]]] = queue.SimpleQueue()
+        self.busy = False
+        self.busy_since = 0.0
+        self.polls_total = 0
+        self.errors_total = 0
+        self.thread = threading.Thread(target=self._loop, name=f"source-{source.kind}", daemon=True)
+        self.thread.start()
+
+    def start(self, poll_id: int, now: float) -> bool:
+        if self.busy:
+            return False
+        self.busy = True
+        self.busy_since = time.monotonic()
+        self.requests.put((poll_id, now))
+        return True
+
+    def stop(self) -> None:
+        self.requests.put(None)
+
+    def _loop(self) -> None:
+        while True:
+            request = self.requests.get()
+            if request is None:
+                return
+            poll_id, now = request
+            started = time.perf_counter()
+            try:
+                result = self.source.poll(now)
+            except Exception as exc:  # a source bug must not end the process
+                result = PollResult(error=f"{type(exc).__name__}: {exc}")
+            duration = time.perf_counter() - started
+            self.busy = False
+            self.events.put((_DONE, self, poll_id, result, duration))
+
+
+class Runner:
+    """Polls every source on each trigger and writes one batch of line protocol."""
+
+    def __init__(
+        self,
+        config: Config,
+        sources: Sequence[Source],
+        out: BinaryIO,
+        log: Log,
+        hostname: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.out = out
+        self.log = log
+        self.hostname = hostname
+        self.clock = clock
+        self.events: queue.SimpleQueue[tuple[object, ...]] = queue.SimpleQueue()
+        self.workers = [_Worker(s, self.events) for s in sources]
+        self.health = Health(config.health, config.thresholds)
+        self._poll_id = 0
+        self._pending = False
+        self._stopping = False
+
+    # -- one poll --
+
+    def poll(self) -> bool:
+        """Poll every source once, write the batch; True when every source answered."""
+        self._poll_id += 1
+        poll_id = self._poll_id
+        now = self.clock()
+        time_ns = int(now * 1e9)
+        timeout = self.config.agent.timeout
+        deadline = time.monotonic() + timeout
+        results: dict[_Worker, tuple[PollResult, float]] = {}
+        waiting: set[_Worker] = set()
+        for worker in self.workers:
+            if worker.start(poll_id, now):
+                waiting.add(worker)
+            else:
+                late = time.monotonic() - worker.busy_since
+                results[worker] = (
+                    PollResult(error=f"previous poll still running after {late:.1f}s"),
+                    0.0,
+                )
+        while waiting and not self._stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                event = self.events.get(timeout=remaining)
+            except queue.Empty:
+                break
+            self._handle(event, poll_id, results, waiting)
+        if self._stopping:
+            return False  # abandoned: exit promptly, nothing half-judged is written
+        for worker in waiting:
+            results[worker] = (PollResult(error=f"no answer within timeout {timeout:g}s"), timeout)
+        return self._emit(results, now, time_ns)
+
+    def _handle(
+        self,
+        event: tuple[object, ...],
+        poll_id: int,
+        results: dict[_Worker, tuple[PollResult, float]],
+        waiting: set[_Worker],
+    ) -> None:
+        kind = event[0]
+        if kind == _TRIGGER:
+            self._pending = True  # triggers during a poll collapse into one follow-up
+        elif kind == _STOP:
+            self._stopping = True
+        elif kind == _DONE:
+            _, worker, done_id, result, duration = event
+            assert isinstance(worker, _Worker)
+            if done_id == poll_id and worker in waiting:
+                waiting.discard(worker)
+                assert isinstance(result, PollResult) and isinstance(duration, float)
+                results[worker] = (result, duration)
+            # else: a late answer to an abandoned poll; the worker is free again
+
+    def _emit(
+        self, results: dict[_Worker, tuple[PollResult, float]], now: float, time_ns: int
+    ) -> bool:
+        points: list[tuple[str, Tags, Fields, int]] = []
+        all_up = True
+        for worker in self.workers:
+            result, duration = results[worker]
+            source = worker.source
+            worker.polls_total += 1
+            fault_key = f"source:{source.kind}:{source.instance}"
+            up = result.error is None
+            if up:
+                self.log.clear(fault_key, f"{source.kind} {source.instance}: answering again")
+                items = [(s.key, s.fields) for s in result.samples]
+                self.health.vms(source.instance, items, now)
+                for sample in result.samples:
+                    points.append((catalog.BALLOON, sample.tags, sample.fields, time_ns))
+                hosts = host_lines(result.samples, result.hosts)
+                if hosts:
+                    self.health.hosts(
+                        source.instance, [(t.get("host", ""), f) for t, f in hosts], now
+                    )
+                    for tags, fields in hosts:
+                        points.append((catalog.HOST, tags, fields, time_ns))
+                for name, tags, fields in result.points:
+                    points.append((name, tags, fields, time_ns))
+            else:
+                all_up = False
+                worker.errors_total += 1
+                self.log.fault(
+                    fault_key, f"{source.kind} {source.instance}: {result.error}", level="E"
+                )
+            if self.config.agent.internal:
+                status: Fields = {
+                    "up": up,
+                    "duration_seconds": float(duration),
+                    "vms": len(result.samples),
+                    "polls_total": worker.polls_total,
+                    "errors_total": worker.errors_total,
+                }
+                if result.api_latency_seconds is not None:
+                    status["api_latency_seconds"] = float(result.api_latency_seconds)
+                if result.error is not None:
+                    status["error"] = result.error
+                tags = {"host": self.hostname, "source": source.kind, "instance": source.instance}
+                points.append((catalog.COLLECTOR, tags, status, time_ns))
+        self.write(lineprotocol.format_lines(points))
+        return all_up
+
+    def write(self, text: str) -> None:
+        """Write and flush one batch; StdoutClosed when nobody reads any more."""
+        if not text:
+            return
+        try:
+            self.out.write(text.encode("utf-8", "replace"))
+            self.out.flush()
+        except (BrokenPipeError, ValueError) as exc:
+            raise StdoutClosed() from exc
+        except OSError as exc:
+            if exc.errno in (32, 104):  # EPIPE, ECONNRESET
+                raise StdoutClosed() from exc
+            raise
+
+    # -- the loop --
+
+    def run(self, stdin: Optional[BinaryIO], interval: Optional[float] = None) -> int:
+        """Execd mode: poll on each stdin line or signal (or every `interval`); 0 on EOF/TERM."""
+        if stdin is not None:
+            threading.Thread(
+                target=self._read_stdin, args=(stdin,), name="stdin", daemon=True
+            ).start()
+        next_tick = time.monotonic() if interval else None
+        while not self._stopping:
+            if self._pending:
+                self._pending = False
+                self.poll()
+                continue
+            timeout = None
+            if next_tick is not None:
+                timeout = max(0.0, next_tick - time.monotonic())
+            try:
+                event = self.events.get(timeout=timeout if timeout is not None else 3600.0)
+            except queue.Empty:
+                if next_tick is not None and time.monotonic() >= next_tick:
+                    assert interval is not None
+                    next_tick = max(next_tick + interval, time.monotonic())
+                    self._pending = True
+                continue
+            self._handle(event, -1, {}, set())
+        return 0
+
+    def _read_stdin(self, stdin: BinaryIO) -> None:
+        """Drain stdin for ever: each chunk with a newline is one trigger; EOF stops."""
+        fd = stdin.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except InterruptedError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.events.put((_STOP,))
+                return
+            if b"\n" in chunk:
+                self.events.put((_TRIGGER,))
+
+    def install_signals(self) -> None:
+        """SIGHUP/SIGUSR1/SIGUSR2 trigger a poll; SIGTERM/SIGINT stop. Main thread only."""
+
+        def trigger(signum: int, frame: object) -> None:
+            self.events.put((_TRIGGER,))  # SimpleQueue.put is safe in a signal handler
+
+        def stop(signum: int, frame: object) -> None:
+            self.events.put((_STOP,))
+
+        for name in ("SIGHUP", "SIGUSR1", "SIGUSR2"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), trigger)
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        for worker in self.workers:
+            if not worker.busy:
+                try:
+                    worker.source.close()
+                except Exception as exc:
+                    self.log.debug(f"closing {worker.source.kind}: {exc}")

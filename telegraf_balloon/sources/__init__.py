@@ -1,0 +1,37 @@
+"""Balloon sources: each turns one kind of client call into plain Samples, nothing else."""
+
+from __future__ import annotations
+
+from ..config import Config, hostname
+from ..log import Log
+from ..model import Source
+
+
+class SetupError(Exception):
+    """A source cannot be built from a valid config (a missing optional dependency)."""
+
+
+def build_sources(config: Config, log: Log) -> list[Source]:
+    """Every configured source, ready to poll. Connections are opened on first poll."""
+    from .guest import GuestSource
+
+    sources: list[Source] = [GuestSource(c, hostname(config), log) for c in config.guest]
+    if config.libvirt:
+        try:
+            from .libvirt import LibvirtSource
+        except ImportError as exc:
+            raise SetupError(
+                f"sources.libvirt needs the libvirt binding ({exc}): "
+                "pip install 'telegraf-balloon[libvirt]'"
+            ) from None
+        sources.extend(LibvirtSource(c, log) for c in config.libvirt)
+    if config.vsphere:
+        raise SetupError(
+            "sources.vsphere: the vSphere source is not part of this release yet "
+            "(the config is validated; remove the section to run)"
+        )
+    if config.logs:
+        from .logs import LogsSource
+
+        sources.extend(LogsSource(c, hostname(config), log) for c in config.logs)
+    return sources

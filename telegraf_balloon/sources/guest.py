@@ -1,0 +1,451 @@
+"""Inside a Linux guest: balloon state from /proc, /sys and debugfs under a configurable root."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ..config import GuestConfig
+from ..log import Log
+from ..model import Fields, PollResult, Sample
+
+KIB = 1024
+VMW_PAGE = 4096  # vmw_balloon counts in 4 KiB pages whatever the guest's page size
+
+BALLOON_MODULES = ("virtio_balloon", "vmw_balloon", "xen_balloon", "hv_balloon")
+
+# virtio balloon feature bits (include/uapi/linux/virtio_balloon.h)
+F_STATS_VQ, F_DEFLATE_ON_OOM, F_FREE_PAGE_HINT, F_REPORTING = 1, 2, 3, 5
+
+
+class Malformed(ValueError):
+    """A file whose content does not follow the kernel's format."""
+
+
+# --- pure parsers: text in, plain data out -------------------------------------------------
+
+
+# MemTotal:       24684092 kB
+# HugePages_Total:       0
+def parse_meminfo(text: str) -> dict[str, int]:
+    """/proc/meminfo -> {key: value} (kB values stay in kB)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name, sep, rest = line.partition(":")
+        words = rest.split()
+        if not sep or not words or not words[0].isdigit() or len(words) > 2:
+            raise Malformed(f"unexpected line {line[:60]!r}")
+        out[name.strip()] = int(words[0])
+    if "MemTotal" not in out:
+        raise Malformed("no MemTotal line")
+    return out
+
+
+# nr_balloon_pages 0
+# balloon_inflate 65536
+def parse_vmstat(text: str) -> dict[str, int]:
+    """/proc/vmstat -> {key: count}."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if len(words) != 2 or not words[1].lstrip("-").isdigit():
+            raise Malformed(f"unexpected line {line[:60]!r}")
+        out[words[0]] = int(words[1])
+    if not out:
+        raise Malformed("empty")
+    return out
+
+
+# 01100101000000000000000000000000100000000000...   (character i = feature bit i)
+def parse_features(text: str) -> list[bool]:
+    """virtio device `features` file -> bit list."""
+    bits = text.strip()
+    if not bits or any(c not in "01" for c in bits):
+        raise Malformed(f"not a bit string: {bits[:40]!r}")
+    return [c == "1" for c in bits]
+
+
+# always [madvise] never
+def parse_thp(text: str) -> str:
+    """transparent_hugepage/enabled -> the bracketed mode."""
+    match = re.search(r"\[(\w+)\]", text)
+    if match is None:
+        raise Malformed(f"no [mode] in {text.strip()[:40]!r}")
+    return match.group(1)
+
+
+# Kernel 4.20+ (drivers/misc/vmw_balloon.c, "%-22s: %16llu"):
+#   balloon capabilities  :             0x3e
+#   is resetting          :                n
+#   target                :             4096
+#   current               :             1024
+#   start                 :                1 (               0 failed)
+# Kernel 4.19 and older:
+#   target:                 4096 pages
+#   current:                1024 pages
+#   start:                     1 (   0 failed)
+_VMW_LINE = re.compile(
+    r"^\s*([A-Za-z][\w \-()]*?)\s*:\s*(\S+)(?:\s+pages)?(?:\s*\(\s*(\d+) failed\))?"
+)
+
+
+def parse_vmmemctl(text: str) -> dict[str, int]:
+    """debugfs vmmemctl (both formats) -> {'target': pages, 'current': pages, ...}."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        match = _VMW_LINE.match(line)
+        if match is None:
+            continue
+        name, value, failed = match.group(1).strip(), match.group(2), match.group(3)
+        if value.isdigit():
+            out[name] = int(value)
+        elif value.startswith("0x"):
+            try:
+                out[name] = int(value, 16)
+            except ValueError:
+                continue
+        if failed is not None:
+            out[name + " failed"] = int(failed)
+    if "target" not in out or "current" not in out:
+        raise Malformed("no numeric target/current lines")
+    return out
+
+
+# host_version          : 10.0
+# state                 : 2 (Balloon Up)
+# page_size             : 4096
+# pages_ballooned       : 1024
+def parse_hv_balloon(text: str) -> dict[str, str]:
+    """debugfs hv-balloon -> {key: raw value}; vendor kernels differ, so keys are generic."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            out[name.strip()] = value.strip()
+    if "pages_ballooned" not in out or not out["pages_ballooned"].isdigit():
+        raise Malformed("no numeric pages_ballooned line")
+    return out
+
+
+# 123456\n  (each xen_memory0 attribute is one "%lu\n")
+def parse_ulong(text: str) -> int:
+    value = text.strip()
+    if not value.isdigit():
+        raise Malformed(f"not a number: {value[:40]!r}")
+    return int(value)
+
+
+# blacklist virtio_balloon
+# install vmw_balloon /bin/false
+def blacklisted_modules(conf_texts: list[str], cmdline: str) -> set[str]:
+    """Module names that modprobe.d files or the kernel command line refuse to load."""
+    out: set[str] = set()
+    for text in conf_texts:
+        for line in text.splitlines():
+            words = line.split("#", 1)[0].split()
+            if (len(words) >= 2 and words[0] == "blacklist") or (
+                len(words) >= 3
+                and words[0] == "install"
+                and words[2] in ("/bin/false", "/bin/true")
+            ):
+                out.add(words[1].replace("-", "_"))
+    for word in cmdline.split():
+        name, _, value = word.partition("=")
+        if name in ("module_blacklist", "modprobe.blacklist"):
+            out.update(v.replace("-", "_") for v in value.split(",") if v)
+    return out
+
+
+# --- the source -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Driver:
+    name: str  # tag value
+    bound: bool
+    device: Optional[str] = None  # virtio device dir
+
+
+class GuestSource:
+    """Reads one guest's balloon state; every file is optional, every parser may fail alone."""
+
+    kind = "guest"
+
+    def __init__(
+        self,
+        config: GuestConfig,
+        hostname: str,
+        log: Log,
+        page_size: Optional[int] = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.root = config.root
+        self.instance = config.root
+        self.hostname = hostname
+        self.log = log
+        self.page_size = page_size or os.sysconf("SC_PAGE_SIZE")
+        self._clock = clock
+
+    def close(self) -> None:
+        pass
+
+    # -- file access: missing is normal and silent; unreadable or malformed warns once --
+
+    def _path(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+    def _read(self, rel: str) -> Optional[str]:
+        path = self._path(rel)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+        except OSError as exc:
+            self.log.fault(f"guest:{path}", f"guest source: cannot read {path}: {exc.strerror}")
+            return None
+        self.log.clear(f"guest:{path}", f"guest source: {path} is readable again")
+        return text
+
+    def _parse(self, rel: str, parser: Callable[[str], object]) -> object:
+        text = self._read(rel)
+        if text is None:
+            return None
+        path = self._path(rel)
+        try:
+            value = parser(text)
+        except Malformed as exc:
+            self.log.fault(f"guest-parse:{path}", f"guest source: malformed {path}: {exc}")
+            return None
+        self.log.clear(f"guest-parse:{path}")
+        return value
+
+    def _exists(self, rel: str) -> bool:
+        return os.path.lexists(self._path(rel))
+
+    # -- detection --
+
+    def _virtio_balloon_device(self) -> Optional[_Driver]:
+        for device_file in sorted(glob.glob(self._path("sys/bus/virtio/devices/virtio*/device"))):
+            try:
+                with open(device_file, encoding="ascii", errors="replace") as handle:
+                    device_id = handle.read().strip()
+            except OSError:
+                continue
+            if device_id.lower() not in ("0x0005", "0x5"):
+                continue
+            device_dir = os.path.dirname(device_file)
+            name = os.path.basename(device_dir)
+            driver_link = os.path.join(device_dir, "driver")
+            bound = (
+                os.path.lexists(driver_link)
+                and os.path.basename(os.readlink(driver_link)) == "virtio_balloon"
+            ) or self._exists(f"sys/bus/virtio/drivers/virtio_balloon/{name}")
+            return _Driver("virtio_balloon", bound, device_dir)
+        return None
+
+    def _module_loaded(self, name: str, modules: Optional[str]) -> bool:
+        if self._exists(f"sys/module/{name}"):
+            return True
+        return modules is not None and any(
+            line.split(" ", 1)[0] == name for line in modules.splitlines()
+        )
+
+    def _detect_driver(self, modules: Optional[str]) -> Optional[_Driver]:
+        virtio = self._virtio_balloon_device()
+        if virtio is not None:
+            return virtio
+        if self._exists("sys/kernel/debug/vmmemctl") or self._module_loaded("vmw_balloon", modules):
+            return _Driver("vmw_balloon", True)
+        if self._exists("sys/devices/system/xen_memory/xen_memory0"):
+            return _Driver("xen_balloon", True)
+        if self._exists("sys/kernel/debug/hv-balloon") or self._module_loaded(
+            "hv_balloon", modules
+        ):
+            return _Driver("hv_balloon", True)
+        return None
+
+    def _hypervisor(self, driver: Optional[_Driver]) -> str:
+        xen_type = self._read("sys/hypervisor/type")
+        if xen_type is not None and xen_type.strip() == "xen":
+            return "xen"
+        vendor = (self._read("sys/class/dmi/id/sys_vendor") or "").strip()
+        clocks = self._read("sys/devices/system/clocksource/clocksource0/available_clocksource")
+        kvm_clock = clocks is not None and "kvm-clock" in clocks.split()
+        if vendor.startswith("VMware"):
+            return "vmware"
+        if vendor.startswith("Microsoft"):
+            return "hyperv"
+        if vendor.startswith("Xen"):
+            return "xen"
+        if vendor in ("QEMU", "Red Hat", "Google", "Amazon EC2", "OpenStack Foundation"):
+            return "kvm" if kvm_clock or vendor != "QEMU" else "qemu"
+        if kvm_clock:
+            return "kvm"
+        if driver is not None:
+            return {"vmw_balloon": "vmware", "xen_balloon": "xen", "hv_balloon": "hyperv"}.get(
+                driver.name, "kvm" if kvm_clock else "unknown"
+            )
+        return "unknown"
+
+    def _blacklist(self) -> set[str]:
+        texts = []
+        for folder in ("etc/modprobe.d", "lib/modprobe.d", "usr/lib/modprobe.d", "run/modprobe.d"):
+            for path in sorted(glob.glob(os.path.join(self._path(folder), "*.conf"))):
+                text = self._read(os.path.relpath(path, self.root))
+                if text is not None:
+                    texts.append(text)
+        return blacklisted_modules(texts, self._read("proc/cmdline") or "")
+
+    # -- the poll --
+
+    def poll(self, now: float) -> PollResult:
+        started = self._clock()
+        meminfo_text = self._read("proc/meminfo")
+        if meminfo_text is None:
+            return PollResult(error=f"no readable proc/meminfo under {self.root!r}")
+        try:
+            meminfo = parse_meminfo(meminfo_text)
+            self.log.clear(f"guest-parse:{self._path('proc/meminfo')}")
+        except Malformed as exc:
+            path = self._path("proc/meminfo")
+            self.log.fault(f"guest-parse:{path}", f"guest source: malformed {path}: {exc}")
+            meminfo = {}
+        vmstat = self._parse("proc/vmstat", parse_vmstat)
+        vmstat = vmstat if isinstance(vmstat, dict) else {}
+        modules = self._read("proc/modules")
+        driver = self._detect_driver(modules)
+        fields: Fields = {}
+        page = self.page_size
+
+        balloon_bytes: Optional[int] = None
+        target_bytes: Optional[int] = None
+        current_override: Optional[int] = None
+        shrinks_memtotal = False
+        if driver is not None and driver.name == "virtio_balloon":
+            features = None
+            if driver.device is not None:
+                features = self._parse(
+                    os.path.relpath(os.path.join(driver.device, "features"), self.root),
+                    parse_features,
+                )
+            if isinstance(features, list):
+
+                def bit(n: int) -> bool:
+                    return n < len(features) and bool(features[n])
+
+                fields["feature_stats_vq"] = bit(F_STATS_VQ)
+                fields["feature_deflate_on_oom"] = bit(F_DEFLATE_ON_OOM)
+                fields["feature_free_page_hint"] = bit(F_FREE_PAGE_HINT)
+                fields["feature_free_page_reporting"] = bit(F_REPORTING)
+                # Without DEFLATE_ON_OOM the driver takes ballooned pages out of MemTotal.
+                shrinks_memtotal = not bit(F_DEFLATE_ON_OOM)
+            if "nr_balloon_pages" in vmstat:
+                balloon_bytes = vmstat["nr_balloon_pages"] * page
+            elif "Balloon" in meminfo:
+                balloon_bytes = meminfo["Balloon"] * KIB
+            elif "balloon_inflate" in vmstat and "balloon_deflate" in vmstat:
+                balloon_bytes = max(0, vmstat["balloon_inflate"] - vmstat["balloon_deflate"]) * page
+        elif driver is not None and driver.name == "vmw_balloon":
+            stats = self._parse("sys/kernel/debug/vmmemctl", parse_vmmemctl)
+            if isinstance(stats, dict):
+                balloon_bytes = stats["current"] * VMW_PAGE
+                target_bytes = stats["target"] * VMW_PAGE
+        elif driver is not None and driver.name == "xen_balloon":
+            base = "sys/devices/system/xen_memory/xen_memory0/"
+            values = {
+                name: self._parse(base + name, parse_ulong)
+                for name in ("target_kb", "info/current_kb", "info/low_kb", "info/high_kb")
+            }
+            current_kb, target_kb = values["info/current_kb"], values["target_kb"]
+            low_kb, high_kb = values["info/low_kb"], values["info/high_kb"]
+            if isinstance(low_kb, int) and isinstance(high_kb, int):
+                balloon_bytes = (low_kb + high_kb) * KIB
+            if isinstance(current_kb, int):
+                current_override = current_kb * KIB
+                if balloon_bytes is not None and isinstance(target_kb, int):
+                    # xen's target is the domain's memory; the balloon's target is the rest.
+                    target_bytes = max(0, current_override + balloon_bytes - target_kb * KIB)
+        elif driver is not None and driver.name == "hv_balloon":
+            stats = self._parse("sys/kernel/debug/hv-balloon", parse_hv_balloon)
+            if isinstance(stats, dict):
+                hv_page = int(stats["page_size"]) if stats.get("page_size", "").isdigit() else page
+                balloon_bytes = int(stats["pages_ballooned"]) * hv_page
+            shrinks_memtotal = True
+
+        if "MemTotal" in meminfo:
+            total = meminfo["MemTotal"] * KIB
+            fields["guest_total_bytes"] = total
+            if current_override is not None:
+                fields["memory_current_bytes"] = current_override
+                if balloon_bytes is not None:
+                    fields["memory_max_bytes"] = current_override + balloon_bytes
+            elif balloon_bytes is not None:
+                maximum = total + balloon_bytes if shrinks_memtotal else total
+                fields["memory_max_bytes"] = maximum
+                fields["memory_current_bytes"] = maximum - balloon_bytes
+            else:
+                fields["memory_max_bytes"] = total
+        if balloon_bytes is not None:
+            fields["balloon_actual_bytes"] = balloon_bytes
+        if target_bytes is not None:
+            fields["balloon_target_bytes"] = target_bytes
+        for name, key in (
+            ("guest_free_bytes", "MemFree"),
+            ("guest_available_bytes", "MemAvailable"),
+            ("swap_total_bytes", "SwapTotal"),
+        ):
+            if key in meminfo:
+                fields[name] = meminfo[key] * KIB
+        if "Cached" in meminfo and "Buffers" in meminfo:
+            fields["guest_disk_caches_bytes"] = (meminfo["Cached"] + meminfo["Buffers"]) * KIB
+
+        for name, key, scale in (
+            ("swap_in_bytes_total", "pswpin", page),
+            ("swap_out_bytes_total", "pswpout", page),
+            ("major_faults_total", "pgmajfault", 1),
+            # the virtio driver reports pgfault as "minor faults"; so do we, to agree with it
+            ("minor_faults_total", "pgfault", 1),
+            ("inflate_pages_total", "balloon_inflate", 1),
+            ("deflate_pages_total", "balloon_deflate", 1),
+            ("migrate_pages_total", "balloon_migrate", 1),
+            ("oom_kills_total", "oom_kill", 1),
+        ):
+            if key in vmstat:
+                fields[name] = vmstat[key] * scale
+
+        thp = self._parse("sys/kernel/mm/transparent_hugepage/enabled", parse_thp)
+        if isinstance(thp, str):
+            fields["thp_mode"] = thp
+
+        blacklist = self._blacklist()
+        if driver is not None:
+            fields["driver_loaded"] = driver.bound
+            fields["driver_blacklisted"] = driver.name in blacklist
+        else:
+            fields["driver_loaded"] = False
+            fields["driver_blacklisted"] = any(m in blacklist for m in BALLOON_MODULES)
+        fields["inflation_blocked"] = driver is None or not driver.bound
+
+        tags = {
+            "host": self.hostname,
+            "guest": self.hostname,
+            "hypervisor": self._hypervisor(driver),
+            "source": "guest",
+            "driver": driver.name if driver is not None else "none",
+        }
+        uuid = self._read("sys/class/dmi/id/product_uuid")
+        if uuid and uuid.strip():
+            tags["uuid"] = uuid.strip().lower()
+        sample = Sample(tags.get("uuid", self.hostname), tags, fields)
+        return PollResult(samples=[sample], api_latency_seconds=self._clock() - started)
