@@ -1,0 +1,406 @@
+"""KVM/QEMU (and Xen) hosts through libvirt: one bulk stats call per poll for every domain."""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import threading
+import time
+import xml.etree.ElementTree as ET
+from typing import Any, Callable, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+import libvirt
+
+from ..config import LibvirtConfig
+from ..log import Log
+from ..model import Fields, HostInfo, PollResult, Sample, Tags
+
+KIB = 1024
+STATE_RUNNING, STATE_PAUSED = 1, 3
+RECHECK_SECONDS = 30.0  # least time between two XML re-reads of one domain that looks odd
+
+# balloon.* keys (KiB or counts) -> (field, scale)
+_GUEST_KEYS: tuple[tuple[str, str, int], ...] = (
+    ("balloon.available", "guest_total_bytes", KIB),
+    ("balloon.unused", "guest_free_bytes", KIB),
+    ("balloon.usable", "guest_available_bytes", KIB),
+    ("balloon.disk_caches", "guest_disk_caches_bytes", KIB),
+    ("balloon.swap_in", "swap_in_bytes_total", KIB),
+    ("balloon.swap_out", "swap_out_bytes_total", KIB),
+    ("balloon.major_fault", "major_faults_total", 1),
+    ("balloon.minor_fault", "minor_faults_total", 1),
+    ("balloon.rss", "rss_bytes", KIB),
+)
+# memoryStats() keys -> bulk keys, for the per-domain fallback
+_MEMORY_STATS_KEYS = {
+    "actual": "balloon.current",
+    "available": "balloon.available",
+    "unused": "balloon.unused",
+    "usable": "balloon.usable",
+    "disk_caches": "balloon.disk_caches",
+    "swap_in": "balloon.swap_in",
+    "swap_out": "balloon.swap_out",
+    "major_fault": "balloon.major_fault",
+    "minor_fault": "balloon.minor_fault",
+    "rss": "balloon.rss",
+    "last_update": "balloon.last-update",
+}
+_UNIT_BYTES = {
+    "b": 1,
+    "bytes": 1,
+    "k": KIB,
+    "kib": KIB,
+    "kb": 1000,
+    "m": KIB**2,
+    "mib": KIB**2,
+    "mb": 1000**2,
+    "g": KIB**3,
+    "gib": KIB**3,
+    "gb": 1000**3,
+    "t": KIB**4,
+    "tib": KIB**4,
+}
+_UNLIMITED_KIB = 9007199254740991  # VIR_DOMAIN_MEMORY_PARAM_UNLIMITED
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without a password (user names stay: they are not secret)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    user = f"{parts.username}@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, user + host + port, parts.path, parts.query, parts.fragment))
+
+
+class DomainFacts:
+    """What the domain XML says; read when a domain (re)starts, not on every poll."""
+
+    __slots__ = (
+        "arm_failed",
+        "blocked_model",
+        "checked_at",
+        "domain_id",
+        "first_seen",
+        "hypervisor",
+        "last_update",
+        "limit_bytes",
+        "period",
+        "reservation_bytes",
+        "tags",
+    )
+
+    def __init__(self, domain_id: int, now: float) -> None:
+        self.domain_id = domain_id
+        self.checked_at = now
+        self.first_seen = now
+        self.hypervisor = "unknown"
+        self.blocked_model = False  # <memballoon model='none'/> or no memballoon at all
+        self.period: Optional[int] = None
+        self.reservation_bytes: Optional[int] = None
+        self.limit_bytes: Optional[int] = None
+        self.last_update = 0
+        self.arm_failed = False
+        self.tags: Tags = {}
+
+
+def _size_bytes(element: Optional[ET.Element]) -> Optional[int]:
+    if element is None or element.text is None:
+        return None
+    try:
+        value = int(element.text.strip())
+    except ValueError:
+        return None
+    unit = element.get("unit", "KiB").lower()
+    if unit in ("k", "kib") and value >= _UNLIMITED_KIB:
+        return None
+    return value * _UNIT_BYTES.get(unit, KIB)
+
+
+# <domain type='kvm'>
+#   <devices><memballoon model='virtio'><stats period='10'/></memballoon></devices>
+#   <memtune><hard_limit unit='KiB'>1048576</hard_limit><min_guarantee ...>
+def parse_domain_xml(text: str, facts: DomainFacts) -> None:
+    """Fill facts from a domain's XML description."""
+    root = ET.fromstring(text)
+    facts.hypervisor = root.get("type", "unknown")
+    balloon = root.find("./devices/memballoon")
+    model = balloon.get("model", "none") if balloon is not None else "none"
+    facts.blocked_model = model == "none"
+    if facts.blocked_model:
+        facts.period = None
+    else:
+        stats = balloon.find("stats") if balloon is not None else None
+        try:
+            facts.period = int(stats.get("period", "0")) if stats is not None else 0
+        except ValueError:
+            facts.period = None
+    facts.limit_bytes = _size_bytes(root.find("./memtune/hard_limit"))
+    facts.reservation_bytes = _size_bytes(root.find("./memtune/min_guarantee"))
+
+
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def _start_event_loop() -> None:
+    """libvirt's keepalive needs its default event loop running in some thread."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+def _silence_libvirt(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; ours go through Log instead."""
+
+
+class LibvirtSource:
+    """One libvirt connection; reconnects on the next poll after any connection fault."""
+
+    kind = "libvirt"
+
+    def __init__(
+        self,
+        config: LibvirtConfig,
+        log: Log,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.instance = redact_uri(config.uri)
+        self._clock = clock
+        self._conn: Any = None
+        self._host_tags: Tags = {}
+        self._host_memory: Optional[int] = None
+        self._facts: dict[str, DomainFacts] = {}
+        self._driver_type = "unknown"
+        self._nowait = getattr(libvirt, "VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT", 0)
+        libvirt.registerErrorHandler(_silence_libvirt, None)
+
+    # -- connection --
+
+    def _connect(self) -> Any:
+        # Every driver but the in-process test driver talks to a daemon over libvirt's RPC,
+        # where keepalive notices a dead or hung daemon.
+        remote = not self.config.uri.startswith("test:")
+        if remote and self.config.keepalive_interval > 0:
+            _start_event_loop()
+        if self.config.read_only:
+            conn = libvirt.openReadOnly(self.config.uri)
+        else:
+            conn = libvirt.open(self.config.uri)
+        if conn is None:
+            raise libvirt.libvirtError(f"cannot connect to {self.instance}")
+        if remote and self.config.keepalive_interval > 0:
+            try:
+                conn.setKeepAlive(self.config.keepalive_interval, self.config.keepalive_count)
+            except libvirt.libvirtError as exc:
+                self.log.debug(f"libvirt {self.instance}: no keepalive: {exc}")
+        hostname = conn.getHostname()
+        self._host_memory = int(conn.getInfo()[1]) * KIB * KIB
+        self._host_tags = {"host": hostname, "source": "libvirt"}
+        self._driver_type = str(conn.getType()).lower()
+        self.log.debug(f"libvirt {self.instance}: connected to {hostname}")
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+    def close(self) -> None:
+        self._drop_connection()
+
+    # -- the poll --
+
+    def poll(self, now: float) -> PollResult:
+        try:
+            if self._conn is None or not self._conn.isAlive():
+                self._drop_connection()
+                self._conn = self._connect()
+            return self._poll(self._conn, now)
+        except libvirt.libvirtError as exc:
+            # Drop the connection so the next poll reconnects (daemon restarted, socket gone).
+            self._drop_connection()
+            return PollResult(error=_message(exc))
+
+    def _bulk(self, conn: Any) -> list[tuple[Any, dict[str, Any]]]:
+        stats = libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_STATE
+        flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+        if self._nowait:
+            try:
+                return list(conn.getAllDomainStats(stats, flags | self._nowait))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (
+                    libvirt.VIR_ERR_INVALID_ARG,
+                    libvirt.VIR_ERR_NO_SUPPORT,
+                ):
+                    raise
+                self._nowait = 0  # an old daemon: do without
+        return list(conn.getAllDomainStats(stats, flags))
+
+    def _poll(self, conn: Any, now: float) -> PollResult:
+        started = self._clock()
+        records = self._bulk(conn)
+        latency = self._clock() - started
+        patterns = self.config.domains
+        host = self._host_tags
+        samples: list[Sample] = []
+        facts_by_key = self._facts
+        seen: set[str] = set()
+        for dom, stats in records:
+            name = dom.name()
+            if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                continue
+            key = dom.UUIDString()
+            try:
+                if "balloon.current" not in stats:
+                    stats = self._fallback(dom, stats)
+                facts = facts_by_key.get(key)
+                domain_id = dom.ID()
+                if (
+                    facts is None
+                    or facts.domain_id != domain_id
+                    or self._needs_xml(facts, stats, now)
+                ):
+                    facts = self._read_facts(dom, name, key, domain_id, facts, now)
+                    facts_by_key[key] = facts
+                if self.config.set_stats_period and facts.period == 0 and not facts.arm_failed:
+                    self._arm(dom, name, facts)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # gone between the list and the stats: not an error
+                raise
+            seen.add(key)
+            samples.append(Sample(key, facts.tags, self._fields(stats, facts, now)))
+        for gone in set(facts_by_key) - seen:
+            del facts_by_key[gone]
+        free = conn.getFreeMemory()
+        kinds = {s.tags["hypervisor"] for s in samples}
+        hypervisor = kinds.pop() if len(kinds) == 1 else self._driver_type
+        hosts = [HostInfo({**host, "hypervisor": hypervisor}, self._host_memory, int(free))]
+        return PollResult(samples=samples, hosts=hosts, api_latency_seconds=latency)
+
+    def _fallback(self, dom: Any, stats: dict[str, Any]) -> dict[str, Any]:
+        """Per-domain calls for a domain the bulk call gave no balloon keys for."""
+        merged = dict(stats)
+        for key, value in dom.memoryStats().items():
+            bulk_key = _MEMORY_STATS_KEYS.get(key)
+            if bulk_key is not None:
+                merged[bulk_key] = value
+        info = dom.info()
+        merged.setdefault("balloon.maximum", info[1])
+        merged.setdefault("balloon.current", info[2])
+        return merged
+
+    def _needs_xml(self, facts: DomainFacts, stats: dict[str, Any], now: float) -> bool:
+        """Re-read the XML when it is old, or when the stats contradict the cached period."""
+        if now - facts.checked_at >= self.config.refresh_interval:
+            return True
+        if now - facts.checked_at < RECHECK_SECONDS or facts.blocked_model:
+            return False
+        last_update = int(stats.get("balloon.last-update", 0))
+        if facts.period == 0:
+            return last_update > facts.last_update  # someone armed it: stats move again
+        if facts.period and last_update:
+            return now - last_update > max(3.0 * facts.period, 10.0)  # maybe disarmed
+        return False
+
+    def _read_facts(
+        self,
+        dom: Any,
+        name: str,
+        key: str,
+        domain_id: int,
+        old: Optional[DomainFacts],
+        now: float,
+    ) -> DomainFacts:
+        facts = DomainFacts(domain_id, now)
+        if old is not None and old.domain_id == domain_id:
+            facts.first_seen = old.first_seen
+            facts.arm_failed = old.arm_failed
+            facts.last_update = old.last_update
+        try:
+            parse_domain_xml(dom.XMLDesc(0), facts)
+        except ET.ParseError as exc:
+            self.log.fault(f"libvirt-xml:{key}", f"libvirt: domain {name!r}: bad XML: {exc}")
+        facts.tags = {
+            **self._host_tags,
+            "guest": name,
+            "uuid": key,
+            "hypervisor": facts.hypervisor,
+        }
+        return facts
+
+    def _arm(self, dom: Any, name: str, facts: DomainFacts) -> None:
+        """Set the stats period on a running domain where it is 0 (again if someone zeroes it)."""
+        period = self.config.set_stats_period
+        try:
+            dom.setMemoryStatsPeriod(period, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            self.log.warn(f"libvirt: cannot arm the stats period on {name!r}: {_message(exc)}")
+            facts.arm_failed = True  # not again until the domain restarts
+            return
+        facts.period = period
+        self.log.info(f"libvirt: armed balloon stats period {period}s on domain {name!r}")
+
+    def _fields(self, stats: dict[str, Any], facts: DomainFacts, now: float) -> Fields:
+        fields: Fields = {}
+        maximum = stats.get("balloon.maximum")
+        current = stats.get("balloon.current")
+        if maximum is not None:
+            fields["memory_max_bytes"] = int(maximum) * KIB
+        if current is not None:
+            fields["memory_current_bytes"] = int(current) * KIB
+            if maximum is not None:
+                fields["balloon_actual_bytes"] = max(0, int(maximum) - int(current)) * KIB
+        for key, name, scale in _GUEST_KEYS:
+            value = stats.get(key)
+            if value is not None:
+                fields[name] = int(value) * scale
+        last_update = int(stats.get("balloon.last-update", 0))
+        if last_update > 0:
+            fields["stats_age_seconds"] = max(0.0, now - last_update)
+        facts.last_update = max(facts.last_update, last_update)
+        if facts.reservation_bytes is not None:
+            fields["reservation_bytes"] = facts.reservation_bytes
+        if facts.limit_bytes is not None:
+            fields["limit_bytes"] = facts.limit_bytes
+        period = facts.period
+        if period is not None:
+            fields["stats_period_seconds"] = period
+            fields["stats_disabled"] = period == 0
+        if facts.blocked_model:
+            blocked = True
+        else:
+            # A balloon device whose guest driver never reported: the balloon never moved
+            # and the guest never sent stats, past a grace period after we first saw it.
+            grace = max(30.0, 3.0 * (period or 0))
+            blocked = (
+                bool(period)
+                and last_update == 0
+                and maximum is not None
+                and current == maximum
+                and now - facts.first_seen > grace
+            )
+        fields["inflation_blocked"] = blocked
+        return fields
+
+
+def _message(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
