@@ -319,3 +319,44 @@ def check_point(measurement: str, tags: dict[str, str], fields: dict[str, object
                 f"{measurement}.{name}: {type(value).__name__}, catalog says {entry.type.__name__}"
             )
     return problems
+
+
+_SOURCE_COLUMNS = (GUEST, LIBVIRT, VSPHERE)
+
+
+def _type_word(kind: type) -> str:
+    return {int: "integer", float: "float", bool: "boolean", str: "string"}[kind]
+
+
+def markdown_tables() -> str:
+    """The README's Metrics section body, generated from this catalog (a test compares)."""
+    out: list[str] = []
+    for measurement, (tags, fields) in MEASUREMENTS.items():
+        out.append(f"### `{measurement}`\n")
+        out.append("Tags: " + "; ".join(f"`{k}` ({v})" for k, v in tags.items()) + ".\n")
+        with_sources = measurement in (BALLOON, HOST)
+        head = "| field | type | unit |"
+        rule = "|---|---|---|"
+        if with_sources:
+            head += " guest | libvirt | vsphere* |"
+            rule += "---|---|---|"
+        out.append(head + " meaning |")
+        out.append(rule + "---|")
+        for entry in fields:
+            row = f"| `{entry.name}` | {_type_word(entry.type)} | {entry.unit or '-'} |"
+            if with_sources:
+                for column in _SOURCE_COLUMNS:
+                    if HEALTH in entry.sources:
+                        mark = "computed"
+                    else:
+                        mark = "yes" if column in entry.sources else "-"
+                    row += f" {mark} |"
+            meaning = entry.description + (f" ({entry.note})" if entry.note else "")
+            out.append(row + f" {meaning} |")
+        if measurement in (BALLOON, HOST):
+            out.append(
+                "| `<field>_level` | integer | level | computed | computed | computed |"
+                " per `[[thresholds]]` rule: 0 ok, 1 warning, 2 critical |"
+            )
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,51 @@
+"""Regenerate the README's generated sections (sample config, metrics tables) from the code.
+
+Usage: python scripts/update_readme.py [--check]   (--check: exit 1 if the README is stale)
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from telegraf_balloon import catalog  # noqa: E402
+from telegraf_balloon.cli import sample_config  # noqa: E402
+
+
+def sections() -> dict[str, str]:
+    return {
+        "SAMPLE CONFIG": "```toml\n" + sample_config() + "```",
+        "METRICS": catalog.markdown_tables().rstrip(),
+    }
+
+
+def render(text: str) -> str:
+    for name, body in sections().items():
+        pattern = re.compile(
+            rf"(<!-- BEGIN {name} -->\n)(?:.*?\n)?(<!-- END {name} -->)", re.DOTALL
+        )
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no <!-- BEGIN {name} --> section")
+        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+    return text
+
+
+def main() -> int:
+    readme = ROOT / "README.md"
+    current = readme.read_text(encoding="utf-8")
+    updated = render(current)
+    if "--check" in sys.argv[1:]:
+        if updated != current:
+            print("README.md is stale: run python scripts/update_readme.py", file=sys.stderr)
+            return 1
+        return 0
+    readme.write_text(updated, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
