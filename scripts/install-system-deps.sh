@@ -16,7 +16,14 @@ missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
-if [ -z "$missing" ]; then echo "system packages: all present"; exit 0; fi
+# The test suite downloads the guest kernel package with apt-get download: it needs the lists.
+lists_empty=0
+if [ "${1:-test}" = test ] && ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then lists_empty=1; fi
+if [ -z "$missing" ] && [ $lists_empty = 0 ]; then echo "system packages: all present"; exit 0; fi
+if [ -z "$missing" ]; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq; exit 0; fi
+  echo "E! not root: run apt-get update first (the suite downloads a guest kernel)" >&2; exit 1
+fi
 if [ "$(id -u)" != 0 ]; then
   echo "E! not root: install these Debian packages first, then run make test again:" >&2
   echo "   apt-get install -y --no-install-recommends$missing" >&2

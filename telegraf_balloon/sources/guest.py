@@ -105,6 +105,13 @@ def parse_vmmemctl(text: str) -> dict[str, int]:
         if match is None:
             continue
         name, value, failed = match.group(1).strip(), match.group(2), match.group(3)
+        if failed is not None:
+            # A command counter ("target: 20 (0 failed)" counts GET_TARGET calls): kept apart
+            # from the balloon's own "target" and "current" lines of the same name.
+            name += " calls"
+            out[name[:-6] + " failed"] = int(failed)
+        if name in out:
+            continue
         if value.isdigit():
             out[name] = int(value)
         elif value.startswith("0x"):
@@ -112,8 +119,6 @@ def parse_vmmemctl(text: str) -> dict[str, int]:
                 out[name] = int(value, 16)
             except ValueError:
                 continue
-        if failed is not None:
-            out[name + " failed"] = int(failed)
     if "target" not in out or "current" not in out:
         raise Malformed("no numeric target/current lines")
     return out

@@ -1,0 +1,212 @@
+"""The libvirt source against a real libvirtd running a real QEMU guest with a virtio balloon.
+
+One daemon and one guest serve the whole session (tests/stack/libvirt_fixtures.py); each
+test leaves the guest as it found it (512 MiB, stats period 2 s).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from typing import Any, Callable, Optional
+
+import line_protocol_parser
+import pytest
+
+from telegraf_balloon import catalog
+from telegraf_balloon.config import load_text
+from telegraf_balloon.log import Log
+from telegraf_balloon.runner import Runner
+from telegraf_balloon.sources import build_sources
+from tests.stack.libvirt_stack import LibvirtStack
+
+MIB = 1024 * 1024
+FULL_KIB = 512 * 1024
+
+
+class Plugin:
+    """The real runner with real sources, its output parsed line by line."""
+
+    def __init__(self, toml: str) -> None:
+        self.log_stream = io.StringIO()
+        log = Log(self.log_stream)
+        config = load_text(toml, "test.toml")
+        self.out = io.BytesIO()
+        self.runner = Runner(config, build_sources(config, log), self.out, log, "plugin-host")
+
+    def poll(self) -> list[dict[str, Any]]:
+        start = self.out.tell()
+        self.runner.poll()
+        text = self.out.getvalue()[start:].decode()
+        lines = [line_protocol_parser.parse_line(line) for line in text.splitlines()]
+        for line in lines:
+            problems = catalog.check_point(line["measurement"], line["tags"], line["fields"])
+            assert problems == [], problems
+        return lines
+
+    def vm(self, guest: str) -> dict[str, Any]:
+        for line in self.poll():
+            if line["measurement"] == "balloon" and line["tags"].get("guest") == guest:
+                return dict(line["fields"])
+        raise AssertionError(f"no balloon line for {guest}: {self.log_stream.getvalue()}")
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def wait_for(check: Callable[[], Optional[Any]], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture()
+def domain(libvirt_stack: LibvirtStack, qemu_guest: str) -> Iterator[Any]:
+    import libvirt
+
+    conn = libvirt.open(libvirt_stack.uri)
+    dom = conn.lookupByName(qemu_guest)
+    yield dom
+    # leave the guest as found
+    dom.setMemoryStatsPeriod(2, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    dom.setMemory(FULL_KIB)
+    wait_for(lambda: dom.info()[2] == FULL_KIB, 30, "deflate back to 512 MiB")
+    conn.close()
+
+
+def _toml(stack: LibvirtStack, extra: str = "", source_extra: str = "") -> str:
+    return f"""
+[agent]
+timeout = "10s"
+[[sources.libvirt]]
+uri = "{stack.uri}"
+refresh_interval = "2s"
+{source_extra}
+[health]
+stale_after = "6s"
+{extra}
+"""
+
+
+def test_balloon_actual_follows_set_memory(
+    libvirt_stack: LibvirtStack, qemu_guest: str, domain: Any
+) -> None:
+    plugin = Plugin(_toml(libvirt_stack))
+    try:
+        fields = plugin.vm(qemu_guest)
+        assert fields["memory_max_bytes"] == 512 * MIB
+        assert fields["balloon_actual_bytes"] == 0
+        assert fields["stats_period_seconds"] == 2 and fields["stats_disabled"] is False
+        assert fields["inflation_blocked"] is False
+        for target_mib in (256, 512):
+            domain.setMemory(target_mib * 1024)
+            # As soon as libvirt shows the new size, the very next poll reports it.
+            wait_for(lambda t=target_mib: domain.info()[2] == t * 1024, 30, f"{target_mib} MiB")
+            fields = plugin.vm(qemu_guest)
+            assert fields["memory_current_bytes"] == target_mib * MIB
+            assert fields["balloon_actual_bytes"] == (512 - target_mib) * MIB
+            assert fields["balloon_ratio"] == (512 - target_mib) / 512
+    finally:
+        plugin.close()
+
+
+def test_guest_view_agrees_with_host_view(
+    libvirt_stack: LibvirtStack, qemu_guest: str, domain: Any
+) -> None:
+    """What the guest's console prints of /proc agrees with the host-side balloon lines."""
+    plugin = Plugin(_toml(libvirt_stack))
+    try:
+        domain.setMemory(256 * 1024)
+
+        def agree() -> Optional[tuple[dict[str, Any], dict[str, int]]]:
+            fields = plugin.vm(qemu_guest)
+            console = libvirt_stack.console_snapshot(qemu_guest)
+            pages = console.get("balloon_inflate", 0) - console.get("balloon_deflate", 0)
+            if (
+                fields.get("balloon_actual_bytes") == 256 * MIB
+                and pages * 4096 == 256 * MIB
+                and fields.get("guest_total_bytes") == console.get("MemTotal", -1) * 1024
+            ):
+                return fields, console
+            return None
+
+        fields, _console = wait_for(agree, 40, "guest and host views to agree at 256 MiB")
+        # Without DEFLATE_ON_OOM the guest's MemTotal shrank by exactly the balloon.
+        assert fields["guest_free_bytes"] <= fields["guest_total_bytes"]
+        assert fields["memory_current_bytes"] == 256 * MIB
+    finally:
+        plugin.close()
+
+
+def test_stats_period_zero_disables_then_rearm(
+    libvirt_stack: LibvirtStack, qemu_guest: str, domain: Any
+) -> None:
+    import libvirt
+
+    # Read-only plugin: reports the disarmed period and, after stale_after, stale stats.
+    watcher = Plugin(_toml(libvirt_stack))
+    try:
+        assert watcher.vm(qemu_guest)["stats_disabled"] is False
+        domain.setMemoryStatsPeriod(0, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        fields = wait_for(
+            lambda: (f := watcher.vm(qemu_guest)).get("stats_disabled") and f.get("stale") and f,
+            60,
+            "stats_disabled and stale",
+        )
+        assert fields["stats_period_seconds"] == 0
+        assert fields["stats_age_seconds"] > 6
+    finally:
+        watcher.close()
+
+    # With set_stats_period the plugin re-arms it, and the guest's figures move again.
+    armer = Plugin(_toml(libvirt_stack, source_extra="read_only = false\nset_stats_period = 2"))
+    try:
+        first = armer.vm(qemu_guest)
+        assert "armed balloon stats period 2s" in armer.log_stream.getvalue()
+        assert first["stats_period_seconds"] == 2
+        fields = wait_for(
+            lambda: (f := armer.vm(qemu_guest)).get("stale") is False and f,
+            30,
+            "fresh stats after re-arming",
+        )
+        assert fields["stats_age_seconds"] < 6
+    finally:
+        armer.close()
+
+
+def test_inflated_past_40_percent_reaches_critical_after_for(
+    libvirt_stack: LibvirtStack, qemu_guest: str, domain: Any
+) -> None:
+    """Issue 4 end to end: warn 0.2 / crit 0.4 for 4 s on the real guest's balloon."""
+    rules = """
+[[thresholds]]
+field = "balloon_ratio"
+warn = 0.20
+crit = 0.40
+for = "4s"
+"""
+    plugin = Plugin(_toml(libvirt_stack, extra=rules))
+    try:
+        assert plugin.vm(qemu_guest)["alert_level"] == 0
+        domain.setMemory(232 * 1024)  # balloon 280 MiB of 512: ratio 0.547
+        wait_for(lambda: domain.info()[2] == 232 * 1024, 30, "inflation to 232 MiB")
+        first = plugin.vm(qemu_guest)
+        started = time.monotonic()
+        assert first["balloon_ratio"] > 0.4
+        assert first["balloon_ratio_level"] == 0  # the condition has not held `for` yet
+        time.sleep(4.2)
+        fields = plugin.vm(qemu_guest)
+        assert time.monotonic() - started >= 4.0
+        assert fields["balloon_ratio_level"] == 2
+        assert fields["alert_level"] == 2
+        domain.setMemory(FULL_KIB)
+        wait_for(lambda: domain.info()[2] == FULL_KIB, 30, "deflate")
+        assert plugin.vm(qemu_guest)["alert_level"] == 0  # falls at once
+    finally:
+        plugin.close()
