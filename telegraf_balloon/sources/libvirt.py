@@ -87,6 +87,7 @@ class DomainFacts:
         "hypervisor",
         "last_update",
         "limit_bytes",
+        "max_kib",
         "period",
         "reservation_bytes",
         "tags",
@@ -101,6 +102,7 @@ class DomainFacts:
         self.period: Optional[int] = None
         self.reservation_bytes: Optional[int] = None
         self.limit_bytes: Optional[int] = None
+        self.max_kib: Optional[int] = None
         self.last_update = 0
         self.arm_failed = False
         self.tags: Tags = {}
@@ -126,6 +128,8 @@ def parse_domain_xml(text: str, facts: DomainFacts) -> None:
     """Fill facts from a domain's XML description."""
     root = ET.fromstring(text)
     facts.hypervisor = root.get("type", "unknown")
+    maximum = _size_bytes(root.find("memory"))
+    facts.max_kib = None if maximum is None else maximum // KIB
     balloon = root.find("./devices/memballoon")
     model = balloon.get("model", "none") if balloon is not None else "none"
     facts.blocked_model = model == "none"
@@ -266,7 +270,8 @@ class LibvirtSource:
                 continue
             key = dom.UUIDString()
             try:
-                if "balloon.current" not in stats:
+                fallback = "balloon.current" not in stats
+                if fallback:
                     stats = self._fallback(dom, stats)
                 facts = facts_by_key.get(key)
                 domain_id = dom.ID()
@@ -277,6 +282,10 @@ class LibvirtSource:
                 ):
                     facts = self._read_facts(dom, name, key, domain_id, facts, now)
                     facts_by_key[key] = facts
+                if fallback and "balloon.maximum" not in stats:
+                    # from the cached XML's <memory>, not one more round trip
+                    known = facts.max_kib
+                    stats["balloon.maximum"] = known if known is not None else dom.info()[1]
                 if self.config.set_stats_period and facts.period == 0 and not facts.arm_failed:
                     self._arm(dom, name, facts)
             except libvirt.libvirtError as exc:
@@ -294,15 +303,14 @@ class LibvirtSource:
         return PollResult(samples=samples, hosts=hosts, api_latency_seconds=latency)
 
     def _fallback(self, dom: Any, stats: dict[str, Any]) -> dict[str, Any]:
-        """Per-domain calls for a domain the bulk call gave no balloon keys for."""
+        """One memoryStats() call for a domain the bulk call gave no balloon keys for."""
         merged = dict(stats)
         for key, value in dom.memoryStats().items():
             bulk_key = _MEMORY_STATS_KEYS.get(key)
             if bulk_key is not None:
                 merged[bulk_key] = value
-        info = dom.info()
-        merged.setdefault("balloon.maximum", info[1])
-        merged.setdefault("balloon.current", info[2])
+        if "balloon.current" not in merged:
+            merged["balloon.current"] = dom.info()[2]  # no balloon device: memoryStats is {}
         return merged
 
     def _needs_xml(self, facts: DomainFacts, stats: dict[str, Any], now: float) -> bool:
