@@ -28,14 +28,21 @@ BUILTIN_EVENTS: tuple[tuple[str, str], ...] = (
 READ_LIMIT = 8 << 20  # bytes read per file per poll; the rest waits for the next poll
 
 
+MARK = 64  # bytes before the offset remembered to notice a file rewritten in place
+
+
 class _Tail:
-    __slots__ = ("inode", "offset", "partial", "totals")
+    __slots__ = ("inode", "mark", "offset", "partial", "totals")
 
     def __init__(self, inode: int, offset: int) -> None:
         self.inode = inode
         self.offset = offset
+        self.mark = b""  # the last bytes read, which must still be there next time
         self.partial = b""
         self.totals: dict[str, int] = {}
+
+    def restart(self, inode: int) -> None:
+        self.inode, self.offset, self.mark, self.partial = inode, 0, b"", b""
 
 
 class LogsSource:
@@ -83,9 +90,19 @@ class LogsSource:
                     tail = self._tails.get(path)
                     if tail is None:
                         # Files present at start: only what is written from now on counts.
-                        tail = self._tails[path] = _Tail(stat.st_ino, stat.st_size if first else 0)
+                        tail = self._tails[path] = _Tail(stat.st_ino, 0)
+                        if first and stat.st_size:
+                            handle.seek(max(0, stat.st_size - MARK))
+                            tail.mark = handle.read(MARK)
+                            tail.offset = stat.st_size
                     elif tail.inode != stat.st_ino or stat.st_size < tail.offset:
-                        tail.inode, tail.offset, tail.partial = stat.st_ino, 0, b""  # rotated
+                        tail.restart(stat.st_ino)  # rotated, or truncated below our offset
+                    elif tail.mark:
+                        # Truncated and refilled past our offset (copytruncate): the bytes
+                        # we read last are no longer where we left them.
+                        handle.seek(tail.offset - len(tail.mark))
+                        if handle.read(len(tail.mark)) != tail.mark:
+                            tail.restart(stat.st_ino)
                     handle.seek(tail.offset)
                     data = handle.read(READ_LIMIT)
             except OSError as exc:
@@ -93,6 +110,8 @@ class LogsSource:
                 continue
             self.log.clear(f"logs:{path}")
             tail.offset += len(data)
+            if data:
+                tail.mark = (tail.mark + data)[-MARK:]
             data = tail.partial + data
             cut = data.rfind(b"\n") + 1
             tail.partial = data[cut:][-65536:]
