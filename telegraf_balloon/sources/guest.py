@@ -26,6 +26,13 @@ class Malformed(ValueError):
     """A file whose content does not follow the kernel's format."""
 
 
+def _number(text: str) -> int:
+    """A plain ASCII decimal (str.isdigit() also accepts '²', which int() refuses)."""
+    if not text.isascii() or not text.isdigit():
+        raise Malformed(f"not a number: {text[:40]!r}")
+    return int(text)
+
+
 # --- pure parsers: text in, plain data out -------------------------------------------------
 
 
@@ -39,9 +46,9 @@ def parse_meminfo(text: str) -> dict[str, int]:
             continue
         name, sep, rest = line.partition(":")
         words = rest.split()
-        if not sep or not words or not words[0].isdigit() or len(words) > 2:
+        if not sep or not words or len(words) > 2:
             raise Malformed(f"unexpected line {line[:60]!r}")
-        out[name.strip()] = int(words[0])
+        out[name.strip()] = _number(words[0])
     if "MemTotal" not in out:
         raise Malformed("no MemTotal line")
     return out
@@ -56,9 +63,11 @@ def parse_vmstat(text: str) -> dict[str, int]:
         words = line.split()
         if not words:
             continue
-        if len(words) != 2 or not words[1].lstrip("-").isdigit():
+        if len(words) != 2:
             raise Malformed(f"unexpected line {line[:60]!r}")
-        out[words[0]] = int(words[1])
+        value = words[1]
+        # counters are unsigned, but a few gauges (nr_*) can read negative on some kernels
+        out[words[0]] = -_number(value[1:]) if value.startswith("-") else _number(value)
     if not out:
         raise Malformed("empty")
     return out
@@ -109,10 +118,10 @@ def parse_vmmemctl(text: str) -> dict[str, int]:
             # A command counter ("target: 20 (0 failed)" counts GET_TARGET calls): kept apart
             # from the balloon's own "target" and "current" lines of the same name.
             name += " calls"
-            out[name[:-6] + " failed"] = int(failed)
+            out[name[:-6] + " failed"] = _number(failed)
         if name in out:
             continue
-        if value.isdigit():
+        if value.isascii() and value.isdigit():
             out[name] = int(value)
         elif value.startswith("0x"):
             try:
@@ -135,17 +144,17 @@ def parse_hv_balloon(text: str) -> dict[str, str]:
         name, sep, value = line.partition(":")
         if sep and name.strip():
             out[name.strip()] = value.strip()
-    if "pages_ballooned" not in out or not out["pages_ballooned"].isdigit():
-        raise Malformed("no numeric pages_ballooned line")
+    if "pages_ballooned" not in out:
+        raise Malformed("no pages_ballooned line")
+    _number(out["pages_ballooned"])
+    if "page_size" in out:
+        _number(out["page_size"])
     return out
 
 
 # 123456\n  (each xen_memory0 attribute is one "%lu\n")
 def parse_ulong(text: str) -> int:
-    value = text.strip()
-    if not value.isdigit():
-        raise Malformed(f"not a number: {value[:40]!r}")
-    return int(value)
+    return _number(text.strip())
 
 
 # blacklist virtio_balloon
@@ -159,13 +168,15 @@ def blacklisted_modules(conf_texts: list[str], cmdline: str) -> set[str]:
             if (len(words) >= 2 and words[0] == "blacklist") or (
                 len(words) >= 3
                 and words[0] == "install"
-                and words[2] in ("/bin/false", "/bin/true")
+                and os.path.basename(words[2]) in ("false", "true")
             ):
                 out.add(words[1].replace("-", "_"))
     for word in cmdline.split():
         name, _, value = word.partition("=")
-        if name in ("module_blacklist", "modprobe.blacklist"):
+        if name == "modprobe.blacklist":  # read by kmod, which takes - and _ alike
             out.update(v.replace("-", "_") for v in value.split(",") if v)
+        elif name == "module_blacklist":  # matched by the kernel as written
+            out.update(v for v in value.split(",") if v)
     return out
 
 
@@ -252,10 +263,11 @@ class GuestSource:
             device_dir = os.path.dirname(device_file)
             name = os.path.basename(device_dir)
             driver_link = os.path.join(device_dir, "driver")
-            bound = (
-                os.path.lexists(driver_link)
-                and os.path.basename(os.readlink(driver_link)) == "virtio_balloon"
-            ) or self._exists(f"sys/bus/virtio/drivers/virtio_balloon/{name}")
+            try:
+                linked = os.path.basename(os.readlink(driver_link)) == "virtio_balloon"
+            except OSError:  # no driver bound (or a copied tree without the link)
+                linked = False
+            bound = linked or self._exists(f"sys/bus/virtio/drivers/virtio_balloon/{name}")
             return _Driver("virtio_balloon", bound, device_dir)
         return None
 
@@ -298,9 +310,13 @@ class GuestSource:
         if kvm_clock:
             return "kvm"
         if driver is not None:
-            return {"vmw_balloon": "vmware", "xen_balloon": "xen", "hv_balloon": "hyperv"}.get(
-                driver.name, "kvm" if kvm_clock else "unknown"
-            )
+            # virtio without DMI (Firecracker, cloud-hypervisor, crosvm): all run on KVM.
+            return {
+                "vmw_balloon": "vmware",
+                "xen_balloon": "xen",
+                "hv_balloon": "hyperv",
+                "virtio_balloon": "kvm",
+            }[driver.name]
         return "unknown"
 
     def _blacklist(self) -> set[str]:
@@ -367,6 +383,7 @@ class GuestSource:
                 balloon_bytes = stats["current"] * VMW_PAGE
                 target_bytes = stats["target"] * VMW_PAGE
         elif driver is not None and driver.name == "xen_balloon":
+            shrinks_memtotal = True  # balloon.c takes ballooned pages out of managed memory
             base = "sys/devices/system/xen_memory/xen_memory0/"
             values = {
                 name: self._parse(base + name, parse_ulong)
@@ -384,8 +401,8 @@ class GuestSource:
         elif driver is not None and driver.name == "hv_balloon":
             stats = self._parse("sys/kernel/debug/hv-balloon", parse_hv_balloon)
             if isinstance(stats, dict):
-                hv_page = int(stats["page_size"]) if stats.get("page_size", "").isdigit() else page
-                balloon_bytes = int(stats["pages_ballooned"]) * hv_page
+                hv_page = _number(stats["page_size"]) if "page_size" in stats else page
+                balloon_bytes = _number(stats["pages_ballooned"]) * hv_page
             shrinks_memtotal = True
 
         if "MemTotal" in meminfo:
@@ -399,6 +416,10 @@ class GuestSource:
                 maximum = total + balloon_bytes if shrinks_memtotal else total
                 fields["memory_max_bytes"] = maximum
                 fields["memory_current_bytes"] = maximum - balloon_bytes
+            elif shrinks_memtotal:
+                # The balloon's size is unknown and MemTotal lacks it: the VM's configured
+                # memory cannot be known, only what the guest has now.
+                fields["memory_current_bytes"] = total
             else:
                 fields["memory_max_bytes"] = total
         if balloon_bytes is not None:
