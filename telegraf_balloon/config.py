@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -242,6 +243,8 @@ class _Reader:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(key, f"expected a number, got {_type_name(value)}")
+        if not math.isfinite(value):
+            raise self.error(key, f"must be a finite number, got {value}")
         return float(value)
 
     def ratio(self, key: str, default: float) -> float:
@@ -255,6 +258,8 @@ class _Reader:
         value = self._raw(key)
         if value is None:
             return default
+        if isinstance(value, str):
+            value = self.string(key, "")
         try:
             return parse_duration(value)
         except ValueError as exc:

@@ -19,7 +19,7 @@ _WARN, _CRIT = 1, 2
 class _Rule:
     """A [[thresholds]] rule compiled for the hot loop."""
 
-    __slots__ = ("below", "crit", "field", "for_seconds", "level_key", "warn")
+    __slots__ = ("below", "crit", "field", "for_seconds", "level_key", "shared", "warn")
 
     def __init__(self, rule: ThresholdRule) -> None:
         self.field = rule.field
@@ -30,6 +30,14 @@ class _Rule:
         sign = -1.0 if rule.below else 1.0
         self.warn = None if rule.warn is None else sign * rule.warn
         self.crit = None if rule.crit is None else sign * rule.crit
+        self.shared = False  # another rule watches the same field
+
+
+def _compile(thresholds: tuple[ThresholdRule, ...], measurement: str) -> list[_Rule]:
+    rules = [_Rule(r) for r in thresholds if r.measurement == measurement]
+    for rule in rules:
+        rule.shared = sum(1 for other in rules if other.field == rule.field) > 1
+    return rules
 
 
 class _State:
@@ -81,6 +89,9 @@ def _levels(rules: list[_Rule], fields: Fields, state: _State, now: float) -> in
                 level = _CRIT
         else:
             crit_since[i] = None
+        # Several rules may watch one field (warn after 10 min, crit at once): the highest wins.
+        if rule.shared:
+            level = max(level, fields.get(rule.level_key, 0))  # type: ignore[type-var]
         fields[rule.level_key] = level
         if level > highest:
             highest = level
@@ -92,8 +103,8 @@ class Health:
 
     def __init__(self, config: HealthConfig, thresholds: tuple[ThresholdRule, ...] = ()) -> None:
         self.config = config
-        self.vm_rules = [_Rule(r) for r in thresholds if r.measurement == catalog.BALLOON]
-        self.host_rules = [_Rule(r) for r in thresholds if r.measurement == catalog.HOST]
+        self.vm_rules = _compile(thresholds, catalog.BALLOON)
+        self.host_rules = _compile(thresholds, catalog.HOST)
         self._vms: dict[str, dict[str, _State]] = {}
         self._hosts: dict[str, dict[str, _State]] = {}
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 from typing import Optional, TextIO
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 class Log:
@@ -41,11 +44,16 @@ class Log:
             self._write("D! ", message)
 
     def fault(self, key: str, message: str, level: str = "W") -> None:
-        """Log a fault under `key` once, until it clears or its message changes."""
+        """Log a fault under `key` once, until it clears or its message changes.
+
+        Numbers do not make a new message: "still running after 1.2s" and "after 1.4s" are
+        the same fault going on.
+        """
+        shape = _NUMBER.sub("#", message)
         with self._lock:
-            if self._faults.get(key) == message:
+            if self._faults.get(key) == shape:
                 return
-            self._faults[key] = message
+            self._faults[key] = shape
         self._write(level + "! ", message)
 
     def clear(self, key: str, message: Optional[str] = None) -> None:

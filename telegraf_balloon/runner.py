@@ -162,14 +162,13 @@ class Runner:
             if up:
                 self.log.clear(fault_key, f"{source.kind} {source.instance}: answering again")
                 items = [(s.key, s.fields) for s in result.samples]
-                self.health.vms(source.instance, items, now)
+                state_key = f"{source.kind}:{source.instance}"
+                self.health.vms(state_key, items, now)
                 for sample in result.samples:
                     points.append((catalog.BALLOON, sample.tags, sample.fields, time_ns))
                 hosts = host_lines(result.samples, result.hosts)
                 if hosts:
-                    self.health.hosts(
-                        source.instance, [(t.get("host", ""), f) for t, f in hosts], now
-                    )
+                    self.health.hosts(state_key, [(t.get("host", ""), f) for t, f in hosts], now)
                     for tags, fields in hosts:
                         points.append((catalog.HOST, tags, fields, time_ns))
                 for name, tags, fields in result.points:

@@ -162,7 +162,7 @@ ERRORS = [
     case(
         GUEST + "[health]\nstuck_gap_ratio = nan\n",
         "health.stuck_gap_ratio",
-        "between 0 and 1",
+        "finite number",
         "ratio-nan",
     ),
     # sources
