@@ -9,8 +9,8 @@ Rules (InfluxDB 1.x and Telegraf's parser agree on them):
 What line protocol cannot carry is changed, never passed through to break a line:
 - newline, carriage return, tab and form feed in names and tag values become a space
   (they end or split a point in Telegraf's parser); in string fields, a space too;
-- an odd run of backslashes directly before an escaped character or at the end of a name or
-  tag value cannot be told apart from an escape: its last backslash becomes ``/``;
+- a backslash directly before an escaped character or at the end of a name or tag value is
+  read differently by different parsers: it becomes ``/`` (only that last one of a run);
 - empty tag values and tags named ``time`` are dropped;
 - None, NaN, infinities, ints outside int64 and fields named ``time`` are dropped;
 - a point left with no field produces no line at all.
@@ -37,23 +37,23 @@ _RUN_PATTERNS: dict[str, re.Pattern[str]] = {}
 
 
 def _fix_backslashes(text: str, specials: str) -> str:
-    """Make a backslash run before an escaped character (or the end) even-length.
+    """End every backslash run that stands before an escaped character (or the end) in '/'.
 
-    The parsers skip the character after every backslash, so an odd run there would
-    swallow the escape that follows; its last backslash becomes '/'. Even runs read back
-    exactly as written.
+    Parsers disagree on a backslash there: InfluxDB's skips the next character, so an odd
+    run swallows the escape that follows; others read an even run as escaped backslashes
+    and then fail on the end of the value. With no backslash next to an escape or the end,
+    every parser reads the same text.
     """
     if "\\" not in text:
         return text
     pattern = _RUN_PATTERNS.get(specials)
     if pattern is None:
         pattern = _RUN_PATTERNS[specials] = re.compile(r"(\\+)(?=[" + re.escape(specials) + r"]|$)")
-    return pattern.sub(_even_run, text)
+    return pattern.sub(_end_run, text)
 
 
-def _even_run(match: re.Match[str]) -> str:
-    run = match.group(1)
-    return run if len(run) % 2 == 0 else run[:-1] + "/"
+def _end_run(match: re.Match[str]) -> str:
+    return match.group(1)[:-1] + "/"
 
 
 def _escape_measurement(name: str) -> str:
@@ -80,24 +80,23 @@ def measurement(name: str) -> str:
     return cached
 
 
+def _cached_escape(cache: dict[str, str], text: str) -> str:
+    cached = cache.get(text)
+    if cached is None:
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        cached = cache[text] = _escape_key(text)
+    return cached
+
+
 def key(name: str) -> str:
     """An escaped tag key or field key (cached: names come from a small set)."""
-    cached = _key_cache.get(name)
-    if cached is None:
-        if len(_key_cache) > _CACHE_LIMIT:
-            _key_cache.clear()
-        cached = _key_cache[name] = _escape_key(name)
-    return cached
+    return _cached_escape(_key_cache, name)
 
 
 def tag_value(value: str) -> str:
-    """An escaped tag value (cached, bounded: VM names repeat on every poll)."""
-    cached = _tag_value_cache.get(value)
-    if cached is None:
-        if len(_tag_value_cache) > _CACHE_LIMIT:
-            _tag_value_cache.clear()
-        cached = _tag_value_cache[value] = _escape_key(value)
-    return cached
+    """An escaped tag value. Its own bounded cache: a flood of VM names must not evict keys."""
+    return _cached_escape(_tag_value_cache, value)
 
 
 def string_field(value: str) -> str:
