@@ -26,11 +26,11 @@ system-deps-test:
 	@scripts/install-system-deps.sh test
 
 lint: $(VENV)/.stamp
-	$(BIN)/ruff check telegraf_balloon tests bench
-	$(BIN)/ruff format --check telegraf_balloon tests bench
+	$(BIN)/ruff check telegraf_balloon tests bench scripts
+	$(BIN)/ruff format --check telegraf_balloon tests bench scripts
 
 typecheck: $(VENV)/.stamp
-	$(BIN)/mypy telegraf_balloon tests bench
+	$(BIN)/mypy telegraf_balloon tests bench scripts
 
 unit: $(VENV)/.stamp
 	$(BIN)/pytest -q --ignore=tests/integration

@@ -72,6 +72,10 @@ def domain(libvirt_stack: LibvirtStack, qemu_guest: str) -> Iterator[Any]:
 
     conn = libvirt.open(libvirt_stack.uri)
     dom = conn.lookupByName(qemu_guest)
+    # start from a known state whatever ran before: full memory, stats every 2 s
+    dom.setMemoryStatsPeriod(2, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    dom.setMemory(FULL_KIB)
+    wait_for(lambda: dom.info()[2] == FULL_KIB, 30, "the guest at 512 MiB")
     yield dom
     # leave the guest as found
     dom.setMemoryStatsPeriod(2, libvirt.VIR_DOMAIN_AFFECT_LIVE)

@@ -13,21 +13,19 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from tests.stack.common import need_program, unavailable
+from tests.stack.common import unavailable
 from tests.stack.libvirt_stack import (
     DomainSpec,
     DomainState,
     LibvirtStack,
-    StackError,
     parse_console,
     write_node_xml,
 )
 
-GUEST = "stack-smoke"
 GUEST_MIB = 512
 PAGE_KIB = 4
 
@@ -164,33 +162,16 @@ def test_node_xml_with_no_domains(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[LibvirtStack]:
-    _libvirt()
-    if os.geteuid() != 0:
-        unavailable("the libvirtd stack needs root (unshare --mount, QEMU driver)")
-    for prog in ("libvirtd", "qemu-system-x86_64", "unshare", "taskset", "busybox"):
-        need_program(prog)
-    st = LibvirtStack()
-    try:
-        st.start_daemon()
-    except StackError as e:
-        st.stop()
-        unavailable(f"libvirtd could not start: {e}")
-    try:
-        yield st
-    finally:
-        st.stop()
+@pytest.fixture()
+def stack(libvirt_stack: LibvirtStack) -> LibvirtStack:
+    """The session's one daemon (tests/stack/libvirt_fixtures.py)."""
+    return libvirt_stack
 
 
-@pytest.fixture(scope="module")
-def guest(stack: LibvirtStack) -> str:
-    try:
-        stack.define_guest(GUEST, memory_mib=GUEST_MIB, stats_period=1)
-        stack.wait_guest_stats(GUEST, timeout=180)
-    except StackError as e:
-        unavailable(f"the QEMU guest could not boot: {e}")
-    return GUEST
+@pytest.fixture()
+def guest(qemu_guest: str) -> str:
+    """The session's one QEMU guest (512 MiB, virtio balloon)."""
+    return qemu_guest
 
 
 def wait_actual(stack: LibvirtStack, name: str, kib: int, timeout: float = 60) -> Dict[str, int]:
