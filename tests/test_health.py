@@ -1,0 +1,1527 @@
+"""The health stage (telegraf_balloon/health.py) and the host sums (aggregate.py).
+
+Table-driven: a case is a list of steps, each one poll of one source instance at a given
+time with the field dicts of the VMs present, and the fields expected on each VM line
+after the stage judged them. Time is injected (`now`); nothing sleeps.
+
+The contract is DESIGN.md sections 4 ([health], [[thresholds]]) and 5 (balloon,
+balloon_host), and the comments of telegraf_balloon/sample.toml.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import line_protocol_parser
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import telegraf_balloon
+from telegraf_balloon import catalog
+from telegraf_balloon.aggregate import host_lines
+from telegraf_balloon.config import Config, HealthConfig, ThresholdRule, load_text
+from telegraf_balloon.health import Health
+from telegraf_balloon.log import Log
+from telegraf_balloon.model import Fields, FieldValue, HostInfo, PollResult, Sample
+from telegraf_balloon.runner import Runner
+
+T0 = 1_700_000_000.0  # a realistic epoch: float subtraction there is exact for our steps
+MiB = 1 << 20
+GiB = 1 << 30
+MAX = 1000 * MiB  # memory_max_bytes of most VMs below: 1% of it is 10 MiB
+INSTANCE = "qemu:///system"
+
+SAMPLE_TOML = Path(telegraf_balloon.__file__).with_name("sample.toml")
+
+
+class _Absent:
+    """Marks a field that must not be on the line."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT = _Absent()
+Expected = Union[FieldValue, _Absent]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One poll: at T0 + t, these VMs (key -> fields the source gave), then these checks."""
+
+    t: float
+    vms: Mapping[str, Fields]
+    expect: Mapping[str, Mapping[str, Expected]] = field(default_factory=dict)
+    instance: str = INSTANCE
+
+
+DEFAULT = HealthConfig()  # stale_after unset: max(60 s, 3 x period)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    steps: Sequence[Step]
+    health: HealthConfig = DEFAULT
+    rules: tuple[ThresholdRule, ...] = ()
+
+
+def rule(
+    name: str,
+    warn: Optional[float] = None,
+    crit: Optional[float] = None,
+    for_seconds: float = 0.0,
+    below: bool = False,
+    measurement: str = catalog.BALLOON,
+) -> ThresholdRule:
+    return ThresholdRule(name, measurement, warn, crit, for_seconds, below)
+
+
+def check_fields(
+    where: str, fields: Mapping[str, FieldValue], expect: Mapping[str, Expected]
+) -> None:
+    for name, want in expect.items():
+        if isinstance(want, _Absent):
+            assert name not in fields, f"{where}: {name} should be absent, got {fields.get(name)!r}"
+            continue
+        assert name in fields, f"{where}: {name} missing; line: {fields}"
+        got = fields[name]
+        if isinstance(want, float) and not isinstance(want, bool):
+            assert type(got) is float, f"{where}: {name} = {got!r} is not a float"
+            assert got == pytest.approx(want, rel=1e-12), f"{where}: {name} = {got!r} != {want!r}"
+        else:
+            assert type(got) is type(want), f"{where}: {name} = {got!r}, expected {want!r}"
+            assert got == want, f"{where}: {name} = {got!r}, expected {want!r}"
+
+
+def run_case(case: Case) -> Health:
+    health = Health(case.health, case.rules)
+    for n, step in enumerate(case.steps):
+        items = [(key, dict(fields)) for key, fields in step.vms.items()]
+        health.vms(step.instance, items, T0 + step.t)
+        lines = dict(items)
+        for key, expect in step.expect.items():
+            assert key in lines, f"step {n}: bad case, {key} not polled"
+            check_fields(f"{case.id} step {n} (t={step.t:g}) {key}", lines[key], expect)
+        for key, fields in lines.items():
+            problems = catalog.check_point(catalog.BALLOON, {}, dict(fields))
+            assert not problems, f"{case.id} step {n} {key}: {problems}"
+    return health
+
+
+def one(t: float, fields: Fields, **expect: Expected) -> Step:
+    """A poll of the single VM 'vm' with these expected fields."""
+    return Step(t, {"vm": fields}, {"vm": expect})
+
+
+def vm(
+    actual: Optional[int] = None,
+    target: Optional[int] = None,
+    maximum: Optional[int] = MAX,
+    **extra: FieldValue,
+) -> Fields:
+    fields: Fields = {}
+    if maximum is not None:
+        fields["memory_max_bytes"] = maximum
+    if actual is not None:
+        fields["balloon_actual_bytes"] = actual
+    if target is not None:
+        fields["balloon_target_bytes"] = target
+    fields.update(extra)
+    return fields
+
+
+def pct(p: float) -> int:
+    """p percent of MAX, in bytes (10 MiB steps: exact ratios)."""
+    return round(MAX * p / 100)
+
+
+# --- ratio and gap ----------------------------------------------------------------------------
+
+RATIO_CASES = [
+    Case(
+        "ratio-is-actual-over-max",
+        [one(0, vm(actual=250 * MiB), balloon_ratio=0.25)],
+    ),
+    Case(
+        "ratio-zero-when-balloon-empty",
+        [one(0, vm(actual=0), balloon_ratio=0.0, balloon_gap_bytes=ABSENT)],
+    ),
+    Case(
+        "ratio-absent-without-max",
+        [one(0, vm(actual=250 * MiB, maximum=None), balloon_ratio=ABSENT)],
+    ),
+    Case(
+        "ratio-absent-when-max-is-zero",
+        [one(0, vm(actual=250 * MiB, maximum=0), balloon_ratio=ABSENT)],
+    ),
+    Case(
+        "ratio-absent-without-actual",
+        [one(0, vm(), balloon_ratio=ABSENT, balloon_gap_bytes=ABSENT)],
+    ),
+    Case(
+        "gap-is-target-minus-actual",
+        [one(0, vm(actual=100 * MiB, target=300 * MiB), balloon_gap_bytes=200 * MiB)],
+    ),
+    Case(
+        "gap-negative-when-balloon-beyond-target",
+        [one(0, vm(actual=300 * MiB, target=100 * MiB), balloon_gap_bytes=-200 * MiB)],
+    ),
+    Case(
+        "gap-absent-without-target",
+        [one(0, vm(actual=100 * MiB), balloon_gap_bytes=ABSENT, stuck=ABSENT)],
+    ),
+    Case(
+        "gap-zero-at-target",
+        [one(0, vm(actual=100 * MiB, target=100 * MiB), balloon_gap_bytes=0, stuck=False)],
+    ),
+    Case(
+        "no-rules-alert-level-zero-and-no-levels",
+        [one(0, vm(actual=900 * MiB), alert_level=0, balloon_ratio_level=ABSENT)],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", RATIO_CASES, ids=lambda c: c.id)
+def test_ratio_and_gap(case: Case) -> None:
+    run_case(case)
+
+
+# --- rates ------------------------------------------------------------------------------------
+
+
+def swaps(swap_in: Optional[int] = None, swap_out: Optional[int] = None) -> Fields:
+    fields: Fields = {}
+    if swap_in is not None:
+        fields["swap_in_bytes_total"] = swap_in
+    if swap_out is not None:
+        fields["swap_out_bytes_total"] = swap_out
+    return fields
+
+
+IN, OUT = "swap_in_bytes_per_second", "swap_out_bytes_per_second"
+
+
+def rates(swap_in: Expected, swap_out: Expected) -> dict[str, Expected]:
+    return {IN: swap_in, OUT: swap_out}
+
+
+RATE_CASES = [
+    Case(
+        "first-poll-no-rate-then-delta-over-seconds",
+        [
+            one(0, swaps(1000, 5000), **rates(ABSENT, ABSENT)),
+            one(10, swaps(2000, 5000 + 10 * MiB), **rates(100.0, float(MiB))),
+            one(20, swaps(2000, 5000 + 10 * MiB), **rates(0.0, 0.0)),
+        ],
+    ),
+    Case(
+        "irregular-interval-uses-the-real-elapsed-time",
+        [
+            one(0, swaps(0, 0)),
+            one(7.5, swaps(750, 1500), **rates(100.0, 200.0)),
+            one(8.0, swaps(800, 1500), **rates(100.0, 0.0)),
+        ],
+    ),
+    Case(
+        "counter-reset-absent-once-then-back",
+        [
+            one(0, swaps(5000, 5000)),
+            one(10, swaps(6000, 6000), **rates(100.0, 100.0)),
+            one(20, swaps(100, 100), **rates(ABSENT, ABSENT)),  # guest rebooted
+            one(30, swaps(600, 1100), **rates(50.0, 100.0)),
+        ],
+    ),
+    Case(
+        "reset-of-one-counter-keeps-the-other",
+        [
+            one(0, swaps(5000, 5000)),
+            one(10, swaps(10, 6000), **rates(ABSENT, 100.0)),
+            one(20, swaps(20, 7000), **rates(1.0, 100.0)),
+        ],
+    ),
+    Case(
+        "counter-missing-for-a-poll",
+        [
+            one(0, swaps(0, 0)),
+            one(10, swaps(None, 100), **rates(ABSENT, 10.0)),
+            one(20, swaps(1000, 200), **rates(ABSENT, 10.0)),  # no previous value
+            one(30, swaps(2000, 300), **rates(100.0, 10.0)),
+        ],
+    ),
+    Case(
+        "no-counters-no-rates",
+        [one(0, vm(actual=0)), one(10, vm(actual=0), **rates(ABSENT, ABSENT))],
+    ),
+    Case(
+        "same-timestamp-twice-no-rate-no-division-by-zero",
+        [
+            one(0, swaps(0, 0)),
+            one(0, swaps(100, 100), **rates(ABSENT, ABSENT)),
+            one(10, swaps(200, 200), **rates(10.0, 10.0)),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", RATE_CASES, ids=lambda c: c.id)
+def test_rates(case: Case) -> None:
+    run_case(case)
+
+
+counter = st.integers(min_value=0, max_value=2**63 - 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(min_value=1e-3, max_value=1e6), counter, counter),
+        min_size=1,
+        max_size=30,
+    ),
+    st.floats(min_value=0.0, max_value=4e9),
+)
+def test_rates_never_negative_nan_or_wrong(
+    polls: list[tuple[float, int, int]], start: float
+) -> None:
+    """Arbitrary counters at increasing times: a rate is (delta)/(seconds) or absent."""
+    health = Health(HealthConfig())
+    now = start
+    prev: Optional[tuple[float, int, int]] = None
+    for step, swap_in, swap_out in polls:
+        later = now + step
+        if later <= now:  # too small a step to move a large float
+            continue
+        now = later
+        fields: Fields = {"swap_in_bytes_total": swap_in, "swap_out_bytes_total": swap_out}
+        health.vms("i", [("vm", fields)], now)
+        for name, value, index in ((IN, swap_in, 1), (OUT, swap_out, 2)):
+            if prev is None or value < prev[index]:
+                assert name not in fields, (prev, value)
+                continue
+            rate = fields[name]
+            assert isinstance(rate, float)
+            assert not math.isnan(rate) and rate >= 0.0 and math.isfinite(rate)
+            assert rate == pytest.approx((value - prev[index]) / (now - prev[0]), rel=1e-9)
+        prev = (now, swap_in, swap_out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, allow_nan=False, allow_infinity=False, exclude_min=True),
+            st.one_of(counter, st.floats(min_value=0.0, allow_nan=False, allow_infinity=False)),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+)
+def test_rates_never_negative_or_nan_for_any_increasing_times(
+    polls: list[tuple[float, Union[int, float]]],
+) -> None:
+    """Even with absurd time steps and float counters: never negative, never NaN."""
+    health = Health(HealthConfig())
+    now = 0.0
+    for step, value in polls:
+        now = now + step if math.isfinite(now + step) else now
+        fields: Fields = {"swap_out_bytes_total": value}
+        health.vms("i", [("vm", fields)], now)
+        rate = fields.get(OUT)
+        if rate is not None:
+            assert isinstance(rate, float)
+            assert not math.isnan(rate) and rate >= 0.0
+
+
+# --- stuck ------------------------------------------------------------------------------------
+
+STUCK = HealthConfig(stuck_gap_ratio=0.05, stuck_for=300.0)
+
+
+def gap(p: float, **extra: FieldValue) -> Fields:
+    """A VM whose balloon is short of its target by p percent of its memory."""
+    fields = vm(actual=pct(10), target=pct(10 + p))
+    fields.update(extra)
+    return fields
+
+
+STUCK_CASES = [
+    Case(
+        "gap-held-for-stuck_for-sets-stuck",
+        [
+            one(0, gap(10), stuck=False),
+            one(100, gap(10), stuck=False),
+            one(299, gap(10), stuck=False),
+            one(300, gap(10), stuck=True),  # exactly at stuck_for
+            one(900, gap(10), stuck=True),
+        ],
+        STUCK,
+    ),
+    Case(
+        "gap-that-closes-early-never-sets-it-and-restarts-the-clock",
+        [
+            one(0, gap(10), stuck=False),
+            one(200, gap(0), stuck=False),
+            one(250, gap(10), stuck=False),
+            one(300, gap(10), stuck=False),  # would be stuck without the restart
+            one(549, gap(10), stuck=False),
+            one(550, gap(10), stuck=True),
+        ],
+        STUCK,
+    ),
+    Case(
+        "gap-exactly-at-the-ratio-is-not-above-it",
+        [one(0, gap(5), stuck=False), one(600, gap(5), stuck=False)],
+        STUCK,
+    ),
+    Case(
+        "gap-just-above-the-ratio",
+        [one(0, gap(6), stuck=False), one(300, gap(6), stuck=True)],
+        STUCK,
+    ),
+    Case(
+        "negative-gap-balloon-beyond-target-is-not-stuck",
+        [
+            one(0, vm(actual=pct(50), target=pct(10))),
+            one(600, vm(actual=pct(50), target=pct(10)), stuck=False),
+        ],
+        STUCK,
+    ),
+    Case(
+        "stuck-clears-at-once-when-the-gap-closes",
+        [
+            one(0, gap(10)),
+            one(300, gap(10), stuck=True),
+            one(310, gap(1), stuck=False),
+            one(320, gap(10), stuck=False),
+        ],
+        STUCK,
+    ),
+    Case(
+        "no-target-no-stuck",
+        [
+            one(0, vm(actual=pct(10)), stuck=ABSENT),
+            one(600, vm(actual=pct(10)), stuck=ABSENT),
+        ],
+        STUCK,
+    ),
+    Case(
+        "target-without-max-is-never-stuck",  # gap / max cannot be judged
+        [
+            one(0, vm(actual=0, target=pct(50), maximum=None), stuck=False),
+            one(600, vm(actual=0, target=pct(50), maximum=None), stuck=False),
+            one(601, vm(actual=0, target=pct(50), maximum=0), stuck=False),
+        ],
+        STUCK,
+    ),
+    Case(
+        "target-lost-then-back-restarts-the-clock",
+        [
+            one(0, gap(10), stuck=False),
+            one(200, vm(actual=pct(10)), stuck=ABSENT),
+            one(300, gap(10), stuck=False),
+            one(599, gap(10), stuck=False),
+            one(600, gap(10), stuck=True),
+        ],
+        STUCK,
+    ),
+    Case(
+        "stuck_for-zero-is-immediate",
+        [one(0, gap(10), stuck=True), one(1, gap(0), stuck=False)],
+        HealthConfig(stuck_gap_ratio=0.05, stuck_for=0.0),
+    ),
+    Case(
+        "ratio-from-config",
+        [
+            one(0, gap(10), stuck=False),
+            one(300, gap(10), stuck=False),  # 10% is not above 20%
+            one(310, gap(30), stuck=False),
+            one(610, gap(30), stuck=True),
+        ],
+        HealthConfig(stuck_gap_ratio=0.2, stuck_for=300.0),
+    ),
+    Case(
+        "gap-uses-the-vm-own-memory",
+        [
+            Step(
+                0,
+                {
+                    "big": vm(actual=0, target=60 * MiB, maximum=1000 * MiB),
+                    "small": vm(actual=0, target=60 * MiB, maximum=100 * MiB),
+                },
+            ),
+            Step(
+                300,
+                {
+                    "big": vm(actual=0, target=60 * MiB, maximum=1000 * MiB),
+                    "small": vm(actual=0, target=60 * MiB, maximum=100 * MiB),
+                },
+                {"big": {"stuck": True}, "small": {"stuck": True}},
+            ),
+            Step(
+                600,
+                {
+                    "big": vm(actual=0, target=40 * MiB, maximum=1000 * MiB),
+                    "small": vm(actual=0, target=40 * MiB, maximum=100 * MiB),
+                },
+                {"big": {"stuck": False}, "small": {"stuck": True}},
+            ),
+        ],
+        STUCK,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", STUCK_CASES, ids=lambda c: c.id)
+def test_stuck(case: Case) -> None:
+    run_case(case)
+
+
+# --- stale ------------------------------------------------------------------------------------
+
+
+def aged(age: Optional[float], period: Optional[int] = None, **extra: FieldValue) -> Fields:
+    fields = vm(actual=0)
+    fields.update(extra)
+    if age is not None:
+        fields["stats_age_seconds"] = age
+    if period is not None:
+        fields["stats_period_seconds"] = period
+    return fields
+
+
+def stale_case(name: str, health: HealthConfig, fields: Fields, want: Expected) -> Case:
+    return Case(name, [one(0, fields, stale=want)], health)
+
+
+STALE_CASES = [
+    stale_case("default-60s-not-yet", DEFAULT, aged(60.0), False),
+    stale_case("default-60s-beyond", DEFAULT, aged(60.5), True),
+    stale_case("default-fresh", DEFAULT, aged(2.0, 5), False),
+    stale_case("default-small-period-still-60s", DEFAULT, aged(59.0, 10), False),
+    stale_case("default-small-period-beyond-60s", DEFAULT, aged(61.0, 10), True),
+    stale_case("default-3x-period-not-yet", DEFAULT, aged(90.0, 30), False),
+    stale_case("default-3x-period-beyond", DEFAULT, aged(91.0, 30), True),
+    stale_case("default-3x-large-period", DEFAULT, aged(299.0, 100), False),
+    stale_case("default-period-zero-means-60s", DEFAULT, aged(61.0, 0), True),
+    stale_case(
+        "configured-overrides-3x-period", HealthConfig(stale_after=120.0), aged(121.0, 100), True
+    ),
+    stale_case("configured-not-yet", HealthConfig(stale_after=120.0), aged(119.0, 1), False),
+    stale_case("configured-below-60s", HealthConfig(stale_after=10.0), aged(11.0), True),
+    stale_case("configured-zero", HealthConfig(stale_after=0.0), aged(0.5), True),
+    stale_case("configured-zero-fresh", HealthConfig(stale_after=0.0), aged(0.0), False),
+    stale_case("source-says-not-stale", DEFAULT, aged(1000.0, stale=False), False),
+    stale_case("source-says-stale", DEFAULT, aged(1.0, stale=True), True),
+    stale_case("source-says-stale-without-age", DEFAULT, aged(None, stale=True), True),
+    stale_case("no-age-no-stale", DEFAULT, aged(None), ABSENT),
+    stale_case("no-age-no-stale-even-with-a-period", DEFAULT, aged(None, 10), ABSENT),
+]
+
+
+@pytest.mark.parametrize("case", STALE_CASES, ids=lambda c: c.id)
+def test_stale(case: Case) -> None:
+    run_case(case)
+
+
+# --- thresholds -------------------------------------------------------------------------------
+
+Point = tuple[float, Optional[FieldValue], Optional[int]]
+
+
+def series(
+    name: str,
+    rules: Union[ThresholdRule, tuple[ThresholdRule, ...]],
+    points: Sequence[Point],
+    make: Optional[Callable[[FieldValue], Fields]] = None,
+    health: HealthConfig = DEFAULT,
+) -> Case:
+    """One VM polled at (t, value): `<field>_level` must be `level` (None: absent).
+
+    value None leaves the field off the line; alert_level must equal the level (or 0).
+    """
+    rules = rules if isinstance(rules, tuple) else (rules,)
+    watched = rules[0].field
+
+    def fields_of(value: Optional[FieldValue]) -> Fields:
+        if value is None:
+            return {}
+        return make(value) if make else {watched: value}
+
+    steps = [
+        one(
+            t,
+            fields_of(value),
+            **{
+                watched + "_level": ABSENT if level is None else level,
+                "alert_level": level or 0,
+            },
+        )
+        for t, value, level in points
+    ]
+    return Case(name, steps, health, rules)
+
+
+def ratio(p: FieldValue) -> Fields:
+    """A VM whose balloon holds p (0..1) of its memory: balloon_ratio comes from the stage."""
+    assert isinstance(p, float)
+    return vm(actual=round(MAX * p))
+
+
+RATIO_RULE = rule("balloon_ratio", warn=0.2, crit=0.4, for_seconds=600)
+AVAIL = "guest_available_bytes"
+
+THRESHOLD_CASES = [
+    series(
+        "warn-after-for-then-crit-after-its-own-for-then-falls-at-once",
+        RATIO_RULE,
+        [
+            (0, 0.3, 0),
+            (300, 0.3, 0),
+            (599, 0.3, 0),
+            (600, 0.3, 1),  # warn held exactly `for`
+            (700, 0.5, 1),  # crit starts its own clock
+            (1200, 0.5, 1),
+            (1299, 0.5, 1),
+            (1300, 0.5, 2),
+            (1310, 0.3, 1),  # falls at once to warn: warn held throughout
+            (1320, 0.1, 0),  # falls at once to ok
+            (1330, 0.5, 0),  # both clocks restart
+            (1929, 0.5, 0),
+            (1930, 0.5, 2),  # warn and crit held `for` together: straight to 2
+            (1940, 0.0, 0),
+        ],
+        ratio,
+    ),
+    series(
+        "crit-from-the-start-rises-straight-to-crit",
+        RATIO_RULE,
+        [(0, 0.5, 0), (599, 0.5, 0), (600, 0.5, 2)],
+        ratio,
+    ),
+    series(
+        "dip-below-warn-restarts-the-clock",
+        RATIO_RULE,
+        [(0, 0.3, 0), (500, 0.1, 0), (600, 0.3, 0), (1199, 0.3, 0), (1200, 0.3, 1)],
+        ratio,
+    ),
+    series(
+        "dip-from-crit-to-warn-restarts-only-the-crit-clock",
+        RATIO_RULE,
+        [(0, 0.5, 0), (500, 0.3, 0), (600, 0.5, 1), (1199, 0.5, 1), (1200, 0.5, 2)],
+        ratio,
+    ),
+    series(
+        "exactly-at-warn-and-crit-counts",
+        rule("balloon_ratio", warn=0.2, crit=0.4),
+        [(0, 0.2, 1), (1, 0.4, 2), (2, 0.39, 1), (3, 0.19, 0)],
+        ratio,
+    ),
+    series(
+        "for-zero-is-immediate-both-ways",
+        rule("balloon_ratio", warn=0.2, crit=0.4),
+        [(0, 0.9, 2), (1, 0.0, 0), (2, 0.25, 1)],
+        ratio,
+    ),
+    series(
+        "warn-only-rule-never-crit",
+        rule("balloon_ratio", warn=0.2, for_seconds=60),
+        [(0, 1.0, 0), (60, 1.0, 1), (6000, 1.0, 1), (6001, 0.1, 0)],
+        ratio,
+    ),
+    series(
+        "crit-only-rule-never-warn",
+        rule("balloon_ratio", crit=0.4, for_seconds=60),
+        [(0, 0.3, 0), (10, 0.5, 0), (69, 0.5, 0), (70, 0.5, 2), (80, 0.3, 0), (90, 0.4, 0)],
+        ratio,
+    ),
+    series(
+        "below-low-is-bad",
+        rule(AVAIL, warn=512 * MiB, crit=128 * MiB, for_seconds=60, below=True),
+        [
+            (0, GiB, 0),
+            (10, 300 * MiB, 0),
+            (70, 300 * MiB, 1),
+            (80, 100 * MiB, 1),
+            (139, 100 * MiB, 1),
+            (140, 100 * MiB, 2),
+            (150, 128 * MiB, 2),  # exactly at crit counts
+            (160, 512 * MiB, 1),  # exactly at warn counts, warn held since t=10
+            (170, 512 * MiB + 1, 0),
+        ],
+    ),
+    series(
+        "below-crit-only",
+        rule(AVAIL, crit=100 * MiB, below=True),
+        [(0, 200 * MiB, 0), (1, 100 * MiB, 2), (2, 0, 2)],
+    ),
+    series(
+        "boolean-true-counts-as-one",
+        rule("inflation_blocked", warn=1),
+        [(0, False, 0), (10, True, 1), (20, False, 0), (30, True, 1)],
+    ),
+    series(
+        "boolean-with-for",
+        rule("inflation_blocked", warn=1, for_seconds=60),
+        [(0, True, 0), (59, True, 0), (60, True, 1), (61, False, 0)],
+    ),
+    series(
+        "boolean-crit",
+        rule("inflation_blocked", crit=1),
+        [(0, False, 0), (1, True, 2)],
+    ),
+    series(
+        "boolean-below-fires-when-false",
+        rule("driver_loaded", warn=0, below=True),
+        [(0, True, 0), (1, False, 1), (2, True, 0)],
+    ),
+    series(
+        "boolean-warn-half",
+        rule("inflation_blocked", warn=0.5, crit=1),
+        [(0, False, 0), (1, True, 2)],
+    ),
+    series(
+        "absent-field-no-level-and-resets-the-timers",
+        RATIO_RULE,
+        [
+            (0, 0.5, 0),
+            (300, None, None),  # no actual: no ratio, no level, clocks stopped
+            (600, 0.5, 0),  # would be 2 had the clocks kept running from t=0
+            (1199, 0.5, 0),
+            (1200, 0.5, 2),
+        ],
+        ratio,
+    ),
+    series(
+        "rule-on-rate-absent-on-first-poll",
+        rule("swap_out_bytes_per_second", warn=MiB, for_seconds=0),
+        [(0, 0, None), (10, 20 * MiB, 1), (20, 20 * MiB, 0)],
+        lambda total: {"swap_out_bytes_total": total},
+    ),
+    series(
+        "stuck-rule-uses-the-stage-flag",
+        rule("stuck", warn=1),
+        [(0, 10.0, 0), (299, 10.0, 0), (300, 10.0, 1), (310, 0.0, 0)],
+        lambda p: gap(float(p)),
+        STUCK,
+    ),
+    series(
+        "stuck-rule-no-level-without-target",
+        rule("stuck", warn=1),
+        [(0, 0.3, None), (600, 0.3, None)],
+        ratio,
+        STUCK,
+    ),
+    series(
+        "stale-rule-uses-the-stage-flag",
+        rule("stale", warn=1),
+        [(0, 5.0, 0), (10, 61.0, 1), (20, 1.0, 0)],
+        lambda age: aged(float(age)),
+    ),
+    series(
+        "stale-rule-no-level-without-age",
+        rule("stale", warn=1),
+        [(0, 0.0, None)],
+        lambda _: vm(actual=0),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", THRESHOLD_CASES, ids=lambda c: c.id)
+def test_thresholds(case: Case) -> None:
+    run_case(case)
+
+
+MULTI_RULES = (
+    rule("balloon_ratio", warn=0.2, crit=0.4),
+    rule("inflation_blocked", crit=1),
+    rule(AVAIL, warn=512 * MiB, below=True),
+    rule("swap_out_bytes_per_second", warn=MiB, crit=10 * MiB),
+)
+
+MULTI_CASES = [
+    Case(
+        "alert-level-is-the-max-of-the-levels-on-the-line",
+        [
+            one(
+                0,
+                vm(actual=pct(30), inflation_blocked=True, guest_available_bytes=GiB),
+                balloon_ratio_level=1,
+                inflation_blocked_level=2,
+                guest_available_bytes_level=0,
+                swap_out_bytes_per_second_level=ABSENT,
+                alert_level=2,
+            ),
+            one(
+                1,
+                vm(actual=pct(30), inflation_blocked=False, guest_available_bytes=GiB),
+                balloon_ratio_level=1,
+                inflation_blocked_level=0,
+                alert_level=1,
+            ),
+            one(
+                2,
+                vm(actual=pct(1), guest_available_bytes=GiB),
+                balloon_ratio_level=0,
+                inflation_blocked_level=ABSENT,
+                alert_level=0,
+            ),
+            one(
+                3,
+                vm(actual=pct(1), guest_available_bytes=100 * MiB),
+                guest_available_bytes_level=1,
+                alert_level=1,
+            ),
+        ],
+        rules=MULTI_RULES,
+    ),
+    Case(
+        "alert-level-zero-when-no-rule-field-is-on-the-line",
+        [one(0, {"guest_free_bytes": 1}, alert_level=0, balloon_ratio_level=ABSENT)],
+        rules=MULTI_RULES,
+    ),
+    Case(
+        "host-rules-leave-vm-lines-alone",
+        [one(0, vm(actual=pct(90)), alert_level=0, balloon_ratio_level=ABSENT)],
+        rules=(rule("memory_max_bytes", warn=1, measurement=catalog.HOST),),
+    ),
+    Case(
+        "each-vm-has-its-own-clocks",
+        [
+            Step(0, {"a": ratio(0.3), "b": ratio(0.0)}),
+            Step(300, {"a": ratio(0.3), "b": ratio(0.3)}),
+            Step(
+                600,
+                {"a": ratio(0.3), "b": ratio(0.3)},
+                {"a": {"balloon_ratio_level": 1}, "b": {"balloon_ratio_level": 0}},
+            ),
+            Step(
+                900,
+                {"a": ratio(0.3), "b": ratio(0.3)},
+                {"a": {"balloon_ratio_level": 1}, "b": {"balloon_ratio_level": 1}},
+            ),
+        ],
+        rules=(RATIO_RULE,),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", MULTI_CASES, ids=lambda c: c.id)
+def test_several_rules(case: Case) -> None:
+    run_case(case)
+
+
+def test_two_rules_on_one_field_alert_level_matches_the_levels_on_the_line() -> None:
+    """alert_level is "the max of all <field>_level on the line" (DESIGN.md section 5).
+
+    config.load_text accepts two rules on one field (say an immediate warn at 50% next to
+    the sample's 20%/40% for 10m); both write balloon_ratio_level, so the line must carry
+    the higher of the two, not the last one's (that said 0 next to alert_level=1).
+    """
+    config = load(
+        """
+        [[thresholds]]
+        field = "balloon_ratio"
+        warn = 0.5
+        [[thresholds]]
+        field = "balloon_ratio"
+        warn = 0.2
+        crit = 0.4
+        for = "10m"
+        """
+    )
+    health = Health(config.health, config.thresholds)
+    for t, value, level in ((0, 0.6, 1), (300, 0.3, 0), (600, 0.6, 1), (1200, 0.6, 2)):
+        fields = ratio(value)
+        health.vms(INSTANCE, [("vm", fields)], T0 + t)
+        assert fields["balloon_ratio_level"] == level, (t, fields)
+        assert fields["alert_level"] == level, (t, fields)
+
+
+# --- state ------------------------------------------------------------------------------------
+
+STATE_CASES = [
+    Case(
+        "vm-that-leaves-is-forgotten-its-clocks-and-rates-restart",
+        [
+            Step(0, {"a": ratio(0.3) | swaps(0, 0), "b": ratio(0.0)}),
+            Step(
+                600,
+                {"a": ratio(0.3) | swaps(0, 6000), "b": ratio(0.0)},
+                {"a": {"balloon_ratio_level": 1, OUT: 10.0}},
+            ),
+            Step(700, {"b": ratio(0.0)}),  # a is gone
+            Step(
+                800,
+                {"a": ratio(0.3) | swaps(0, 7000), "b": ratio(0.0)},
+                {"a": {"balloon_ratio_level": 0, OUT: ABSENT, IN: ABSENT}},
+            ),
+            Step(1399, {"a": ratio(0.3) | swaps(0, 7000)}, {"a": {"balloon_ratio_level": 0}}),
+            Step(
+                1400,
+                {"a": ratio(0.3) | swaps(0, 8000)},
+                {"a": {"balloon_ratio_level": 1, OUT: 1000.0}},
+            ),
+        ],
+        rules=(RATIO_RULE,),
+    ),
+    Case(
+        "stuck-clock-restarts-for-a-returning-vm",
+        [
+            one(0, gap(10), stuck=False),
+            Step(200, {}),
+            one(300, gap(10), stuck=False),
+            one(599, gap(10), stuck=False),
+            one(600, gap(10), stuck=True),
+        ],
+        STUCK,
+    ),
+    Case(
+        "same-key-in-two-instances-keeps-separate-state",
+        [
+            Step(0, {"vm": swaps(0, 0)}, instance="a"),
+            Step(0, {"vm": swaps(0, 50_000)}, instance="b"),
+            Step(10, {"vm": swaps(0, 1000)}, {"vm": {OUT: 100.0}}, instance="a"),
+            Step(10, {"vm": swaps(0, 50_500)}, {"vm": {OUT: 50.0}}, instance="b"),
+            Step(20, {}, instance="b"),  # b's VM leaves; a's must not be forgotten
+            Step(30, {"vm": swaps(0, 3000)}, {"vm": {OUT: 100.0}}, instance="a"),
+            Step(30, {"vm": swaps(0, 50_600)}, {"vm": {OUT: ABSENT}}, instance="b"),
+        ],
+    ),
+    Case(
+        "same-key-in-two-instances-separate-threshold-clocks",
+        [
+            Step(0, {"vm": ratio(0.3)}, instance="a"),
+            Step(300, {"vm": ratio(0.3)}, instance="b"),
+            Step(600, {"vm": ratio(0.3)}, {"vm": {"balloon_ratio_level": 1}}, instance="a"),
+            Step(600, {"vm": ratio(0.3)}, {"vm": {"balloon_ratio_level": 0}}, instance="b"),
+            Step(900, {"vm": ratio(0.3)}, {"vm": {"balloon_ratio_level": 1}}, instance="b"),
+        ],
+        rules=(RATIO_RULE,),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", STATE_CASES, ids=lambda c: c.id)
+def test_state(case: Case) -> None:
+    run_case(case)
+
+
+def test_tracked_follows_the_vms_present() -> None:
+    health = Health(HealthConfig(), (RATIO_RULE,))
+    health.vms("a", [("1", ratio(0.3)), ("2", ratio(0.3))], T0)
+    health.vms("b", [("1", ratio(0.3))], T0)
+    assert health.tracked() == 3
+    health.vms("a", [("2", ratio(0.3))], T0 + 10)
+    assert health.tracked() == 2
+    health.vms("b", [], T0 + 10)
+    assert health.tracked() == 1
+    health.forget("a")
+    assert health.tracked() == 0
+
+
+def libvirt_like(i: int, rng: random.Random, tick: int = 0) -> Fields:
+    maximum = (1 + i % 8) * GiB
+    actual = rng.randrange(0, maximum // 2)
+    return {
+        "memory_max_bytes": maximum,
+        "memory_current_bytes": maximum - actual,
+        "balloon_actual_bytes": actual,
+        "guest_available_bytes": rng.randrange(0, maximum),
+        "swap_in_bytes_total": i * 1000 + tick * 100,
+        "swap_out_bytes_total": i * 1000 + tick * 1000 + rng.randrange(1000),
+        "stats_age_seconds": float(rng.randrange(0, 120)),
+        "stats_period_seconds": 10,
+        "inflation_blocked": i % 97 == 0,
+    }
+
+
+def test_state_is_bounded_by_the_vms_present() -> None:
+    """10,000 VMs, then 10 polls with a random half: no state for VMs that left."""
+    rng = random.Random(20240501)
+    config = load_text(SAMPLE_TOML.read_text(encoding="utf-8"), str(SAMPLE_TOML), environ={})
+    health = Health(config.health, config.thresholds)
+    sizes = {"big": 10_000, "small": 300}
+    everyone = {inst: [f"{inst}-{i}" for i in range(n)] for inst, n in sizes.items()}
+    last: dict[str, set[str]] = {}
+    now = T0
+    for inst, keys in everyone.items():
+        health.vms(inst, [(k, libvirt_like(i, rng)) for i, k in enumerate(keys)], now)
+        last[inst] = set(keys)
+    assert health.tracked() == sum(sizes.values())
+    for tick in range(1, 11):
+        now += 10.0
+        for inst, keys in everyone.items():
+            present = {k for k in keys if rng.random() < 0.5}
+            items = [(k, libvirt_like(i, rng, tick)) for i, k in enumerate(keys) if k in present]
+            health.vms(inst, items, now)
+            for key, fields in items:
+                # A VM back after missing the previous poll starts afresh: no rate yet.
+                assert (OUT in fields) == (key in last[inst]), key
+            last[inst] = present
+            assert health.tracked() <= sum(len(p) for p in last.values())
+        assert health.tracked() == sum(len(p) for p in last.values())
+
+
+# --- host lines -------------------------------------------------------------------------------
+
+vm_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "memory_max_bytes": st.integers(0, 2**40),
+        "balloon_actual_bytes": st.integers(0, 2**39),
+        "balloon_target_bytes": st.integers(0, 2**39),
+        "stuck": st.booleans(),
+        "stale": st.booleans(),
+        "inflation_blocked": st.booleans(),
+        "swap_out_bytes_total": st.integers(0, 2**40),
+        "thp_mode": st.sampled_from(["always", "madvise", "never"]),
+    },
+)
+host_names = st.sampled_from(["kvm1", "kvm2", "kvm3"])
+
+
+def expected_sums(vms: Sequence[Fields]) -> dict[str, FieldValue]:
+    def total(name: str) -> int:
+        return sum(int(v.get(name, 0)) for v in vms)
+
+    out: dict[str, FieldValue] = {
+        "vms_total": len(vms),
+        "vms_ballooned": sum(1 for v in vms if int(v.get("balloon_actual_bytes", 0)) > 0),
+        "vms_stuck": sum(1 for v in vms if v.get("stuck") is True),
+        "vms_stale": sum(1 for v in vms if v.get("stale") is True),
+        "vms_blocked": sum(1 for v in vms if v.get("inflation_blocked") is True),
+        "memory_max_bytes": total("memory_max_bytes"),
+        "balloon_actual_bytes": total("balloon_actual_bytes"),
+    }
+    if vms and all("balloon_target_bytes" in v for v in vms):
+        out["balloon_target_bytes"] = total("balloon_target_bytes")
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(host_names, vm_fields), max_size=40),
+    st.lists(host_names, min_size=1, max_size=3, unique=True),
+    st.integers(1, 2**42),
+)
+def test_host_sums_equal_the_vm_lines(
+    vms: list[tuple[str, Fields]], described: list[str], memory: int
+) -> None:
+    samples = [
+        Sample(f"vm{i}", {"host": host, "guest": f"vm{i}", "source": "libvirt"}, fields)
+        for i, (host, fields) in enumerate(vms)
+    ]
+    infos = [
+        HostInfo({"host": h, "hypervisor": "kvm", "source": "libvirt"}, memory, 7)
+        for h in described
+    ]
+    lines = host_lines(samples, infos)
+    assert [tags["host"] for tags, _ in lines] == described
+    for tags, fields in lines:
+        mine = [f for h, f in vms if h == tags["host"]]
+        want = expected_sums(mine)
+        got = {k: v for k, v in fields.items() if k in want or k == "balloon_target_bytes"}
+        assert got == want
+        assert fields["host_memory_bytes"] == memory
+        assert fields["host_free_bytes"] == 7
+        promised, ballooned = want["memory_max_bytes"], want["balloon_actual_bytes"]
+        assert isinstance(promised, int) and isinstance(ballooned, int)
+        assert fields["overcommit_ratio"] == pytest.approx(promised / memory)
+        assert fields["reclaimed_ratio"] == pytest.approx(ballooned / memory)
+        assert not catalog.check_point(catalog.HOST, tags, dict(fields))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(host_names, vm_fields), max_size=30))
+def test_host_counts_follow_the_judged_vm_lines(vms: list[tuple[str, Fields]]) -> None:
+    """Run as the runner does: health.vms first, then the sums see the stage's flags."""
+    health = Health(HealthConfig(stuck_for=0.0, stale_after=30.0))
+    samples = [
+        Sample(f"vm{i}", {"host": host}, dict(fields, stats_age_seconds=float(i * 7 % 60)))
+        for i, (host, fields) in enumerate(vms)
+    ]
+    for s in samples:
+        s.fields.pop("stuck", None)  # the stage decides
+        s.fields.pop("stale", None)
+    health.vms(INSTANCE, [(s.key, s.fields) for s in samples], T0)
+    infos = [HostInfo({"host": h}, 64 * GiB) for h in ("kvm1", "kvm2", "kvm3")]
+    for tags, fields in host_lines(samples, infos):
+        mine = [s.fields for s in samples if s.tags["host"] == tags["host"]]
+        assert fields["vms_stuck"] == sum(1 for f in mine if f.get("stuck") is True)
+        assert fields["vms_stale"] == sum(1 for f in mine if f.get("stale") is True)
+        assert fields["vms_total"] == len(mine)
+
+
+def host_vm(host: str, maximum: int, actual: int, target: Optional[int] = None) -> Sample:
+    return Sample(host + str(maximum + actual), {"host": host}, vm(actual, target, maximum))
+
+
+def single_host(samples: list[Sample], info: HostInfo) -> Fields:
+    lines = host_lines(samples, [info])
+    assert len(lines) == 1
+    return lines[0][1]
+
+
+def test_host_ratios() -> None:
+    fields = single_host(
+        [host_vm("k", 16 * GiB, 4 * GiB), host_vm("k", 48 * GiB, 0)],
+        HostInfo({"host": "k"}, 32 * GiB, 3 * GiB),
+    )
+    check_fields(
+        "host",
+        fields,
+        {
+            "memory_max_bytes": 64 * GiB,
+            "balloon_actual_bytes": 4 * GiB,
+            "host_memory_bytes": 32 * GiB,
+            "host_free_bytes": 3 * GiB,
+            "overcommit_ratio": 2.0,
+            "reclaimed_ratio": 0.125,
+            "vms_total": 2,
+            "vms_ballooned": 1,
+            "balloon_target_bytes": ABSENT,
+        },
+    )
+
+
+def test_host_target_sum_only_when_every_vm_has_one() -> None:
+    info = HostInfo({"host": "k"}, 32 * GiB)
+    both = single_host([host_vm("k", GiB, 0, 100), host_vm("k", GiB, 0, 50)], info)
+    assert both["balloon_target_bytes"] == 150
+    some = single_host([host_vm("k", GiB, 0, 100), host_vm("k", GiB, 0)], info)
+    assert "balloon_target_bytes" not in some
+
+
+def test_host_without_physical_memory_has_no_ratios() -> None:
+    unknown = single_host([host_vm("k", GiB, 10)], HostInfo({"host": "k"}))
+    assert "host_memory_bytes" not in unknown and "host_free_bytes" not in unknown
+    assert "overcommit_ratio" not in unknown and "reclaimed_ratio" not in unknown
+    zero = single_host([host_vm("k", GiB, 10)], HostInfo({"host": "k"}, 0))
+    assert "overcommit_ratio" not in zero and "reclaimed_ratio" not in zero
+
+
+def test_host_with_no_vms() -> None:
+    fields = single_host([host_vm("other", GiB, 1)], HostInfo({"host": "k"}, GiB))
+    check_fields(
+        "empty host",
+        fields,
+        {
+            "vms_total": 0,
+            "memory_max_bytes": 0,
+            "balloon_actual_bytes": 0,
+            "overcommit_ratio": 0.0,
+            "balloon_target_bytes": ABSENT,
+        },
+    )
+
+
+def test_no_host_line_without_host_info() -> None:
+    assert host_lines([host_vm("k", GiB, 10)], []) == []
+    assert host_lines([], []) == []
+
+
+def poll_host(health: Health, t: float, reclaimed: float) -> Fields:
+    """One source poll of one host with 64 GiB physical and VMs holding `reclaimed` of it."""
+    samples = [host_vm("kvm1", 32 * GiB, round(64 * GiB * reclaimed / 2)) for _ in range(2)]
+    health.vms(INSTANCE, [(f"vm{i}", s.fields) for i, s in enumerate(samples)], T0 + t)
+    lines = host_lines(samples, [HostInfo({"host": "kvm1"}, 64 * GiB)])
+    health.hosts(INSTANCE, [(tags["host"], fields) for tags, fields in lines], T0 + t)
+    return lines[0][1]
+
+
+def test_host_threshold_rises_after_for_only() -> None:
+    rules = (
+        rule("reclaimed_ratio", warn=0.2, for_seconds=600, measurement=catalog.HOST),
+        rule("balloon_ratio", warn=0.01),  # a VM rule: no level on the host line
+    )
+    health = Health(HealthConfig(), rules)
+    expected = [(0, 0.25, 0), (300, 0.25, 0), (599, 0.25, 0), (600, 0.25, 1), (900, 0.3, 1)]
+    expected += [(910, 0.1, 0), (920, 0.25, 0), (1520, 0.25, 1)]
+    for t, reclaimed, level in expected:
+        fields = poll_host(health, t, reclaimed)
+        assert fields["reclaimed_ratio"] == pytest.approx(reclaimed)
+        assert fields["reclaimed_ratio_level"] == level, t
+        assert fields["alert_level"] == level
+        assert "balloon_ratio_level" not in fields
+    assert health.tracked() == 2 + 1  # two VMs and one host
+
+
+def test_host_alert_level_zero_without_host_rules() -> None:
+    health = Health(HealthConfig(), (rule("balloon_ratio", warn=0.01),))
+    fields = poll_host(health, 0, 0.5)
+    assert fields["alert_level"] == 0
+    assert not [k for k in fields if k.endswith("_level") and k != "alert_level"]
+
+
+# --- thresholds from TOML ---------------------------------------------------------------------
+
+
+def load(toml: str) -> Config:
+    return load_text('[[sources.guest]]\nroot = "/"\n' + toml, "test.toml", environ={})
+
+
+def sample_config() -> Config:
+    return load_text(SAMPLE_TOML.read_text(encoding="utf-8"), str(SAMPLE_TOML), environ={})
+
+
+def test_sample_config_rules_are_what_its_comments_say() -> None:
+    config = sample_config()
+    assert config.health == HealthConfig(stuck_gap_ratio=0.05, stuck_for=300.0, stale_after=None)
+    assert config.thresholds == (
+        rule("balloon_ratio", warn=0.2, crit=0.4, for_seconds=600),
+        rule("stuck", warn=1),
+        rule("stale", warn=1),
+        rule("swap_out_bytes_per_second", warn=MiB, crit=10 * MiB, for_seconds=300),
+        rule("reclaimed_ratio", warn=0.2, for_seconds=600, measurement=catalog.HOST),
+    )
+
+
+SAMPLE = sample_config()
+
+
+def sample_case(name: str, steps: Sequence[Step]) -> Case:
+    return Case(name, steps, SAMPLE.health, SAMPLE.thresholds)
+
+
+SAMPLE_CASES = [
+    # 45% is beyond crit (40%) from the start: both the warn and the crit condition have
+    # held since t=0, so nothing rises before 10 min, and then straight to critical.
+    sample_case(
+        "vm-at-45-percent",
+        [
+            one(0, ratio(0.45), balloon_ratio_level=0, alert_level=0),
+            one(540, ratio(0.45), balloon_ratio_level=0, alert_level=0),  # 9 min: still 0
+            one(599, ratio(0.45), balloon_ratio_level=0),
+            one(600, ratio(0.45), balloon_ratio_level=2, alert_level=2),
+            one(610, ratio(0.30), balloon_ratio_level=1, alert_level=1),
+            one(620, ratio(0.10), balloon_ratio_level=0, alert_level=0),
+        ],
+    ),
+    sample_case(
+        "vm-at-30-then-45-percent",
+        [
+            one(0, ratio(0.30), balloon_ratio_level=0),
+            one(600, ratio(0.30), balloon_ratio_level=1),
+            one(660, ratio(0.45), balloon_ratio_level=1),  # crit's own 10 min start now
+            one(1259, ratio(0.45), balloon_ratio_level=1),
+            one(1260, ratio(0.45), balloon_ratio_level=2),
+        ],
+    ),
+    sample_case(
+        "stuck-after-5-min-warns-at-once",  # the stuck rule has no `for` of its own
+        [
+            one(0, gap(10), stuck=False, stuck_level=0, alert_level=0),
+            one(299, gap(10), stuck=False, stuck_level=0),
+            one(300, gap(10), stuck=True, stuck_level=1, alert_level=1),
+            one(310, gap(0), stuck=False, stuck_level=0, alert_level=0),
+        ],
+    ),
+    sample_case(
+        "stale-warns-at-once",
+        [
+            one(0, aged(5.0, 10), stale=False, stale_level=0, alert_level=0),
+            one(10, aged(61.0, 10), stale=True, stale_level=1, alert_level=1),
+            one(20, aged(61.0, 30), stale=False, stale_level=0),  # period 30: limit 90 s
+        ],
+    ),
+    sample_case(
+        "libvirt-vm-without-target-or-age-has-no-stuck-or-stale-level",
+        [one(0, vm(actual=0), stuck_level=ABSENT, stale_level=ABSENT, alert_level=0)],
+    ),
+    sample_case(
+        "swap-out-2-then-20-mib-per-second",
+        [
+            one(0, swaps(0, 0), swap_out_bytes_per_second_level=ABSENT),
+            one(10, swaps(0, 20 * MiB), **{OUT: 2.0 * MiB, OUT + "_level": 0}),
+            one(300, swaps(0, 600 * MiB), **{OUT: 2.0 * MiB, OUT + "_level": 0}),
+            one(310, swaps(0, 620 * MiB), **{OUT: 2.0 * MiB, OUT + "_level": 1}),
+            one(320, swaps(0, 820 * MiB), **{OUT: 20.0 * MiB, OUT + "_level": 1}),
+            one(619, swaps(0, 6800 * MiB), **{OUT + "_level": 1}),
+            one(620, swaps(0, 6820 * MiB), **{OUT: 20.0 * MiB, OUT + "_level": 2}),
+            one(630, swaps(0, 6820 * MiB), **{OUT: 0.0, OUT + "_level": 0}),
+            one(640, swaps(0, 10), **{OUT: ABSENT, OUT + "_level": ABSENT}),  # reboot
+            one(650, swaps(0, 200 * MiB + 10), **{OUT: 20.0 * MiB, OUT + "_level": 0}),
+        ],
+    ),
+    sample_case(
+        "exactly-1-mib-per-second-counts",
+        [
+            one(0, swaps(0, 0)),
+            one(300, swaps(0, 300 * MiB), **{OUT: float(MiB), OUT + "_level": 0}),
+            one(600, swaps(0, 600 * MiB), **{OUT: float(MiB), OUT + "_level": 1}),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", SAMPLE_CASES, ids=lambda c: c.id)
+def test_sample_config_rules(case: Case) -> None:
+    run_case(case)
+
+
+def test_sample_config_host_rule() -> None:
+    health = Health(SAMPLE.health, SAMPLE.thresholds)
+    assert [poll_host(health, t, 0.25)["reclaimed_ratio_level"] for t in (0, 599, 600)] == [0, 0, 1]
+    assert poll_host(health, 610, 0.1)["reclaimed_ratio_level"] == 0
+
+
+TOML_CASES = [
+    Case(
+        "toml-below-rule-with-compound-duration",
+        [
+            one(0, {AVAIL: 100 * MiB}, guest_available_bytes_level=0),
+            one(89, {AVAIL: 100 * MiB}, guest_available_bytes_level=0),
+            one(90, {AVAIL: 100 * MiB}, guest_available_bytes_level=2),
+            one(91, {AVAIL: 200 * MiB}, guest_available_bytes_level=1),
+            one(92, {AVAIL: 2 * GiB}, guest_available_bytes_level=0),
+        ],
+        rules=load(
+            f"""
+            [[thresholds]]
+            field = "guest_available_bytes"
+            below = true
+            warn = {256 * MiB}
+            crit = {128 * MiB}
+            for = "1m30s"
+            """
+        ).thresholds,
+    ),
+    Case(
+        "toml-crit-only-boolean-and-warn-only",
+        [
+            one(
+                0,
+                vm(actual=pct(50), inflation_blocked=True),
+                inflation_blocked_level=2,
+                balloon_ratio_level=1,
+                alert_level=2,
+            ),
+            one(
+                1,
+                vm(actual=pct(99), inflation_blocked=False),
+                inflation_blocked_level=0,
+                balloon_ratio_level=1,
+                alert_level=1,
+            ),
+        ],
+        rules=load(
+            """
+            [[thresholds]]
+            field = "inflation_blocked"
+            crit = 1
+            [[thresholds]]
+            field = "balloon_ratio"
+            warn = 0.5
+            """
+        ).thresholds,
+    ),
+    Case(
+        "toml-health-section",
+        [
+            one(0, gap(2), stuck=False),
+            one(60, gap(2), stuck=True),
+            one(61, aged(10.5), stale=True),
+        ],
+        load(
+            """
+            [health]
+            stuck_gap_ratio = 0.01
+            stuck_for = "1m"
+            stale_after = "10s"
+            """
+        ).health,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", TOML_CASES, ids=lambda c: c.id)
+def test_rules_from_toml(case: Case) -> None:
+    run_case(case)
+
+
+def test_toml_host_rule_goes_to_host_lines() -> None:
+    config = load(
+        """
+        [[thresholds]]
+        measurement = "balloon_host"
+        field = "reclaimed_ratio"
+        warn = 0.2
+        for = "10m"
+        """
+    )
+    health = Health(config.health, config.thresholds)
+    assert health.host_rules and not health.vm_rules
+    levels = [poll_host(health, t, 0.3)["reclaimed_ratio_level"] for t in (0, 599.9, 600)]
+    assert levels == [0, 0, 1]
+
+
+# --- a source added later ---------------------------------------------------------------------
+
+
+class ToySource:
+    """A new kind of source: the health stage must judge it with no change of its own."""
+
+    kind = "toy"
+
+    def __init__(self, instance: str, gap_bytes: int = 2 * GiB) -> None:
+        self.instance = instance
+        self.gap_bytes = gap_bytes
+        self.polls = 0
+        self.present = True
+        self.lock = threading.Lock()
+
+    def poll(self, now: float) -> PollResult:
+        with self.lock:
+            self.polls += 1
+            n = self.polls
+        if not self.present:
+            return PollResult(hosts=[HostInfo({"host": "toyhost", "source": "toy"}, 16 * GiB)])
+        fields: Fields = {
+            "memory_max_bytes": 8 * GiB,
+            "balloon_actual_bytes": GiB,
+            "balloon_target_bytes": GiB + self.gap_bytes,
+            "swap_out_bytes_total": n * 10 * MiB,
+        }
+        tags = {"host": "toyhost", "guest": "toy vm,1", "hypervisor": "test", "source": "toy"}
+        return PollResult(
+            samples=[Sample("toy-1", tags, fields)],
+            hosts=[HostInfo({"host": "toyhost", "source": "toy"}, 16 * GiB, 4 * GiB)],
+            api_latency_seconds=0.001,
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class FakeClock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def parsed_poll(runner: Runner, out: io.BytesIO) -> list[dict[str, Any]]:
+    start = out.tell()
+    assert runner.poll()
+    out.seek(start)
+    text = out.read().decode()
+    lines = [line_protocol_parser.parse_line(line) for line in text.splitlines()]
+    for line in lines:
+        assert not catalog.check_point(line["measurement"], line["tags"], line["fields"]), line
+    return lines
+
+
+def by_measurement(lines: list[dict[str, Any]], measurement: str) -> list[dict[str, Any]]:
+    return [line for line in lines if line["measurement"] == measurement]
+
+
+def make_runner(
+    sources: list[ToySource], clock: FakeClock, config: Config
+) -> tuple[Runner, io.BytesIO]:
+    out = io.BytesIO()
+    runner = Runner(config, sources, out=out, log=Log(io.StringIO()), hostname="h", clock=clock)
+    return runner, out
+
+
+def toy_config() -> Config:
+    return Config(path="toy", health=SAMPLE.health, thresholds=SAMPLE.thresholds)
+
+
+def test_a_new_source_kind_gets_rates_stuck_and_levels_through_the_runner() -> None:
+    clock = FakeClock(T0)
+    toy = ToySource("toy://one")
+    runner, out = make_runner([toy], clock, toy_config())
+    try:
+        seen: list[tuple[float, dict[str, Any], dict[str, Any]]] = []
+        for t in (0.0, 10.0, 299.0, 300.0, 310.0, 600.0):
+            clock.t = T0 + t
+            lines = parsed_poll(runner, out)
+            (vm_line,) = by_measurement(lines, catalog.BALLOON)
+            (host_line,) = by_measurement(lines, catalog.HOST)
+            (collector,) = by_measurement(lines, catalog.COLLECTOR)
+            assert vm_line["time"] == host_line["time"] == int((T0 + t) * 1e9)
+            assert vm_line["tags"]["source"] == collector["tags"]["source"] == "toy"
+            assert collector["fields"]["up"] is True and collector["fields"]["vms"] == 1
+            seen.append((t, vm_line["fields"], host_line["fields"]))
+    finally:
+        runner.close()
+    by_t = {t: (v, h) for t, v, h in seen}
+    v0, h0 = by_t[0.0]
+    assert v0["balloon_ratio"] == 0.125 and v0["balloon_gap_bytes"] == 2 * GiB
+    assert v0["stuck"] is False and v0["stuck_level"] == 0 and v0["alert_level"] == 0
+    assert OUT not in v0 and OUT + "_level" not in v0
+    assert h0["vms_total"] == 1 and h0["vms_stuck"] == 0 and h0["reclaimed_ratio"] == 1 / 16
+    assert h0["reclaimed_ratio_level"] == 0 and h0["alert_level"] == 0
+    v10, _ = by_t[10.0]
+    assert v10[OUT] == float(MiB) and v10[OUT + "_level"] == 0  # at warn, but not for 5 min
+    assert by_t[299.0][0]["stuck"] is False
+    v300, h300 = by_t[300.0]
+    assert v300["stuck"] is True and v300["stuck_level"] == 1 and v300["alert_level"] == 1
+    assert h300["vms_stuck"] == 1 and h300["balloon_target_bytes"] == 3 * GiB
+    assert by_t[600.0][1]["reclaimed_ratio_level"] == 0  # 6.25% < 20%
+
+
+def test_a_new_source_kind_vm_that_leaves_is_forgotten() -> None:
+    clock = FakeClock(T0)
+    toy = ToySource("toy://one")
+    runner, out = make_runner([toy], clock, toy_config())
+    try:
+        for t in (0.0, 300.0):
+            clock.t = T0 + t
+            (vm_line,) = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
+        assert vm_line["fields"]["stuck"] is True
+        toy.present = False
+        clock.t = T0 + 310
+        lines = parsed_poll(runner, out)
+        assert by_measurement(lines, catalog.BALLOON) == []
+        assert by_measurement(lines, catalog.HOST)[0]["fields"]["vms_total"] == 0
+        assert runner.health.tracked() == 1  # the host only
+        toy.present = True
+        clock.t = T0 + 320
+        (vm_line,) = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
+        assert vm_line["fields"]["stuck"] is False and OUT not in vm_line["fields"]
+    finally:
+        runner.close()
+
+
+def test_two_sources_of_one_new_kind_keep_separate_state() -> None:
+    clock = FakeClock(T0)
+    stuck, fine = ToySource("toy://stuck"), ToySource("toy://fine", gap_bytes=0)
+    runner, out = make_runner([stuck, fine], clock, toy_config())
+    try:
+        for t in (0.0, 300.0):
+            clock.t = T0 + t
+            lines = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
+        assert len(lines) == 2
+        flags = sorted(line["fields"]["stuck"] for line in lines)
+        assert flags == [False, True]  # same VM key "toy-1" in both instances
+        assert all(OUT in line["fields"] for line in lines)
+    finally:
+        runner.close()
+
+
+def test_two_kinds_with_the_same_instance_string_keep_separate_state() -> None:
+    """State is per (kind, instance): a new kind may reuse another kind's instance string."""
+    clock = FakeClock(T0)
+    toy, other = ToySource("shared"), ToySource("shared", gap_bytes=0)
+    other.kind = "toy2"
+    runner, out = make_runner([toy, other], clock, toy_config())
+    try:
+        for t in (0.0, 299.0, 300.0):
+            clock.t = T0 + t
+            lines = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
+        flags = sorted(line["fields"]["stuck"] for line in lines)
+        assert flags == [False, True]
+        assert all(OUT in line["fields"] for line in lines)
+    finally:
+        runner.close()
