@@ -91,7 +91,7 @@ def _levels(rules: list[_Rule], fields: Fields, state: _State, now: float) -> in
             crit_since[i] = None
         # Several rules may watch one field (warn after 10 min, crit at once): the highest wins.
         if rule.shared:
-            level = max(level, fields.get(rule.level_key, 0))  # type: ignore[type-var]
+            level = max(level, int(fields.get(rule.level_key, 0)))
         fields[rule.level_key] = level
         if level > highest:
             highest = level

@@ -30,10 +30,9 @@ def _counts(source: LogsSource) -> dict[tuple[str, str], tuple[int, int]]:
     for measurement, tags, fields in result.points:
         assert measurement == catalog.LOG
         assert catalog.check_point(measurement, tags, dict(fields)) == []
-        out[(os.path.basename(tags["file"]), tags["event"])] = (
-            fields["count"],
-            fields["count_total"],
-        )
+        count, total = fields["count"], fields["count_total"]
+        assert isinstance(count, int) and isinstance(total, int)
+        out[(os.path.basename(tags["file"]), tags["event"])] = (count, total)
     return out
 
 

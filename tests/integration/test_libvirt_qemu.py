@@ -111,7 +111,11 @@ def test_balloon_actual_follows_set_memory(
         for target_mib in (256, 512):
             domain.setMemory(target_mib * 1024)
             # As soon as libvirt shows the new size, the very next poll reports it.
-            wait_for(lambda t=target_mib: domain.info()[2] == t * 1024, 30, f"{target_mib} MiB")
+
+            def shown(kib: int = target_mib * 1024) -> bool:
+                return bool(domain.info()[2] == kib)
+
+            wait_for(shown, 30, f"{target_mib} MiB")
             fields = plugin.vm(qemu_guest)
             assert fields["memory_current_bytes"] == target_mib * MIB
             assert fields["balloon_actual_bytes"] == (512 - target_mib) * MIB

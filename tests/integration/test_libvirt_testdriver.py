@@ -15,7 +15,6 @@ from telegraf_balloon.model import PollResult
 from tests.stack.common import unavailable
 from tests.stack.libvirt_stack import DomainSpec, write_node_xml
 
-libvirt: Any
 try:
     import libvirt
 except ImportError:  # pragma: no cover - the suite installs it

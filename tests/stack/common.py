@@ -26,7 +26,9 @@ def need_program(name: str) -> str:
     """Path of a program on PATH (or in /usr/sbin), or unavailable()."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
     if path is None:
-        unavailable(f"{name} is not installed (make test installs it: scripts/install-system-deps.sh)")
+        unavailable(
+            f"{name} is not installed (make test installs it: scripts/install-system-deps.sh)"
+        )
     return path
 
 
