@@ -28,9 +28,11 @@ def render(text: str) -> str:
         pattern = re.compile(
             rf"(<!-- BEGIN {name} -->\n)(?:.*?\n)?(<!-- END {name} -->)", re.DOTALL
         )
-        if not pattern.search(text):
+        match = pattern.search(text)
+        if match is None:
             raise SystemExit(f"README.md has no <!-- BEGIN {name} --> section")
-        text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
+        start, end = match.group(1), match.group(2)
+        text = text[: match.start()] + start + body + "\n" + end + text[match.end() :]
     return text
 
 
