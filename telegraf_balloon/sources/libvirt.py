@@ -62,6 +62,8 @@ _UNIT_BYTES = {
     "tib": KIB**4,
 }
 _UNLIMITED_KIB = 9007199254740991  # VIR_DOMAIN_MEMORY_PARAM_UNLIMITED
+# A domain undefined, or shut down, after the bulk call listed it.
+_GONE = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID)
 
 
 def redact_uri(uri: str) -> str:
@@ -289,8 +291,8 @@ class LibvirtSource:
                 if self.config.set_stats_period and facts.period == 0 and not facts.arm_failed:
                     self._arm(dom, name, facts)
             except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    continue  # gone between the list and the stats: not an error
+                if exc.get_error_code() in _GONE:
+                    continue  # gone or stopped between the bulk call and ours: not an error
                 raise
             seen.add(key)
             samples.append(Sample(key, facts.tags, self._fields(stats, facts, now)))
@@ -358,7 +360,7 @@ class LibvirtSource:
         try:
             dom.setMemoryStatsPeriod(period, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            if exc.get_error_code() in _GONE:
                 raise
             self.log.warn(f"libvirt: cannot arm the stats period on {name!r}: {_message(exc)}")
             facts.arm_failed = True  # not again until the domain restarts

@@ -187,3 +187,27 @@ def test_instance_never_shows_a_password() -> None:
         "qemu+tcp://admin@kvm1:16509/system"
     )
     assert redact_uri("qemu:///system") == "qemu:///system"
+
+
+@pytest.mark.parametrize("undefine", [True, False], ids=["undefined", "shut-down"])
+def test_domain_gone_between_bulk_call_and_its_stats(tmp_path: Path, undefine: bool) -> None:
+    """The race is made real: right after the real bulk call returns, a domain is destroyed
+    (and undefined) on the same connection, so libvirt's own error reaches the source."""
+    path = tmp_path / "node.xml"
+    write_node_xml(path, [DomainSpec("stays"), DomainSpec("goes")])
+    source, log = _source(f"test://{path}", read_only=False)
+    real_bulk = source._bulk
+
+    def bulk_then_remove(conn: Any) -> Any:
+        records = real_bulk(conn)
+        dom = conn.lookupByName("goes")
+        dom.destroy()
+        if undefine:
+            dom.undefine()
+        return records
+
+    source._bulk = bulk_then_remove  # type: ignore[method-assign]
+    result = source.poll(1_700_000_000.0)
+    assert result.error is None
+    assert set(_by_guest(result)) == {"stays"}
+    assert "E! " not in log.getvalue()
