@@ -211,3 +211,19 @@ def test_domain_gone_between_bulk_call_and_its_stats(tmp_path: Path, undefine: b
     assert result.error is None
     assert set(_by_guest(result)) == {"stays"}
     assert "E! " not in log.getvalue()
+
+
+def test_keepalive_is_armed_on_daemon_connections(
+    node_xml: tuple[Path, list[DomainSpec]], libvirt_stack: Any
+) -> None:
+    """Through the daemon, keepalive must really be set (a dead daemon is then noticed)."""
+    from telegraf_balloon.sources.libvirt import LibvirtSource
+
+    path, _ = node_xml
+    stream = io.StringIO()
+    config = LibvirtConfig(uri=libvirt_stack.test_uri(path), keepalive_interval=2)
+    source = LibvirtSource(config, Log(stream, debug=True))
+    assert source.poll(1_700_000_000.0).error is None
+    assert "connected to" in stream.getvalue()
+    assert "no keepalive" not in stream.getvalue(), stream.getvalue()
+    source.close()
