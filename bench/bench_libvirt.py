@@ -1,0 +1,1058 @@
+#!/usr/bin/env python3
+"""How fast the libvirt source is, next to the other ways of reading the same numbers.
+
+    python bench/bench_libvirt.py [--domains 1000] [--guests 3] [--repeat 5] [--profile]
+
+Needs root: it starts a private libvirtd (tests/stack/libvirt_stack.py) and always stops it.
+
+Table 1: a libvirt test-driver node with --domains running domains (a few paused), served by
+the real libvirtd (``test+unix://``: every call is a real RPC). One poll of every domain
+done five ways, measured in the same run, interleaved, median of --repeat after a warm-up:
+
+  a. ``virsh -r -c URI dommemstat NAME`` per domain (timed on a subset, scaled per domain);
+  b. a naive Python loop: ``lookupByName(name)``, ``memoryStats()`` and ``info()`` per domain;
+  c. the bare libvirt calls LibvirtSource makes in steady state, and nothing else;
+  d. ``LibvirtSource.poll(now)`` (steady state: the domain XML is cached);
+  e. ``Runner.poll()`` with that source, writing to an in-memory stream.
+
+Table 2: the plugin's own processing per domain. The libvirt responses of one real poll are
+recorded through a proxy, then replayed (zero latency, same data) through ``Runner.poll()``
+for --domains and 10 x --domains domains (copies with distinct names and UUIDs).
+
+Table 3: a, b, c, d, e against --guests real QEMU (TCG) guests with a virtio balloon, whose
+bulk stats carry balloon keys (no per-domain fallback).
+
+Exits 0 even when a target fails; a failed target prints FAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import cProfile
+import gc
+import importlib.metadata
+import io
+import os
+import platform
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import libvirt  # noqa: E402
+
+from telegraf_balloon import catalog  # noqa: E402
+from telegraf_balloon.config import AgentConfig, Config, LibvirtConfig  # noqa: E402
+from telegraf_balloon.log import Log  # noqa: E402
+from telegraf_balloon.model import PollResult  # noqa: E402
+from telegraf_balloon.runner import Runner  # noqa: E402
+from telegraf_balloon.sources import libvirt as libvirt_source  # noqa: E402
+from telegraf_balloon.sources.libvirt import KIB, LibvirtSource  # noqa: E402
+from tests.stack.libvirt_stack import DomainSpec, LibvirtStack, write_node_xml  # noqa: E402
+
+TARGET_VS_VIRSH = 50.0  # plugin end to end at least this many times faster than virsh
+TARGET_VS_BARE = 1.25  # plugin end to end at most this many times the bare libvirt calls
+TARGET_US_PER_DOMAIN = 30.0  # the plugin's own processing per domain
+REPLAY_COPIES = 10
+BULK_STATS = libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_STATE
+BULK_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | getattr(
+    libvirt, "VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT", 0
+)
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL  <<<<<<<<<<"
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.2f}"
+
+
+def fmt_us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f}"
+
+
+def _speed_work() -> int:
+    d = {}
+    for i in range(20_000):
+        d[str(i)] = f"{i}i"
+    return sum(len(v) for v in d.values())
+
+
+class SpeedCheck:
+    """A fixed pure-Python workload timed between the rounds: how fast the CPU was meanwhile.
+
+    On a shared or virtual machine its spread shows how much the CPU's speed moved while the
+    table was measured (the same code, the same work).
+    """
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def __call__(self) -> None:
+        self.seconds.append(timed(_speed_work))
+
+    def report(self) -> str:
+        if not self.seconds:
+            return ""
+        low, high = min(self.seconds), max(self.seconds)
+        return (
+            f"  CPU speed check between rounds (a fixed Python loop): median "
+            f"{fmt_ms(median(self.seconds))} ms, {fmt_ms(low)}..{fmt_ms(high)} ms "
+            f"({high / low:.2f}x spread)"
+        )
+
+
+class CpuMeter:
+    """CPU time of the whole machine, and the part this bench did not use (others' load).
+
+    Ours: this process and its waited-for children (virsh), the stack's libvirtd and the
+    QEMU guests. Whatever else ran on the machine meanwhile competed with the measurement.
+    """
+
+    def __init__(self, stack: LibvirtStack) -> None:
+        self.stack = stack
+        self.guest_pids: list[int] = []
+        self.cpus = os.cpu_count() or 1
+        self._start = self._read()
+
+    @staticmethod
+    def _processes() -> dict[int, tuple[str, int, int]]:
+        """pid -> (name, ppid, utime + stime ticks) of every process."""
+        out = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    text = f.read()
+                name = text[text.index("(") + 1 : text.rindex(")")]
+                parts = text.rsplit(")", 1)[1].split()
+                # after the ")": state, ppid, ...; utime and stime are fields 14 and 15
+                out[int(entry)] = (name, int(parts[1]), int(parts[11]) + int(parts[12]))
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+
+    def _read(self) -> tuple[list[int], dict[int, tuple[str, int, int]], int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        waited = int(parts[13]) + int(parts[14])  # cutime + cstime: virsh runs, finished
+        return (values + [0] * 8)[:8], self._processes(), waited
+
+    def restart(self) -> None:
+        self._start = self._read()
+
+    def report(self) -> str:
+        (cpu0, procs0, waited0), (cpu1, procs1, waited1) = self._start, self._read()
+        user, nice, system, idle, iowait, irq, softirq, steal = (b - a for a, b in zip(cpu0, cpu1))
+        busy = user + nice + system + irq + softirq
+        total = max(1, busy + idle + iowait + steal)
+        me = os.getpid()
+        ours_pids = {me, self.stack.daemon_pid, *self.guest_pids}
+        ours = waited1 - waited0
+        by_name: dict[str, int] = {}
+        for pid, (name, ppid, ticks) in procs1.items():
+            used = ticks - procs0[pid][2] if pid in procs0 else ticks
+            if pid in ours_pids or ppid == me:
+                ours += used
+            elif used > 0:
+                by_name[name] = by_name.get(name, 0) + used
+        others = max(0, busy - ours)
+        top = sorted(by_name.items(), key=lambda item: -item[1])[:3]
+        named = ", ".join(f"{name} {100 * t / total:.0f}%" for name, t in top if t) or "-"
+        warning = ""
+        if others > 0.1 * total:
+            warning = (
+                "\n  WARNING: other processes competed for the CPU during this table: its wall "
+                "times are inflated; rerun on a quiet machine"
+            )
+        return (
+            f"  machine during this table: {100 * busy / total:.0f}% of {self.cpus} cores busy, "
+            f"{100 * others / total:.0f}% by other processes (not this bench, its libvirtd or "
+            f"guests; of those still running: {named}), "
+            f"{100 * steal / total:.0f}% stolen by the hypervisor; "
+            f"load {os.getloadavg()[0]:.2f}{warning}"
+        )
+
+
+def open_like_the_plugin(uri: str, config: LibvirtConfig) -> Any:
+    """A connection opened the way LibvirtSource._connect opens one (read-only, keepalive)."""
+    conn = libvirt.openReadOnly(uri) if config.read_only else libvirt.open(uri)
+    if not uri.startswith("test:") and config.keepalive_interval > 0:
+        conn.setKeepAlive(config.keepalive_interval, config.keepalive_count)
+    return conn
+
+
+def bench_config(uri: str) -> tuple[LibvirtConfig, Config]:
+    lv = LibvirtConfig(uri=uri)
+    return lv, Config(path="(bench)", agent=AgentConfig(timeout=120.0), libvirt=(lv,))
+
+
+class Sink(io.BytesIO):
+    """The plugin's stdout: in memory, emptied between polls (outside the timed part)."""
+
+    def reset(self) -> None:
+        self.seek(0)
+        self.truncate()
+
+
+def check_result(result: PollResult, expected: int, what: str) -> None:
+    if result.error is not None:
+        raise SystemExit(f"{what}: the plugin's poll failed: {result.error}")
+    if len(result.samples) != expected:
+        raise SystemExit(f"{what}: {len(result.samples)} samples, expected {expected}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the ways of polling
+# ---------------------------------------------------------------------------------------------
+
+
+def virsh_poll(virsh: str, uri: str, names: Sequence[str]) -> None:
+    for name in names:
+        proc = subprocess.run(
+            [virsh, "-r", "-c", uri, "dommemstat", name], capture_output=True, check=False
+        )
+        if proc.returncode != 0 or b"actual" not in proc.stdout:
+            raise SystemExit(
+                f"virsh dommemstat {name} failed ({proc.returncode}): "
+                f"{proc.stderr.decode(errors='replace')[-500:]}"
+            )
+
+
+def measure_virsh(
+    virsh: str, uri: str, names: Sequence[str], sample: int, repeat: int
+) -> tuple[float, str]:
+    """Seconds per domain (median over batches) and how it was measured."""
+    subset = list(names[: max(1, min(sample, len(names)))])
+    virsh_poll(virsh, uri, subset[:1])  # warm-up (page cache, daemon)
+    if len(subset) == len(names):
+        per_poll = [timed(lambda: virsh_poll(virsh, uri, subset)) for _ in range(repeat)]
+        return median(per_poll) / len(names), f"all {len(names)} domains, median of {repeat}"
+    batches = max(1, min(repeat, len(subset)))
+    size = len(subset) // batches
+    per_domain = []
+    for b in range(batches):
+        batch = subset[b * size : (b + 1) * size]
+        started = time.perf_counter()
+        virsh_poll(virsh, uri, batch)
+        per_domain.append((time.perf_counter() - started) / len(batch))
+    how = (
+        f"timed on {size * batches} domains ({batches} batches of {size}), "
+        f"median per domain scaled x{len(names) / (size * batches):g}"
+    )
+    return median(per_domain), how
+
+
+def naive_poll(conn: Any, names: Sequence[str]) -> None:
+    """What a naive Python exporter does: look each domain up, ask for its stats and info."""
+    for name in names:
+        dom = conn.lookupByName(name)
+        dom.memoryStats()
+        dom.info()
+
+
+class BareCalls:
+    """Exactly the libvirt calls LibvirtSource._poll makes in steady state, nothing else.
+
+    conn.isAlive(); one getAllDomainStats(BALLOON|STATE, ACTIVE|NOWAIT); per domain name()
+    and UUIDString(), memoryStats() when the bulk record has no balloon.current (and info()
+    when memoryStats() has no 'actual'), ID(); info() when the cached XML had no <memory>;
+    one getFreeMemory(). The XML is cached: no XMLDesc().
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.fallbacks = 0
+        self.no_max: set[str] = set()  # domains whose XML has no <memory> (the plugin's cache)
+        for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            facts = libvirt_source.DomainFacts(dom.ID(), 0.0)
+            libvirt_source.parse_domain_xml(dom.XMLDesc(0), facts)
+            if facts.max_kib is None:
+                self.no_max.add(dom.UUIDString())
+
+    def __call__(self) -> None:
+        conn = self.conn
+        no_max = self.no_max
+        conn.isAlive()
+        fallbacks = 0
+        for dom, stats in conn.getAllDomainStats(BULK_STATS, BULK_FLAGS):
+            dom.name()
+            key = dom.UUIDString()
+            if "balloon.current" not in stats:
+                fallbacks += 1
+                if "actual" not in dom.memoryStats():
+                    dom.info()
+            dom.ID()
+            if key in no_max and "balloon.maximum" not in stats:
+                dom.info()
+        conn.getFreeMemory()
+        self.fallbacks = fallbacks
+
+
+def comparison(
+    *,
+    title: str,
+    uri: str,
+    names: list[str],
+    virsh: Optional[str],
+    virsh_sample: int,
+    repeat: int,
+    log: Log,
+) -> tuple[str, dict[str, float], dict[str, Any]]:
+    """Measure a..e against `uri`: the table, seconds per domain of each way, other facts."""
+    n = len(names)
+    lv_config, config = bench_config(uri)
+    extra: dict[str, Any] = {}
+
+    per_domain: dict[str, float] = {}
+    a_note = ""
+    if virsh is not None:
+        a_per_domain, a_note = measure_virsh(virsh, uri, names, virsh_sample, repeat)
+        per_domain["a"] = a_per_domain
+
+    conn = open_like_the_plugin(uri, lv_config)
+    source = LibvirtSource(lv_config, log)
+    sink = Sink()
+    runner = Runner(config, [source], sink, log, hostname="bench")
+    try:
+        bare = BareCalls(conn)
+        first = time.perf_counter()
+        check_result(source.poll(time.time()), n, title)  # connects, reads every domain's XML
+        extra["first_poll"] = time.perf_counter() - first
+
+        def d() -> None:
+            check_result(source.poll(time.time()), n, title)
+
+        def e() -> None:
+            sink.reset()
+            if not runner.poll():
+                raise SystemExit(f"{title}: Runner.poll() reported a source down")
+
+        ways: dict[str, Callable[[], None]] = {
+            "b": lambda: naive_poll(conn, names),
+            "c": bare,
+            "d": d,
+            "e": e,
+        }
+        for fn in ways.values():
+            fn()  # warm-up
+        times: dict[str, list[float]] = {k: [] for k in ways}
+        speed = SpeedCheck()
+        for _ in range(repeat):
+            speed()
+            for k, fn in ways.items():
+                times[k].append(timed(fn))
+        speed()
+        extra["speed"] = speed.report()
+        for k, values in times.items():
+            per_domain[k] = median(values) / n
+        extra["fallbacks"] = bare.fallbacks
+        extra["lines"] = sink.getvalue().count(b"\n")
+        extra["collector"] = collector_fields(sink.getvalue())
+        extra["spread"] = {k: (min(v), max(v)) for k, v in times.items()}
+        rounds = [plugin / limit for plugin, limit in zip(times["e"], times["c"])]
+        extra["rounds"] = f"; e/c of each round: {', '.join(f'{r:.2f}' for r in rounds)}"
+    finally:
+        runner.close()  # closes the source's connection
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+    labels = {
+        "a": "a. virsh dommemstat per domain (subprocess)",
+        "b": "b. Python: lookupByName + memoryStats + info",
+        "c": "c. bare libvirt calls of the plugin (limit)",
+        "d": "d. plugin: LibvirtSource.poll(now)",
+        "e": "e. plugin end to end: Runner.poll()",
+    }
+    rows = []
+    plugin = per_domain["e"]
+    spread = extra["spread"]
+    for k, label in labels.items():
+        if k not in per_domain:
+            rows.append([label, "n/a (no virsh)", "n/a", "", ""])
+            continue
+        s = per_domain[k]
+        low_high = (
+            f"{fmt_ms(spread[k][0])}..{fmt_ms(spread[k][1])}" if k in spread else "(see note)"
+        )
+        rows.append([label, fmt_ms(s * n), fmt_us(s), low_high, f"{s / plugin:,.2f}x"])
+    text = table(
+        ["way (one poll of every domain)", "ms/poll", "µs/domain", "min..max ms", "vs e"],
+        rows,
+        [False, True, True, True, True],
+    )
+    if a_note:
+        text += f"\n  a: {a_note}"
+    return text, per_domain, extra
+
+
+def collector_fields(output: bytes) -> dict[str, str]:
+    """The fields of the balloon_collector line in one poll's output."""
+    for line in output.decode("utf-8", "replace").splitlines():
+        if line.startswith(catalog.COLLECTOR + ","):
+            fields = line.rsplit(" ", 2)[1]
+            return dict(item.split("=", 1) for item in fields.split(","))
+    return {}
+
+
+def collector_note(fields: dict[str, str]) -> str:
+    def ms(name: str) -> str:
+        value = fields.get(name)
+        return "absent" if value is None else f"{float(value) * 1e3:,.2f} ms"
+
+    return (
+        f"  the plugin's own {catalog.COLLECTOR} line (last e poll): duration_seconds "
+        f"{ms('duration_seconds')}, api_latency_seconds {ms('api_latency_seconds')}"
+    )
+
+
+def ratio_lines(per_domain: dict[str, float], rounds: str, note: str = "") -> list[str]:
+    out = []
+    e = per_domain["e"]
+    if "a" in per_domain:
+        speedup = per_domain["a"] / e
+        out.append(
+            f"  plugin (e) vs virsh (a): {speedup:,.1f}x faster "
+            f"(target >= {TARGET_VS_VIRSH:g}x{note})  {verdict(speedup >= TARGET_VS_VIRSH)}"
+        )
+    else:
+        out.append("  plugin (e) vs virsh (a): n/a (no virsh)")
+    over = e / per_domain["c"]
+    out.append(
+        f"  plugin (e) vs bare calls (c): {over:.3f}x the time "
+        f"(target <= {TARGET_VS_BARE:g}x{note})  {verdict(over <= TARGET_VS_BARE)}"
+    )
+    out.append(f"    (ratio of the medians{rounds})")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# record and replay (Table 2)
+# ---------------------------------------------------------------------------------------------
+
+
+class RecordingDomain:
+    """A virDomain whose every answer is kept (last one per method)."""
+
+    def __init__(self, dom: Any) -> None:
+        self._dom = dom
+        self.calls: dict[str, Any] = {}
+
+    def _call(self, method: str, *args: Any) -> Any:
+        value = getattr(self._dom, method)(*args)
+        self.calls[method] = copy.deepcopy(value)
+        return value
+
+    def name(self) -> Any:
+        return self._call("name")
+
+    def UUIDString(self) -> Any:
+        return self._call("UUIDString")
+
+    def ID(self) -> Any:
+        return self._call("ID")
+
+    def memoryStats(self) -> Any:
+        return self._call("memoryStats")
+
+    def info(self) -> Any:
+        return self._call("info")
+
+    def XMLDesc(self, flags: int = 0) -> Any:
+        return self._call("XMLDesc", flags)
+
+    def __getattr__(self, method: str) -> Any:
+        attr = getattr(self._dom, method)
+        if not callable(attr):
+            return attr
+        return lambda *args: self._call(method, *args)
+
+
+class RecordingConn:
+    """A virConnect whose bulk answer, free memory and domains' answers are kept."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self.bulk_args: Optional[tuple[int, int]] = None
+        self.bulk: list[tuple[RecordingDomain, dict[str, Any]]] = []
+        self.calls: dict[str, Any] = {}
+
+    def isAlive(self) -> Any:
+        return self._conn.isAlive()
+
+    def getAllDomainStats(self, stats: int, flags: int) -> list[tuple[RecordingDomain, Any]]:
+        records = self._conn.getAllDomainStats(stats, flags)
+        self.bulk_args = (stats, flags)
+        self.bulk = [(RecordingDomain(dom), copy.deepcopy(values)) for dom, values in records]
+        return [(rec, values) for (rec, _), (_, values) in zip(self.bulk, records)]
+
+    def getFreeMemory(self) -> Any:
+        value = self._conn.getFreeMemory()
+        self.calls["getFreeMemory"] = value
+        return value
+
+    def close(self) -> None:
+        pass  # the bench closes the real connection itself
+
+
+@dataclass
+class Recording:
+    bulk_args: tuple[int, int]
+    domains: list[tuple[dict[str, Any], dict[str, Any]]]  # (calls, bulk stats) per domain
+    free_memory: Any
+    hostname: str
+    host_memory: int
+    driver_type: str
+
+
+class ReplayDomain:
+    """Answers what the recorded domain answered; nothing else (KeyError if never recorded)."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self, calls: dict[str, Any]) -> None:
+        self._calls = calls
+
+    def name(self) -> Any:
+        return self._calls["name"]
+
+    def UUIDString(self) -> Any:
+        return self._calls["UUIDString"]
+
+    def ID(self) -> Any:
+        return self._calls["ID"]
+
+    def memoryStats(self) -> Any:
+        return self._calls["memoryStats"]
+
+    def info(self) -> Any:
+        return self._calls["info"]
+
+    def XMLDesc(self, flags: int = 0) -> Any:
+        return self._calls["XMLDesc"]
+
+
+class ReplayConn:
+    """A connection with zero latency that answers the recorded poll, as often as asked."""
+
+    def __init__(self, recording: Recording, copies: int) -> None:
+        self._args = recording.bulk_args
+        self._free = recording.free_memory
+        self.records: list[tuple[ReplayDomain, dict[str, Any]]] = []
+        for k in range(copies):
+            for calls, stats in recording.domains:
+                self.records.append((ReplayDomain(_copy_calls(calls, k)), stats))
+        uuids = {dom.UUIDString() for dom, _ in self.records}
+        names = {dom.name() for dom, _ in self.records}
+        if len(uuids) != len(self.records) or len(names) != len(self.records):
+            raise SystemExit("replay: copies do not have distinct names and UUIDs")
+
+    def isAlive(self) -> int:
+        return 1
+
+    def getAllDomainStats(self, stats: int, flags: int) -> list[tuple[ReplayDomain, Any]]:
+        if (stats, flags) != self._args:
+            raise RuntimeError(f"replay: getAllDomainStats{(stats, flags)} != {self._args}")
+        return self.records
+
+    def getFreeMemory(self) -> Any:
+        return self._free
+
+    def close(self) -> None:
+        pass
+
+
+def _copy_calls(calls: dict[str, Any], k: int) -> dict[str, Any]:
+    """The k-th copy of one domain's answers: its own name, UUID and ID (k=0: the original)."""
+    if k == 0:
+        return dict(calls)
+    out = dict(calls)
+    name, key = calls["name"], calls["UUIDString"]
+    out["name"] = f"{name}~{k}"
+    out["UUIDString"] = str(uuid.uuid5(uuid.NAMESPACE_OID, f"{key}/{k}"))
+    if "ID" in calls:
+        out["ID"] = int(calls["ID"]) + 1_000_000 * k
+    if "XMLDesc" in calls:
+        xml = str(calls["XMLDesc"])
+        xml = xml.replace(f"<name>{name}</name>", f"<name>{out['name']}</name>", 1)
+        out["XMLDesc"] = xml.replace(f"<uuid>{key}</uuid>", f"<uuid>{out['UUIDString']}</uuid>")
+    return out
+
+
+def inject(source: LibvirtSource, conn: Any, hostname: str, memory: int, driver: str) -> None:
+    """What LibvirtSource._connect sets, with `conn` as the connection."""
+    source._conn = conn
+    source._host_tags = {"host": hostname, "source": "libvirt"}
+    source._host_memory = memory
+    source._driver_type = driver
+
+
+def record_poll(uri: str, expected: int, log: Log) -> Recording:
+    """One real first poll of the plugin through a recording proxy."""
+    lv_config, _ = bench_config(uri)
+    conn = open_like_the_plugin(uri, lv_config)
+    try:
+        hostname = str(conn.getHostname())
+        memory = int(conn.getInfo()[1]) * KIB * KIB
+        driver = str(conn.getType()).lower()
+        recorder = RecordingConn(conn)
+        source = LibvirtSource(lv_config, log)
+        inject(source, recorder, hostname, memory, driver)
+        check_result(source.poll(time.time()), expected, "recording")
+        source._conn = None
+    finally:
+        conn.close()
+    assert recorder.bulk_args is not None
+    return Recording(
+        bulk_args=recorder.bulk_args,
+        domains=[(rec.calls, stats) for rec, stats in recorder.bulk],
+        free_memory=recorder.calls["getFreeMemory"],
+        hostname=hostname,
+        host_memory=memory,
+        driver_type=driver,
+    )
+
+
+class Replay:
+    """A plugin (source + runner) wired to a replay connection of `copies` x the recording."""
+
+    def __init__(self, recording: Recording, copies: int, log: Log) -> None:
+        self.conn = ReplayConn(recording, copies)
+        self.n = len(self.conn.records)
+        lv_config, config = bench_config("qemu:///replay")
+        self.source = LibvirtSource(lv_config, log)
+        inject(
+            self.source,
+            self.conn,
+            recording.hostname,
+            recording.host_memory,
+            recording.driver_type,
+        )
+        self.sink = Sink()
+        self.runner = Runner(config, [self.source], self.sink, log, hostname="bench")
+
+    def runner_poll(self) -> None:
+        self.sink.reset()
+        if not self.runner.poll():
+            raise SystemExit(f"replay: Runner.poll() failed: {self.sink.getvalue()[-500:]!r}")
+
+    def source_poll(self) -> None:
+        check_result(self.source.poll(time.time()), self.n, "replay")
+
+    def stubs_only(self) -> None:
+        """The replay objects alone, called as the plugin calls them (its cost is included)."""
+        conn = self.conn
+        conn.isAlive()
+        for dom, stats in list(conn.getAllDomainStats(*conn._args)):
+            dom.name()
+            dom.UUIDString()
+            if "balloon.current" not in stats:
+                dom.memoryStats()
+            dom.ID()
+        conn.getFreeMemory()
+
+    def lines(self) -> int:
+        return self.sink.getvalue().count(b"\n")
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+class GcClock:
+    """Time spent in the cyclic garbage collector while registered in gc.callbacks."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0  # generation-2 collections
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.full += info.get("generation") == 2
+
+    def run(self, fn: Callable[[], object]) -> float:
+        """fn()'s wall time; the collector's time is added to self.seconds."""
+        gc.callbacks.append(self)
+        try:
+            return timed(fn)
+        finally:
+            gc.callbacks.remove(self)
+
+
+def replay_table(recording: Recording, repeat: int, log: Log) -> tuple[str, list[str], Replay]:
+    rows = []
+    verdicts = []
+    big: Optional[Replay] = None
+    snapshot = copy.deepcopy(recording.domains)
+    speed = SpeedCheck()
+    for copies in (1, REPLAY_COPIES):
+        replay = Replay(recording, copies, log)
+        replay.runner_poll()  # first poll: parses every domain's XML
+        ways = {"e": replay.runner_poll, "d": replay.source_poll, "stubs": replay.stubs_only}
+        for fn in ways.values():
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in ways}
+        cpu: list[float] = []
+        in_gc: list[float] = []
+        collector = GcClock()
+        for _ in range(repeat):
+            speed()
+            for k, fn in ways.items():
+                if k != "e":
+                    times[k].append(timed(fn))
+                    continue
+                cpu_started, gc_before = time.process_time(), collector.seconds
+                times[k].append(collector.run(fn))
+                cpu.append(time.process_time() - cpu_started)
+                in_gc.append(collector.seconds - gc_before)
+        n = replay.n
+        expected_lines = n + 2  # a balloon line per domain, balloon_host, balloon_collector
+        if replay.lines() != expected_lines:
+            raise SystemExit(f"replay: {replay.lines()} lines written, expected {expected_lines}")
+        e, d, stubs = (median(times[k]) / n for k in ("e", "d", "stubs"))
+        ok = e * 1e6 <= TARGET_US_PER_DOMAIN
+        rows.append(
+            [
+                f"{n:,}",
+                fmt_ms(e * n),
+                fmt_us(e),
+                fmt_us(median(cpu) / n),
+                f"{fmt_us(median(in_gc) / n)} ({collector.full / repeat:.1f})",
+                fmt_us(d),
+                fmt_us(e - d),
+                fmt_us(stubs),
+                f"<= {TARGET_US_PER_DOMAIN:g}",
+                "PASS" if ok else "FAIL",
+            ]
+        )
+        verdicts.append(
+            f"  {n:,} domains: {fmt_us(e)} µs/domain end to end "
+            f"(target <= {TARGET_US_PER_DOMAIN:g})  {verdict(ok)}"
+        )
+        if copies == REPLAY_COPIES:
+            big = replay
+        else:
+            replay.close()
+    speed()
+    verdicts.append(speed.report())
+    if recording.domains != snapshot:
+        raise SystemExit("replay: the plugin changed the recorded answers in place")
+    text = table(
+        [
+            "domains",
+            "ms/poll (e)",
+            "µs/domain (e)",
+            "CPU µs/domain (e)",
+            "in GC (gen2/poll)",
+            "source.poll",
+            "runner stages",
+            "replay stubs",
+            "target",
+            "",
+        ],
+        rows,
+        [True, True, True, True, True, True, True, True, True, False],
+    )
+    assert big is not None
+    return text, verdicts, big
+
+
+def profile_replay(replay: Replay, top: int) -> str:
+    """cProfile of Runner.poll() on the replay: the main thread and the source's worker."""
+    main = cProfile.Profile()
+    worker = cProfile.Profile()
+    source = replay.source
+    inner = source.poll
+
+    measuring = False
+
+    def profiled(now: float) -> PollResult:
+        if not measuring:
+            return inner(now)
+        worker.enable()
+        try:
+            return inner(now)
+        finally:
+            worker.disable()
+
+    source.poll = profiled  # type: ignore[method-assign]
+    try:
+        replay.runner_poll()
+        polls = 3
+        measuring = True
+        main.enable()
+        for _ in range(polls):
+            replay.runner_poll()
+        main.disable()
+    finally:
+        del source.poll
+    out = io.StringIO()
+    stats = pstats.Stats(main, stream=out)
+    stats.add(worker)
+    stats.sort_stats("tottime").print_stats(top)
+    text = out.getvalue()
+    start = text.find("   ncalls")
+    head = (
+        f"cProfile of {polls} x Runner.poll() on the replay of {replay.n:,} domains "
+        f"(main thread + the source's worker thread), top {top} by own time:"
+    )
+    return head + "\n" + (text[start:] if start >= 0 else text).rstrip()
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+# ---------------------------------------------------------------------------------------------
+
+
+def node_domains(count: int) -> list[DomainSpec]:
+    """`count` domains with virtio balloons and stats periods, one in a hundred paused."""
+    specs = []
+    for i in range(count):
+        memory = (1 + i % 8) * 1024 * 1024
+        current = memory * (60 + i % 41) // 100 // 4 * 4
+        specs.append(
+            DomainSpec(
+                f"vm-{i:05d}",
+                memory_kib=memory,
+                current_kib=current,
+                state="paused" if i % 100 == 50 else "running",
+                stats_period=(5, 10, 30)[i % 3],
+            )
+        )
+    return specs
+
+
+def machine_facts(stack: LibvirtStack) -> list[str]:
+    model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with stack.connection(readonly=True) as conn:
+        daemon = int(conn.getLibVersion())
+        qemu = int(conn.getVersion())
+
+    try:
+        binding = importlib.metadata.version("libvirt-python")
+    except importlib.metadata.PackageNotFoundError:
+        binding = "?"
+
+    def ver(v: int) -> str:
+        return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"
+
+    return [
+        f"cores: {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), {model}",
+        f"libvirt: library {ver(libvirt.getVersion())}, daemon {ver(daemon)}, "
+        f"libvirt-python {binding}, QEMU {ver(qemu)}",
+        f"Python: {platform.python_version()} ({platform.python_implementation()}), "
+        f"kernel {platform.release()}",
+    ]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--domains", type=int, default=1000, help="test-driver domains")
+    parser.add_argument("--guests", type=int, default=3, help="QEMU guests (0: no Table 3)")
+    parser.add_argument("--guest-mib", type=int, default=384, help="memory of each guest")
+    parser.add_argument("--repeat", type=int, default=5, help="timed polls per way")
+    parser.add_argument("--virsh-sample", type=int, default=100, help="domains virsh is timed on")
+    parser.add_argument(
+        "--profile", type=int, nargs="?", const=25, default=0, help="print a cProfile top N"
+    )
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench_libvirt: needs root (it starts a private libvirtd)", file=sys.stderr)
+        return 0
+    repeat = max(1, args.repeat)
+    virsh = shutil.which("virsh")
+    log_stream = io.StringIO()
+    log = Log(log_stream)
+    started = time.monotonic()
+    # The plugin runs libvirt's event loop (keepalive) for remote URIs; so does every
+    # connection measured here, opened after it.
+    libvirt_source._start_event_loop()
+
+    stack = LibvirtStack()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-libvirt-"))
+    try:
+        stack.start_daemon()
+        print("== bench_libvirt: machine")
+        for line in machine_facts(stack):
+            print("  " + line)
+        print()
+        meter = CpuMeter(stack)
+
+        # -- Table 1 ------------------------------------------------------------------------
+        specs = node_domains(args.domains)
+        node = workdir / "node.xml"
+        write_node_xml(node, specs, host_memory_kib=1024**3)
+        uri = stack.test_uri(node)
+        active = [s.name for s in specs if s.state != "shutoff"]
+        paused = sum(1 for s in specs if s.state == "paused")
+        text, per_domain, extra = comparison(
+            title="Table 1",
+            uri=uri,
+            names=active,
+            virsh=virsh,
+            virsh_sample=args.virsh_sample,
+            repeat=repeat,
+            log=log,
+        )
+        print(
+            f"== Table 1: {len(active):,} domains ({paused} paused), libvirt test driver served "
+            "by the real libvirtd (test+unix://: every call is an RPC)"
+        )
+        print(f"   median of {repeat} polls after a warm-up, the ways interleaved")
+        print(text)
+        print(
+            f"  bulk call gave no balloon keys: per-domain memoryStats() fallback for "
+            f"{extra['fallbacks']:,}/{len(active):,} domains (in c, d and e alike)"
+        )
+        print(
+            f"  d, first poll (connect + XMLDesc of every domain): "
+            f"{fmt_ms(extra['first_poll'])} ms; e wrote {extra['lines']:,} lines per poll"
+        )
+        print("  c includes the local calls (isAlive, name, UUIDString, ID) the plugin makes")
+        print(collector_note(extra["collector"]) + " (the bulk call only)")
+        if virsh is not None:
+            tiny = workdir / "tiny.xml"
+            write_node_xml(tiny, [DomainSpec("tiny")])
+            tiny_s, _ = measure_virsh(virsh, stack.test_uri(tiny), ["tiny"], 1, repeat)
+            print(
+                f"  a: a virsh call against a 1-domain node takes {fmt_ms(tiny_s)} ms: the rest "
+                f"is the test driver re-reading the {len(specs):,}-domain node file on each open"
+            )
+        for line in ratio_lines(per_domain, extra["rounds"]):
+            print(line)
+        print(extra["speed"])
+        print(meter.report())
+        print()
+
+        # -- Table 2 ------------------------------------------------------------------------
+        meter.restart()
+        recording = record_poll(uri, len(active), log)
+        text2, verdicts, big = replay_table(recording, repeat, log)
+        print(
+            "== Table 2: the plugin's own processing per domain: the recorded answers of one "
+            "real poll replayed with zero latency through Runner.poll()"
+        )
+        print(
+            f"   median of {repeat}; {REPLAY_COPIES}x = the recorded {len(active):,} domains "
+            "copied with distinct names/UUIDs"
+        )
+        print(text2)
+        print(
+            "  source.poll = LibvirtSource.poll alone; runner stages = end to end minus "
+            "source.poll (health, host aggregation, serialization, write, thread hand-off);"
+        )
+        print("  replay stubs = the replay objects alone, called as the plugin calls them")
+        for line in verdicts:
+            print(line)
+        print(meter.report())
+        print()
+        if args.profile:
+            print(profile_replay(big, args.profile))
+            print()
+        big.close()
+
+        # -- Table 3 ------------------------------------------------------------------------
+        if args.guests > 0:
+            names = [f"bench-guest-{i}" for i in range(args.guests)]
+            boot = time.monotonic()
+            for name in names:
+                stack.define_guest(name, memory_mib=args.guest_mib, stats_period=2)
+            for name in names:
+                stack.wait_guest_stats(name, timeout=240)
+            booted = time.monotonic() - boot
+            meter.guest_pids = [stack.guest_pid(name) for name in names]
+            meter.restart()
+            text3, per_domain3, extra3 = comparison(
+                title="Table 3",
+                uri=stack.uri,
+                names=names,
+                virsh=virsh,
+                virsh_sample=len(names),
+                repeat=repeat,
+                log=log,
+            )
+            print(
+                f"== Table 3: {len(names)} real QEMU (TCG) guests, {args.guest_mib} MiB, virtio "
+                f"balloon, stats period 2 s (qemu+unix://; booted in {booted:.0f} s)"
+            )
+            print(f"   median of {repeat} polls after a warm-up, the ways interleaved")
+            print(text3)
+            print(
+                f"  bulk call gave balloon keys: per-domain fallback for "
+                f"{extra3['fallbacks']}/{len(names)} domains; "
+                f"d, first poll (connect + XMLDesc): {fmt_ms(extra3['first_poll'])} ms"
+            )
+            print(collector_note(extra3["collector"]))
+            for line in ratio_lines(
+                per_domain3, extra3["rounds"], note=", set for Table 1; for reference"
+            ):
+                print(line)
+            print(extra3["speed"])
+            print(meter.report())
+            print()
+    finally:
+        stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    logged = log_stream.getvalue().strip()
+    if logged:
+        print("plugin log:")
+        for line in logged.splitlines()[:10]:
+            print("  " + line)
+    print(f"== bench_libvirt: done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
