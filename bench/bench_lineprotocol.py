@@ -194,6 +194,8 @@ def clear_caches() -> None:
     lineprotocol._measurement_cache.clear()
     lineprotocol._key_cache.clear()
     lineprotocol._tag_value_cache.clear()
+    lineprotocol._field_prefix_cache.clear()
+    lineprotocol._head_cache.clear()
 
 
 def main() -> int:

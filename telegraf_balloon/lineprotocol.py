@@ -5,15 +5,21 @@ Rules (InfluxDB 1.x and Telegraf's parser agree on them):
 - measurement: escape comma and space;
 - tag keys, tag values, field keys: escape comma, equals sign and space;
 - string field values: escape backslash and double quote;
-- integers end in ``i`` (int64 range only), floats in full precision, bools true/false.
+- integers end in ``i`` (int64 range only), floats in full precision, bools true/false;
+- tags sorted by key.
 What line protocol cannot carry is changed, never passed through to break a line:
-- newline, carriage return, tab and form feed in names and tag values become a space
-  (they end or split a point in Telegraf's parser); in string fields, a space too;
-- a backslash directly before an escaped character or at the end of a name or tag value is
-  read differently by different parsers: it becomes ``/`` (only that last one of a run);
-- empty tag values and tags named ``time`` are dropped;
+- newline, carriage return, tab, form feed and NUL in names and tag values become a space
+  (they end or split a point in Telegraf's parser, and InfluxDB drops a leading NUL); in
+  string fields, a space too;
+- a backslash directly before a comma, space, equals sign or double quote, or at the end of
+  a name or tag value, is read differently by different parsers (InfluxDB unescapes all
+  four even in measurements): the last backslash of such a run becomes ``/``;
+- empty tag values and tags named ``time`` are dropped, and of two tag keys that read the
+  same once made writable, only the first in sorted order is written;
 - None, NaN, infinities, ints outside int64 and fields named ``time`` are dropped;
-- a point left with no field produces no line at all.
+- a point left with no field produces no line at all; in a batch, a point that cannot be
+  written (a name that is no string, a timestamp outside InfluxDB's range) is left out.
+The escaped head of a line (measurement and tags) is cached: a VM's is the same every poll.
 """
 
 from __future__ import annotations
@@ -27,13 +33,19 @@ FieldValue = Union[bool, int, float, str]
 
 _INT_MIN = -(2**63)
 _INT_MAX = 2**63 - 1
-_CONTROL = str.maketrans({"\n": " ", "\r": " ", "\t": " ", "\f": " "})
+_CONTROL = str.maketrans({"\n": " ", "\r": " ", "\t": " ", "\f": " ", "\x00": " "})
+# InfluxDB unescapes '=' and '"' as well in names: a backslash before them is ambiguous too.
+_AMBIGUOUS = ', ="'
+_TIME_MIN = -(2**63) + 2  # InfluxDB's own bounds for a timestamp
+_TIME_MAX = 2**63 - 2
 _CACHE_LIMIT = 65536
 
 _measurement_cache: dict[str, str] = {}
 _key_cache: dict[str, str] = {}
 _tag_value_cache: dict[str, str] = {}
 _RUN_PATTERNS: dict[str, re.Pattern[str]] = {}
+_field_prefix_cache: dict[str, str] = {}
+_head_cache: dict[tuple[object, ...], str] = {}
 
 
 def _fix_backslashes(text: str, specials: str) -> str:
@@ -59,7 +71,7 @@ def _end_run(match: re.Match[str]) -> str:
 def _escape_measurement(name: str) -> str:
     if not name:
         raise ValueError("empty measurement name")
-    text = _fix_backslashes(name.translate(_CONTROL), ", ")
+    text = _fix_backslashes(name.translate(_CONTROL), _AMBIGUOUS)
     if text.startswith("#"):
         # A line starting with '#' is a comment to every parser; no escape reads back as '#'.
         raise ValueError(f"measurement name {name!r} starts with '#'")
@@ -68,7 +80,7 @@ def _escape_measurement(name: str) -> str:
 
 def _escape_key(text: str) -> str:
     """Tag keys, tag values and field keys share one escape."""
-    text = _fix_backslashes(text.translate(_CONTROL), ", =")
+    text = _fix_backslashes(text.translate(_CONTROL), _AMBIGUOUS)
     return text.replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
@@ -134,6 +146,37 @@ def field_value(value: object) -> Optional[str]:
     return None
 
 
+def _field_prefix(name: str) -> str:
+    """'escaped_key=' for a field name; '' for names that must not be written."""
+    cached = _field_prefix_cache.get(name)
+    if cached is None:
+        if len(_field_prefix_cache) > _CACHE_LIMIT:
+            _field_prefix_cache.clear()
+        cached = "" if not name or name == "time" else key(name) + "="
+        _field_prefix_cache[name] = cached
+    return cached
+
+
+def _head(name: str, tags: Mapping[str, str]) -> str:
+    """'measurement,tag=value,...' with tags sorted and escaped; a key written once."""
+    if not isinstance(name, str):
+        raise TypeError(f"measurement must be a string, not {type(name).__name__}")
+    head = measurement(name)
+    written: set[str] = set()
+    for tkey in sorted(tags):
+        tvalue = tags[tkey]
+        if not isinstance(tvalue, str):
+            tvalue = str(tvalue)
+        if not tvalue or not tkey or tkey == "time":
+            continue
+        ekey = key(tkey)
+        if ekey in written:  # two keys that read the same once made writable
+            continue
+        written.add(ekey)
+        head += "," + ekey + "=" + tag_value(tvalue)
+    return head
+
+
 def format_line(
     name: str,
     tags: Mapping[str, str],
@@ -141,16 +184,19 @@ def format_line(
     time_ns: int,
 ) -> Optional[str]:
     """One point as a line (no trailing newline), or None when no field can be written."""
-    parts = []
+    if type(time_ns) is not int:
+        raise TypeError(f"timestamp must be int nanoseconds, not {type(time_ns).__name__}")
+    if not _TIME_MIN <= time_ns <= _TIME_MAX:
+        raise ValueError(f"timestamp {time_ns} is outside InfluxDB's range")
+    parts: list[str] = []
+    append = parts.append
+    prefixes = _field_prefix_cache
     for fkey, fvalue in fields.items():
-        if fvalue is None or fkey == "time" or not fkey:
-            continue
         kind = type(fvalue)
         if kind is int:
-            if _INT_MIN <= fvalue <= _INT_MAX:  # type: ignore[operator]
-                text = f"{fvalue}i"
-            else:
+            if not _INT_MIN <= fvalue <= _INT_MAX:  # type: ignore[operator]
                 continue
+            text = f"{fvalue}i"
         elif kind is float:
             if fvalue - fvalue != 0.0:  # type: ignore[operator]  # NaN or infinity
                 continue
@@ -158,34 +204,40 @@ def format_line(
         elif kind is bool:
             text = "true" if fvalue else "false"
         else:
-            other = field_value(fvalue)
+            other = None if fvalue is None else field_value(fvalue)
             if other is None:
                 continue
             text = other
-        ekey = _key_cache.get(fkey) or key(fkey)
-        parts.append(ekey + "=" + text)
+        prefix = prefixes.get(fkey)
+        if prefix is None:
+            prefix = _field_prefix(fkey)
+        if prefix:
+            append(prefix + text)
     if not parts:
         return None
-    head = _measurement_cache.get(name) or measurement(name)
-    if tags:
-        for tkey in sorted(tags):
-            tvalue = tags[tkey]
-            if not tvalue or not tkey or tkey == "time":
-                continue
-            evalue = _tag_value_cache.get(tvalue) or tag_value(tvalue)
-            if not evalue:
-                continue
-            head += "," + (_key_cache.get(tkey) or key(tkey)) + "=" + evalue
-    if type(time_ns) is not int:
-        raise TypeError(f"timestamp must be int nanoseconds, not {type(time_ns).__name__}")
-    return head + " " + ",".join(parts) + " " + str(time_ns)
+    # The head of a VM's line is the same poll after poll: escape and sort its tags once.
+    head_key: tuple[object, ...] = (name, *tags.items())
+    head = _head_cache.get(head_key)
+    if head is None:
+        if len(_head_cache) > _CACHE_LIMIT:
+            _head_cache.clear()
+        head = _head_cache[head_key] = _head(name, tags)
+    return f"{head} {','.join(parts)} {time_ns}"
 
 
 def format_lines(points: Iterable[tuple[str, Mapping[str, str], Mapping[str, object], int]]) -> str:
-    """Many points, each line ended by a newline; points with no field are left out."""
+    """Many points, each line ended by a newline.
+
+    Points with no field are left out, and so is a point that cannot be written at all
+    (a name that is no string, a timestamp out of range): one bad point never costs the batch.
+    """
     out = []
     for name, tags, fields, time_ns in points:
-        line = format_line(name, tags, fields, time_ns)
+        try:
+            line = format_line(name, tags, fields, time_ns)
+        except (TypeError, ValueError):
+            continue
         if line is not None:
             out.append(line)
-    return "".join(line + "\n" for line in out)
+            out.append("\n")
+    return "".join(out)
