@@ -86,6 +86,7 @@ class DomainFacts:
         "checked_at",
         "domain_id",
         "first_seen",
+        "frozen_checked",
         "hypervisor",
         "last_update",
         "limit_bytes",
@@ -107,6 +108,7 @@ class DomainFacts:
         self.max_kib: Optional[int] = None
         self.last_update = 0
         self.arm_failed = False
+        self.frozen_checked = 0  # the last_update of a freeze already checked in the XML
         self.tags: Tags = {}
 
 
@@ -324,8 +326,13 @@ class LibvirtSource:
         last_update = int(stats.get("balloon.last-update", 0))
         if facts.period == 0:
             return last_update > facts.last_update  # someone armed it: stats move again
-        if facts.period and last_update:
-            return now - last_update > max(3.0 * facts.period, 10.0)  # maybe disarmed
+        if facts.period and last_update and now - last_update > max(3.0 * facts.period, 10.0):
+            # Frozen stats: maybe disarmed. Check once per freeze, not every RECHECK_SECONDS
+            # (a paused guest or a dead driver stays frozen for long).
+            if last_update == facts.frozen_checked:
+                return False
+            facts.frozen_checked = last_update
+            return True
         return False
 
     def _read_facts(
@@ -341,6 +348,7 @@ class LibvirtSource:
         if old is not None and old.domain_id == domain_id:
             facts.first_seen = old.first_seen
             facts.arm_failed = old.arm_failed
+            facts.frozen_checked = old.frozen_checked
             facts.last_update = old.last_update
         try:
             parse_domain_xml(dom.XMLDesc(0), facts)
