@@ -192,27 +192,25 @@ def format_line(
     append = parts.append
     prefixes = _field_prefix_cache
     for fkey, fvalue in fields.items():
+        prefix = prefixes.get(fkey)
+        if not prefix:  # not seen yet, or a name never written ("", "time")
+            if prefix is None:
+                prefix = _field_prefix(fkey)
+            if not prefix:
+                continue
         kind = type(fvalue)
         if kind is int:
-            if not _INT_MIN <= fvalue <= _INT_MAX:  # type: ignore[operator]
-                continue
-            text = f"{fvalue}i"
+            if _INT_MIN <= fvalue <= _INT_MAX:  # type: ignore[operator]
+                append(f"{prefix}{fvalue}i")
         elif kind is float:
-            if fvalue - fvalue != 0.0:  # type: ignore[operator]  # NaN or infinity
-                continue
-            text = repr(fvalue)
+            if fvalue - fvalue == 0.0:  # type: ignore[operator]  # not NaN nor infinite
+                append(prefix + repr(fvalue))
         elif kind is bool:
-            text = "true" if fvalue else "false"
-        else:
-            other = None if fvalue is None else field_value(fvalue)
-            if other is None:
-                continue
-            text = other
-        prefix = prefixes.get(fkey)
-        if prefix is None:
-            prefix = _field_prefix(fkey)
-        if prefix:
-            append(prefix + text)
+            append(prefix + ("true" if fvalue else "false"))
+        elif fvalue is not None:
+            other = field_value(fvalue)
+            if other is not None:
+                append(prefix + other)
     if not parts:
         return None
     # The head of a VM's line is the same poll after poll: escape and sort its tags once.

@@ -307,15 +307,18 @@ class LibvirtSource:
         return PollResult(samples=samples, hosts=hosts, api_latency_seconds=latency)
 
     def _fallback(self, dom: Any, stats: dict[str, Any]) -> dict[str, Any]:
-        """One memoryStats() call for a domain the bulk call gave no balloon keys for."""
-        merged = dict(stats)
+        """One memoryStats() call for a domain the bulk call gave no balloon keys for.
+
+        Writes into the bulk call's own record for the domain (ours to change).
+        """
+        keys = _MEMORY_STATS_KEYS
         for key, value in dom.memoryStats().items():
-            bulk_key = _MEMORY_STATS_KEYS.get(key)
+            bulk_key = keys.get(key)
             if bulk_key is not None:
-                merged[bulk_key] = value
-        if "balloon.current" not in merged:
-            merged["balloon.current"] = dom.info()[2]  # no balloon device: memoryStats is {}
-        return merged
+                stats[bulk_key] = value
+        if "balloon.current" not in stats:
+            stats["balloon.current"] = dom.info()[2]  # no balloon device: memoryStats is {}
+        return stats
 
     def _needs_xml(self, facts: DomainFacts, stats: dict[str, Any], now: float) -> bool:
         """Re-read the XML when it is old, or when the stats contradict the cached period."""
