@@ -217,7 +217,15 @@ def test_guest_reports_stats(stack: LibvirtStack, guest: str) -> None:
         (dom,) = [d for d in bulk if d.name() == guest]
         assert bulk[dom]["balloon.current"] == GUEST_MIB * 1024
         assert bulk[dom]["balloon.maximum"] == GUEST_MIB * 1024
-    snap = stack.wait_console(guest, lambda s: "balloon_inflate" in s, timeout=30)
+    # The guest's stats (every stats period) and its console (every second) settle on the
+    # same MemTotal; right after an earlier test moved the shared balloon they may lag apart.
+    deadline = time.monotonic() + 30
+    while True:
+        snap = stack.wait_console(guest, lambda s: "balloon_inflate" in s, timeout=30)
+        stats = stack.wait_guest_stats(guest, timeout=60)
+        if snap["MemTotal"] == stats["available"] or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert snap["MemTotal"] == stats["available"]
     for key in ("MemFree", "MemAvailable", "balloon_deflate", "pswpin", "nr_free_pages"):
         assert key in snap
