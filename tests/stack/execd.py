@@ -38,12 +38,10 @@ import line_protocol_parser
 from telegraf_balloon import catalog
 
 REPO = Path(__file__).resolve().parents[2]
-# The captured Firecracker 6.18 guest (shared/fixtures/README.md): the copy vendored in
-# tests/fixtures wins; the shared original is the fallback. Both store the two sysfs
+# The captured Firecracker 6.18 guest, vendored in tests/fixtures. It stores the two sysfs
 # symlinks as plain files holding the link target (copy_guest_root relinks them).
 FIRECRACKER_ROOTS = (
     REPO / "tests" / "fixtures" / "guest" / "firecracker-6.18-virtio-balloon" / "root",
-    Path("/work/shared/fixtures/guest/firecracker-6.18-virtio-balloon"),
 )
 
 
