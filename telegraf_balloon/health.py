@@ -112,11 +112,6 @@ class Health:
         """VMs and hosts with state (for tests and benchmarks)."""
         return sum(len(v) for v in self._vms.values()) + sum(len(h) for h in self._hosts.values())
 
-    def forget(self, instance: str) -> None:
-        """Drop all state of one source instance."""
-        self._vms.pop(instance, None)
-        self._hosts.pop(instance, None)
-
     def vms(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
         """Judge every VM of one source poll in place; VMs not in `items` are forgotten."""
         cfg = self.config

@@ -62,7 +62,3 @@ class Log:
             had = self._faults.pop(key, None)
         if had is not None and message:
             self.info(message)
-
-    def has_fault(self, key: str) -> bool:
-        with self._lock:
-            return key in self._faults

@@ -1,4 +1,4 @@
-"""What sources hand to the health stage, and what the serializer gets."""
+"""What sources hand to the health stage: samples, host facts, poll results."""
 
 from __future__ import annotations
 
@@ -46,19 +46,6 @@ class PollResult:
     points: list[tuple[str, Tags, Fields]] = field(default_factory=list)  # other measurements
     api_latency_seconds: Optional[float] = None
     error: Optional[str] = None  # set when the poll failed as a whole (the source is down)
-
-
-@dataclass(frozen=True)
-class Point:
-    """One line of output before serialization."""
-
-    measurement: str
-    tags: Tags
-    fields: Fields
-    time_ns: int
-
-    def as_tuple(self) -> tuple[str, Tags, Fields, int]:
-        return (self.measurement, self.tags, self.fields, self.time_ns)
 
 
 class Source(Protocol):

@@ -924,7 +924,7 @@ def test_tracked_follows_the_vms_present() -> None:
     assert health.tracked() == 2
     health.vms("b", [], T0 + 10)
     assert health.tracked() == 1
-    health.forget("a")
+    health.vms("a", [], T0 + 20)
     assert health.tracked() == 0
 
 
