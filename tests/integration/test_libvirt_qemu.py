@@ -218,3 +218,51 @@ for = "4s"
         assert plugin.vm(qemu_guest)["alert_level"] == 0  # falls at once
     finally:
         plugin.close()
+
+
+def test_hung_daemon_is_noticed_by_keepalive(libvirt_stack: LibvirtStack, qemu_guest: str) -> None:
+    """A libvirtd that stops answering (SIGSTOP: a real hang, not a dead socket).
+
+    The poll is reported down at the deadline, keepalive ends the stuck call on its own
+    (the worker is free again long before the daemon answers), and after SIGCONT the
+    source is up again with no help.
+    """
+    import os
+    import signal
+
+    plugin = Plugin(
+        f"""
+[agent]
+timeout = "2s"
+[[sources.libvirt]]
+uri = "{libvirt_stack.uri}"
+keepalive_interval = 1
+keepalive_count = 2
+"""
+    )
+
+    def collector() -> dict[str, Any]:
+        [line] = [x for x in plugin.poll() if x["measurement"] == "balloon_collector"]
+        return dict(line["fields"])
+
+    pid = libvirt_stack.daemon_pid
+    assert pid is not None
+    try:
+        assert collector()["up"] is True
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        down = collector()
+        assert down["up"] is False and "timeout" in down["error"]
+        assert time.monotonic() - started < 3.0  # the deadline, not the hang, bounds the poll
+        worker = plugin.runner.workers[0]
+        wait_for(lambda: not worker.busy, 15, "keepalive to end the stuck call")
+        assert time.monotonic() - started < 15.0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        wait_for(lambda: collector()["up"] is True, 30, "the source to recover")
+        assert qemu_guest in {
+            x["tags"]["guest"] for x in plugin.poll() if x["measurement"] == "balloon"
+        }
+    finally:
+        plugin.close()
