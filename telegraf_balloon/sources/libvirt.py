@@ -77,6 +77,12 @@ def redact_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, user + host + port, parts.path, parts.query, parts.fragment))
 
 
+def scrub(text: str, uri: str) -> str:
+    """The text without the URI's password, should an error message quote the URI."""
+    secret = urlsplit(uri).password
+    return text.replace(secret, "***") if secret else text
+
+
 class DomainFacts:
     """What the domain XML says; read when a domain (re)starts, not on every poll."""
 
@@ -242,7 +248,7 @@ class LibvirtSource:
         except libvirt.libvirtError as exc:
             # Drop the connection so the next poll reconnects (daemon restarted, socket gone).
             self._drop_connection()
-            return PollResult(error=_message(exc))
+            return PollResult(error=scrub(_message(exc), self.config.uri))
 
     def _bulk(self, conn: Any) -> list[tuple[Any, dict[str, Any]]]:
         stats = libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_STATE

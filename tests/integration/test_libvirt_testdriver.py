@@ -227,3 +227,19 @@ def test_keepalive_is_armed_on_daemon_connections(
     assert "connected to" in stream.getvalue()
     assert "no keepalive" not in stream.getvalue(), stream.getvalue()
     source.close()
+
+
+def test_password_never_reaches_errors_logs_or_tags() -> None:
+    """A real failed connection with credentials in the URI: nothing shows the password."""
+    from telegraf_balloon.sources.libvirt import scrub
+
+    uri = "qemu+tcp://monitor:s3cretPW@127.0.0.1:1/system"
+    source, log = _source(uri)
+    result = source.poll(1_700_000_000.0)
+    assert result.error is not None
+    for text in (result.error, source.instance, log.getvalue()):
+        assert "s3cretPW" not in text
+    assert scrub(f"cannot connect to '{uri}': refused", uri) == (
+        "cannot connect to 'qemu+tcp://monitor:***@127.0.0.1:1/system': refused"
+    )
+    assert scrub("no secret here", "qemu:///system") == "no secret here"
