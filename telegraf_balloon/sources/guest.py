@@ -7,11 +7,13 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 from ..config import GuestConfig
 from ..log import Log
 from ..model import Fields, PollResult, Sample
+
+T = TypeVar("T")
 
 KIB = 1024
 VMW_PAGE = 4096  # vmw_balloon counts in 4 KiB pages whatever the guest's page size
@@ -233,10 +235,12 @@ class GuestSource:
         self.log.clear(f"guest:{path}", f"guest source: {path} is readable again")
         return text
 
-    def _parse(self, rel: str, parser: Callable[[str], object]) -> object:
+    def _parse(self, rel: str, parser: Callable[[str], T]) -> Optional[T]:
         text = self._read(rel)
-        if text is None:
-            return None
+        return None if text is None else self._parse_text(rel, text, parser)
+
+    def _parse_text(self, rel: str, text: str, parser: Callable[[str], T]) -> Optional[T]:
+        """Parse a file's text; a malformed file warns once and gives None."""
         path = self._path(rel)
         try:
             value = parser(text)
@@ -335,15 +339,8 @@ class GuestSource:
         meminfo_text = self._read("proc/meminfo")
         if meminfo_text is None:
             return PollResult(error=f"no readable proc/meminfo under {self.root!r}")
-        try:
-            meminfo = parse_meminfo(meminfo_text)
-            self.log.clear(f"guest-parse:{self._path('proc/meminfo')}")
-        except Malformed as exc:
-            path = self._path("proc/meminfo")
-            self.log.fault(f"guest-parse:{path}", f"guest source: malformed {path}: {exc}")
-            meminfo = {}
-        vmstat = self._parse("proc/vmstat", parse_vmstat)
-        vmstat = vmstat if isinstance(vmstat, dict) else {}
+        meminfo = self._parse_text("proc/meminfo", meminfo_text, parse_meminfo) or {}
+        vmstat = self._parse("proc/vmstat", parse_vmstat) or {}
         modules = self._read("proc/modules")
         driver = self._detect_driver(modules)
         fields: Fields = {}
@@ -360,7 +357,7 @@ class GuestSource:
                     os.path.relpath(os.path.join(driver.device, "features"), self.root),
                     parse_features,
                 )
-            if isinstance(features, list):
+            if features is not None:
 
                 def bit(n: int) -> bool:
                     return n < len(features) and bool(features[n])
@@ -379,7 +376,7 @@ class GuestSource:
                 balloon_bytes = max(0, vmstat["balloon_inflate"] - vmstat["balloon_deflate"]) * page
         elif driver is not None and driver.name == "vmw_balloon":
             stats = self._parse("sys/kernel/debug/vmmemctl", parse_vmmemctl)
-            if isinstance(stats, dict):
+            if stats is not None:
                 balloon_bytes = stats["current"] * VMW_PAGE
                 target_bytes = stats["target"] * VMW_PAGE
         elif driver is not None and driver.name == "xen_balloon":
@@ -391,18 +388,18 @@ class GuestSource:
             }
             current_kb, target_kb = values["info/current_kb"], values["target_kb"]
             low_kb, high_kb = values["info/low_kb"], values["info/high_kb"]
-            if isinstance(low_kb, int) and isinstance(high_kb, int):
+            if low_kb is not None and high_kb is not None:
                 balloon_bytes = (low_kb + high_kb) * KIB
-            if isinstance(current_kb, int):
+            if current_kb is not None:
                 current_override = current_kb * KIB
-                if balloon_bytes is not None and isinstance(target_kb, int):
+                if balloon_bytes is not None and target_kb is not None:
                     # xen's target is the domain's memory; the balloon's target is the rest.
                     target_bytes = max(0, current_override + balloon_bytes - target_kb * KIB)
         elif driver is not None and driver.name == "hv_balloon":
-            stats = self._parse("sys/kernel/debug/hv-balloon", parse_hv_balloon)
-            if isinstance(stats, dict):
-                hv_page = _number(stats["page_size"]) if "page_size" in stats else page
-                balloon_bytes = _number(stats["pages_ballooned"]) * hv_page
+            hv_stats = self._parse("sys/kernel/debug/hv-balloon", parse_hv_balloon)
+            if hv_stats is not None:
+                hv_page = _number(hv_stats["page_size"]) if "page_size" in hv_stats else page
+                balloon_bytes = _number(hv_stats["pages_ballooned"]) * hv_page
             shrinks_memtotal = True
 
         if "MemTotal" in meminfo:
@@ -451,7 +448,7 @@ class GuestSource:
                 fields[name] = vmstat[key] * scale
 
         thp = self._parse("sys/kernel/mm/transparent_hugepage/enabled", parse_thp)
-        if isinstance(thp, str):
+        if thp is not None:
             fields["thp_mode"] = thp
 
         blacklist = self._blacklist()
