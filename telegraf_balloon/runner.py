@@ -29,8 +29,16 @@ class StdoutClosed(Exception):
 class _Worker:
     """One source's own thread; at most one call in flight, however slow it is."""
 
-    def __init__(self, source: Source, events: queue.SimpleQueue[tuple[object, ...]]) -> None:
+    def __init__(
+        self,
+        source: Source,
+        events: queue.SimpleQueue[tuple[object, ...]],
+        hostname: str,
+    ) -> None:
         self.source = source
+        # One name for this source in logs (fault key) and in the health stage's state.
+        self.key = f"source:{source.kind}:{source.instance}"
+        self.collector_tags = {"host": hostname, "source": source.kind, "instance": source.instance}
         self.events = events
         self.requests: queue.SimpleQueue[Optional[tuple[int, float]]] = queue.SimpleQueue()
         self.busy = False
@@ -85,7 +93,7 @@ class Runner:
         self.hostname = hostname
         self.clock = clock
         self.events: queue.SimpleQueue[tuple[object, ...]] = queue.SimpleQueue()
-        self.workers = [_Worker(s, self.events) for s in sources]
+        self.workers = [_Worker(s, self.events, hostname) for s in sources]
         self.health = Health(config.health, config.thresholds)
         self._poll_id = 0
         self._pending = False
@@ -157,18 +165,16 @@ class Runner:
             result, duration = results[worker]
             source = worker.source
             worker.polls_total += 1
-            fault_key = f"source:{source.kind}:{source.instance}"
             up = result.error is None
             if up:
-                self.log.clear(fault_key, f"{source.kind} {source.instance}: answering again")
+                self.log.clear(worker.key, f"{source.kind} {source.instance}: answering again")
                 items = [(s.key, s.fields) for s in result.samples]
-                state_key = f"{source.kind}:{source.instance}"
-                self.health.vms(state_key, items, now)
+                self.health.vms(worker.key, items, now)
                 for sample in result.samples:
                     points.append((catalog.BALLOON, sample.tags, sample.fields, time_ns))
                 hosts = host_lines(result.samples, result.hosts)
                 if hosts:
-                    self.health.hosts(state_key, [(t.get("host", ""), f) for t, f in hosts], now)
+                    self.health.hosts(worker.key, [(t.get("host", ""), f) for t, f in hosts], now)
                     for tags, fields in hosts:
                         points.append((catalog.HOST, tags, fields, time_ns))
                 for name, tags, fields in result.points:
@@ -177,7 +183,7 @@ class Runner:
                 all_up = False
                 worker.errors_total += 1
                 self.log.fault(
-                    fault_key, f"{source.kind} {source.instance}: {result.error}", level="E"
+                    worker.key, f"{source.kind} {source.instance}: {result.error}", level="E"
                 )
             if self.config.agent.internal:
                 status: Fields = {
@@ -191,8 +197,7 @@ class Runner:
                     status["api_latency_seconds"] = float(result.api_latency_seconds)
                 if result.error is not None:
                     status["error"] = result.error
-                tags = {"host": self.hostname, "source": source.kind, "instance": source.instance}
-                points.append((catalog.COLLECTOR, tags, status, time_ns))
+                points.append((catalog.COLLECTOR, worker.collector_tags, status, time_ns))
         self.write(lineprotocol.format_lines(points))
         return all_up
 
