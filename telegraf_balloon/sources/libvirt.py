@@ -353,12 +353,13 @@ class LibvirtSource:
         old: Optional[DomainFacts],
         now: float,
     ) -> DomainFacts:
-        facts = DomainFacts(domain_id, now)
+        # The same domain start is re-read in place: parse_domain_xml sets every XML fact,
+        # and what the plugin learnt of this run (first seen, arming, freezes) stays.
         if old is not None and old.domain_id == domain_id:
-            facts.first_seen = old.first_seen
-            facts.arm_failed = old.arm_failed
-            facts.frozen_checked = old.frozen_checked
-            facts.last_update = old.last_update
+            facts = old
+            facts.checked_at = now
+        else:
+            facts = DomainFacts(domain_id, now)
         try:
             parse_domain_xml(dom.XMLDesc(0), facts)
         except ET.ParseError as exc:
