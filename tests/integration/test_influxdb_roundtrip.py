@@ -22,7 +22,6 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from telegraf_balloon.lineprotocol import format_line, format_lines
-from tests.stack.fixtures import influxdb  # noqa: F401
 from tests.stack.influx import InfluxDB, InfluxError, quote_ident
 from tests.test_lineprotocol import (
     INT64_MAX,
@@ -243,13 +242,13 @@ CASES: List[Tuple[str, Point]] = [
 
 @pytest.mark.parametrize("point", [case for _, case in CASES], ids=[label for label, _ in CASES])
 def test_explicit_hostile_point_round_trips(
-    influxdb: InfluxDB,  # noqa: F811
+    influxdb: InfluxDB,
     point: Point,
 ) -> None:
     check_points(influxdb, "case", [point])
 
 
-def test_hostile_points_in_one_batch(influxdb: InfluxDB) -> None:  # noqa: F811
+def test_hostile_points_in_one_batch(influxdb: InfluxDB) -> None:
     """All the explicit cases that are not known bugs, as one POST (one measurement each)."""
     batch = []
     for i, (label, (name, tags, fields, time_ns)) in enumerate(CASES):
@@ -258,7 +257,7 @@ def test_hostile_points_in_one_batch(influxdb: InfluxDB) -> None:  # noqa: F811
     check_points(influxdb, "batch", batch)
 
 
-def test_field_types_follow_python_types(influxdb: InfluxDB) -> None:  # noqa: F811
+def test_field_types_follow_python_types(influxdb: InfluxDB) -> None:
     db = fresh_db(influxdb, "types")
     try:
         line = format_line("m", {}, {"i": 1, "f": 1.0, "b": True, "s": "1", "t": 2**63 - 1}, 1)
@@ -312,5 +311,5 @@ BATCH = st.lists(
     database=None,
 )
 @given(BATCH)
-def test_generated_points_round_trip(influxdb: InfluxDB, batch: List[Point]) -> None:  # noqa: F811
+def test_generated_points_round_trip(influxdb: InfluxDB, batch: List[Point]) -> None:
     check_points(influxdb, "gen", batch)

@@ -1,6 +1,6 @@
 """The libvirt source against a real libvirtd running a real QEMU guest with a virtio balloon.
 
-One daemon and one guest serve the whole session (tests/stack/libvirt_fixtures.py); each
+One daemon and one guest serve the whole session (tests/stack/fixtures.py); each
 test leaves the guest as it found it (512 MiB, stats period 2 s).
 """
 

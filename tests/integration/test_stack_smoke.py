@@ -164,7 +164,7 @@ def test_node_xml_with_no_domains(tmp_path: Path) -> None:
 
 @pytest.fixture()
 def stack(libvirt_stack: LibvirtStack) -> LibvirtStack:
-    """The session's one daemon (tests/stack/libvirt_fixtures.py)."""
+    """The session's one daemon (tests/stack/fixtures.py)."""
     return libvirt_stack
 
 

@@ -1,11 +1,12 @@
-"""Session-scoped pytest fixtures for the real components in tests/stack.
+"""Session-scoped pytest fixtures: one of each real component for the whole test run.
 
-``tests/conftest.py`` does ``from tests.stack.fixtures import *``; a test module may also
-import a fixture by name (``from tests.stack.fixtures import influxdb  # noqa: F401``).
+``tests/conftest.py`` imports them for every test module.
 
-* ``influxdb``: a running :class:`tests.stack.influx.InfluxDB` (one ``influxd`` for the
-  session, in a temporary directory on a loopback port).  Tests create their own databases.
+* ``influxdb``: a running :class:`tests.stack.influx.InfluxDB` (one ``influxd`` in a
+  temporary directory on a loopback port). Tests create their own databases.
 * ``promtool``: the path of ``promtool``.
+* ``libvirt_stack``: a private libvirtd serving the QEMU and test drivers.
+* ``qemu_guest``: the name of a booted QEMU guest with a virtio balloon on that daemon.
 
 A component that is missing or cannot start calls :func:`tests.stack.common.unavailable`:
 a skip locally, a failure under ``CI=true``.
@@ -13,26 +14,22 @@ a skip locally, a failure under ``CI=true``.
 
 from __future__ import annotations
 
-from typing import Iterator
+import os
+from collections.abc import Iterator
 
 import pytest
 
-from tests.stack.common import unavailable
-from tests.stack.influx import InfluxDB, InfluxError, find_influxd
-from tests.stack.promtool import find_promtool
+from tests.stack.common import need_program, unavailable
+from tests.stack.influx import InfluxDB, InfluxError
+from tests.stack.libvirt_stack import LibvirtStack, StackError
 
-__all__ = ["influxdb", "promtool"]
+__all__ = ["influxdb", "libvirt_stack", "promtool", "qemu_guest"]
 
 
 @pytest.fixture(scope="session")
 def influxdb() -> Iterator[InfluxDB]:
     """A real InfluxDB 1.x for the whole session."""
-    binary = find_influxd()
-    if binary is None:
-        unavailable(
-            "influxd is not installed (make test installs it: scripts/install-system-deps.sh)"
-        )
-    server = InfluxDB(binary)
+    server = InfluxDB(need_program("influxd"))
     try:
         server.start()
     except (InfluxError, OSError) as exc:
@@ -46,9 +43,41 @@ def influxdb() -> Iterator[InfluxDB]:
 @pytest.fixture(scope="session")
 def promtool() -> str:
     """Path of promtool (Prometheus' rule checker and rule unit tester)."""
-    path = find_promtool()
-    if path is None:
-        unavailable(
-            "promtool is not installed (make test installs it: scripts/install-system-deps.sh)"
-        )
-    return path
+    return need_program("promtool")
+
+
+GUEST_NAME = "balloon-qemu"
+
+
+@pytest.fixture(scope="session")
+def libvirt_stack() -> Iterator[LibvirtStack]:
+    """A private libvirtd serving the QEMU and test drivers (fails under CI=true if it cannot)."""
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        unavailable("libvirt-python is not installed")
+    if os.geteuid() != 0:
+        unavailable("the real libvirtd stack needs root (mount namespace, QEMU as root)")
+    for program in ("libvirtd", "qemu-system-x86_64", "unshare"):
+        need_program(program)
+    stack = LibvirtStack()
+    try:
+        stack.start_daemon()
+    except StackError as exc:
+        stack.stop()
+        unavailable(f"libvirtd did not start: {exc}")
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def qemu_guest(libvirt_stack: LibvirtStack) -> str:
+    """A booted TCG guest with a virtio balloon whose driver reports stats every 2 s."""
+    try:
+        libvirt_stack.define_guest(GUEST_NAME, memory_mib=512, stats_period=2)
+        libvirt_stack.wait_guest_stats(GUEST_NAME, timeout=240)
+    except StackError as exc:
+        unavailable(f"the QEMU guest did not boot: {exc}")
+    return GUEST_NAME
