@@ -16,7 +16,7 @@ setup: $(VENV)/.stamp
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[libvirt,test]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[libvirt,vsphere,test]'
 	touch $@
 
 system-deps-run:

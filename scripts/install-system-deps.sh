@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # System packages the test suite needs: libvirt (daemon, QEMU driver, headers for the
 # Python binding), QEMU for the real guest, busybox for its initramfs, InfluxDB 1.x and
-# promtool as real consumers of the output.
+# promtool as real consumers of the output, Go and govmomi for the vCenter simulator.
 set -euo pipefail
 # Usage: install-system-deps.sh [run|test]   (run: only what `make run` needs)
 RUN_PKGS="libvirt-dev pkg-config gcc"
 TEST_PKGS="$RUN_PKGS libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
-qemu-system-x86 busybox-static cpio influxdb influxdb-client prometheus"
+qemu-system-x86 busybox-static cpio influxdb influxdb-client prometheus
+golang-go golang-github-vmware-govmomi-dev"
 case "${1:-test}" in
   run) PKGS=$RUN_PKGS ;;
   test) PKGS=$TEST_PKGS ;;
