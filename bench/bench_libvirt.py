@@ -38,7 +38,6 @@ import os
 import platform
 import pstats
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import libvirt  # noqa: E402
+from benchlib import fmt_ms, fmt_us, median, table, timed, verdict  # noqa: E402
 
 from telegraf_balloon import catalog  # noqa: E402
 from telegraf_balloon.config import AgentConfig, Config, LibvirtConfig  # noqa: E402
@@ -76,40 +76,6 @@ BULK_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | getattr(
 # ---------------------------------------------------------------------------------------------
 # small helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def timed(fn: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
-def median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)
-        ).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL  <<<<<<<<<<"
-
-
-def fmt_ms(seconds: float) -> str:
-    return f"{seconds * 1e3:,.2f}"
-
-
-def fmt_us(seconds: float) -> str:
-    return f"{seconds * 1e6:,.1f}"
 
 
 def _speed_work() -> int:

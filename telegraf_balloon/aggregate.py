@@ -49,5 +49,9 @@ def host_lines(samples: list[Sample], hosts: list[HostInfo]) -> list[tuple[Tags,
                 result["reclaimed_ratio"] = ballooned / info.memory_bytes
         if info.free_bytes is not None:
             result["host_free_bytes"] = info.free_bytes
+        if info.ecc_corrected_total is not None:
+            result["ecc_corrected_total"] = info.ecc_corrected_total
+        if info.ecc_uncorrected_total is not None:
+            result["ecc_uncorrected_total"] = info.ecc_uncorrected_total
         out.append((dict(info.tags), result))
     return out

@@ -54,6 +54,7 @@ class LibvirtConfig:
     keepalive_interval: int = 5
     keepalive_count: int = 3
     refresh_interval: float = 300.0
+    host_root: str = "/"  # this host's /proc and /sys, read when the URI is local
 
 
 @dataclass(frozen=True)
@@ -364,9 +365,17 @@ def _libvirt(r: _Reader) -> LibvirtConfig:
         keepalive_interval=r.integer("keepalive_interval", 5),
         keepalive_count=r.integer("keepalive_count", 3),
         refresh_interval=refresh,
+        host_root=_host_root(r),
     )
     r.finish()
     return out
+
+
+def _host_root(r: _Reader) -> str:
+    root = r.string("host_root", "/")
+    if not root:
+        raise r.error("host_root", 'must not be empty (use "/" for this machine)')
+    return root
 
 
 def _vsphere(r: _Reader) -> VsphereConfig:

@@ -35,6 +35,8 @@ class HostInfo:
     tags: Tags
     memory_bytes: Optional[int] = None
     free_bytes: Optional[int] = None
+    ecc_corrected_total: Optional[int] = None  # EDAC, where the host has it and it is local
+    ecc_uncorrected_total: Optional[int] = None
 
 
 @dataclass
