@@ -39,6 +39,9 @@ BALLOON_TAGS: dict[str, str] = {
     "source": "guest, libvirt or vsphere",
     "uuid": "the VM's UUID, where known",
     "driver": "guest source only: virtio_balloon, vmw_balloon, xen_balloon, hv_balloon or none",
+    "vcenter": "vsphere only: the vCenter (or ESXi) host the source polls",
+    "datacenter": "vsphere only: the VM's datacenter",
+    "cluster": "vsphere only: the VM's cluster (absent on a standalone host)",
 }
 
 BALLOON_FIELDS: tuple[Field, ...] = (
@@ -49,7 +52,9 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         "the VM's configured memory",
         GUEST,
         LIBVIRT,
-        note="guest: MemTotal, plus the balloon where the driver shrinks MemTotal",
+        VSPHERE,
+        note="guest: MemTotal, plus the balloon where the driver shrinks MemTotal; "
+        "vsphere: config.hardware.memoryMB",
     ),
     _f(
         "memory_current_bytes",
@@ -58,15 +63,28 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         "memory the guest has now (max - balloon)",
         GUEST,
         LIBVIRT,
+        VSPHERE,
     ),
-    _f("balloon_actual_bytes", int, "bytes", "memory held by the balloon now", GUEST, LIBVIRT),
+    _f(
+        "balloon_actual_bytes",
+        int,
+        "bytes",
+        "memory held by the balloon now",
+        GUEST,
+        LIBVIRT,
+        VSPHERE,
+        note="vsphere: the mem.vmmemctl counter (KB) with target_counters, else "
+        "quickStats.balloonedMemory (MB)",
+    ),
     _f(
         "balloon_target_bytes",
         int,
         "bytes",
         "memory the hypervisor asked the balloon to hold",
         GUEST,
-        note="guest: vmw_balloon and Xen only; libvirt exposes no target",
+        VSPHERE,
+        note="guest: vmw_balloon and Xen only; libvirt exposes no target; vsphere: the "
+        "mem.vmmemctltarget counter, with target_counters",
     ),
     _f(
         "balloon_gap_bytes",
@@ -124,8 +142,22 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         "balloon stats period (0 = guest stats frozen)",
         LIBVIRT,
     ),
-    _f("host_swapped_bytes", int, "bytes", "guest memory swapped by the host", VSPHERE),
-    _f("compressed_bytes", int, "bytes", "guest memory compressed by the host", VSPHERE),
+    _f(
+        "host_swapped_bytes",
+        int,
+        "bytes",
+        "guest memory swapped by the host",
+        VSPHERE,
+        note="quickStats.swappedMemory (MB), else the mem.swapped counter",
+    ),
+    _f(
+        "compressed_bytes",
+        int,
+        "bytes",
+        "guest memory compressed by the host",
+        VSPHERE,
+        note="quickStats.compressedMemory (KB), else the mem.compressed counter",
+    ),
     _f("granted_bytes", int, "bytes", "host memory granted to the VM", VSPHERE),
     _f("consumed_bytes", int, "bytes", "host memory consumed by the VM", VSPHERE),
     _f("active_bytes", int, "bytes", "guest memory recently touched", VSPHERE),
@@ -200,6 +232,9 @@ HOST_TAGS: dict[str, str] = {
     "host": "hypervisor host (inside a guest: the guest's hostname)",
     "hypervisor": "as on balloon",
     "source": "as on balloon",
+    "vcenter": "as on balloon",
+    "datacenter": "as on balloon",
+    "cluster": "as on balloon",
 }
 
 HOST_FIELDS: tuple[Field, ...] = (
@@ -218,8 +253,27 @@ HOST_FIELDS: tuple[Field, ...] = (
         HEALTH,
         note="only when every VM on the host reports a target",
     ),
-    _f("host_memory_bytes", int, "bytes", "physical memory of the host", GUEST, LIBVIRT),
-    _f("host_free_bytes", int, "bytes", "free memory of the host", GUEST, LIBVIRT),
+    _f(
+        "host_memory_bytes",
+        int,
+        "bytes",
+        "physical memory of the host",
+        GUEST,
+        LIBVIRT,
+        VSPHERE,
+        note="libvirt: the host's own /proc/meminfo for a local URI, libvirt's node info for "
+        "a remote one; vsphere: summary.hardware.memorySize",
+    ),
+    _f(
+        "host_free_bytes",
+        int,
+        "bytes",
+        "free memory of the host",
+        GUEST,
+        LIBVIRT,
+        VSPHERE,
+        note="vsphere: memorySize - quickStats.overallMemoryUsage",
+    ),
     _f(
         "ecc_corrected_total",
         int,
@@ -315,8 +369,6 @@ def check_point(measurement: str, tags: dict[str, str], fields: dict[str, object
     if measurement not in MEASUREMENTS:
         return [f"unknown measurement {measurement!r}"]
     allowed_tags, _ = MEASUREMENTS[measurement]
-    if measurement in (BALLOON, HOST):
-        allowed_tags = {**allowed_tags, "vcenter": "", "datacenter": "", "cluster": ""}
     for tag in tags:
         if tag not in allowed_tags:
             problems.append(f"{measurement}: unknown tag {tag!r}")
@@ -355,7 +407,7 @@ def markdown_tables() -> str:
         head = "| field | type | unit |"
         rule = "|---|---|---|"
         if with_sources:
-            head += " guest | libvirt | vsphere* |"
+            head += " guest | libvirt | vsphere |"
             rule += "---|---|---|"
         out.append(head + " meaning |")
         out.append(rule + "---|")

@@ -12,7 +12,7 @@ import pytest
 
 from telegraf_balloon import __version__, catalog
 from telegraf_balloon.config import load_text
-from tests.stack.common import unavailable
+from tests.stack.common import free_port, unavailable
 from tests.stack.execd import LEVEL_PREFIXES, REPO, child_env, copy_guest_root
 
 if sys.version_info >= (3, 11):
@@ -171,14 +171,22 @@ def test_config_is_a_directory(tmp_path: Path) -> None:
     assert_usage_error(run("--once", "--config", str(tmp_path)), str(tmp_path))
 
 
-def test_vsphere_source_not_runnable_yet(tmp_path: Path) -> None:
-    """A valid vSphere section passes --check-config but cannot run: exit 2, one E! line."""
+def test_vsphere_with_nothing_listening_is_down_not_fatal(tmp_path: Path) -> None:
+    """A vCenter port with nothing behind it: one E! line and up=false, exit 1; no secret."""
+    port = free_port()
     config = write_config(
         tmp_path / "c.toml",
-        '[[sources.vsphere]]\nurl = "https://vc.example.com/sdk"\npassword = "s3cret"\n',
+        f'[[sources.vsphere]]\nurl = "https://127.0.0.1:{port}/sdk"\npassword = "s3cret"\n',
     )
-    line = assert_usage_error(run("--once", "--config", config), "sources.vsphere")
-    assert "s3cret" not in line
+    done = run("--once", "--config", config)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "s3cret" not in done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("E! ")]
+    assert len(errors) == 1 and "vsphere" in errors[0], done.stderr
+    points = parse_lines(done.stdout)
+    assert [p["measurement"] for p in points] == [catalog.COLLECTOR]
+    assert points[0]["fields"]["up"] is False
+    assert points[0]["tags"]["instance"] == f"127.0.0.1:{port}"
 
 
 # --- --once -----------------------------------------------------------------------------------

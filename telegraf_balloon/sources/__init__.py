@@ -26,10 +26,13 @@ def build_sources(config: Config, log: Log) -> list[Source]:
             ) from None
         sources.extend(LibvirtSource(c, log) for c in config.libvirt)
     if config.vsphere:
-        raise SetupError(
-            "sources.vsphere: the vSphere source is not part of this release yet "
-            "(the config is validated; remove the section to run)"
-        )
+        try:
+            from .vsphere import VsphereSource
+        except ImportError as exc:
+            raise SetupError(
+                f"sources.vsphere needs pyVmomi ({exc}): pip install 'telegraf-balloon[vsphere]'"
+            ) from None
+        sources.extend(VsphereSource(c, log, timeout=config.agent.timeout) for c in config.vsphere)
     if config.logs:
         from .logs import LogsSource
 
