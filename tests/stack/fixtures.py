@@ -7,6 +7,11 @@
 * ``promtool``: the path of ``promtool``.
 * ``libvirt_stack``: a private libvirtd serving the QEMU and test drivers.
 * ``qemu_guest``: the name of a booted QEMU guest with a virtio balloon on that daemon.
+* ``vcsim``: a running :class:`tests.stack.vcsim.Vcsim` (govmomi's vCenter simulator through our
+  launcher): 1 datacenter, 2 clusters of 2 hosts and 1 standalone host, 4 VMs per cluster and
+  on the standalone host (12 VMs), TLS with ``cert_file``, RetrievePropertiesEx pages of 7.
+* ``vcsim_2000``: 2,000 VMs (4 clusters of 5 hosts, 500 VMs each), pages of 500, started
+  once per session the first time a test asks for it (about 4 s).
 
 A component that is missing or cannot start calls :func:`tests.stack.common.unavailable`:
 a skip locally, a failure under ``CI=true``.
@@ -16,14 +21,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any, Dict
 
 import pytest
 
 from tests.stack.common import need_program, unavailable
 from tests.stack.influx import InfluxDB, InfluxError
 from tests.stack.libvirt_stack import LibvirtStack, StackError
+from tests.stack.vcsim import Vcsim, launcher_available
 
-__all__ = ["influxdb", "libvirt_stack", "promtool", "qemu_guest"]
+__all__ = ["influxdb", "libvirt_stack", "promtool", "qemu_guest", "vcsim", "vcsim_2000"]
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +88,57 @@ def qemu_guest(libvirt_stack: LibvirtStack) -> str:
     except StackError as exc:
         unavailable(f"the QEMU guest did not boot: {exc}")
     return GUEST_NAME
+
+
+VCSIM_SMALL: Dict[str, Any] = {
+    "dc": 1,
+    "cluster": 2,
+    "host": 2,
+    "standalone_host": 1,
+    "vm": 4,
+    "page": 7,
+}
+VCSIM_2000: Dict[str, Any] = {
+    "dc": 1,
+    "cluster": 4,
+    "host": 5,
+    "standalone_host": 0,
+    "vm": 500,
+    "page": 500,
+}
+
+
+def _start_vcsim(inventory: Dict[str, Any]) -> Vcsim:
+    reason = launcher_available()
+    if reason is not None:
+        unavailable(reason)
+    sim = Vcsim(**inventory)
+    try:
+        sim.start()
+    except StackError as exc:
+        sim.stop()
+        unavailable(f"the vCenter simulator did not start: {exc}")
+    return sim
+
+
+@pytest.fixture(scope="session")
+def vcsim() -> Iterator[Vcsim]:
+    """A small vCenter simulator (12 VMs, pages of 7, TLS) for the whole session.
+
+    Tests that change VMs should restore them or use VMs of their own (by name).
+    """
+    sim = _start_vcsim(VCSIM_SMALL)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+@pytest.fixture(scope="session")
+def vcsim_2000() -> Iterator[Vcsim]:
+    """A vCenter simulator with 2,000 VMs (started lazily, once per session)."""
+    sim = _start_vcsim(VCSIM_2000)
+    try:
+        yield sim
+    finally:
+        sim.stop()

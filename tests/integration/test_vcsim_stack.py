@@ -1,0 +1,369 @@
+"""The vCenter simulator keeps the launcher's promises, checked with pyvmomi as the oracle.
+
+* RetrievePropertiesEx pages (min(page, maxObjects) objects and a token), continuing returns
+  the rest, every VM exactly once, a used token faults, CancelRetrievePropertiesEx works;
+* QueryPerf returns exactly what configure_vm set (vmmemctl from ballooned MB, vmmemctltarget
+  from its key, swapped, compressed), with a 20 s aligned timestamp, zeros included;
+* config.vpxd.stats.maxQueryMetrics is readable and a QueryPerf over it faults
+  RestrictedByAdministrator;
+* only the configured credentials log in; TerminateSession kills another session;
+* the certificate verifies with cert_file and a default context refuses it;
+* /sim/calls counts calls; restart keeps the port and drops the sessions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.stack.vcsim import Vcsim
+
+pyVmomi = pytest.importorskip("pyVmomi")
+
+from tests.stack.vsphere_setup import (  # noqa: E402
+    all_vms,
+    configure_vm,
+    connect,
+    counter_ids,
+    disconnect,
+    query_perf,
+    retrieve,
+    set_max_query_metrics,
+    terminate_other_sessions,
+    vim,
+    vm_by_name,
+    vmodl,
+)
+
+PC = vmodl.query.PropertyCollector
+BALLOON_COUNTERS = [
+    "mem.vmmemctl.average",
+    "mem.vmmemctltarget.average",
+    "mem.swapped.average",
+    "mem.compressed.average",
+]
+
+
+@pytest.fixture()
+def si(vcsim: Vcsim) -> Iterator[Any]:
+    conn = connect(vcsim)
+    try:
+        yield conn
+    finally:
+        disconnect(conn)
+
+
+def _vm_filter(content: Any, paths: list[str]) -> tuple[Any, Any]:
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    spec = PC.FilterSpec(
+        objectSet=[
+            PC.ObjectSpec(
+                obj=view,
+                skip=True,
+                selectSet=[
+                    PC.TraversalSpec(name="v", path="view", skip=False, type=vim.view.ContainerView)
+                ],
+            )
+        ],
+        propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=paths)],
+    )
+    return view, spec
+
+
+def test_inventory_multiplies_as_documented(vcsim: Vcsim, si: Any) -> None:
+    vms = all_vms(si)
+    # (2 clusters + 1 standalone host) x 4 VMs
+    assert len(vms) == vcsim.vms == 12
+    hosts = si.RetrieveContent().viewManager.CreateContainerView(
+        si.RetrieveContent().rootFolder, [vim.HostSystem], True
+    )
+    assert len(hosts.view) == 2 * 2 + 1
+    hosts.Destroy()
+
+
+def test_paging_returns_every_vm_once_and_tokens_work_once(si: Any) -> None:
+    content = si.RetrieveContent()
+    pc = content.propertyCollector
+    view, spec = _vm_filter(content, ["name"])
+    try:
+        # maxObjects below the page size wins
+        first = pc.RetrievePropertiesEx([spec], PC.RetrieveOptions(maxObjects=5))
+        assert len(first.objects) == 5 and first.token
+        names = [o.propSet[0].val for o in first.objects]
+        res = first
+        pages = 1
+        while res.token:
+            token = res.token
+            res = pc.ContinueRetrievePropertiesEx(token)
+            pages += 1
+            names += [o.propSet[0].val for o in res.objects]
+        assert pages == 3  # 5 + 5 + 2
+        assert len(names) == len(set(names)) == 12
+        with pytest.raises(vmodl.fault.InvalidArgument):
+            pc.ContinueRetrievePropertiesEx(first.token)
+        with pytest.raises(vmodl.fault.InvalidArgument):
+            pc.ContinueRetrievePropertiesEx(token)
+
+        # no maxObjects: the launcher's page size (7)
+        res = pc.RetrievePropertiesEx([spec], PC.RetrieveOptions())
+        assert len(res.objects) == 7 and res.token
+        pc.CancelRetrievePropertiesEx(res.token)
+        with pytest.raises(vmodl.fault.InvalidArgument):
+            pc.ContinueRetrievePropertiesEx(res.token)
+
+        # maxObjects above the page size: still 7
+        res = pc.RetrievePropertiesEx([spec], PC.RetrieveOptions(maxObjects=1000))
+        assert len(res.objects) == 7
+        rest = pc.ContinueRetrievePropertiesEx(res.token)
+        assert len(rest.objects) == 5 and not rest.token
+    finally:
+        view.Destroy()
+
+
+def test_token_belongs_to_its_session(vcsim: Vcsim, si: Any) -> None:
+    content = si.RetrieveContent()
+    view, spec = _vm_filter(content, ["name"])
+    other = connect(vcsim)
+    try:
+        res = content.propertyCollector.RetrievePropertiesEx(
+            [spec], PC.RetrieveOptions(maxObjects=3)
+        )
+        with pytest.raises(vmodl.fault.InvalidArgument):
+            other.RetrieveContent().propertyCollector.ContinueRetrievePropertiesEx(res.token)
+        content.propertyCollector.CancelRetrievePropertiesEx(res.token)
+    finally:
+        view.Destroy()
+        disconnect(other)
+
+
+def test_retrieve_helper_follows_tokens(si: Any) -> None:
+    got, pages = retrieve(si, ["name", "summary.config.memorySizeMB"])
+    assert len(got) == 12 and pages == 2
+    assert all(v["summary.config.memorySizeMB"] == 32 for v in got.values())
+
+
+def test_perf_override_returns_configured_values(si: Any) -> None:
+    vm = vm_by_name(si, "DC0_C0_RP0_VM0")
+    configure_vm(
+        vm,
+        memory_mb=4096,
+        reservation_mb=1024,
+        limit_mb=-1,
+        ballooned_mb=300,
+        swapped_mb=12,
+        compressed_kb=777,
+        consumed_mb=2000,
+        vmmemctltarget_kb=409600,
+    )
+    try:
+        qs = vm.summary.quickStats
+        assert (qs.balloonedMemory, qs.swappedMemory, qs.compressedMemory) == (300, 12, 777)
+        assert vm.summary.config.memorySizeMB == 4096
+        assert vm.config.hardware.memoryMB == 4096
+        assert vm.config.memoryAllocation.reservation == 1024
+        assert vm.config.memoryAllocation.limit == -1
+        assert vm.summary.config.memoryReservation == 1024
+
+        other = vm_by_name(si, "DC0_C0_RP0_VM1")  # untouched: zeros, still one sample each
+        got = query_perf(si, [vm, other], [*BALLOON_COUNTERS, "mem.consumed.average"])
+        assert got[vm._moId] == {
+            "mem.vmmemctl.average": [300 * 1024],
+            "mem.vmmemctltarget.average": [409600],
+            "mem.swapped.average": [12 * 1024],
+            "mem.compressed.average": [777],
+            "mem.consumed.average": [2000 * 1024],
+        }
+        assert got[other._moId] == {n: [0] for n in [*BALLOON_COUNTERS, "mem.consumed.average"]}
+
+        ids = counter_ids(si)
+        PM = vim.PerformanceManager
+        res = si.RetrieveContent().perfManager.QueryPerf(
+            [
+                PM.QuerySpec(
+                    entity=vm,
+                    intervalId=20,
+                    maxSample=3,
+                    metricId=[PM.MetricId(counterId=ids["mem.vmmemctltarget.none"], instance="")],
+                )
+            ]
+        )
+        stamps = [s.timestamp for s in res[0].sampleInfo]
+        assert len(stamps) == 3 and all(s.interval == 20 for s in res[0].sampleInfo)
+        assert all(t.second % 20 == 0 and t.microsecond == 0 for t in stamps)
+        assert stamps == sorted(stamps)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        assert now - datetime.timedelta(seconds=21) < stamps[-1] <= now
+        assert list(res[0].value[0].value) == [409600] * 3
+
+        # any counter through its sim.perf key
+        configure_vm(vm, perf={"mem.swaptarget.average": 2048})
+        assert query_perf(si, [vm], ["mem.swaptarget.average"])[vm._moId] == {
+            "mem.swaptarget.average": [2048]
+        }
+    finally:
+        configure_vm(
+            vm,
+            ballooned_mb=0,
+            swapped_mb=0,
+            compressed_kb=0,
+            consumed_mb=0,
+            vmmemctltarget_kb=0,
+            perf={"mem.swaptarget.average": 0},
+            memory_mb=32,
+            reservation_mb=0,
+            limit_mb=-1,
+        )
+
+
+def test_powered_off_vm_has_no_realtime_samples(si: Any) -> None:
+    vm = vm_by_name(si, "DC0_H0_VM3")
+    configure_vm(vm, ballooned_mb=5, power="off")
+    try:
+        got = query_perf(si, [vm], ["mem.vmmemctl.average"])
+        assert got[vm._moId] == {}
+    finally:
+        configure_vm(vm, ballooned_mb=0, power="on")
+
+
+def test_max_query_metrics_is_readable_and_enforced(vcsim: Vcsim, si: Any) -> None:
+    content = si.RetrieveContent()
+    opts = content.setting.QueryOptions("config.vpxd.stats.maxQueryMetrics")
+    assert [(o.key, o.value) for o in opts] == [("config.vpxd.stats.maxQueryMetrics", "64")]
+    vms = all_vms(si)
+    ids = counter_ids(si)
+    PM = vim.PerformanceManager
+    names = [
+        "mem.vmmemctl.average",
+        "mem.vmmemctltarget.average",
+        "mem.swapped.average",
+        "mem.compressed.average",
+        "mem.consumed.average",
+        "mem.active.average",
+    ]
+
+    def spec(vm: Any) -> Any:
+        return PM.QuerySpec(
+            entity=vm,
+            intervalId=20,
+            maxSample=1,
+            metricId=[PM.MetricId(counterId=ids[n], instance="") for n in names],
+        )
+
+    # 12 VMs x 6 counters = 72 > 64
+    with pytest.raises(vim.fault.RestrictedByAdministrator) as err:
+        content.perfManager.QueryPerf([spec(vm) for vm in vms])
+    assert err.value.details == "vpxd.stats.maxQueryMetrics"
+    assert "restricted by the administrator - 'vpxd.stats.maxQueryMetrics'" in err.value.msg
+    # 10 x 6 = 60 fits
+    assert len(content.perfManager.QueryPerf([spec(vm) for vm in vms[:10]])) == 10
+    # the limit is read on every call
+    set_max_query_metrics(si, 100)
+    try:
+        assert len(content.perfManager.QueryPerf([spec(vm) for vm in vms])) == 12
+    finally:
+        set_max_query_metrics(si, 64)
+
+
+def test_only_configured_credentials_log_in(vcsim: Vcsim) -> None:
+    with pytest.raises(vim.fault.InvalidLogin):
+        connect(vcsim, pwd=vcsim.password + "x")
+    with pytest.raises(vim.fault.InvalidLogin):
+        connect(vcsim, user="administrator@vsphere.local")
+    disconnect(connect(vcsim))
+
+
+def test_terminate_session_kills_another_session(vcsim: Vcsim, si: Any) -> None:
+    victim = connect(vcsim)
+    victim_key = victim.RetrieveContent().sessionManager.currentSession.key
+    killed = terminate_other_sessions(si)
+    assert victim_key in killed
+    # the dead session can read nothing but its (now empty) currentSession
+    with pytest.raises(vim.fault.NotAuthenticated):
+        all_vms(victim)
+    content = victim.RetrieveContent()
+    view, spec = _vm_filter(si.RetrieveContent(), ["name"])
+    try:
+        with pytest.raises(vim.fault.NotAuthenticated):
+            content.propertyCollector.RetrievePropertiesEx([spec], PC.RetrieveOptions())
+    finally:
+        view.Destroy()
+    assert content.sessionManager.currentSession is None
+    # the killer is fine
+    assert len(all_vms(si)) == 12
+
+
+def test_certificate_verifies_with_cert_file_only(vcsim: Vcsim) -> None:
+    assert vcsim.cert_file is not None
+    ctx = ssl.create_default_context(cafile=vcsim.cert_file)
+    with urllib.request.urlopen(f"https://127.0.0.1:{vcsim.port}/sim/calls", context=ctx) as r:
+        assert r.status == 200
+    with pytest.raises(urllib.error.URLError) as err:
+        urllib.request.urlopen(
+            f"https://127.0.0.1:{vcsim.port}/sim/calls", context=ssl.create_default_context()
+        )
+    assert isinstance(err.value.reason, ssl.SSLCertVerificationError)
+    # pyvmomi with the same context
+    disconnect(connect(vcsim, verify=True))
+
+
+def test_call_counts_move(vcsim: Vcsim, si: Any) -> None:
+    vcsim.reset_calls()
+    base = vcsim.calls()
+    assert base["total"] == 0
+    _, pages = retrieve(si, ["name"])
+    query_perf(si, all_vms(si)[:3], ["mem.vmmemctl.average", "mem.vmmemctltarget.average"])
+    c = vcsim.calls()
+    assert c["calls"]["RetrievePropertiesEx"] >= 1
+    assert c["calls"]["ContinueRetrievePropertiesEx"] == pages - 1 == 1
+    assert c["calls"]["QueryPerf"] == 1
+    assert c["query_perf"]["entities"] == 3
+    assert c["query_perf"]["metric_ids"] == 6
+    assert c["retrieve"]["objects"] >= 12
+    vcsim.reset_calls()
+    assert vcsim.calls()["total"] == 0
+
+
+def test_restart_keeps_port_and_certificate() -> None:
+    sim = Vcsim(cluster=1, host=1, standalone_host=0, vm=3).start()
+    try:
+        port, pem = sim.port, Path(sim.cert_file or "").read_text()
+        si = connect(sim)
+        assert len(all_vms(si)) == 3
+        sim.restart()
+        assert sim.port == port
+        assert Path(sim.cert_file or "").read_text() == pem
+        # the old connection breaks (as with a real vCenter restart), then the old session is
+        # gone: a client has to log in again
+        try:
+            all_vms(si)
+        except (OSError, http.client.HTTPException):
+            pass
+        else:
+            pytest.fail("the pooled connection survived the restart")
+        with pytest.raises(vim.fault.NotAuthenticated):
+            all_vms(si)
+        si = connect(sim)
+        assert len(all_vms(si)) == 3
+        disconnect(si)
+    finally:
+        sim.stop()
+
+
+def test_pause_and_resume() -> None:
+    sim = Vcsim(cluster=1, host=1, standalone_host=0, vm=1).start()
+    try:
+        sim.pause()
+        ctx = sim.ssl_context()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"{sim.base_url}/sim/calls", context=ctx, timeout=0.5)
+        sim.resume()
+        assert sim.calls()["total"] >= 0
+    finally:
+        sim.stop()

@@ -1,0 +1,514 @@
+"""A real vCenter simulator (govmomi's, from Debian) for the vSphere source's tests and benches.
+
+Debian's ``golang-github-vmware-govmomi-dev`` ships the simulator library under
+``/usr/share/gocode`` but no ``vcsim`` program, so :func:`build_launcher` compiles our own
+launcher (``tests/vcsim/main.go``) in GOPATH mode, offline, once: the binary is cached under
+``.cache/vcsim/`` keyed on a hash of main.go and the Go and govmomi versions (first build about
+30 s, later calls return the cached path at once; a lock file keeps concurrent builds apart).
+
+:class:`Vcsim` runs it on ``127.0.0.1`` (a free port) with its own TMPDIR::
+
+    sim = Vcsim(cluster=2, host=2, vm=3, page=7).start()
+    sim.url, sim.username, sim.password, sim.cert_file    # https://127.0.0.1:PORT/sdk ...
+    sim.calls()["calls"]["QueryPerf"]; sim.reset_calls()
+    sim.restart()                                         # same port, same inventory and cert
+    sim.stop()
+
+Inventory (the simulator's model multiplies it out):
+
+* ``dc`` datacenters, each with ``cluster`` clusters of ``host`` hosts and ``standalone_host``
+  standalone hosts;
+* ``vm`` VMs in each cluster's root resource pool (placed on that cluster's hosts at random,
+  deterministically) and ``vm`` on each standalone host;
+* so VMs = ``dc * (cluster + standalone_host) * vm`` and hosts =
+  ``dc * (cluster * host + standalone_host)``. The VMs are named ``DC0_C1_RP0_VM4`` (cluster)
+  and ``DC0_H0_VM2`` (standalone host), powered on, 32 MB each.
+
+See ``tests/vcsim/main.go`` for what the launcher changes in the stock simulator (paging,
+per-VM perf counters, maxQueryMetrics, the ``/sim/calls`` counter).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Dict, List, Optional, Type
+
+from tests.stack.libvirt_stack import StackError
+
+__all__ = [
+    "DEFAULT_CACHE_DIR",
+    "GOCODE",
+    "LAUNCHER_SOURCE",
+    "Vcsim",
+    "VcsimError",
+    "build_launcher",
+    "govmomi_version",
+    "launcher_available",
+    "vm_count",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "vcsim"
+LAUNCHER_SOURCE = REPO_ROOT / "tests" / "vcsim" / "main.go"
+GOCODE = Path("/usr/share/gocode")
+GOVMOMI_SIMULATOR = GOCODE / "src" / "github.com" / "vmware" / "govmomi" / "simulator"
+GO_PACKAGE = "vcsimballoon"  # outside the github.com/vmware/govmomi import path
+
+
+class VcsimError(StackError):
+    """The simulator could not be built, started, or answered."""
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        data = path.read_bytes()[-64 * 1024 :]
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def find_go() -> Optional[str]:
+    """Path of the ``go`` program, or None."""
+    return shutil.which("go") or shutil.which("go", path="/usr/lib/go/bin:/usr/bin")
+
+
+def govmomi_version() -> Optional[str]:
+    """The installed golang-github-vmware-govmomi-dev version; None when the library is missing."""
+    if not GOVMOMI_SIMULATOR.is_dir():
+        return None
+    try:
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", "golang-github-vmware-govmomi-dev"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    # not from dpkg: the simulator sources' sizes and mtimes stand in for a version
+    h = hashlib.sha256()
+    for p in sorted(GOVMOMI_SIMULATOR.glob("*.go")):
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return "files-" + h.hexdigest()[:12]
+
+
+def _go_version(go: str) -> str:
+    out = subprocess.run([go, "version"], capture_output=True, text=True, timeout=60, check=False)
+    return out.stdout.strip() or out.stderr.strip()
+
+
+def launcher_available() -> Optional[str]:
+    """None when go and govmomi are installed, else the reason the launcher cannot be built."""
+    if find_go() is None:
+        return "go is not installed (scripts/install-system-deps.sh installs golang-go)"
+    if govmomi_version() is None:
+        return (
+            "the govmomi simulator library is not installed "
+            "(scripts/install-system-deps.sh installs golang-github-vmware-govmomi-dev)"
+        )
+    return None
+
+
+def build_launcher(cache_dir: Path = DEFAULT_CACHE_DIR, *, timeout: float = 600.0) -> Path:
+    """Path of the launcher binary, built once per (main.go, Go, govmomi) and cached."""
+    reason = launcher_available()
+    if reason is not None:
+        raise VcsimError(reason)
+    go = find_go()
+    assert go is not None
+    source = LAUNCHER_SOURCE.read_bytes()
+    key = hashlib.sha256(
+        source + b"\0" + _go_version(go).encode() + b"\0" + (govmomi_version() or "").encode()
+    ).hexdigest()[:16]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    binary = cache_dir / f"vcsim-{key}"
+    if binary.is_file() and os.access(binary, os.X_OK):
+        return binary
+    with open(cache_dir / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return binary
+        build = Path(tempfile.mkdtemp(prefix="build-", dir=cache_dir))
+        try:
+            pkg = build / "gopath" / "src" / GO_PACKAGE
+            pkg.mkdir(parents=True)
+            (pkg / "main.go").write_bytes(source)
+            env = dict(os.environ)
+            env.update(
+                GOPATH=f"{build / 'gopath'}:{GOCODE}",
+                GO111MODULE="off",
+                GOPROXY="off",
+                GOFLAGS="",
+                GOCACHE=str(cache_dir / "gocache"),
+                CGO_ENABLED="0",
+            )
+            out_path = build / "vcsim"
+            proc = subprocess.run(
+                [go, "build", "-o", str(out_path), GO_PACKAGE],
+                cwd=str(build),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+            if proc.returncode != 0:
+                raise VcsimError(
+                    f"go build of {LAUNCHER_SOURCE} failed ({proc.returncode}):\n"
+                    + "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+                )
+            os.replace(out_path, binary)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+    return binary
+
+
+def vm_count(
+    *, dc: int = 1, cluster: int = 1, standalone_host: int = 1, vm: int = 2, **_: Any
+) -> int:
+    """How many VMs an inventory holds: dc * (cluster + standalone_host) * vm."""
+    return dc * (cluster + standalone_host) * vm
+
+
+_INVENTORY_DEFAULTS: Dict[str, Any] = {
+    "dc": 1,
+    "cluster": 1,
+    "host": 3,
+    "standalone_host": 1,
+    "vm": 2,
+    "pool": 0,
+    "page": 0,
+    "max_query_metrics": 64,
+    "max_query_metrics_historical_only": False,
+    "username": "user",
+    "password": "pass",
+    "tls": True,
+    "autostart": True,
+    "session_idle_timeout": 0.0,
+}
+
+
+class Vcsim:
+    """One launcher process on 127.0.0.1, with its own directory (TMPDIR, cert, key, logs).
+
+    Keyword arguments (also accepted by :meth:`start`): ``dc``, ``cluster``, ``host`` (per
+    cluster), ``standalone_host`` (per datacenter), ``vm`` (per cluster and per standalone host),
+    ``pool``, ``page`` (RetrievePropertiesEx page size, 0 = no paging), ``max_query_metrics``
+    (``config.vpxd.stats.maxQueryMetrics``, <= 0 unlimited), ``max_query_metrics_historical_only``,
+    ``username``, ``password``, ``tls`` (False: plain http, ``cert_file`` None), ``autostart``
+    (power the VMs on), ``session_idle_timeout`` (seconds, 0 = never).
+    """
+
+    def __init__(
+        self,
+        *,
+        binary: Optional[Path] = None,
+        startup_timeout: Optional[float] = None,
+        cache_dir: Path = DEFAULT_CACHE_DIR,
+        **inventory: Any,
+    ) -> None:
+        unknown = set(inventory) - set(_INVENTORY_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown Vcsim arguments: {sorted(unknown)}")
+        self.inventory: Dict[str, Any] = {**_INVENTORY_DEFAULTS, **inventory}
+        self.binary = binary
+        self.cache_dir = cache_dir
+        self.startup_timeout = startup_timeout
+        self.process: Optional[subprocess.Popen[bytes]] = None
+        self.workdir: Optional[Path] = None
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.info: Dict[str, Any] = {}
+        self.paused = False
+        self.starts = 0
+
+    # -- attributes ------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.inventory["tls"] else "http"
+        return f"{scheme}://{self.host}:{self.port}/sdk"
+
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self.inventory["tls"] else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def username(self) -> str:
+        return str(self.inventory["username"])
+
+    @property
+    def password(self) -> str:
+        return str(self.inventory["password"])
+
+    @property
+    def cert_file(self) -> Optional[str]:
+        if not self.inventory["tls"] or self.workdir is None:
+            return None
+        return str(self.workdir / "server.pem")
+
+    @property
+    def vms(self) -> int:
+        """How many VMs the running simulator created."""
+        return int(self.info.get("vms", vm_count(**self.inventory)))
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def stderr_path(self) -> Path:
+        if self.workdir is None:
+            raise VcsimError("the simulator has not been started")
+        return self.workdir / "vcsim.stderr"
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.stderr_path, lines)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _args(self, listen: str) -> List[str]:
+        inv = self.inventory
+        assert self.workdir is not None
+        args = [
+            str(self.binary),
+            "-listen",
+            listen,
+            "-dc",
+            str(inv["dc"]),
+            "-cluster",
+            str(inv["cluster"]),
+            "-host",
+            str(inv["host"]),
+            "-standalone-host",
+            str(inv["standalone_host"]),
+            "-vm",
+            str(inv["vm"]),
+            "-pool",
+            str(inv["pool"]),
+            "-page",
+            str(inv["page"]),
+            "-max-query-metrics",
+            str(inv["max_query_metrics"]),
+            "-max-query-metrics-historical-only="
+            + ("true" if inv["max_query_metrics_historical_only"] else "false"),
+            "-username",
+            self.username,
+            "-password",
+            self.password,
+            f"-autostart={'true' if inv['autostart'] else 'false'}",
+            "-session-idle-timeout",
+            f"{float(inv['session_idle_timeout'])}s",
+        ]
+        if inv["tls"]:
+            args += ["-cert-out", str(self.workdir / "server.pem")]
+            args += ["-key-file", str(self.workdir / "server.key")]
+        else:
+            args.append("-no-tls")
+        return args
+
+    def start(self, **inventory: Any) -> Vcsim:
+        """Start on a free port (the inventory arguments override the constructor's)."""
+        if self.process is not None:
+            raise VcsimError("the simulator is already running")
+        unknown = set(inventory) - set(_INVENTORY_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown Vcsim arguments: {sorted(unknown)}")
+        self.inventory.update(inventory)
+        if self.binary is None:
+            self.binary = build_launcher(self.cache_dir)
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="vcsim-"))
+        self._launch("127.0.0.1:0")
+        return self
+
+    def _launch(self, listen: str) -> None:
+        assert self.workdir is not None
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        out_path = self.workdir / "vcsim.stdout"
+        env = dict(os.environ, TMPDIR=str(tmp))
+        with open(out_path, "wb") as out, open(self.workdir / "vcsim.stderr", "ab") as err:
+            self.process = subprocess.Popen(
+                self._args(listen),
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=str(self.workdir),
+                start_new_session=True,
+            )
+        self.paused = False
+        timeout = self.startup_timeout
+        if timeout is None:
+            timeout = 30.0 + vm_count(**self.inventory) * 0.01
+        deadline = time.monotonic() + timeout
+        while True:
+            data = out_path.read_bytes()
+            if b"\n" in data:
+                line = data.split(b"\n", 1)[0]
+                try:
+                    self.info = json.loads(line)
+                except ValueError as exc:
+                    self._kill()
+                    raise VcsimError(f"unexpected launcher output {line!r}: {exc}") from exc
+                break
+            rc = self.process.poll()
+            if rc is not None:
+                self.process = None
+                raise VcsimError(
+                    f"the vCenter simulator exited with {rc} before listening:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                self._kill()
+                raise VcsimError(
+                    f"the vCenter simulator did not listen within {timeout:.0f} s:\n"
+                    + self.log_tail()
+                )
+            time.sleep(0.02)
+        self.port = int(self.info["port"])
+        self.host = str(self.info.get("host") or "127.0.0.1")
+        self.starts += 1
+
+    def _kill(self) -> None:
+        proc = self.process
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+            os.kill(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        self.process = None
+        self.paused = False
+
+    def _terminate(self, timeout: float = 15.0) -> None:
+        proc = self.process
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                if self.paused:
+                    os.kill(proc.pid, signal.SIGCONT)
+                os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._kill()
+                return
+        self.process = None
+        self.paused = False
+
+    def stop(self) -> None:
+        """Stop the process and remove its directory."""
+        self._terminate()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the port stays open but nothing answers (a hung vCenter)."""
+        if self.process is None:
+            raise VcsimError("the simulator is not running")
+        os.kill(self.process.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.process is None:
+            raise VcsimError("the simulator is not running")
+        os.kill(self.process.pid, signal.SIGCONT)
+        self.paused = False
+
+    def restart(self, *, down_for: float = 0.0, retry_for: float = 10.0) -> None:
+        """Stop, then start on the same port with the same inventory and certificate.
+
+        Every session is gone afterwards (a client must log in again) and the inventory is
+        rebuilt from scratch: changes made through the API are lost, managed object ids are
+        the same.
+        """
+        if self.workdir is None or not self.port:
+            raise VcsimError("the simulator has not been started")
+        port = self.port
+        self._terminate()
+        if down_for > 0:
+            time.sleep(down_for)
+        deadline = time.monotonic() + retry_for
+        while True:
+            try:
+                self._launch(f"127.0.0.1:{port}")
+                return
+            except VcsimError as exc:
+                # the old socket may linger a moment; anything else is a real failure
+                if "address already in use" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL (the simulator leaves govcsim-* folders in its own TMPDIR, removed by stop())."""
+        self._kill()
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> Vcsim:
+        if self.process is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.stop()
+
+    # -- TLS and the /sim endpoints -------------------------------------------------------------
+
+    def ssl_context(self) -> Optional[ssl.SSLContext]:
+        """A context that verifies the simulator's certificate (None for plain http)."""
+        if self.cert_file is None:
+            return None
+        return ssl.create_default_context(cafile=self.cert_file)
+
+    def _get(self, path: str, timeout: float = 30.0) -> Dict[str, Any]:
+        req = urllib.request.Request(self.base_url + path)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context()) as resp:
+                data: Dict[str, Any] = json.loads(resp.read())
+                return data
+        except OSError as exc:
+            raise VcsimError(f"GET {path} failed: {exc}") from exc
+
+    def calls(self) -> Dict[str, Any]:
+        """Counts since the last reset.
+
+        ``{"calls": {method: n}, "faults": {method: n}, "total": n,
+        "query_perf": {"calls", "entities", "metric_ids", "max_metric_ids", "refused"},
+        "retrieve": {"objects", "pages"}, "since": iso8601}``.
+        """
+        return self._get("/sim/calls")
+
+    def call_count(self, method: str) -> int:
+        return int(self.calls()["calls"].get(method, 0))
+
+    def reset_calls(self) -> None:
+        self._get("/sim/reset")
