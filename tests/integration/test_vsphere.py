@@ -517,3 +517,33 @@ def test_two_thousand_vms_in_one_poll(vcsim_2000: Vcsim) -> None:
         assert sample.tags["host"] == want["host_name"]
     assert len({s.tags["cluster"] for s in result.samples}) == 4
     assert seconds < 60, seconds  # a sanity bound, not a benchmark (bench/ measures)
+
+
+def test_example_vcenter_config_polls_the_simulator(sim: Vcsim) -> None:
+    """examples/vcenter.toml as shipped, its variables pointed at the simulator: real lines."""
+    import subprocess
+    import sys
+
+    from tests.stack.execd import REPO, child_env
+
+    env = child_env(
+        {
+            "VCENTER_HOST": f"127.0.0.1:{sim.port}",
+            "VSPHERE_USER": sim.username,
+            "VSPHERE_PASSWORD": sim.password,
+            "VSPHERE_CA_FILE": sim.cert_file or "",
+        }
+    )
+    config = str(REPO / "examples" / "vcenter.toml")
+    args = [sys.executable, "-m", "telegraf_balloon", "--config", config]
+    checked = subprocess.run([*args, "--check-config"], env=env, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    done = subprocess.run([*args, "--once"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sim.password not in done.stdout + done.stderr
+    points = [line_protocol_parser.parse_line(line) for line in done.stdout.splitlines()]
+    kinds = {p["measurement"] for p in points}
+    assert kinds == {"balloon", "balloon_host", "balloon_collector"}
+    assert all(
+        "host_swapped_bytes_level" in p["fields"] for p in points if p["measurement"] == "balloon"
+    )
