@@ -430,16 +430,26 @@ class VsphereSource:
     # -- the poll --
 
     def poll(self, now: float) -> PollResult:
-        for attempt in (1, 2):
+        relogged = reconnected = False
+        while True:
             try:
                 if self._session is None:
                     self._session = self._login()
                 return self._poll(self._session, now)
             except (_SessionLost, vim.fault.NotAuthenticated) as exc:
+                # vCenter restarted, the session expired or was terminated: log in again, once.
                 self._drop()
-                if attempt == 2:
+                if relogged:
                     return PollResult(error=self._scrub(f"session lost again: {_message(exc)}"))
+                relogged = True
                 self.log.info(f"vsphere {self.instance}: session lost; logging in again")
+            except _DROPPED as exc:
+                # A pooled keep-alive connection the server closed: a new one, once, same session.
+                if reconnected or self._session is None:
+                    self._drop()
+                    return PollResult(error=self._scrub(_message(exc)))
+                reconnected = True
+                self.log.debug(f"vsphere {self.instance}: connection dropped; reconnecting")
             except vim.fault.InvalidLogin as exc:
                 self._drop()
                 return PollResult(error=self._scrub(f"login failed: {_message(exc)}"))
@@ -454,7 +464,6 @@ class VsphereSource:
             except vmodl.MethodFault as exc:
                 self._drop()
                 return PollResult(error=self._scrub(_message(exc)))
-        raise AssertionError("unreachable")
 
     def _scrub(self, text: str) -> str:
         secret = self.config.password
@@ -648,6 +657,15 @@ class VsphereSource:
 
 
 _OBJECT_TAGS = frozenset((_T_OBJECTS, _T_TOKEN, _T_FAULT))
+# What a server that closed an idle keep-alive connection looks like to the next request.
+# Over TLS it is an EOF "in violation of protocol".
+_DROPPED = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
 _PERF_TAGS = frozenset((_T_RETURNVAL, _T_FAULT))
 
 

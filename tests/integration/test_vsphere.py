@@ -547,3 +547,19 @@ def test_example_vcenter_config_polls_the_simulator(sim: Vcsim) -> None:
     assert all(
         "host_swapped_bytes_level" in p["fields"] for p in points if p["measurement"] == "balloon"
     )
+
+
+def test_restarted_vcenter_is_answered_in_the_very_next_poll() -> None:
+    """The pooled connection is dead and the session gone: reconnect, log in, same poll."""
+    simulator = _start_vcsim({"dc": 1, "cluster": 1, "host": 1, "standalone_host": 0, "vm": 2})
+    try:
+        log_stream = io.StringIO()
+        source = source_for(simulator, log=Log(log_stream, debug=True))
+        assert len(poll_ok(source).samples) == 2
+        simulator.restart()
+        assert len(poll_ok(source).samples) == 2  # not a single down poll
+        log = log_stream.getvalue()
+        assert "session lost; logging in again" in log
+        source.close()
+    finally:
+        simulator.stop()
