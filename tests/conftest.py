@@ -1,3 +1,9 @@
 """Fixtures shared by the whole suite; real components are started once per session."""
 
-from tests.stack.fixtures import influxdb, libvirt_stack, promtool, qemu_guest  # noqa: F401
+from tests.stack.fixtures import (  # noqa: F401
+    influxdb,
+    libvirt_stack,
+    promtool,
+    qemu_guest,
+    qmp_host,
+)
