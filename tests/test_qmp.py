@@ -301,3 +301,11 @@ def test_not_reported_marker() -> None:
     assert NOT_REPORTED == 18446744073709551615
     path = os.path.join("/", "nonexistent")
     assert QmpSource(QmpConfig(sockets=(path,)), "h", Log(io.StringIO())).poll(0.0).samples == []
+
+
+def test_proxmox_example_config_loads() -> None:
+    from telegraf_balloon.config import load
+
+    loaded = load(str(Path(__file__).parent.parent / "examples" / "proxmox.toml"), {})
+    assert loaded.qmp == (QmpConfig(set_stats_period=2),)
+    assert {r.field for r in loaded.thresholds} >= {"balloon_ratio", "inflation_blocked"}
