@@ -26,7 +26,7 @@ from .proxmox import MIB, PVE_DIR, PveConfig, read_config, resolve_dir
 
 NOT_REPORTED = 2**64 - 1  # a guest stat the guest did not send
 BALLOON_PATH = "/machine/peripheral/balloon0"  # libvirt's and Proxmox's device id
-MAX_IN_FLIGHT = 64  # sockets open at once: well under any fd limit, plenty for overlap
+MAX_IN_FLIGHT = 128  # sockets open at once: under any fd limit; busy VMs wait side by side
 _PEERCRED = struct.Struct("3i")
 _RECV = 65536
 
@@ -69,6 +69,7 @@ class VmFacts:
         "max_bytes",
         "memory_stale",
         "name",
+        "no_device",
         "pve_stats",
         "start",
         "uuid",
@@ -84,6 +85,7 @@ class VmFacts:
         self.max_bytes: Optional[int] = None
         self.memory_stale = True  # query-memory-size-summary wanted (again: hotplug)
         self.balloon_path: Optional[str] = BALLOON_PATH  # None: no balloon object found
+        self.no_device = False  # query-balloon said DeviceNotActive: no qom-get until it changes
         self.pve_stats = False  # query-balloon carries the guest figures (Proxmox's QEMU)
         self.arm_failed = False
 
@@ -116,7 +118,7 @@ class VmPoll:
         if facts.memory_stale:
             commands.append(("memory", {}))
         commands.append(("balloon", {}))
-        if facts.balloon_path is not None:
+        if facts.balloon_path is not None and not facts.no_device:
             commands += self._stats_commands(facts.balloon_path, not facts.pve_stats)
         return commands
 
@@ -192,11 +194,15 @@ class VmPoll:
         assert facts is not None
         if error is not None:
             if _error_class(error) == "DeviceNotActive":
-                self.no_device = True  # no balloon device at all
+                self.no_device = facts.no_device = True  # no balloon device at all
             return []
         if not isinstance(value, dict) or not isinstance(value.get("actual"), int):
             return []
         self.balloon = value
+        if facts.no_device:  # a balloon device was hot-plugged: ask for its stats now
+            facts.no_device = False
+            if facts.balloon_path is not None:
+                return self._stats_commands(facts.balloon_path, True)
         if "max_mem" in value:
             # Proxmox's QEMU: the guest figures come with query-balloon while they flow.
             was = facts.pve_stats

@@ -277,6 +277,58 @@ def test_held_socket_skipped_within_connect_timeout(qmp_host: QemuHost) -> None:
     assert f"I! qmp: {qmp_host.vms[QMP_PLAIN].qmp}: answering again" in stream.getvalue()
 
 
+def test_queue_full_skipped_at_once(qmp_host: QemuHost) -> None:
+    """A held monitor with a client already waiting: the kernel refuses our connect (EAGAIN)."""
+    path = qmp_host.vms[QMP_PLAIN].qmp
+    holder = Holder(path)
+    waiters = []
+    try:
+        for _ in range(4):  # fill the listen queue (QEMU's backlog is small)
+            waiter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            waiter.setblocking(False)
+            try:
+                waiter.connect(str(path))
+            except BlockingIOError:
+                waiter.close()
+                break
+            waiters.append(waiter)
+        stream = io.StringIO()
+        source = source_for(qmp_host, stream, connect_timeout=0.8)
+        started = time.monotonic()
+        vms = by_vmid(source.poll(time.time()))
+        elapsed = time.monotonic() - started
+    finally:
+        for waiter in waiters:
+            waiter.close()
+        holder.close()
+    assert QMP_PLAIN not in vms and {QMP_BOOTED, QMP_NO_BALLOON} <= set(vms)
+    assert elapsed < 0.5, elapsed  # refused at once, not after connect_timeout
+    [line] = [line for line in stream.getvalue().splitlines() if "104.qmp" in line]
+    assert line.startswith("W! ") and "connection queue is full" in line
+
+
+def test_balloon_device_without_id_is_found(qmp_host: QemuHost) -> None:
+    """QEMU started by a script with `-device virtio-balloon-pci` and no id: the device is
+    looked for under /machine/peripheral-anon once per start."""
+    qmp_host.start(112, memory_mib=160, boot=False, balloon_id=None, name="anon-balloon")
+    try:
+        qmp_host.monitor(112).call(
+            "qom-set",
+            path="/machine/peripheral-anon/device[0]",
+            property="guest-stats-polling-interval",
+            value=7,
+        )
+        source = source_for(qmp_host, io.StringIO())
+        for _ in range(2):  # found on the first poll, remembered on the second
+            sample = by_vmid(source.poll(time.time()))[112]
+            assert sample.tags["guest"] == "anon-balloon"
+            assert sample.fields["stats_period_seconds"] == 7
+            assert sample.fields["memory_max_bytes"] == 160 * MIB
+            assert sample.fields["inflation_blocked"] is False
+    finally:
+        qmp_host.stop(112)
+
+
 def _plugin(
     config: Path, user: Optional[str] = None, python: str = sys.executable
 ) -> subprocess.CompletedProcess[str]:

@@ -119,6 +119,7 @@ class QemuHost:
         *,
         memory_mib: int = 512,
         balloon: bool = True,
+        balloon_id: Optional[str] = "balloon0",
         boot: bool = True,
         name: Optional[str] = None,
         uuid: Optional[str] = None,
@@ -141,7 +142,7 @@ class QemuHost:
             "-pidfile", str(pidfile),
         ]  # fmt: skip
         if balloon:
-            cmd += ["-device", "virtio-balloon-pci,id=balloon0"]
+            cmd += ["-device", "virtio-balloon-pci" + (f",id={balloon_id}" if balloon_id else "")]
         if uuid:
             cmd += ["-smbios", f"type=1,uuid={uuid}"]
         if boot:
