@@ -423,7 +423,7 @@ def _receive(
     except BlockingIOError:
         return False
     if not data:
-        raise _ProtocolError("QEMU closed the connection (the VM stopped)")
+        raise ConnectionResetError(0, "QEMU closed the connection (the VM stopped)")
     buffer = conv.buffer + data
     *lines, conv.buffer = buffer.split(b"\n")
     follow: list[tuple[str, dict[str, Any]]] = []
@@ -496,6 +496,7 @@ class QmpSource:
         self._facts: dict[str, VmFacts] = {}
         self._pve: dict[str, tuple[tuple[int, int], Optional[PveConfig]]] = {}
         self._now = 0.0
+        self._faulted: set[str] = set()  # paths with a fault logged and not yet cleared
 
     def close(self) -> None:
         """Nothing is held between polls."""
@@ -533,6 +534,7 @@ class QmpSource:
                     denied += 1
                 elif poll.error_kind != "gone":
                     self.log.fault(key, f"qmp: {poll.path}: skipped this poll: {poll.error}")
+                    self._faulted.add(poll.path)
                 else:
                     self.log.debug(f"qmp: {poll.path}: {poll.error}")
                 continue
@@ -547,6 +549,10 @@ class QmpSource:
                     f"qmp: {poll.path}: cannot set guest-stats-polling-interval: {poll.arm_error}"
                 )
             samples.append(self._sample(poll, host_tags, pve_dir, now))
+        for path in self._faulted - {p.path for p in polls if p.error is not None}:
+            self._faulted.discard(path)
+            if path not in paths:
+                self.log.clear(f"qmp:{path}")  # the VM is gone: forget its fault quietly
         for gone in set(self._facts) - set(paths):
             del self._facts[gone]
         denied_key = f"qmp-denied:{self.instance}"
