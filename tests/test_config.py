@@ -838,3 +838,13 @@ def test_sample_config_qmp_section_uncommented_gives_the_defaults() -> None:
             lines.append(stripped[2:])
     loaded = load_text("\n".join(lines) + "\n", "sample.toml", {})
     assert loaded.qmp == (config.QmpConfig(),)
+
+
+def test_qmp_sockets_through_a_symlink_into_libvirt_are_refused(tmp_path: Path) -> None:
+    link = tmp_path / "monitors"
+    link.symlink_to("/var/lib/libvirt/qemu")
+    text = f'[[sources.qmp]]\nsockets = ["{link}/domain-*/monitor.sock"]\n'
+    with pytest.raises(ConfigError) as caught:
+        load_text(text, "test.toml", {})
+    assert caught.value.key == "sources.qmp[0].sockets"
+    assert "libvirtd owns those monitors" in caught.value.message
