@@ -271,7 +271,7 @@ def test_held_socket_skipped_within_connect_timeout(qmp_host: QemuHost) -> None:
         vms = by_vmid(source.poll(time.time()))
         elapsed = time.monotonic() - started
         assert QMP_PLAIN not in vms and {QMP_BOOTED, QMP_NO_BALLOON} <= set(vms)
-        assert 0.45 <= elapsed < 1.5, elapsed  # the busy VM cost connect_timeout, once
+        assert 0.45 <= elapsed < 3.0, elapsed  # the busy VM cost connect_timeout, once
         source.poll(time.time())
         skipped = [line for line in stream.getvalue().splitlines() if "104.qmp" in line]
         assert len(skipped) == 1 and skipped[0].startswith("W! "), skipped
@@ -300,7 +300,7 @@ def test_queue_full_skipped_at_once(qmp_host: QemuHost) -> None:
                 break
             waiters.append(waiter)
         stream = io.StringIO()
-        source = source_for(qmp_host, stream, connect_timeout=0.8)
+        source = source_for(qmp_host, stream, connect_timeout=3.0)
         started = time.monotonic()
         vms = by_vmid(source.poll(time.time()))
         elapsed = time.monotonic() - started
@@ -309,7 +309,7 @@ def test_queue_full_skipped_at_once(qmp_host: QemuHost) -> None:
             waiter.close()
         holder.close()
     assert QMP_PLAIN not in vms and {QMP_BOOTED, QMP_NO_BALLOON} <= set(vms)
-    assert elapsed < 0.5, elapsed  # refused at once, not after connect_timeout
+    assert elapsed < 1.5, elapsed  # refused at once, not after connect_timeout
     [line] = [line for line in stream.getvalue().splitlines() if "104.qmp" in line]
     assert line.startswith("W! ") and "connection queue is full" in line
 
