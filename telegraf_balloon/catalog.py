@@ -13,6 +13,7 @@ LOG = "balloon_log"
 GUEST = "guest"
 LIBVIRT = "libvirt"
 VSPHERE = "vsphere"
+QMP = "qmp"
 HEALTH = "health"  # computed by the health stage from what a source gave, for every source
 
 
@@ -36,12 +37,13 @@ BALLOON_TAGS: dict[str, str] = {
     "host": "hypervisor host; inside a guest, the guest's hostname",
     "guest": "VM name; inside a guest, its hostname",
     "hypervisor": "kvm, qemu, xen, vmware, hyperv, test or unknown",
-    "source": "guest, libvirt or vsphere",
+    "source": "guest, libvirt, vsphere or qmp",
     "uuid": "the VM's UUID, where known",
     "driver": "guest source only: virtio_balloon, vmw_balloon, xen_balloon, hv_balloon or none",
     "vcenter": "vsphere only: the vCenter (or ESXi) host the source polls",
     "datacenter": "vsphere only: the VM's datacenter",
     "cluster": "vsphere only: the VM's cluster (absent on a standalone host)",
+    "vmid": "qmp source on Proxmox VE only: the VM's id",
 }
 
 BALLOON_FIELDS: tuple[Field, ...] = (
@@ -53,8 +55,9 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         GUEST,
         LIBVIRT,
         VSPHERE,
+        QMP,
         note="guest: MemTotal, plus the balloon where the driver shrinks MemTotal; "
-        "vsphere: config.hardware.memoryMB",
+        "vsphere: config.hardware.memoryMB; qmp: base plus hotplugged memory",
     ),
     _f(
         "memory_current_bytes",
@@ -64,6 +67,7 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         GUEST,
         LIBVIRT,
         VSPHERE,
+        QMP,
     ),
     _f(
         "balloon_actual_bytes",
@@ -73,6 +77,7 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         GUEST,
         LIBVIRT,
         VSPHERE,
+        QMP,
         note="vsphere: the mem.vmmemctl counter (KB) with target_counters, else "
         "quickStats.balloonedMemory (MB)",
     ),
@@ -95,9 +100,9 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         note="where a target is known",
     ),
     _f("balloon_ratio", float, "ratio", "actual / max", HEALTH),
-    _f("guest_total_bytes", int, "bytes", "guest MemTotal", GUEST, LIBVIRT),
-    _f("guest_free_bytes", int, "bytes", "guest MemFree", GUEST, LIBVIRT),
-    _f("guest_available_bytes", int, "bytes", "guest MemAvailable", GUEST, LIBVIRT),
+    _f("guest_total_bytes", int, "bytes", "guest MemTotal", GUEST, LIBVIRT, QMP),
+    _f("guest_free_bytes", int, "bytes", "guest MemFree", GUEST, LIBVIRT, QMP),
+    _f("guest_available_bytes", int, "bytes", "guest MemAvailable", GUEST, LIBVIRT, QMP),
     _f(
         "guest_disk_caches_bytes",
         int,
@@ -105,9 +110,26 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         "guest page cache that can be dropped",
         GUEST,
         LIBVIRT,
+        QMP,
     ),
-    _f("swap_in_bytes_total", int, "bytes", "guest swap-in traffic (cumulative)", GUEST, LIBVIRT),
-    _f("swap_out_bytes_total", int, "bytes", "guest swap-out traffic (cumulative)", GUEST, LIBVIRT),
+    _f(
+        "swap_in_bytes_total",
+        int,
+        "bytes",
+        "guest swap-in traffic (cumulative)",
+        GUEST,
+        LIBVIRT,
+        QMP,
+    ),
+    _f(
+        "swap_out_bytes_total",
+        int,
+        "bytes",
+        "guest swap-out traffic (cumulative)",
+        GUEST,
+        LIBVIRT,
+        QMP,
+    ),
     _f(
         "swap_in_bytes_per_second",
         float,
@@ -124,15 +146,32 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         HEALTH,
         note="absent on the first poll and after a counter reset",
     ),
-    _f("major_faults_total", int, "count", "guest major page faults (cumulative)", GUEST, LIBVIRT),
-    _f("minor_faults_total", int, "count", "guest minor page faults (cumulative)", GUEST, LIBVIRT),
-    _f("rss_bytes", int, "bytes", "host memory of the VM process", LIBVIRT),
+    _f(
+        "major_faults_total",
+        int,
+        "count",
+        "guest major page faults (cumulative)",
+        GUEST,
+        LIBVIRT,
+        QMP,
+    ),
+    _f(
+        "minor_faults_total",
+        int,
+        "count",
+        "guest minor page faults (cumulative)",
+        GUEST,
+        LIBVIRT,
+        QMP,
+    ),
+    _f("rss_bytes", int, "bytes", "host memory of the VM process", LIBVIRT, QMP),
     _f(
         "stats_age_seconds",
         float,
         "seconds",
         "now - the guest's last stats update",
         LIBVIRT,
+        QMP,
         note="absent while the guest has never reported",
     ),
     _f(
@@ -141,6 +180,7 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         "seconds",
         "balloon stats period (0 = guest stats frozen)",
         LIBVIRT,
+        QMP,
     ),
     _f(
         "host_swapped_bytes",
@@ -169,8 +209,9 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         "bytes",
         "guaranteed memory",
         LIBVIRT,
+        QMP,
         VSPHERE,
-        note="libvirt: memtune min_guarantee where set",
+        note="libvirt: memtune min_guarantee where set; qmp: the Proxmox `balloon` minimum",
     ),
     _f(
         "limit_bytes",
@@ -209,7 +250,7 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         HEALTH,
         note="where the source reports the stats age",
     ),
-    _f("stats_disabled", bool, "", "stats period 0: guest fields frozen", LIBVIRT),
+    _f("stats_disabled", bool, "", "stats period 0: guest fields frozen", LIBVIRT, QMP),
     _f(
         "inflation_blocked",
         bool,
@@ -217,6 +258,7 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         "the balloon cannot inflate: no device or driver, or reservation >= memory",
         GUEST,
         LIBVIRT,
+        QMP,
         VSPHERE,
     ),
     _f(
@@ -261,8 +303,9 @@ HOST_FIELDS: tuple[Field, ...] = (
         GUEST,
         LIBVIRT,
         VSPHERE,
-        note="libvirt: the host's own /proc/meminfo for a local URI, libvirt's node info for "
-        "a remote one; vsphere: summary.hardware.memorySize",
+        QMP,
+        note="qmp, and libvirt with a local URI: the host's own /proc/meminfo; libvirt with a "
+        "remote URI: libvirt's node info; vsphere: summary.hardware.memorySize",
     ),
     _f(
         "host_free_bytes",
@@ -272,6 +315,7 @@ HOST_FIELDS: tuple[Field, ...] = (
         GUEST,
         LIBVIRT,
         VSPHERE,
+        QMP,
         note="vsphere: memorySize - quickStats.overallMemoryUsage",
     ),
     _f(
@@ -280,6 +324,7 @@ HOST_FIELDS: tuple[Field, ...] = (
         "count",
         "corrected ECC memory errors, summed over the host's EDAC memory controllers",
         LIBVIRT,
+        QMP,
         note="only where the host has EDAC and the source reads it locally",
     ),
     _f(
@@ -288,6 +333,7 @@ HOST_FIELDS: tuple[Field, ...] = (
         "count",
         "uncorrected ECC memory errors, summed over the host's EDAC memory controllers",
         LIBVIRT,
+        QMP,
         note="only where the host has EDAC and the source reads it locally",
     ),
     _f("overcommit_ratio", float, "ratio", "memory promised to VMs / physical memory", HEALTH),
@@ -297,8 +343,8 @@ HOST_FIELDS: tuple[Field, ...] = (
 
 COLLECTOR_TAGS: dict[str, str] = {
     "host": "the machine the plugin runs on",
-    "source": "guest, libvirt, vsphere or logs",
-    "instance": "root path, URI, vCenter host or log globs (never credentials)",
+    "source": "guest, libvirt, vsphere, qmp or logs",
+    "instance": "root path, URI, vCenter host, QMP socket globs or log globs (never credentials)",
 }
 
 COLLECTOR_FIELDS: tuple[Field, ...] = (
@@ -311,8 +357,11 @@ COLLECTOR_FIELDS: tuple[Field, ...] = (
         "the main API round trip",
         GUEST,
         LIBVIRT,
+        VSPHERE,
+        QMP,
         note="guest: the /proc and /sys reads; libvirt: the bulk stats call only (per-domain "
-        "fallback calls count in duration_seconds)",
+        "fallback calls count in duration_seconds); vsphere: the VMs' property retrieval; "
+        "qmp: every VM's exchange, run side by side",
     ),
     _f("vms", int, "count", "VMs reported this poll", HEALTH),
     _f("polls_total", int, "count", "polls of this source since start", HEALTH),
@@ -390,7 +439,7 @@ def check_point(measurement: str, tags: dict[str, str], fields: dict[str, object
     return problems
 
 
-_SOURCE_COLUMNS = (GUEST, LIBVIRT, VSPHERE)
+_SOURCE_COLUMNS = (GUEST, LIBVIRT, VSPHERE, QMP)
 
 
 def _type_word(kind: type) -> str:
@@ -407,8 +456,8 @@ def markdown_tables() -> str:
         head = "| field | type | unit |"
         rule = "|---|---|---|"
         if with_sources:
-            head += " guest | libvirt | vsphere |"
-            rule += "---|---|---|"
+            head += " guest | libvirt | vsphere | qmp |"
+            rule += "---|---|---|---|"
         out.append(head + " meaning |")
         out.append(rule + "---|")
         for entry in fields:
@@ -424,7 +473,7 @@ def markdown_tables() -> str:
             out.append(row + f" {meaning} |")
         if measurement in (BALLOON, HOST):
             out.append(
-                "| `<field>_level` | integer | level | computed | computed | computed |"
+                "| `<field>_level` | integer | level | computed | computed | computed | computed |"
                 " per `[[thresholds]]` rule: 0 ok, 1 warning, 2 critical |"
             )
         out.append("")

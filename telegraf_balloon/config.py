@@ -71,6 +71,15 @@ class VsphereConfig:
 
 
 @dataclass(frozen=True)
+class QmpConfig:
+    sockets: tuple[str, ...] = ("/var/run/qemu-server/*.qmp",)
+    proxmox_config: str = "auto"  # "auto": /etc/pve/qemu-server when it exists; "": off
+    connect_timeout: float = 1.0
+    set_stats_period: int = 0
+    host_root: str = "/"
+
+
+@dataclass(frozen=True)
 class LogsConfig:
     files: tuple[str, ...] = ()
     patterns: tuple[tuple[str, str], ...] = ()
@@ -103,9 +112,12 @@ class Config:
     logs: tuple[LogsConfig, ...] = ()
     health: HealthConfig = HealthConfig()
     thresholds: tuple[ThresholdRule, ...] = ()
+    qmp: tuple[QmpConfig, ...] = ()
 
     def source_count(self) -> int:
-        return len(self.guest) + len(self.libvirt) + len(self.vsphere) + len(self.logs)
+        return (
+            len(self.guest) + len(self.libvirt) + len(self.vsphere) + len(self.logs) + len(self.qmp)
+        )
 
     def summary(self) -> str:
         kinds = [
@@ -115,6 +127,7 @@ class Config:
                 ("libvirt", self.libvirt),
                 ("vsphere", self.vsphere),
                 ("logs", self.logs),
+                ("qmp", self.qmp),
             )
             if items
         ]
@@ -432,6 +445,49 @@ def _logs(r: _Reader) -> LogsConfig:
     return LogsConfig(files=files, patterns=tuple(patterns))
 
 
+# libvirtd owns the QMP monitors of its domains: a second client there would stall it.
+LIBVIRT_STATE_DIRS = ("/var/lib/libvirt/", "/run/libvirt/", "/var/run/libvirt/")
+
+
+def _under_libvirt(pattern: str) -> bool:
+    """A sockets glob that can only match under libvirt's state directories."""
+    normal = os.path.normpath(pattern) + "/"
+    literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    real = os.path.realpath(os.path.dirname(literal) or "/") + "/"
+    return any(normal.startswith(d) or real.startswith(d) for d in LIBVIRT_STATE_DIRS)
+
+
+def _qmp(r: _Reader) -> QmpConfig:
+    sockets = r.strings("sockets", QmpConfig.sockets)
+    if not sockets or not all(sockets):
+        raise r.error("sockets", "list at least one QMP socket path or glob")
+    for pattern in sockets:
+        if not os.path.isabs(pattern):
+            raise r.error("sockets", f"{pattern!r} is not an absolute path")
+        if _under_libvirt(pattern):
+            raise r.error(
+                "sockets",
+                f"{pattern!r} is under libvirt's state directory: libvirtd owns those "
+                "monitors (use [[sources.libvirt]])",
+            )
+    proxmox = r.string("proxmox_config", "auto")
+    if proxmox not in ("", "auto") and not os.path.isdir(proxmox):
+        raise r.error("proxmox_config", f'{proxmox!r} is not a directory (or use "auto" or "")')
+    connect_timeout = r.duration("connect_timeout", 1.0)
+    assert connect_timeout is not None
+    if connect_timeout <= 0:
+        raise r.error("connect_timeout", "must be greater than zero")
+    out = QmpConfig(
+        sockets=sockets,
+        proxmox_config=proxmox,
+        connect_timeout=connect_timeout,
+        set_stats_period=r.integer("set_stats_period", 0),
+        host_root=_host_root(r),
+    )
+    r.finish()
+    return out
+
+
 def _health(r: Optional[_Reader]) -> HealthConfig:
     if r is None:
         return HealthConfig()
@@ -482,6 +538,7 @@ _SOURCES: dict[str, Callable[[_Reader], Any]] = {
     "libvirt": _libvirt,
     "vsphere": _vsphere,
     "logs": _logs,
+    "qmp": _qmp,
 }
 
 _IDENTITY: dict[str, Callable[[Any], str]] = {
@@ -489,6 +546,7 @@ _IDENTITY: dict[str, Callable[[Any], str]] = {
     "libvirt": lambda c: c.uri,
     "vsphere": lambda c: c.url,
     "logs": lambda c: "\0".join(sorted(c.files)),
+    "qmp": lambda c: "\0".join(sorted(c.sockets)),
 }
 
 
@@ -521,6 +579,13 @@ def load_text(text: str, path: str, environ: Optional[Mapping[str, str]] = None)
                         path, reader.keypath, f"duplicate of {seen[identity]} (same {kind} target)"
                     )
                 seen[identity] = reader.keypath
+                if kind == "qmp" and parsed.connect_timeout >= agent.timeout:
+                    raise ConfigError(
+                        path,
+                        f"{reader.keypath}.connect_timeout",
+                        f"{parsed.connect_timeout:g}s must be shorter than agent.timeout "
+                        f"({agent.timeout:g}s): one busy VM would make the source miss its poll",
+                    )
                 found[kind].append(parsed)
     health = _health(top.table_of("health"))
     thresholds = tuple(_threshold(r) for r in _list_of_tables(top, "thresholds"))
@@ -534,6 +599,7 @@ def load_text(text: str, path: str, environ: Optional[Mapping[str, str]] = None)
         logs=tuple(found["logs"]),
         health=health,
         thresholds=thresholds,
+        qmp=tuple(found["qmp"]),
     )
     if config.source_count() == 0:
         raise ConfigError(path, "sources", "no source configured (add e.g. [[sources.guest]])")

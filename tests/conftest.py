@@ -5,6 +5,7 @@ from tests.stack.fixtures import (  # noqa: F401
     libvirt_stack,
     promtool,
     qemu_guest,
+    qmp_host,
     vcsim,
     vcsim_2000,
 )

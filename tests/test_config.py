@@ -686,3 +686,165 @@ def test_load_file_errors(tmp_path: Path, content: Optional[bytes], fragment: st
     assert caught.value.key == ""
     assert fragment in caught.value.message
     assert str(caught.value).startswith(f"{path}: ")
+
+
+QMP = '[[sources.qmp]]\nsockets = ["/var/run/qemu-server/*.qmp"]\n'
+QMP_KEY = "sources.qmp[0]"
+
+QMP_ERRORS = [
+    case(QMP + "bogus = 1\n", f"{QMP_KEY}.bogus", "unknown key", "qmp-unknown-key"),
+    case(
+        '[[sources.qmp]]\nsockets = "/run/qemu-server/*.qmp"\n',
+        f"{QMP_KEY}.sockets",
+        "expected a list of strings",
+        "qmp-sockets-not-a-list",
+    ),
+    case("[[sources.qmp]]\nsockets = []\n", f"{QMP_KEY}.sockets", "at least one", "qmp-no-sockets"),
+    case(
+        '[[sources.qmp]]\nsockets = ["qemu-server/*.qmp"]\n',
+        f"{QMP_KEY}.sockets",
+        "not an absolute path",
+        "qmp-relative-socket",
+    ),
+    case(
+        '[[sources.qmp]]\nsockets = ["/var/lib/libvirt/qemu/domain-*/monitor.sock"]\n',
+        f"{QMP_KEY}.sockets",
+        "libvirtd owns those monitors",
+        "qmp-under-var-lib-libvirt",
+    ),
+    case(
+        '[[sources.qmp]]\nsockets = ["/run/libvirt/qemu/*.sock"]\n',
+        f"{QMP_KEY}.sockets",
+        "under libvirt's state directory",
+        "qmp-under-run-libvirt",
+    ),
+    case(
+        '[[sources.qmp]]\nsockets = ["/var/run/libvirt/qemu/*.sock"]\n',
+        f"{QMP_KEY}.sockets",
+        "use [[sources.libvirt]]",
+        "qmp-under-var-run-libvirt",
+    ),
+    case(
+        '[[sources.qmp]]\nsockets = ["/var/lib/../lib/libvirt/qemu/x.sock"]\n',
+        f"{QMP_KEY}.sockets",
+        "libvirtd owns those monitors",
+        "qmp-under-libvirt-not-normalised",
+    ),
+    case(
+        '[[sources.qmp]]\nsockets = ["${UNSET_QMP}/*.qmp"]\n',
+        f"{QMP_KEY}.sockets",
+        "UNSET_QMP is not set",
+        "qmp-env-unset",
+    ),
+    case(
+        QMP + 'connect_timeout = "soon"\n',
+        f"{QMP_KEY}.connect_timeout",
+        "bad duration",
+        "qmp-connect-timeout-bad",
+    ),
+    case(
+        QMP + "connect_timeout = -1\n",
+        f"{QMP_KEY}.connect_timeout",
+        "must not be negative",
+        "qmp-connect-timeout-negative",
+    ),
+    case(
+        QMP + 'connect_timeout = "0s"\n',
+        f"{QMP_KEY}.connect_timeout",
+        "greater than zero",
+        "qmp-connect-timeout-zero",
+    ),
+    case(
+        QMP + "connect_timeout = true\n",
+        f"{QMP_KEY}.connect_timeout",
+        "got a boolean",
+        "qmp-connect-timeout-bool",
+    ),
+    case(
+        '[agent]\ntimeout = "2s"\n' + QMP + 'connect_timeout = "2s"\n',
+        f"{QMP_KEY}.connect_timeout",
+        "must be shorter than agent.timeout (2s)",
+        "qmp-connect-timeout-not-below-agent-timeout",
+    ),
+    case(
+        QMP + "set_stats_period = -2\n",
+        f"{QMP_KEY}.set_stats_period",
+        "at least 0",
+        "qmp-set-stats-period-negative",
+    ),
+    case(
+        QMP + 'set_stats_period = "2s"\n',
+        f"{QMP_KEY}.set_stats_period",
+        "expected an integer",
+        "qmp-set-stats-period-string",
+    ),
+    case(
+        QMP + 'proxmox_config = "/nonexistent-dir/qemu-server"\n',
+        f"{QMP_KEY}.proxmox_config",
+        "is not a directory",
+        "qmp-proxmox-config-missing",
+    ),
+    case(
+        QMP + "proxmox_config = false\n",
+        f"{QMP_KEY}.proxmox_config",
+        "expected a string",
+        "qmp-proxmox-config-bool",
+    ),
+    case(QMP + 'host_root = ""\n', f"{QMP_KEY}.host_root", "must not be empty", "qmp-host-root"),
+    case(QMP + QMP, "sources.qmp[1]", "duplicate of sources.qmp[0]", "qmp-duplicate"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "fragment"), QMP_ERRORS)
+def test_qmp_config_error(text: str, key: str, fragment: str) -> None:
+    test_config_error(text, key, fragment)
+
+
+def test_qmp_config_every_key_and_defaults(tmp_path: Path) -> None:
+    text = f"""
+[[sources.qmp]]
+sockets = ["/run/qemu-server/*.qmp", "/srv/vms/*/qmp.sock"]
+proxmox_config = "{tmp_path}"
+connect_timeout = "250ms"
+set_stats_period = 2
+host_root = "/host"
+"""
+    loaded = load_text(text, "qmp.toml", {})
+    assert loaded.qmp == (
+        config.QmpConfig(
+            sockets=("/run/qemu-server/*.qmp", "/srv/vms/*/qmp.sock"),
+            proxmox_config=str(tmp_path),
+            connect_timeout=0.25,
+            set_stats_period=2,
+            host_root="/host",
+        ),
+    )
+    assert loaded.source_count() == 1
+    assert "1 qmp" in loaded.summary()
+    default = load_text("[[sources.qmp]]\n", "min.toml", {}).qmp[0]
+    assert default == config.QmpConfig()
+    assert default.sockets == ("/var/run/qemu-server/*.qmp",)
+    assert (default.proxmox_config, default.connect_timeout) == ("auto", 1.0)
+
+
+def test_sample_config_qmp_section_uncommented_gives_the_defaults() -> None:
+    lines = []
+    inside = False
+    for line in sample_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("[", "# [")):
+            inside = stripped == "# [[sources.qmp]]"
+        if inside and stripped.startswith("# ") and ("=" in stripped or "[[" in stripped):
+            lines.append(stripped[2:])
+    loaded = load_text("\n".join(lines) + "\n", "sample.toml", {})
+    assert loaded.qmp == (config.QmpConfig(),)
+
+
+def test_qmp_sockets_through_a_symlink_into_libvirt_are_refused(tmp_path: Path) -> None:
+    link = tmp_path / "monitors"
+    link.symlink_to("/var/lib/libvirt/qemu")
+    text = f'[[sources.qmp]]\nsockets = ["{link}/domain-*/monitor.sock"]\n'
+    with pytest.raises(ConfigError) as caught:
+        load_text(text, "test.toml", {})
+    assert caught.value.key == "sources.qmp[0].sockets"
+    assert "libvirtd owns those monitors" in caught.value.message

@@ -75,3 +75,9 @@ def test_telegraf_d_block() -> None:
     assert block["data_format"] == "influx"
     assert block["command"][0] == "telegraf-balloon"
     assert block["command"][1:] == ["--config", config.DEFAULT_PATH]
+
+
+def test_sample_config_documents_every_qmp_key() -> None:
+    text = sample_config()
+    for item in dataclasses.fields(config.QmpConfig):
+        assert f"# {item.name} =" in text, item.name

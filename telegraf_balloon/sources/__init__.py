@@ -37,4 +37,8 @@ def build_sources(config: Config, log: Log) -> list[Source]:
         from .logs import LogsSource
 
         sources.extend(LogsSource(c, hostname(config), log) for c in config.logs)
+    if config.qmp:
+        from .qmp import QmpSource
+
+        sources.extend(QmpSource(c, hostname(config), log) for c in config.qmp)
     return sources

@@ -142,3 +142,46 @@ def vcsim_2000() -> Iterator[Vcsim]:
         yield sim
     finally:
         sim.stop()
+# --- plain QEMU with Proxmox's layout, for the qmp source ---------------------------------------
+
+from tests.stack.qemu_stack import QemuError, QemuHost  # noqa: E402
+
+__all__ += ["qmp_host"]
+
+QMP_BOOTED = 101  # booted guest, balloon device, Proxmox config with a 256 MiB minimum
+QMP_NO_BALLOON = 102  # paused, no balloon device; its Proxmox config says balloon: 0
+QMP_PLAIN = 104  # paused, balloon device, no Proxmox config (plain QEMU)
+QMP_UUID = "7d4f3c2a-1b0e-4d5c-9a8b-6f5e4d3c2b1a"
+
+
+@pytest.fixture(scope="session")
+def qmp_host() -> Iterator[QemuHost]:
+    """Three QEMUs as a Proxmox node runs them: one booted with stats, two paused."""
+    if os.geteuid() != 0:
+        unavailable("QMP sockets are root-only: the qmp tests run as root")
+    qemu = need_program("qemu-system-x86_64")
+    from tests.stack.libvirt_stack import DEFAULT_CACHE_DIR, build_guest
+
+    try:
+        image = build_guest(DEFAULT_CACHE_DIR)
+    except (StackError, OSError) as exc:
+        unavailable(f"the guest image could not be built: {exc}")
+    host = QemuHost(qemu, image)
+    try:
+        host.write_conf(
+            QMP_BOOTED,
+            "#booted test VM\nballoon: 256\nmemory: 512\nname: web-renamed\n"
+            f"smbios1: uuid={QMP_UUID}\n\n[snap]\nname: old\nmemory: 1024\n",
+        )
+        host.write_conf(QMP_NO_BALLOON, "balloon: 0\nmemory: 256\nname: fixed-db\n")
+        host.start(QMP_BOOTED, memory_mib=512, name="web", uuid=QMP_UUID)
+        host.start(QMP_NO_BALLOON, memory_mib=256, balloon=False, boot=False)
+        host.start(QMP_PLAIN, memory_mib=192, boot=False, name="plain-104")
+        host.wait_guest_report(QMP_BOOTED)
+    except (QemuError, OSError) as exc:
+        host.close()
+        unavailable(f"QEMU did not start: {exc}")
+    try:
+        yield host
+    finally:
+        host.close()

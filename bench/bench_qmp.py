@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""How fast the qmp source polls N QEMU VMs, next to other ways of asking the same things.
+
+    python bench/bench_qmp.py [--vms 200] [--repeat 5] [--quick]
+
+Needs root and qemu-system-x86_64: it starts N paused QEMU processes (``-S``: they never
+boot, and answer every QMP command) in Proxmox's layout, with Proxmox configs, and always
+stops them. One poll of every VM, done five ways in the same run, interleaved, median of
+--repeat after a warm-up:
+
+  a. naive: a fresh ``qemu.qmp`` session (its legacy sync class) per command, VM after VM;
+  b. ``qemu.qmp``'s sync class, one session per VM for its three commands, VM after VM;
+  c. ``qemu.qmp``'s asyncio client, one session per VM, every VM at once (asyncio.gather);
+  d. the bare exchange: a minimal socket + json client, one VM after another, one command
+     after another (connect, greeting, qmp_capabilities, query-balloon, guest-stats,
+     guest-stats-polling-interval, close);
+  e. ``QmpSource.poll(now)`` in steady state (identity read once per VM start): the same
+     commands, all VMs side by side from one thread, each VM's commands in one write.
+
+The figures are per VM (total / N). Targets: e within 1.5x d per VM, and N = 200 under 1 s.
+Table 2: import time and memory of ``qemu.qmp`` against this source's module.
+
+Exits 0 even when a target fails; a failed target prints FAIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchlib import fmt_ms, median, parser, table, verdict  # noqa: E402
+
+from telegraf_balloon.config import QmpConfig  # noqa: E402
+from telegraf_balloon.log import Log  # noqa: E402
+from telegraf_balloon.sources.qmp import QmpSource  # noqa: E402
+from tests.stack.common import need_program  # noqa: E402
+from tests.stack.qemu_stack import QemuHost  # noqa: E402
+
+TARGET_VS_BARE = 1.5
+TARGET_POLL_SECONDS = 1.0  # for 200 VMs
+BALLOON = "/machine/peripheral/balloon0"
+COMMANDS: list[tuple[str, dict[str, Any]]] = [
+    ("query-balloon", {}),
+    ("qom-get", {"path": BALLOON, "property": "guest-stats"}),
+    ("qom-get", {"path": BALLOON, "property": "guest-stats-polling-interval"}),
+]
+
+
+def bare(paths: list[str]) -> None:
+    """d. The minimal client: one request, one reply, one VM after another."""
+    for path in paths:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            sock.connect(path)
+            stream = sock.makefile("rb")
+            json.loads(stream.readline())
+            for name, arguments in [("qmp_capabilities", {}), *COMMANDS]:
+                message: dict[str, Any] = {"execute": name}
+                if arguments:
+                    message["arguments"] = arguments
+                sock.sendall(json.dumps(message).encode() + b"\n")
+                while "event" in (reply := json.loads(stream.readline())):
+                    pass
+                assert "return" in reply, reply
+
+
+def library_per_command(paths: list[str]) -> None:
+    """a. A fresh qemu.qmp session for every command."""
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    for path in paths:
+        for name, arguments in COMMANDS:
+            qmp = QEMUMonitorProtocol(path)
+            qmp.connect(negotiate=True)
+            qmp.cmd_raw(name, arguments or None)
+            qmp.close()
+
+
+def library_per_vm(paths: list[str]) -> None:
+    """b. One qemu.qmp sync session per VM."""
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    for path in paths:
+        qmp = QEMUMonitorProtocol(path)
+        qmp.connect(negotiate=True)
+        for name, arguments in COMMANDS:
+            qmp.cmd_raw(name, arguments or None)
+        qmp.close()
+
+
+def library_async(paths: list[str]) -> None:
+    """c. qemu.qmp's asyncio client, every VM at once, each under a timeout."""
+    from qemu.qmp import QMPClient
+
+    async def one(path: str) -> None:
+        client = QMPClient()
+        await asyncio.wait_for(client.connect(path), 1.0)
+        try:
+            for name, arguments in COMMANDS:
+                await client.execute(name, arguments or None)
+        finally:
+            await client.disconnect()
+
+    async def every() -> None:
+        await asyncio.gather(*(one(path) for path in paths))
+
+    asyncio.run(every())
+
+
+def import_cost(module: str, after: str) -> tuple[float, int]:
+    """(seconds, resident KiB added) to import `module` in a fresh interpreter that has
+    already imported `after` (what the plugin loads anyway)."""
+    code = (
+        "import time\n"
+        "def rss():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmRSS:'):\n"
+        "            return int(line.split()[1])\n"
+        f"import {after}\n"
+        "before = rss()\n"
+        "t = time.perf_counter()\n"
+        f"import {module}\n"
+        "took = time.perf_counter() - t\n"
+        "print(took, rss() - before)\n"
+    )
+    runs = []
+    for _ in range(5):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+        ).stdout.split()
+        runs.append((float(out[0]), int(out[1])))
+    return median([r[0] for r in runs]), int(median([r[1] for r in runs]))
+
+
+def main() -> int:
+    p = parser(__doc__)
+    p.add_argument("--vms", type=int, default=200)
+    p.add_argument("--repeat", type=int, default=5)
+    args = p.parse_args()
+    vms = 20 if args.quick else args.vms
+    repeat = 2 if args.quick else args.repeat
+    if os.geteuid() != 0:
+        print("bench_qmp: needs root (QMP sockets are root-only); skipped")
+        return 0
+    host = QemuHost(need_program("qemu-system-x86_64"))
+    try:
+        for vmid in range(1000, 1000 + vms):
+            host.write_conf(vmid, f"memory: 128\nballoon: 64\nname: bench-{vmid}\n")
+        started = time.monotonic()
+        for first in range(1000, 1000 + vms, 20):
+            host.start_many(
+                list(range(first, min(first + 20, 1000 + vms))), memory_mib=128, boot=False
+            )
+        print(f"started {vms} paused QEMU VMs in {time.monotonic() - started:.1f} s")
+        paths = sorted(str(vm.qmp) for vm in host.vms.values())
+        config = QmpConfig(sockets=(host.glob,), proxmox_config=str(host.conf_dir))
+        source = QmpSource(config, "bench", Log(io.StringIO()))
+        source.poll(time.time())  # first contact: identity, once per VM start
+
+        def plugin() -> None:
+            result = source.poll(time.time())
+            assert len(result.samples) == vms, (len(result.samples), result.error)
+
+        ways: list[tuple[str, Callable[[], None]]] = [
+            ("a. qemu.qmp, a session per command", lambda: library_per_command(paths)),
+            ("b. qemu.qmp sync, a session per VM", lambda: library_per_vm(paths)),
+            ("c. qemu.qmp asyncio, all VMs at once", lambda: library_async(paths)),
+            ("d. bare exchange, socket + json", lambda: bare(paths)),
+            ("e. QmpSource.poll (the plugin)", plugin),
+        ]
+        times: dict[str, list[float]] = {name: [] for name, _ in ways}
+        for _name, fn in ways:
+            fn()  # warm-up
+        for _ in range(repeat):
+            for name, fn in ways:
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    finally:
+        host.close()
+
+    bare_total = median(times["d. bare exchange, socket + json"])
+    rows = []
+    for name, _ in ways:
+        total = median(times[name])
+        rows.append([name, fmt_ms(total), fmt_ms(total / vms), f"{total / bare_total:.2f}x"])
+    print(f"\nTable 1: one poll of {vms} paused QEMU VMs, median of {repeat} (machine under load)")
+    print(table(["way", "poll ms", "per VM ms", "vs bare"], rows, [False, True, True, True]))
+    ours = median(times["e. QmpSource.poll (the plugin)"])
+    print(
+        f"\nper-VM cost of the plugin / bare exchange: {ours / bare_total:.2f}x "
+        f"(target <= {TARGET_VS_BARE}x): {verdict(ours <= TARGET_VS_BARE * bare_total)}"
+    )
+    scaled = ours * 200 / vms
+    print(
+        f"200 VMs (measured {vms}, scaled linearly): {scaled:.3f} s "
+        f"(target < {TARGET_POLL_SECONDS:g} s): {verdict(scaled < TARGET_POLL_SECONDS)}"
+    )
+
+    library = import_cost("qemu.qmp", "telegraf_balloon.sources.qmp")
+    own = import_cost("telegraf_balloon.sources.qmp", "telegraf_balloon.runner")
+    print("\nTable 2: what each client adds to the running plugin (fresh interpreter, median of 5)")
+    print(
+        table(
+            ["import", "ms", "RSS added KiB"],
+            [
+                ["qemu.qmp (on top of the plugin)", fmt_ms(library[0]), str(library[1])],
+                ["telegraf_balloon.sources.qmp", fmt_ms(own[0]), str(own[1])],
+            ],
+            [False, True, True],
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,450 @@
+"""[[sources.qmp]] against real QEMU processes (TCG) laid out as Proxmox VE lays them out.
+
+The session's QEMUs (tests/stack/fixtures.py ``qmp_host``): 101 booted with a virtio balloon
+and a Proxmox config (256 MiB minimum, a name QEMU's -name does not have); 102 paused with no
+balloon device, its config saying ``balloon: 0``; 104 paused, a balloon device, no config.
+Tests that need other VMs start and stop their own in the same directory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+from telegraf_balloon import catalog
+from telegraf_balloon.config import QmpConfig
+from telegraf_balloon.log import Log
+from telegraf_balloon.model import PollResult, Sample
+from telegraf_balloon.sources.qmp import QmpSource
+from tests.stack.common import need_program, unavailable
+from tests.stack.fixtures import QMP_BOOTED, QMP_NO_BALLOON, QMP_PLAIN, QMP_UUID
+from tests.stack.qemu_stack import QemuError, QemuHost
+
+pytestmark = pytest.mark.integration
+
+MIB = 1024 * 1024
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def source_for(
+    host: QemuHost, stream: io.StringIO, proxmox: Optional[str] = None, **options: Any
+) -> QmpSource:
+    pve = str(host.conf_dir) if proxmox is None else proxmox
+    config = QmpConfig(sockets=(host.glob,), proxmox_config=pve, **options)
+    return QmpSource(config, "node-1", Log(stream))
+
+
+def _wait_refused(path: Path, timeout: float = 10.0) -> None:
+    """Until connecting to `path` is refused: nothing listens there any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except ConnectionRefusedError:
+                return
+            except OSError:
+                pass
+        assert time.monotonic() < deadline, f"{path} still accepts connections"
+        time.sleep(0.05)
+
+
+def by_vmid(result: PollResult) -> dict[int, Sample]:
+    assert result.error is None, result.error
+    return {int(Path(s.key).stem): s for s in result.samples}
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g}s: {what}")
+        time.sleep(0.2)
+
+
+def number(sample: Sample, name: str) -> int:
+    value = sample.fields[name]
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), (name, value)
+    return int(value)
+
+
+def vm_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_booted_vm_exact_bytes_before_and_after_inflating(qmp_host: QemuHost) -> None:
+    monitor = qmp_host.monitor(QMP_BOOTED)
+    monitor.set_interval(1)
+    monitor.call("balloon", value=512 * MIB)
+    wait_for(lambda: monitor.actual() == 512 * MIB, 30, "balloon deflated")
+    stream = io.StringIO()
+    source = source_for(qmp_host, stream)
+
+    def guest_view_matches(expected_total: Callable[[int], bool]) -> Sample:
+        """Poll until the guest's stats agree with what the guest prints on its console."""
+        found: list[Sample] = []
+
+        def check() -> bool:
+            sample = by_vmid(source.poll(time.time()))[QMP_BOOTED]
+            found[:] = [sample]
+            total = sample.fields.get("guest_total_bytes")
+            try:
+                console = qmp_host.guest_meminfo(QMP_BOOTED)["MemTotal"] * 1024
+            except QemuError:
+                return False  # the guest has not printed a whole snapshot yet
+            return isinstance(total, int) and total == console and expected_total(total)
+
+        wait_for(check, 60, "guest stats agree with the guest's own /proc/meminfo")
+        return found[0]
+
+    before = guest_view_matches(lambda total: total > 400 * MIB)
+    assert before.tags == {
+        "host": "node-1",
+        "source": "qmp",
+        "guest": "web-renamed",  # the Proxmox config's name; QEMU's -name says "web"
+        "hypervisor": "qemu",  # TCG: query-kvm says enabled = false
+        "uuid": QMP_UUID,
+        "vmid": str(QMP_BOOTED),
+    }
+    fields = before.fields
+    assert fields["memory_max_bytes"] == 512 * MIB
+    assert fields["memory_current_bytes"] == 512 * MIB
+    assert fields["balloon_actual_bytes"] == 0
+    assert fields["reservation_bytes"] == 256 * MIB
+    assert fields["stats_period_seconds"] == 1 and fields["stats_disabled"] is False
+    assert fields["inflation_blocked"] is False
+    assert 0 <= float(fields["stats_age_seconds"]) < 5
+    for name in ("guest_free_bytes", "guest_available_bytes", "minor_faults_total"):
+        assert number(before, name) > 0, name
+    pid = qmp_host.vms[QMP_BOOTED].pid
+    rss = vm_rss(pid)
+    assert abs(number(before, "rss_bytes") - rss) < rss * 0.2
+    assert catalog.check_point(catalog.BALLOON, before.tags, dict(before.fields)) == []
+
+    # Inflate over the VM's own QMP connection, as Proxmox's pvestatd does.
+    monitor.call("balloon", value=256 * MIB)
+    wait_for(lambda: monitor.actual() == 256 * MIB, 30, "balloon inflated to 256 MiB")
+    after = guest_view_matches(lambda total: total < number(before, "guest_total_bytes"))
+    fields = after.fields
+    assert fields["memory_max_bytes"] == 512 * MIB
+    assert fields["memory_current_bytes"] == 256 * MIB
+    assert fields["balloon_actual_bytes"] == 256 * MIB
+    # virtio without DEFLATE_ON_OOM takes the balloon out of the guest's MemTotal
+    assert number(before, "guest_total_bytes") - number(after, "guest_total_bytes") == 256 * MIB
+    monitor.call("balloon", value=512 * MIB)
+    wait_for(lambda: monitor.actual() == 512 * MIB, 30, "balloon deflated again")
+    assert "W! " not in stream.getvalue() and "E! " not in stream.getvalue()
+
+
+def test_no_balloon_device_and_proxmox_balloon_zero(qmp_host: QemuHost) -> None:
+    vms = by_vmid(source_for(qmp_host, io.StringIO()).poll(time.time()))
+    fixed = vms[QMP_NO_BALLOON]
+    assert fixed.tags["guest"] == "fixed-db" and fixed.tags["vmid"] == str(QMP_NO_BALLOON)
+    assert "uuid" not in fixed.tags  # no -smbios uuid: all zeros, absent
+    assert fixed.fields["memory_max_bytes"] == 256 * MIB
+    assert fixed.fields["memory_current_bytes"] == 256 * MIB
+    assert fixed.fields["balloon_actual_bytes"] == 0
+    assert fixed.fields["inflation_blocked"] is True
+    for absent in ("reservation_bytes", "stats_period_seconds", "guest_total_bytes"):
+        assert absent not in fixed.fields
+    plain = vms[QMP_PLAIN]  # paused, never booted: a device, no driver, no stats yet
+    assert plain.tags["guest"] == "plain-104"  # no config: QEMU's -name
+    assert plain.fields["memory_max_bytes"] == 192 * MIB
+    assert plain.fields["stats_period_seconds"] == 0 and plain.fields["stats_disabled"] is True
+    assert plain.fields["inflation_blocked"] is False
+    for absent in ("guest_total_bytes", "stats_age_seconds", "reservation_bytes"):
+        assert absent not in plain.fields
+
+    # Without Proxmox configs, a VM without a balloon device is blocked all the same.
+    plain_vms = by_vmid(source_for(qmp_host, io.StringIO(), proxmox="").poll(time.time()))
+    bare = plain_vms[QMP_NO_BALLOON]
+    assert "vmid" not in bare.tags and bare.tags["guest"] == f"vm{QMP_NO_BALLOON}"
+    assert bare.fields["inflation_blocked"] is True
+    assert plain_vms[QMP_BOOTED].tags["guest"] == "web"  # QEMU's -name without the config
+
+
+def test_stats_period_zero_then_set_by_set_stats_period(qmp_host: QemuHost) -> None:
+    booted, plain = qmp_host.monitor(QMP_BOOTED), qmp_host.monitor(QMP_PLAIN)
+    booted.set_interval(0)
+    try:
+        time.sleep(1.5)  # a report already under way may still land
+        frozen_at = booted.balloon_stats()["last-update"]
+        time.sleep(1.5)
+        assert booted.balloon_stats()["last-update"] == frozen_at  # period 0: frozen
+        stream = io.StringIO()
+        frozen = by_vmid(source_for(qmp_host, stream).poll(time.time()))[QMP_BOOTED]
+        assert frozen.fields["stats_period_seconds"] == 0
+        assert frozen.fields["stats_disabled"] is True
+        # The figures the driver reported before are still there, frozen: present, not zeroed.
+        assert number(frozen, "guest_total_bytes") > 0
+        assert number(frozen, "stats_age_seconds") >= 1
+        assert booted.interval() == 0 and "I! " not in stream.getvalue()
+
+        arming = source_for(qmp_host, stream, set_stats_period=3)
+        first = by_vmid(arming.poll(time.time()))
+        assert booted.interval() == 3 and plain.interval() == 3
+        assert first[QMP_BOOTED].fields["stats_period_seconds"] == 3
+        assert first[QMP_BOOTED].fields["stats_disabled"] is False
+        assert "stats_period_seconds" not in first[QMP_NO_BALLOON].fields
+        logged = [line for line in stream.getvalue().splitlines() if line.startswith("I! ")]
+        assert sorted(logged) == sorted(
+            f"I! qmp: {qmp_host.vms[vmid].qmp}: set guest-stats-polling-interval to 3s (it was 0)"
+            for vmid in (QMP_BOOTED, QMP_PLAIN)
+        )
+        arming.poll(time.time())
+        assert len([line for line in stream.getvalue().splitlines() if "I! " in line]) == 2
+
+        def fresh() -> bool:
+            sample = by_vmid(arming.poll(time.time()))[QMP_BOOTED]
+            return number(sample, "stats_age_seconds") < number(frozen, "stats_age_seconds")
+
+        wait_for(fresh, 20, "guest stats flowing again after arming")
+        assert booted.balloon_stats()["last-update"] > frozen_at
+    finally:
+        booted.set_interval(1)
+        plain.set_interval(0)
+
+
+def test_vm_exiting_between_glob_and_connect(qmp_host: QemuHost) -> None:
+    qmp_host.start(110, memory_mib=128, boot=False)
+
+    class StopsAfterGlob(QmpSource):
+        def _paths(self) -> list[str]:
+            paths = super()._paths()
+            qmp_host.stop(110)  # SIGTERM: QEMU removes its socket file on the way out
+            return paths
+
+    stream = io.StringIO()
+    config = QmpConfig(sockets=(qmp_host.glob,), proxmox_config=str(qmp_host.conf_dir))
+    source = StopsAfterGlob(config, "node-1", Log(stream))
+    vms = by_vmid(source.poll(time.time()))
+    assert 110 not in vms
+    assert {QMP_BOOTED, QMP_NO_BALLOON, QMP_PLAIN} <= set(vms)
+    assert stream.getvalue() == ""  # a VM that stopped is no fault
+
+
+def test_socket_file_with_nothing_listening(qmp_host: QemuHost) -> None:
+    vm = qmp_host.start(111, memory_mib=128, boot=False)
+    qmp_host.stop(111, signal.SIGKILL)  # the socket file stays behind
+    assert vm.qmp.exists()
+    try:
+        stream = io.StringIO()
+        source = source_for(qmp_host, stream)
+        vms = by_vmid(source.poll(time.time()))
+        assert 111 not in vms and {QMP_BOOTED, QMP_NO_BALLOON, QMP_PLAIN} <= set(vms)
+        source.poll(time.time())
+        warnings = [line for line in stream.getvalue().splitlines() if "111.qmp" in line]
+        assert len(warnings) == 1, warnings  # said once, not every poll
+        assert warnings[0].startswith("W! ") and "nothing listening" in warnings[0]
+        vm.qmp.unlink()  # the operator cleans up: the fault is forgotten quietly
+        source.poll(time.time())
+        assert len([line for line in stream.getvalue().splitlines() if "111.qmp" in line]) == 1
+        qmp_host.start(111, memory_mib=128, boot=False)
+        qmp_host.stop(111, signal.SIGKILL)  # the same stale file again: said again
+        _wait_refused(vm.qmp)  # a killed QEMU's listener can outlive its pid briefly
+        source.poll(time.time())
+        assert len([line for line in stream.getvalue().splitlines() if "111.qmp" in line]) == 2
+    finally:
+        vm.qmp.unlink(missing_ok=True)
+
+
+class Holder:
+    """Another QMP client (as Proxmox's qm or vzdump would be) holding a VM's monitor."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(str(path))
+        stream = self.sock.makefile("rb")
+        stream.readline()
+        self.sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+        assert json.loads(stream.readline()) == {"return": {}}
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_held_socket_skipped_within_connect_timeout(qmp_host: QemuHost) -> None:
+    holder = Holder(qmp_host.vms[QMP_PLAIN].qmp)
+    try:
+        stream = io.StringIO()
+        source = source_for(qmp_host, stream, connect_timeout=0.5)
+        started = time.monotonic()
+        vms = by_vmid(source.poll(time.time()))
+        elapsed = time.monotonic() - started
+        assert QMP_PLAIN not in vms and {QMP_BOOTED, QMP_NO_BALLOON} <= set(vms)
+        assert 0.45 <= elapsed < 3.0, elapsed  # the busy VM cost connect_timeout, once
+        source.poll(time.time())
+        skipped = [line for line in stream.getvalue().splitlines() if "104.qmp" in line]
+        assert len(skipped) == 1 and skipped[0].startswith("W! "), skipped
+        assert "no greeting within 0.5s" in skipped[0]
+    finally:
+        holder.close()
+    # QEMU now greets and drops our two given-up connections, queued while the holder held
+    # on (a full queue refuses at once with EAGAIN); then the VM answers again.
+    wait_for(lambda: QMP_PLAIN in by_vmid(source.poll(time.time())), 5, "VM 104 answering")
+    assert f"I! qmp: {qmp_host.vms[QMP_PLAIN].qmp}: answering again" in stream.getvalue()
+
+
+def test_queue_full_skipped_at_once(qmp_host: QemuHost) -> None:
+    """A held monitor with a client already waiting: the kernel refuses our connect (EAGAIN)."""
+    path = qmp_host.vms[QMP_PLAIN].qmp
+    holder = Holder(path)
+    waiters = []
+    try:
+        for _ in range(4):  # fill the listen queue (QEMU's backlog is small)
+            waiter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            waiter.setblocking(False)
+            try:
+                waiter.connect(str(path))
+            except BlockingIOError:
+                waiter.close()
+                break
+            waiters.append(waiter)
+        stream = io.StringIO()
+        source = source_for(qmp_host, stream, connect_timeout=3.0)
+        started = time.monotonic()
+        vms = by_vmid(source.poll(time.time()))
+        elapsed = time.monotonic() - started
+    finally:
+        for waiter in waiters:
+            waiter.close()
+        holder.close()
+    assert QMP_PLAIN not in vms and {QMP_BOOTED, QMP_NO_BALLOON} <= set(vms)
+    assert elapsed < 1.5, elapsed  # refused at once, not after connect_timeout
+    [line] = [line for line in stream.getvalue().splitlines() if "104.qmp" in line]
+    assert line.startswith("W! ") and "connection queue is full" in line
+
+
+def test_balloon_device_without_id_is_found(qmp_host: QemuHost) -> None:
+    """QEMU started by a script with `-device virtio-balloon-pci` and no id: the device is
+    looked for under /machine/peripheral-anon once per start."""
+    qmp_host.start(112, memory_mib=160, boot=False, balloon_id=None, name="anon-balloon")
+    try:
+        qmp_host.monitor(112).call(
+            "qom-set",
+            path="/machine/peripheral-anon/device[0]",
+            property="guest-stats-polling-interval",
+            value=7,
+        )
+        source = source_for(qmp_host, io.StringIO())
+        for _ in range(2):  # found on the first poll, remembered on the second
+            sample = by_vmid(source.poll(time.time()))[112]
+            assert sample.tags["guest"] == "anon-balloon"
+            assert sample.fields["stats_period_seconds"] == 7
+            assert sample.fields["memory_max_bytes"] == 160 * MIB
+            assert sample.fields["inflation_blocked"] is False
+    finally:
+        qmp_host.stop(112)
+
+
+def _plugin(
+    config: Path, user: Optional[str] = None, python: str = sys.executable
+) -> subprocess.CompletedProcess[str]:
+    command = [python, "-m", "telegraf_balloon", "--once", "--config", str(config)]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env=env, user=user, cwd="/"
+    )
+
+
+def test_held_socket_other_vms_within_the_deadline_end_to_end(qmp_host: QemuHost) -> None:
+    """The whole program: one VM's monitor held, every other line written, source up."""
+    config = qmp_host.root / "held.toml"
+    config.write_text(
+        f'[agent]\ntimeout = "2s"\n[[sources.qmp]]\nsockets = ["{qmp_host.glob}"]\n'
+        f'proxmox_config = "{qmp_host.conf_dir}"\nconnect_timeout = "500ms"\n'
+    )
+    holder = Holder(qmp_host.vms[QMP_PLAIN].qmp)
+    try:
+        started = time.monotonic()
+        result = _plugin(config)
+        elapsed = time.monotonic() - started
+    finally:
+        holder.close()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    balloon = [line for line in lines if line.startswith("balloon,")]
+    guests = sorted(line.split(",guest=")[1].split(",")[0] for line in balloon)
+    assert guests == ["fixed-db", "web-renamed"]
+    collector = [line for line in lines if line.startswith("balloon_collector,")]
+    assert len(collector) == 1 and "up=true" in collector[0] and "vms=2i" in collector[0]
+    assert any(line.startswith("balloon_host,") and "vms_total=2i" in line for line in lines)
+    assert elapsed < 10, elapsed  # interpreter start included; the poll itself is under 2 s
+    assert "104.qmp: skipped this poll" in result.stderr
+
+
+def test_unprivileged_user_gets_one_clear_error(qmp_host: QemuHost) -> None:
+    config = qmp_host.root / "nobody.toml"
+    config.write_text(f'[[sources.qmp]]\nsockets = ["{qmp_host.glob}"]\nproxmox_config = ""\n')
+    os.chmod(config, 0o644)
+    mode = os.stat(qmp_host.vms[QMP_BOOTED].qmp).st_mode & 0o777
+    # QEMU's socket: 0755 under umask 022, 0750 here (-daemonize sets umask 027); others may
+    # never write, and connecting to a unix socket needs write permission.
+    assert not mode & 0o002, oct(mode)
+    for parent in [ROOT, *ROOT.parents]:
+        if not os.stat(parent).st_mode & 0o001:
+            unavailable(f"{parent} is not traversable by an unprivileged user")
+    # The system's Python: the test venv's interpreter may live where nobody cannot read.
+    python = "/usr/bin/python3"
+    usable = (
+        os.access(python, os.X_OK)
+        and subprocess.run([python, "-c", "import tomllib"]).returncode == 0
+    )
+    if not usable:
+        unavailable("an interpreter the unprivileged user can run (/usr/bin/python3 >= 3.11)")
+    result = _plugin(config, user="nobody", python=python)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("E! ")]
+    assert len(errors) == 1, result.stderr
+    assert "permission denied" in errors[0] and "run telegraf-balloon as root" in errors[0]
+    collector = [line for line in result.stdout.splitlines() if line.startswith("balloon_")]
+    assert len(collector) == 1 and "up=false" in collector[0]
+    assert "permission denied" in collector[0]
+
+
+@pytest.fixture(scope="module")
+def fifty_paused(qmp_host: QemuHost) -> Iterator[QemuHost]:
+    """50 paused QEMUs (-S: they never boot) with Proxmox configs, in a directory of their own."""
+    host = QemuHost(need_program("qemu-system-x86_64"))
+    try:
+        for vmid in range(200, 250):
+            memory = 128 + (vmid % 3) * 64
+            host.write_conf(vmid, f"memory: {memory}\nballoon: 64\nname: scale-{vmid}\n")
+        for first in range(200, 250, 10):  # ten at a time: their start-up overlaps
+            host.start_many(list(range(first, first + 10)), memory_mib=128, boot=False)
+    except (QemuError, OSError) as exc:
+        host.close()
+        unavailable(f"QEMU did not start: {exc}")
+    yield host
+    host.close()
+
+
+def test_fifty_paused_vms_in_one_poll(fifty_paused: QemuHost) -> None:
+    stream = io.StringIO()
+    source = source_for(fifty_paused, stream)
+    source.poll(time.time())  # first contact reads each VM's identity once
+    result = source.poll(time.time())
+    vms = by_vmid(result)
+    assert sorted(vms) == list(range(200, 250))
+    for vmid, sample in vms.items():
+        assert sample.tags["guest"] == f"scale-{vmid}"
+        assert sample.fields["memory_max_bytes"] == 128 * MIB  # QEMU's size, not the config's
+        assert sample.fields["balloon_actual_bytes"] == 0
+        assert sample.fields["reservation_bytes"] == 64 * MIB
+    assert result.api_latency_seconds is not None and result.api_latency_seconds < 2.0
+    assert stream.getvalue() == ""

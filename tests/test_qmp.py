@@ -1,0 +1,311 @@
+"""The qmp source's pure parts: Proxmox configs, and Proxmox's query-balloon replies.
+
+Both are written from Proxmox's documentation and published source (tests/fixtures/proxmox/
+SOURCE.md): no Proxmox host or Proxmox-patched QEMU runs here. Everything a stock QEMU can
+show is tested against real QEMU processes in tests/integration/test_qmp_qemu.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from telegraf_balloon import catalog
+from telegraf_balloon.config import QmpConfig
+from telegraf_balloon.log import Log
+from telegraf_balloon.sources import proxmox
+from telegraf_balloon.sources.qmp import NOT_REPORTED, QmpSource
+
+FIXTURES = Path(__file__).parent / "fixtures" / "proxmox"
+MIB = 1024 * 1024
+
+# file -> (name, memory_mib, balloon_mib, shares, uuid, problems)
+CONFIGS: dict[str, tuple[Optional[str], Optional[int], Optional[int], Optional[int], Any, int]] = {
+    "101-web.conf": ("web-01", 4096, 1024, 2000, "5a1c8ef0-0d5c-4f5e-9c59-2d3b4b1c2a10", 0),
+    "102-fixed.conf": ("db-01", 2048, 0, None, "0b7e2c44-3f1d-4b8a-9a6e-6c2d1e0f9a77", 0),
+    "103-defaults.conf": (None, None, None, None, None, 0),
+    "104-floor-at-max.conf": ("fixed-size", 2048, 2048, None, None, 0),
+    "105-malformed.conf": ("broken", None, None, None, None, 3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_proxmox_config(name: str) -> None:
+    parsed = proxmox.read_config(str(FIXTURES / name))
+    assert parsed is not None
+    expected = CONFIGS[name]
+    got = (parsed.name, parsed.memory_mib, parsed.balloon_mib, parsed.shares, parsed.uuid)
+    assert got == expected[:5]
+    assert len(parsed.problems) == expected[5], parsed.problems
+
+
+def test_proxmox_config_sections_are_not_the_running_vm() -> None:
+    """Snapshot, [PENDING] and [special:cloudinit] values never leak into the current ones."""
+    web = proxmox.read_config(str(FIXTURES / "101-web.conf"))
+    assert web is not None and web.name == "web-01" and web.balloon_mib == 1024
+    floor = proxmox.read_config(str(FIXTURES / "104-floor-at-max.conf"))
+    assert floor is not None and floor.memory_mib == 2048 and floor.name == "fixed-size"
+
+
+def test_proxmox_memory_default_and_missing_file(tmp_path: Path) -> None:
+    defaults = proxmox.parse_config("boot: order=scsi0\n")
+    assert defaults.memory_bytes == 512 * MIB
+    assert proxmox.read_config(str(tmp_path / "999.conf")) is None
+    assert proxmox.parse_config("").name is None
+
+
+def test_proxmox_resolve_dir(tmp_path: Path) -> None:
+    assert proxmox.resolve_dir("", str(tmp_path)) is None
+    assert proxmox.resolve_dir("auto", str(tmp_path)) == str(tmp_path)
+    assert proxmox.resolve_dir("auto", str(tmp_path / "absent")) is None
+    assert proxmox.resolve_dir("/srv/pve", str(tmp_path)) == "/srv/pve"
+
+
+# --- Proxmox's query-balloon -------------------------------------------------------------------
+
+
+class PveQmp:
+    """A QMP server answering as Proxmox's patched QEMU would (a stand-in: no such QEMU here).
+
+    It speaks the protocol as the real QEMU does (greeting, capabilities, one JSON object per
+    line, CRLF, ids echoed) and records every command it was sent.
+    """
+
+    def __init__(self, path: str, balloon: dict[str, Any], interval: int = 2) -> None:
+        self.path = path
+        self.balloon = balloon
+        self.interval = interval
+        self.commands: list[list[str]] = []  # per connection, the commands in order
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(path)
+        self.server.listen(2)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                self._session(conn)
+
+    def _session(self, conn: socket.socket) -> None:
+        seen: list[str] = []
+        self.commands.append(seen)
+        conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
+        stream = conn.makefile("rb")
+        for line in stream:
+            message = json.loads(line)
+            seen.append(self._name(message))
+            reply = {"return": self._answer(message), "id": message.get("id")}
+            conn.sendall(json.dumps(reply).encode() + b"\r\n")
+
+    @staticmethod
+    def _name(message: dict[str, Any]) -> str:
+        arguments = message.get("arguments", {})
+        return f"{message['execute']} {arguments.get('property', '')}".strip()
+
+    def _answer(self, message: dict[str, Any]) -> Any:
+        name = self._name(message)
+        if name == "query-balloon":
+            return self.balloon
+        if name == "qom-get guest-stats":
+            stats = {"stat-available-memory": 2684354560, "stat-disk-caches": 268435456}
+            return {"stats": stats, "last-update": self.balloon.get("last_update", 0)}
+        if name == "qom-get guest-stats-polling-interval":
+            return self.interval
+        if name == "query-name":
+            return {"name": "web-01-old"}
+        if name == "query-uuid":
+            return {"UUID": "5a1c8ef0-0d5c-4f5e-9c59-2d3b4b1c2a10"}
+        if name == "query-kvm":
+            return {"enabled": True, "present": True}
+        if name == "query-memory-size-summary":
+            return {"base-memory": 4294967296, "plugged-memory": 0}
+        return {}
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture()
+def pve_replies() -> dict[str, dict[str, Any]]:
+    data = json.loads((FIXTURES / "query-balloon-pve.json").read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+@pytest.fixture()
+def pve_host(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A Proxmox layout: run/<vmid>.qmp beside a qemu-server/ config directory."""
+    run = tmp_path / "run"
+    conf = tmp_path / "qemu-server"
+    run.mkdir()
+    conf.mkdir()
+    (conf / "101.conf").write_bytes((FIXTURES / "101-web.conf").read_bytes())
+    yield run, conf
+
+
+def _source(run: Path, conf: Path, stream: io.StringIO) -> QmpSource:
+    config = QmpConfig(sockets=(f"{run}/*.qmp",), proxmox_config="auto")
+    return QmpSource(config, "pve-1", Log(stream), pve_dir=str(conf))
+
+
+def test_pve_query_balloon_saves_the_guest_stats_round_trip(
+    pve_host: tuple[Path, Path], pve_replies: dict[str, dict[str, Any]]
+) -> None:
+    run, conf = pve_host
+    server = PveQmp(str(run / "101.qmp"), pve_replies["stats_flowing"])
+    try:
+        source = _source(run, conf, io.StringIO())
+        now = 1795848265.0
+        first = source.poll(now)
+        second = source.poll(now + 10)
+    finally:
+        server.close()
+    assert first.error is None and second.error is None
+    # First contact: identity once, and guest-stats (QEMU might be unpatched).
+    assert "qom-get guest-stats" in server.commands[0]
+    assert "query-name" in server.commands[0]
+    # Then: query-balloon carried the guest figures, so no qom-get guest-stats, no identity.
+    assert server.commands[1] == [
+        "qmp_capabilities",
+        "query-balloon",
+        "qom-get guest-stats-polling-interval",
+    ]
+    [sample] = second.samples
+    raw = pve_replies["stats_flowing"]
+    assert sample.tags == {
+        "host": "pve-1",
+        "source": "qmp",
+        "guest": "web-01",  # the config's name, not QEMU's stale -name
+        "hypervisor": "kvm",
+        "uuid": "5a1c8ef0-0d5c-4f5e-9c59-2d3b4b1c2a10",
+        "vmid": "101",
+    }
+    fields = sample.fields
+    assert fields["memory_max_bytes"] == raw["max_mem"]
+    assert fields["memory_current_bytes"] == raw["actual"]
+    assert fields["balloon_actual_bytes"] == raw["max_mem"] - raw["actual"]
+    assert fields["guest_total_bytes"] == raw["total_mem"]
+    assert fields["guest_free_bytes"] == raw["free_mem"]
+    assert fields["swap_in_bytes_total"] == raw["mem_swapped_in"]
+    assert fields["swap_out_bytes_total"] == raw["mem_swapped_out"]
+    assert fields["major_faults_total"] == raw["major_page_faults"]
+    assert fields["minor_faults_total"] == raw["minor_page_faults"]
+    assert fields["stats_age_seconds"] == now + 10 - raw["last_update"]
+    assert fields["reservation_bytes"] == 1024 * MIB
+    assert fields["stats_period_seconds"] == 2 and fields["stats_disabled"] is False
+    assert fields["inflation_blocked"] is False
+    # Proxmox's query-balloon has no MemAvailable nor disk caches: those come only with
+    # the qom-get this path saves (the first poll had them).
+    assert "guest_available_bytes" not in fields
+    assert first.samples[0].fields["guest_available_bytes"] == 2684354560
+    for name in fields:
+        assert catalog.field(catalog.BALLOON, name) is not None, name
+
+
+def test_pve_query_balloon_without_stats_asks_guest_stats_again(
+    pve_host: tuple[Path, Path], pve_replies: dict[str, dict[str, Any]]
+) -> None:
+    """Stats stop (interval set to 0): query-balloon drops them, qom-get is asked again."""
+    run, conf = pve_host
+    server = PveQmp(str(run / "101.qmp"), pve_replies["stats_flowing"])
+    try:
+        source = _source(run, conf, io.StringIO())
+        source.poll(1795848265.0)
+        source.poll(1795848275.0)
+        server.balloon = pve_replies["period_zero"]
+        server.interval = 0
+        third = source.poll(1795848285.0)
+        fourth = source.poll(1795848295.0)
+    finally:
+        server.close()
+    assert "qom-get guest-stats" in server.commands[2]  # the same exchange, a follow-up
+    assert "qom-get guest-stats" in server.commands[3]
+    fields = third.samples[0].fields
+    assert fields["stats_disabled"] is True
+    assert fields["guest_available_bytes"] == 2684354560
+    assert fourth.samples[0].fields["memory_current_bytes"] == pve_replies["period_zero"]["actual"]
+
+
+def test_pve_query_balloon_partial_figures(
+    pve_host: tuple[Path, Path], pve_replies: dict[str, dict[str, Any]]
+) -> None:
+    """A figure the guest did not send is absent from Proxmox's reply, so absent here."""
+    run, conf = pve_host
+    server = PveQmp(str(run / "101.qmp"), pve_replies["partial"])
+    try:
+        source = _source(run, conf, io.StringIO())
+        source.poll(1795848265.0)
+        second = source.poll(1795848275.0)
+    finally:
+        server.close()
+    fields = second.samples[0].fields
+    assert fields["guest_free_bytes"] == pve_replies["partial"]["free_mem"]
+    for absent in ("swap_in_bytes_total", "major_faults_total", "guest_available_bytes"):
+        assert absent not in fields
+
+
+def test_pve_floor_at_memory_and_missing_config(
+    pve_host: tuple[Path, Path], pve_replies: dict[str, dict[str, Any]]
+) -> None:
+    run, conf = pve_host
+    (conf / "104.conf").write_bytes((FIXTURES / "104-floor-at-max.conf").read_bytes())
+    balloon = dict(pve_replies["period_zero"], actual=2048 * MIB, max_mem=2048 * MIB)
+    servers = [PveQmp(str(run / "104.qmp"), balloon), PveQmp(str(run / "106.qmp"), balloon)]
+    try:
+        result = _source(run, conf, io.StringIO()).poll(1795848265.0)
+    finally:
+        for server in servers:
+            server.close()
+    by_vmid = {s.tags["vmid"]: s for s in result.samples}
+    floor = by_vmid["104"]
+    assert floor.tags["guest"] == "fixed-size"
+    assert floor.fields["reservation_bytes"] == 2048 * MIB
+    assert floor.fields["inflation_blocked"] is True  # minimum = memory: it can never inflate
+    # No 106.conf (the VM is defined on another node, or the file was removed): QEMU's name.
+    assert by_vmid["106"].tags["guest"] == "web-01-old"
+    assert "reservation_bytes" not in by_vmid["106"].fields
+
+
+def test_malformed_config_is_logged_once_and_polled(
+    pve_host: tuple[Path, Path], pve_replies: dict[str, dict[str, Any]]
+) -> None:
+    run, conf = pve_host
+    (conf / "105.conf").write_bytes((FIXTURES / "105-malformed.conf").read_bytes())
+    server = PveQmp(str(run / "105.qmp"), pve_replies["stats_flowing"])
+    stream = io.StringIO()
+    try:
+        source = _source(run, conf, stream)
+        first = source.poll(1795848265.0)
+        source.poll(1795848275.0)
+    finally:
+        server.close()
+    lines = [line for line in stream.getvalue().splitlines() if "105.conf" in line]
+    assert len(lines) == 1 and lines[0].startswith("W! ") and "line 1" in lines[0]
+    assert first.samples[0].tags["guest"] == "broken"
+    assert first.samples[0].fields["memory_max_bytes"] == pve_replies["stats_flowing"]["max_mem"]
+
+
+def test_not_reported_marker() -> None:
+    assert NOT_REPORTED == 18446744073709551615
+    path = os.path.join("/", "nonexistent")
+    assert QmpSource(QmpConfig(sockets=(path,)), "h", Log(io.StringIO())).poll(0.0).samples == []
+
+
+def test_proxmox_example_config_loads() -> None:
+    from telegraf_balloon.config import load
+
+    loaded = load(str(Path(__file__).parent.parent / "examples" / "proxmox.toml"), {})
+    assert loaded.qmp == (QmpConfig(set_stats_period=2),)
+    assert {r.field for r in loaded.thresholds} >= {"balloon_ratio", "inflation_blocked"}
