@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import datetime
 import http.client
+import socket
 import ssl
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,7 +25,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.stack.vcsim import Vcsim
+from tests.stack.libvirt_stack import StackError
+from tests.stack.vcsim import DEFAULT_CACHE_DIR, Vcsim, build_launcher
 
 pyVmomi = pytest.importorskip("pyVmomi")
 
@@ -281,9 +284,11 @@ def test_only_configured_credentials_log_in(vcsim: Vcsim) -> None:
 
 def test_terminate_session_kills_another_session(vcsim: Vcsim, si: Any) -> None:
     victim = connect(vcsim)
-    victim_key = victim.RetrieveContent().sessionManager.currentSession.key
-    killed = terminate_other_sessions(si)
-    assert victim_key in killed
+    sm = victim.RetrieveContent().sessionManager
+    victim_key = sm.currentSession.key
+    assert victim_key in {s["key"] for s in vcsim.sessions()}
+    si.RetrieveContent().sessionManager.TerminateSession(sessionId=[victim_key])
+    assert victim_key not in {s["key"] for s in vcsim.sessions()}
     # the dead session can read nothing but its (now empty) currentSession
     with pytest.raises(vim.fault.NotAuthenticated):
         all_vms(victim)
@@ -297,6 +302,51 @@ def test_terminate_session_kills_another_session(vcsim: Vcsim, si: Any) -> None:
     assert content.sessionManager.currentSession is None
     # the killer is fine
     assert len(all_vms(si)) == 12
+
+
+def test_sim_endpoint_terminates_every_session() -> None:
+    with Vcsim(cluster=1, host=1, standalone_host=0, vm=1) as sim:
+        a, b = connect(sim), connect(sim)
+        keys = {
+            a.content.sessionManager.currentSession.key,
+            b.content.sessionManager.currentSession.key,
+        }
+        assert {s["key"] for s in sim.sessions()} == keys
+        assert set(sim.terminate_sessions()) == keys
+        assert sim.sessions() == []
+        for conn in (a, b):
+            with pytest.raises(vim.fault.NotAuthenticated):
+                all_vms(conn)
+        # terminate_other_sessions through the API does the same from inside
+        c, d = connect(sim), connect(sim)
+        d_key = d.content.sessionManager.currentSession.key
+        assert terminate_other_sessions(c) == [d_key]
+        with pytest.raises(vim.fault.NotAuthenticated):
+            all_vms(d)
+        assert len(all_vms(c)) == 1
+
+
+def test_idle_sessions_expire() -> None:
+    with Vcsim(cluster=1, host=1, standalone_host=0, vm=1, session_idle_timeout=0.5) as sim:
+        conn = connect(sim)
+        assert len(all_vms(conn)) == 1
+        time.sleep(1.6)
+        with pytest.raises(vim.fault.NotAuthenticated):
+            all_vms(conn)
+
+
+def test_method_delay_slows_only_that_method() -> None:
+    with Vcsim(cluster=1, host=1, standalone_host=0, vm=2, method_delay={"QueryPerf": 300}) as sim:
+        conn = connect(sim)
+        vms = all_vms(conn)
+        ids = counter_ids(conn)
+        t0 = time.monotonic()
+        all_vms(conn)
+        fast = time.monotonic() - t0
+        t0 = time.monotonic()
+        query_perf(conn, vms, ["mem.vmmemctl.average"], ids=ids)
+        slow = time.monotonic() - t0
+        assert slow >= 0.3 > fast
 
 
 def test_certificate_verifies_with_cert_file_only(vcsim: Vcsim) -> None:
@@ -356,6 +406,29 @@ def test_restart_keeps_port_and_certificate() -> None:
         sim.stop()
 
 
+def test_failed_start_carries_the_launcher_stderr() -> None:
+    sim = Vcsim(cluster=1, host=1, standalone_host=0, vm=1).start()
+    port = sim.port
+    try:
+        sim.kill()
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+            with pytest.raises(StackError) as err:
+                sim.restart(retry_for=0.3)
+        assert "address already in use" in str(err.value)
+    finally:
+        sim.stop()
+
+
+def test_launcher_build_is_cached() -> None:
+    first = build_launcher()
+    t0 = time.monotonic()
+    assert build_launcher() == first
+    assert time.monotonic() - t0 < 5
+    assert first.parent == DEFAULT_CACHE_DIR
+
+
 def test_pause_and_resume() -> None:
     sim = Vcsim(cluster=1, host=1, standalone_host=0, vm=1).start()
     try:
@@ -367,3 +440,39 @@ def test_pause_and_resume() -> None:
         assert sim.calls()["total"] >= 0
     finally:
         sim.stop()
+
+
+def test_2000_vms_page_and_query_in_chunks(vcsim_2000: Vcsim) -> None:
+    conn = connect(vcsim_2000)
+    try:
+        vms = all_vms(conn)
+        assert len(vms) == vcsim_2000.vms == 2000
+        picked = vms[::97]
+        for i, vm in enumerate(picked):
+            configure_vm(vm, ballooned_mb=10 + i, vmmemctltarget_kb=(20 + i) * 1024)
+        ids = counter_ids(conn)
+        vcsim_2000.reset_calls()
+        got, pages = retrieve(conn, ["name", "summary.quickStats.balloonedMemory"])
+        assert len(got) == 2000 and pages == 4  # pages of 500
+        for i, vm in enumerate(picked):
+            assert got[vm._moId]["summary.quickStats.balloonedMemory"] == 10 + i
+        perf: dict[str, dict[str, list[int]]] = {}
+        for start in range(0, 2000, 32):  # 32 VMs x 2 counters = 64, the limit
+            perf.update(query_perf(conn, vms[start : start + 32], BALLOON_COUNTERS[:2], ids=ids))
+        calls = vcsim_2000.calls()
+        assert calls["calls"]["RetrievePropertiesEx"] == 1
+        assert calls["calls"]["ContinueRetrievePropertiesEx"] == 3
+        assert calls["retrieve"] == {"objects": 2000, "pages": 4}
+        assert calls["query_perf"]["calls"] == 63
+        assert calls["query_perf"]["entities"] == 2000
+        assert calls["query_perf"]["max_metric_ids"] == 64
+        assert calls["query_perf"]["refused"] == 0
+        for i, vm in enumerate(picked):
+            assert perf[vm._moId] == {
+                "mem.vmmemctl.average": [(10 + i) * 1024],
+                "mem.vmmemctltarget.average": [(20 + i) * 1024],
+            }
+    finally:
+        for vm in vms[::97]:
+            configure_vm(vm, ballooned_mb=0, vmmemctltarget_kb=0)
+        disconnect(conn)

@@ -11,7 +11,9 @@ launcher (``tests/vcsim/main.go``) in GOPATH mode, offline, once: the binary is 
     sim = Vcsim(cluster=2, host=2, vm=3, page=7).start()
     sim.url, sim.username, sim.password, sim.cert_file    # https://127.0.0.1:PORT/sdk ...
     sim.calls()["calls"]["QueryPerf"]; sim.reset_calls()
+    sim.sessions(); sim.terminate_sessions()              # e.g. kill the plugin's session
     sim.restart()                                         # same port, same inventory and cert
+    sim.pause(); sim.resume()                             # SIGSTOP/SIGCONT: a hung vCenter
     sim.stop()
 
 Inventory (the simulator's model multiplies it out):
@@ -177,7 +179,20 @@ def build_launcher(cache_dir: Path = DEFAULT_CACHE_DIR, *, timeout: float = 600.
             os.replace(out_path, binary)
         finally:
             shutil.rmtree(build, ignore_errors=True)
+        _prune(cache_dir, keep=binary)
     return binary
+
+
+def _prune(cache_dir: Path, keep: Path, newest: int = 3) -> None:
+    """Remove launchers built from older main.go versions (26 MB each), keeping a few."""
+    old = sorted(
+        (p for p in cache_dir.glob("vcsim-*") if p != keep),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for p in old[newest - 1 :]:
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def vm_count(
@@ -202,6 +217,8 @@ _INVENTORY_DEFAULTS: Dict[str, Any] = {
     "tls": True,
     "autostart": True,
     "session_idle_timeout": 0.0,
+    "delay_ms": 0,
+    "method_delay": None,
 }
 
 
@@ -213,7 +230,8 @@ class Vcsim:
     ``pool``, ``page`` (RetrievePropertiesEx page size, 0 = no paging), ``max_query_metrics``
     (``config.vpxd.stats.maxQueryMetrics``, <= 0 unlimited), ``max_query_metrics_historical_only``,
     ``username``, ``password``, ``tls`` (False: plain http, ``cert_file`` None), ``autostart``
-    (power the VMs on), ``session_idle_timeout`` (seconds, 0 = never).
+    (power the VMs on), ``session_idle_timeout`` (seconds, 0 = never), ``delay_ms`` (added to
+    every SOAP call, a network's round trip) and ``method_delay`` (``{"QueryPerf": 50}``, ms).
     """
 
     def __init__(
@@ -318,6 +336,13 @@ class Vcsim:
             "-session-idle-timeout",
             f"{float(inv['session_idle_timeout'])}s",
         ]
+        if inv["delay_ms"]:
+            args += ["-delay-ms", str(int(inv["delay_ms"]))]
+        if inv["method_delay"]:
+            args += [
+                "-method-delay",
+                ",".join(f"{k}={int(v)}" for k, v in dict(inv["method_delay"]).items()),
+            ]
         if inv["tls"]:
             args += ["-cert-out", str(self.workdir / "server.pem")]
             args += ["-key-file", str(self.workdir / "server.key")]
@@ -489,14 +514,14 @@ class Vcsim:
             return None
         return ssl.create_default_context(cafile=self.cert_file)
 
-    def _get(self, path: str, timeout: float = 30.0) -> Dict[str, Any]:
-        req = urllib.request.Request(self.base_url + path)
+    def _get(self, path: str, timeout: float = 30.0, method: str = "GET") -> Dict[str, Any]:
+        req = urllib.request.Request(self.base_url + path, method=method)
         try:
             with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context()) as resp:
                 data: Dict[str, Any] = json.loads(resp.read())
                 return data
         except OSError as exc:
-            raise VcsimError(f"GET {path} failed: {exc}") from exc
+            raise VcsimError(f"{method} {path} failed: {exc}") from exc
 
     def calls(self) -> Dict[str, Any]:
         """Counts since the last reset.
@@ -512,3 +537,15 @@ class Vcsim:
 
     def reset_calls(self) -> None:
         self._get("/sim/reset")
+
+    def sessions(self) -> List[Dict[str, Any]]:
+        """The live sessions: ``[{"key", "user", "login_time", "last_active_time",
+        "call_count", "user_agent"}]`` (a plugin that leaks sessions shows here)."""
+        return list(self._get("/sim/sessions")["sessions"])
+
+    def terminate_sessions(self) -> List[str]:
+        """End every session, as an administrator's TerminateSession would; returns their keys.
+
+        The next call of each client faults NotAuthenticated: it has to log in again.
+        """
+        return list(self._get("/sim/sessions/terminate", method="POST")["terminated"])

@@ -17,7 +17,12 @@
 //     setting config.vpxd.stats.maxQueryMetrics (-max-query-metrics, read on every call so a
 //     test may change it with UpdateOptions) with RestrictedByAdministrator, as vCenter does.
 //   - Only -username/-password log in; others get InvalidLogin.
-//   - GET /sim/calls returns JSON counts of SOAP calls by method; POST or GET /sim/reset zeroes them.
+//   - GET /sim/calls returns JSON counts of SOAP calls by method (and QueryPerf's entities and
+//     metric ids, RetrievePropertiesEx's objects and pages); GET /sim/reset zeroes them.
+//     GET /sim/sessions lists the live sessions; POST /sim/sessions/terminate ends them all.
+//   - SessionManager.currentSession reads as unset without a session (Fetch), as on vCenter.
+//   - -delay-ms and -method-delay add latency to SOAP calls; -session-idle-timeout expires
+//     idle sessions.
 //
 // It prints one JSON line on stdout once listening, then serves until SIGTERM or SIGINT.
 package main
@@ -213,6 +218,19 @@ func countingHandler(next http.Handler) http.Handler {
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(stats.snapshot())
 			return
+		case "/sim/sessions":
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]interface{}{"sessions": sessionList()})
+			return
+		case "/sim/sessions/terminate":
+			if r.Method != http.MethodPost {
+				w.WriteHeader(http.StatusMethodNotAllowed)
+				return
+			}
+			keys := terminateAll()
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]interface{}{"terminated": keys})
+			return
 		}
 		if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, "/sdk") {
 			next.ServeHTTP(w, r)
@@ -233,6 +251,66 @@ func countingHandler(next http.Handler) http.Handler {
 		}
 		stats.call(method, rec.status >= 500)
 	})
+}
+
+// ---------------------------------------------------------------------------------------------
+// sessions (/sim/sessions)
+// ---------------------------------------------------------------------------------------------
+
+// adminSession is a session of our own that never logs in: Session.Get gives it a copy of the
+// SessionManager whose SessionList the simulator fills under its own lock.
+var adminSession = &simulator.Session{
+	UserSession: types.UserSession{Key: "vcsim-balloon-admin"},
+	Registry:    simulator.NewRegistry(),
+}
+
+func sessionManagerRef() types.ManagedObjectReference {
+	return *serviceContent().SessionManager
+}
+
+func serviceContent() types.ServiceContent {
+	ref := types.ManagedObjectReference{Type: "ServiceInstance", Value: "ServiceInstance"}
+	return simulator.Map.Get(ref).(*simulator.ServiceInstance).Content
+}
+
+func currentSessions() []types.UserSession {
+	sm, ok := adminSession.Get(sessionManagerRef()).(*simulator.SessionManager)
+	if !ok {
+		return nil
+	}
+	return sm.SessionList
+}
+
+func sessionList() []map[string]interface{} {
+	out := []map[string]interface{}{}
+	for _, s := range currentSessions() {
+		out = append(out, map[string]interface{}{
+			"key":              s.Key,
+			"user":             s.UserName,
+			"login_time":       s.LoginTime.UTC().Format(time.RFC3339Nano),
+			"last_active_time": s.LastActiveTime.UTC().Format(time.RFC3339Nano),
+			"call_count":       s.CallCount,
+			"user_agent":       s.UserAgent,
+		})
+	}
+	return out
+}
+
+// terminateAll ends every session, as SessionManager.TerminateSession from an admin would.
+func terminateAll() []string {
+	keys := []string{}
+	for _, s := range currentSessions() {
+		keys = append(keys, s.Key)
+	}
+	if len(keys) > 0 {
+		sm := simulator.Map.SessionManager()
+		ctx := &simulator.Context{Session: adminSession, Map: simulator.Map}
+		for _, k := range keys {
+			// one at a time: a session that ended meanwhile must not stop the others
+			_ = sm.TerminateSession(ctx, &types.TerminateSession{This: sm.Self, SessionId: []string{k}})
+		}
+	}
+	return keys
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -791,6 +869,8 @@ func main() {
 	noTLS := flag.Bool("no-tls", false, "serve plain http")
 	autostart := flag.Bool("autostart", true, "power on the model's VMs")
 	sessionIdle := flag.Duration("session-idle-timeout", 0, "expire sessions idle this long (0: never)")
+	delayMs := flag.Int("delay-ms", 0, "delay every SOAP call this many milliseconds (network latency)")
+	methodDelay := flag.String("method-delay", "", "extra delay per method, e.g. QueryPerf=50,RetrievePropertiesEx=20 (ms)")
 	flag.Parse()
 
 	log.SetOutput(os.Stderr)
@@ -813,10 +893,23 @@ func main() {
 	if err := m.Create(); err != nil {
 		log.Fatalf("model: %v", err)
 	}
+	// Create has set the service's delay to m.DelayConfig: fill it in now (not during Create).
+	m.DelayConfig.Delay = *delayMs
+	if *methodDelay != "" {
+		m.DelayConfig.MethodDelay = map[string]int{}
+		for _, item := range strings.Split(*methodDelay, ",") {
+			kv := strings.SplitN(strings.TrimSpace(item), "=", 2)
+			ms, err := strconv.Atoi(strings.TrimSpace(kv[len(kv)-1]))
+			if len(kv) != 2 || err != nil {
+				log.Fatalf("-method-delay: %q is not Method=milliseconds", item)
+			}
+			m.DelayConfig.MethodDelay[strings.TrimSpace(kv[0])] = ms
+		}
+	}
 	defer m.Remove()
 
 	// Overrides: the PropertyCollector singleton and the PerformanceManager.
-	content := simulator.Map.Get(types.ManagedObjectReference{Type: "ServiceInstance", Value: "ServiceInstance"}).(*simulator.ServiceInstance).Content
+	content := serviceContent()
 	pc := simulator.Map.Get(content.PropertyCollector).(*simulator.PropertyCollector)
 	wrapped := &pagingPC{}
 	wrapped.Self = pc.Self
