@@ -252,6 +252,42 @@ def test_template_is_powered_off_and_has_no_samples() -> None:
         }
 
 
+def test_other_counters_come_from_the_recorded_data(si: Any) -> None:
+    vm = vm_by_name(si, "DC0_C1_RP0_VM2")
+    got = query_perf(
+        si, [vm], ["cpu.usage.average", "mem.vmmemctl.average", "mem.latency.average"], max_sample=3
+    )[vm._moId]
+    # cpu.usage has recorded data (3 samples, not all zero); mem.latency has none: left out
+    assert set(got) == {"cpu.usage.average", "mem.vmmemctl.average"}
+    assert len(got["cpu.usage.average"]) == 3 and any(got["cpu.usage.average"])
+    assert got["mem.vmmemctl.average"] == [0, 0, 0]
+
+
+def test_update_sets_host_properties() -> None:
+    with Vcsim(cluster=1, host=2, standalone_host=0, vm=1) as sim:
+        conn = connect(sim)
+        paths = ["summary.quickStats.overallMemoryUsage", "summary.hardware.memorySize"]
+        before, _ = retrieve(conn, paths, obj_type=vim.HostSystem)
+        first, second = sorted(before)
+        sim.update(
+            "HostSystem",
+            first,
+            {"summary.quickStats.overallMemoryUsage": 3000, "summary.hardware.memorySize": 8 << 30},
+        )
+        after, _ = retrieve(conn, paths, obj_type=vim.HostSystem)
+        assert after[first] == {
+            "summary.quickStats.overallMemoryUsage": 3000,
+            "summary.hardware.memorySize": 8 << 30,
+        }
+        assert after[second] == before[second]
+        with pytest.raises(StackError, match="has no field"):
+            sim.update("HostSystem", first, {"summary.noSuchField": 1})
+        with pytest.raises(StackError, match="want an integer"):
+            sim.update("HostSystem", first, {"summary.quickStats.overallMemoryUsage": "1"})
+        with pytest.raises(StackError, match="404"):
+            sim.update("HostSystem", "host-0", {"name": "x"})
+
+
 def test_max_query_metrics_is_readable_and_enforced(vcsim: Vcsim, si: Any) -> None:
     content = si.RetrieveContent()
     opts = content.setting.QueryOptions("config.vpxd.stats.maxQueryMetrics")

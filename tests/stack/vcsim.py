@@ -43,6 +43,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
@@ -514,12 +515,17 @@ class Vcsim:
             return None
         return ssl.create_default_context(cafile=self.cert_file)
 
-    def _get(self, path: str, timeout: float = 30.0, method: str = "GET") -> Dict[str, Any]:
-        req = urllib.request.Request(self.base_url + path, method=method)
+    def _get(
+        self, path: str, timeout: float = 30.0, method: str = "GET", body: Optional[bytes] = None
+    ) -> Dict[str, Any]:
+        req = urllib.request.Request(self.base_url + path, method=method, data=body)
         try:
             with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context()) as resp:
                 data: Dict[str, Any] = json.loads(resp.read())
                 return data
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace").strip()
+            raise VcsimError(f"{method} {path} failed: {exc.code} {detail}") from exc
         except OSError as exc:
             raise VcsimError(f"{method} {path} failed: {exc}") from exc
 
@@ -549,3 +555,13 @@ class Vcsim:
         The next call of each client faults NotAuthenticated: it has to log in again.
         """
         return list(self._get("/sim/sessions/terminate", method="POST")["terminated"])
+
+    def update(self, moref_type: str, moref_value: str, values: Dict[str, Any]) -> None:
+        """Set properties of any managed object by path (the SET. keys only exist for VMs).
+
+        ``sim.update("HostSystem", "host-21", {"summary.quickStats.overallMemoryUsage": 3000,
+        "summary.hardware.memorySize": 8 << 30})``. Integers, booleans and strings; a path the
+        object does not have raises :class:`VcsimError`.
+        """
+        body = json.dumps({"type": moref_type, "value": moref_value, "set": values}).encode()
+        self._get("/sim/update", method="POST", body=body)

@@ -20,6 +20,7 @@
 //   - GET /sim/calls returns JSON counts of SOAP calls by method (and QueryPerf's entities and
 //     metric ids, RetrievePropertiesEx's objects and pages); GET /sim/reset zeroes them.
 //     GET /sim/sessions lists the live sessions; POST /sim/sessions/terminate ends them all.
+//     POST /sim/update sets any property of any object (host memory, for example).
 //   - SessionManager.currentSession reads as unset without a session (Fetch), as on vCenter.
 //   - -delay-ms and -method-delay add latency to SOAP calls; -session-idle-timeout expires
 //     idle sessions.
@@ -218,6 +219,16 @@ func countingHandler(next http.Handler) http.Handler {
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(stats.snapshot())
 			return
+		case "/sim/update":
+			if r.Method != http.MethodPost {
+				w.WriteHeader(http.StatusMethodNotAllowed)
+				return
+			}
+			status, reply := simUpdate(r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			_ = json.NewEncoder(w).Encode(reply)
+			return
 		case "/sim/sessions":
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(map[string]interface{}{"sessions": sessionList()})
@@ -251,6 +262,99 @@ func countingHandler(next http.Handler) http.Handler {
 		}
 		stats.call(method, rec.status >= 500)
 	})
+}
+
+// ---------------------------------------------------------------------------------------------
+// /sim/update: set properties of any managed object (hosts have no ReconfigVM SET. keys)
+// ---------------------------------------------------------------------------------------------
+
+type updateRequest struct {
+	Type  string                 `json:"type"`
+	Value string                 `json:"value"`
+	Set   map[string]interface{} `json:"set"`
+}
+
+// simUpdate applies {"type": "HostSystem", "value": "host-21", "set": {"summary.quickStats.
+// overallMemoryUsage": 2048}} through Registry.Update, as the simulator's SET. keys do for VMs.
+// JSON numbers become the field's type; a path the type does not have is refused.
+func simUpdate(body io.Reader) (int, map[string]interface{}) {
+	var req updateRequest
+	dec := json.NewDecoder(body)
+	dec.UseNumber()
+	if err := dec.Decode(&req); err != nil {
+		return http.StatusBadRequest, map[string]interface{}{"error": err.Error()}
+	}
+	ref := types.ManagedObjectReference{Type: req.Type, Value: req.Value}
+	obj := simulator.Map.Get(ref)
+	if obj == nil {
+		return http.StatusNotFound, map[string]interface{}{"error": fmt.Sprintf("no object %s", ref)}
+	}
+	var changes []types.PropertyChange
+	for path, raw := range req.Set {
+		val, err := jsonValueFor(obj, path, raw)
+		if err != nil {
+			return http.StatusBadRequest, map[string]interface{}{"error": err.Error()}
+		}
+		changes = append(changes, types.PropertyChange{Name: path, Val: val})
+	}
+	var perr interface{}
+	simulator.Map.WithLock(obj, func() {
+		defer func() { perr = recover() }()
+		simulator.Map.Update(obj, changes)
+	})
+	if perr != nil {
+		return http.StatusBadRequest, map[string]interface{}{"error": fmt.Sprint(perr)}
+	}
+	return http.StatusOK, map[string]interface{}{"updated": len(changes)}
+}
+
+// jsonValueFor converts a JSON value to the Go type of the field at path in obj.
+func jsonValueFor(obj interface{}, path string, raw interface{}) (interface{}, error) {
+	t := reflect.TypeOf(obj)
+	for t.Kind() == reflect.Ptr {
+		t = t.Elem()
+	}
+	for _, part := range strings.Split(path, ".") {
+		for t.Kind() == reflect.Ptr {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			return nil, fmt.Errorf("%s: %s is not a structure", path, t)
+		}
+		f, ok := t.FieldByName(strings.ToUpper(part[:1]) + part[1:])
+		if !ok {
+			return nil, fmt.Errorf("%s: %s has no field %s", path, t, part)
+		}
+		t = f.Type
+	}
+	for t.Kind() == reflect.Ptr {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		num, ok := raw.(json.Number)
+		if !ok {
+			return nil, fmt.Errorf("%s: want an integer, got %v", path, raw)
+		}
+		n, err := num.Int64()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", path, err)
+		}
+		return reflect.ValueOf(n).Convert(t).Interface(), nil
+	case reflect.Bool:
+		b, ok := raw.(bool)
+		if !ok {
+			return nil, fmt.Errorf("%s: want true or false, got %v", path, raw)
+		}
+		return b, nil
+	case reflect.String:
+		str, ok := raw.(string)
+		if !ok {
+			return nil, fmt.Errorf("%s: want a string, got %v", path, raw)
+		}
+		return reflect.ValueOf(str).Convert(t).Interface(), nil
+	}
+	return nil, fmt.Errorf("%s: cannot set a %s from JSON", path, t)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -754,6 +858,7 @@ func (p *perfManager) vmMetrics(ctx *simulator.Context, qs types.PerfQuerySpec) 
 		}
 		sort.Slice(ids, func(i, j int) bool { return ids[i].CounterId < ids[j].CounterId })
 	}
+	var canned []types.PerfMetricId
 	for _, id := range ids {
 		name, known := p.names[id.CounterId]
 		if !known {
@@ -761,7 +866,8 @@ func (p *perfManager) vmMetrics(ctx *simulator.Context, qs types.PerfQuerySpec) 
 		}
 		val, ok := counterValue(v, name)
 		if !ok {
-			continue // no data for this counter, as vCenter omits counters it did not collect
+			canned = append(canned, id)
+			continue
 		}
 		if id.Instance == "*" {
 			id.Instance = ""
@@ -773,7 +879,49 @@ func (p *perfManager) vmMetrics(ctx *simulator.Context, qs types.PerfQuerySpec) 
 		}
 		metrics.Value = append(metrics.Value, series)
 	}
+	if len(canned) > 0 {
+		metrics.Value = append(metrics.Value, p.cannedSeries(ctx, qs.Entity, canned, interval, len(stamps))...)
+	}
 	return metrics, nil
+}
+
+// cannedSeries: the stock simulator's recorded data for counters we do not derive (cpu.*,
+// net.*, ...), re-timed onto our samples (its newest sample comes first). A counter with no
+// recorded data (all zeros) is left out, as vCenter leaves out counters it did not collect.
+func (p *perfManager) cannedSeries(ctx *simulator.Context, entity types.ManagedObjectReference,
+	ids []types.PerfMetricId, interval int32, n int) []types.BasePerfMetricSeries {
+	res := p.PerformanceManager.QueryPerf(ctx, &types.QueryPerf{QuerySpec: []types.PerfQuerySpec{{
+		Entity: entity, MetricId: ids, IntervalId: interval, MaxSample: int32(n),
+	}}})
+	body, ok := res.(*methods.QueryPerfBody)
+	if !ok || body.Res == nil || len(body.Res.Returnval) == 0 {
+		return nil
+	}
+	em, ok := body.Res.Returnval[0].(*types.PerfEntityMetric)
+	if !ok {
+		return nil
+	}
+	var out []types.BasePerfMetricSeries
+	for _, base := range em.Value {
+		stock, ok := base.(*types.PerfMetricIntSeries)
+		if !ok || len(stock.Value) != n {
+			continue
+		}
+		nonzero := false
+		series := &PerfMetricIntSeries{Value: make([]int64, n)}
+		series.Id = stock.Id
+		if series.Id.Instance == "*" {
+			series.Id.Instance = ""
+		}
+		for i := range series.Value {
+			series.Value[i] = stock.Value[n-1-i]
+			nonzero = nonzero || series.Value[i] != 0
+		}
+		if nonzero {
+			out = append(out, series)
+		}
+	}
+	return out
 }
 
 // ---------------------------------------------------------------------------------------------
