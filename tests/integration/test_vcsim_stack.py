@@ -17,6 +17,7 @@ import datetime
 import http.client
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +34,7 @@ pyVmomi = pytest.importorskip("pyVmomi")
 from tests.stack.vsphere_setup import (  # noqa: E402
     all_vms,
     configure_vm,
+    configure_vms,
     connect,
     counter_ids,
     disconnect,
@@ -531,3 +533,40 @@ def test_2000_vms_page_and_query_in_chunks(vcsim_2000: Vcsim) -> None:
         for vm in vms[::97]:
             configure_vm(vm, ballooned_mb=0, vmmemctltarget_kb=0)
         disconnect(conn)
+
+
+def test_2000_vms_concurrent_sessions_page_and_query(vcsim_2000: Vcsim) -> None:
+    """Several sessions paging and querying while another reconfigures: no lost or mixed token."""
+    errors: list[str] = []
+
+    def reader(max_objects: int) -> None:
+        try:
+            conn = connect(vcsim_2000)
+            ids = counter_ids(conn)
+            got, pages = retrieve(conn, ["name"], max_objects=max_objects)
+            assert len(got) == 2000 and pages == -(-2000 // min(max_objects or 500, 500))
+            vms = all_vms(conn)
+            for start in range(0, 2000, 32):
+                res = query_perf(conn, vms[start : start + 32], BALLOON_COUNTERS[:2], ids=ids)
+                assert len(res) == len(vms[start : start + 32])
+            disconnect(conn)
+        except Exception as exc:  # collected and asserted below
+            errors.append(repr(exc))
+
+    def writer(value: int) -> None:
+        try:
+            conn = connect(vcsim_2000)
+            configure_vms(((vm, {"ballooned_mb": value}) for vm in all_vms(conn)[:300]), batch=32)
+            disconnect(conn)
+        except Exception as exc:
+            errors.append("writer: " + repr(exc))
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in (0, 170, 499)]
+    threads.append(threading.Thread(target=writer, args=(7,)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    writer(0)
+    assert errors == []
+    assert "panic" not in vcsim_2000.log_tail(200)

@@ -423,19 +423,29 @@ func terminateAll() []string {
 
 var pageSize int32
 
+// pendingPages: what is left of one RetrievePropertiesEx, for the session and collector that
+// asked. Kept in one table rather than on the collector: two first calls of a session racing
+// could otherwise make two per-session collectors and lose a token.
 type pendingPages struct {
-	objects []types.ObjectContent
-	limit   int
+	session   string
+	collector types.ManagedObjectReference
+	objects   []types.ObjectContent
+	limit     int
+	created   time.Time
 }
+
+const pageTTL = 30 * time.Minute // an abandoned result is dropped after this
+
+var (
+	pagesMu sync.Mutex
+	pages   = map[string]*pendingPages{}
+	pageSeq int64
+)
 
 // pagingPC wraps the simulator's PropertyCollector. It must embed it by value: the simulator
 // makes the per-session instance of the singleton with reflect.New on the registered type.
 type pagingPC struct {
 	simulator.PropertyCollector
-
-	pmu   sync.Mutex
-	pages map[string]*pendingPages
-	seq   int64
 }
 
 func notAuthenticated(this types.ManagedObjectReference) *soap.Fault {
@@ -462,7 +472,8 @@ func anonymousAllowed(specs []types.PropertyFilterSpec) bool {
 	return true
 }
 
-func (pc *pagingPC) takePage(objects []types.ObjectContent, limit int) *types.RetrieveResult {
+func (pc *pagingPC) takePage(ctx *simulator.Context, this types.ManagedObjectReference,
+	objects []types.ObjectContent, limit int) *types.RetrieveResult {
 	res := &types.RetrieveResult{}
 	if limit <= 0 || len(objects) <= limit {
 		res.Objects = objects
@@ -470,17 +481,39 @@ func (pc *pagingPC) takePage(objects []types.ObjectContent, limit int) *types.Re
 		return res
 	}
 	res.Objects = objects[:limit]
-	pc.pmu.Lock()
-	if pc.pages == nil {
-		pc.pages = map[string]*pendingPages{}
+	now := time.Now()
+	pagesMu.Lock()
+	for token, p := range pages {
+		if now.Sub(p.created) > pageTTL {
+			delete(pages, token)
+		}
 	}
-	pc.seq++
-	token := fmt.Sprintf("%d-%x", pc.seq, time.Now().UnixNano())
-	pc.pages[token] = &pendingPages{objects: objects[limit:], limit: limit}
-	pc.pmu.Unlock()
+	pageSeq++
+	token := strconv.FormatInt(pageSeq, 10)
+	pages[token] = &pendingPages{
+		session: ctx.Session.Key, collector: this, objects: objects[limit:], limit: limit, created: now,
+	}
+	pagesMu.Unlock()
 	res.Token = token
 	stats.page(limit)
 	return res
+}
+
+// takeToken removes and returns the pending result of a token, if it belongs to this session
+// and collector (another session's token is left for its owner).
+func takeToken(ctx *simulator.Context, this types.ManagedObjectReference, token string) (*pendingPages, bool) {
+	pagesMu.Lock()
+	defer pagesMu.Unlock()
+	p, ok := pages[token]
+	if !ok || p.session != ctx.Session.Key || p.collector != this {
+		return nil, false
+	}
+	delete(pages, token)
+	return p, true
+}
+
+func invalidToken() *soap.Fault {
+	return simulator.Fault("A specified parameter was not correct: token", &types.InvalidArgument{InvalidProperty: "token"})
 }
 
 func (pc *pagingPC) pageLimit(opts types.RetrieveOptions) int {
@@ -503,7 +536,11 @@ func (pc *pagingPC) RetrievePropertiesEx(ctx *simulator.Context, r *types.Retrie
 	if !ok || body.Fault_ != nil || body.Res == nil {
 		return res
 	}
-	body.Res.Returnval = pc.takePage(body.Res.Returnval.Objects, pc.pageLimit(r.Options))
+	if ctx.Session == nil { // anonymous reads are never paged
+		stats.page(len(body.Res.Returnval.Objects))
+		return body
+	}
+	body.Res.Returnval = pc.takePage(ctx, r.This, body.Res.Returnval.Objects, pc.pageLimit(r.Options))
 	return body
 }
 
@@ -524,17 +561,12 @@ func (pc *pagingPC) ContinueRetrievePropertiesEx(ctx *simulator.Context, r *type
 		body.Fault_ = notAuthenticated(r.This)
 		return body
 	}
-	pc.pmu.Lock()
-	p, ok := pc.pages[r.Token]
-	if ok {
-		delete(pc.pages, r.Token)
-	}
-	pc.pmu.Unlock()
+	p, ok := takeToken(ctx, r.This, r.Token)
 	if !ok {
-		body.Fault_ = simulator.Fault("A specified parameter was not correct: token", &types.InvalidArgument{InvalidProperty: "token"})
+		body.Fault_ = invalidToken()
 		return body
 	}
-	res := pc.takePage(p.objects, p.limit)
+	res := pc.takePage(ctx, r.This, p.objects, p.limit)
 	body.Res = &types.ContinueRetrievePropertiesExResponse{Returnval: *res}
 	return body
 }
@@ -545,12 +577,8 @@ func (pc *pagingPC) CancelRetrievePropertiesEx(ctx *simulator.Context, r *types.
 		body.Fault_ = notAuthenticated(r.This)
 		return body
 	}
-	pc.pmu.Lock()
-	_, ok := pc.pages[r.Token]
-	delete(pc.pages, r.Token)
-	pc.pmu.Unlock()
-	if !ok {
-		body.Fault_ = simulator.Fault("A specified parameter was not correct: token", &types.InvalidArgument{InvalidProperty: "token"})
+	if _, ok := takeToken(ctx, r.This, r.Token); !ok {
+		body.Fault_ = invalidToken()
 		return body
 	}
 	body.Res = &types.CancelRetrievePropertiesExResponse{}
