@@ -27,7 +27,20 @@ Inventory (the simulator's model multiplies it out):
   and ``DC0_H0_VM2`` (standalone host), powered on, 32 MB each.
 
 See ``tests/vcsim/main.go`` for what the launcher changes in the stock simulator (paging,
-per-VM perf counters, maxQueryMetrics, the ``/sim/calls`` counter).
+per-VM perf counters, maxQueryMetrics, the ``/sim/*`` endpoints).
+
+Where it still differs from a real vCenter (a client must not depend on these):
+
+* a whole ``summary.quickStats`` (or ``summary``) object comes without its zero integers
+  (pyvmomi reads None); leaf paths (``summary.quickStats.balloonedMemory``) return 0;
+* performance counter values are the same in every sample (no history), counter keys are
+  the simulator's (resolve ``group.name.rollup``), ``mem.vmmemctltarget`` is 0 unless set;
+* maxQueryMetrics counts entity x counter pairs and is enforced for realtime queries too
+  (``max_query_metrics_historical_only=True`` limits it to historical intervals);
+* sessions never expire unless ``session_idle_timeout`` is set (vCenter: 30 minutes);
+* ``restart()`` rebuilds the inventory: same names and ids, API changes lost;
+* pyvmomi's attribute reads (``vm.summary``) are ``Fetch`` calls, counted as such;
+* no limit on request size (vCenter refuses more than 500,000 XML elements).
 """
 
 from __future__ import annotations
@@ -565,3 +578,47 @@ class Vcsim:
         """
         body = json.dumps({"type": moref_type, "value": moref_value, "set": values}).encode()
         self._get("/sim/update", method="POST", body=body)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m tests.stack.vcsim --vm 500 --page 100``: run one until Ctrl-C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the vCenter simulator in the foreground.")
+    for name, default in _INVENTORY_DEFAULTS.items():
+        if name == "method_delay":
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(
+                flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=default
+            )
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+    args = vars(parser.parse_args(argv))
+    sim = Vcsim(**args).start()
+    print(
+        json.dumps(
+            {
+                "url": sim.url,
+                "username": sim.username,
+                "password": sim.password,
+                "cert_file": sim.cert_file,
+                "vms": sim.vms,
+                "calls": sim.base_url + "/sim/calls",
+            }
+        ),
+        flush=True,
+    )
+    try:
+        while sim.running():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
