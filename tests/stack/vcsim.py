@@ -45,6 +45,7 @@ Where it still differs from a real vCenter (a client must not depend on these):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -58,6 +59,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Dict, List, Optional, Type
@@ -82,6 +84,28 @@ LAUNCHER_SOURCE = REPO_ROOT / "tests" / "vcsim" / "main.go"
 GOCODE = Path("/usr/share/gocode")
 GOVMOMI_SIMULATOR = GOCODE / "src" / "github.com" / "vmware" / "govmomi" / "simulator"
 GO_PACKAGE = "vcsimballoon"  # outside the github.com/vmware/govmomi import path
+
+
+def default_base_dir() -> Optional[str]:
+    """Where instance directories go: /dev/shm when usable, else the system's temp dir.
+
+    The simulator writes about 6 small files per VM into its datastore folder; on a busy disk
+    that made a 2,000-VM start take 35 s instead of 6 s, and a stop 7 s instead of 0.2 s.
+    """
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return None
+
+
+_LIVE: weakref.WeakSet[Vcsim] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for sim in list(_LIVE):
+        with contextlib.suppress(Exception):
+            sim.stop()
 
 
 class VcsimError(StackError):
@@ -246,6 +270,7 @@ class Vcsim:
     ``username``, ``password``, ``tls`` (False: plain http, ``cert_file`` None), ``autostart``
     (power the VMs on), ``session_idle_timeout`` (seconds, 0 = never), ``delay_ms`` (added to
     every SOAP call, a network's round trip) and ``method_delay`` (``{"QueryPerf": 50}``, ms).
+    ``base_dir``: where the instance directory goes (default :func:`default_base_dir`).
     """
 
     def __init__(
@@ -254,6 +279,7 @@ class Vcsim:
         binary: Optional[Path] = None,
         startup_timeout: Optional[float] = None,
         cache_dir: Path = DEFAULT_CACHE_DIR,
+        base_dir: Optional[str] = None,
         **inventory: Any,
     ) -> None:
         unknown = set(inventory) - set(_INVENTORY_DEFAULTS)
@@ -262,6 +288,7 @@ class Vcsim:
         self.inventory: Dict[str, Any] = {**_INVENTORY_DEFAULTS, **inventory}
         self.binary = binary
         self.cache_dir = cache_dir
+        self.base_dir = base_dir if base_dir is not None else default_base_dir()
         self.startup_timeout = startup_timeout
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.workdir: Optional[Path] = None
@@ -375,7 +402,8 @@ class Vcsim:
         if self.binary is None:
             self.binary = build_launcher(self.cache_dir)
         if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="vcsim-"))
+            self.workdir = Path(tempfile.mkdtemp(prefix="vcsim-", dir=self.base_dir))
+        _LIVE.add(self)
         self._launch("127.0.0.1:0")
         return self
 
@@ -462,6 +490,7 @@ class Vcsim:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        _LIVE.discard(self)
 
     def pause(self) -> None:
         """SIGSTOP: the port stays open but nothing answers (a hung vCenter)."""
