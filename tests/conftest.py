@@ -7,4 +7,5 @@ from tests.stack.fixtures import (  # noqa: F401
     qemu_guest,
     vcsim,
     vcsim_2000,
+    vcsim_factory,
 )

@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -435,32 +436,29 @@ def test_call_counts_move(vcsim: Vcsim, si: Any) -> None:
     assert vcsim.calls()["total"] == 0
 
 
-def test_restart_keeps_port_and_certificate() -> None:
-    sim = Vcsim(cluster=1, host=1, standalone_host=0, vm=3).start()
+def test_restart_keeps_port_and_certificate(vcsim_factory: Callable[..., Vcsim]) -> None:
+    sim = vcsim_factory(cluster=1, host=1, standalone_host=0, vm=3)
+    port, pem = sim.port, Path(sim.cert_file or "").read_text()
+    si = connect(sim)
+    before, _ = retrieve(si, ["name", "runtime.host"])
+    assert len(before) == 3
+    sim.restart()
+    assert sim.port == port
+    assert Path(sim.cert_file or "").read_text() == pem
+    # the old connection breaks (as with a real vCenter restart), then the old session is
+    # gone: a client has to log in again
     try:
-        port, pem = sim.port, Path(sim.cert_file or "").read_text()
-        si = connect(sim)
-        before, _ = retrieve(si, ["name", "runtime.host"])
-        assert len(before) == 3
-        sim.restart()
-        assert sim.port == port
-        assert Path(sim.cert_file or "").read_text() == pem
-        # the old connection breaks (as with a real vCenter restart), then the old session is
-        # gone: a client has to log in again
-        try:
-            all_vms(si)
-        except (OSError, http.client.HTTPException):
-            pass
-        else:
-            pytest.fail("the pooled connection survived the restart")
-        with pytest.raises(vim.fault.NotAuthenticated):
-            all_vms(si)
-        si = connect(sim)
-        # the same inventory: same names, ids and hosts (changes made through the API are lost)
-        assert retrieve(si, ["name", "runtime.host"])[0] == before
-        disconnect(si)
-    finally:
-        sim.stop()
+        all_vms(si)
+    except (OSError, http.client.HTTPException):
+        pass
+    else:
+        pytest.fail("the pooled connection survived the restart")
+    with pytest.raises(vim.fault.NotAuthenticated):
+        all_vms(si)
+    si = connect(sim)
+    # the same inventory: same names, ids and hosts (changes made through the API are lost)
+    assert retrieve(si, ["name", "runtime.host"])[0] == before
+    disconnect(si)
 
 
 def test_failed_start_carries_the_launcher_stderr() -> None:
