@@ -356,6 +356,13 @@ def test_terminate_session_kills_another_session(vcsim: Vcsim, si: Any) -> None:
     finally:
         view.Destroy()
     assert content.sessionManager.currentSession is None
+    # the same through RetrievePropertiesEx: unset, not a NotAuthenticated missingSet
+    probe = PC.FilterSpec(
+        objectSet=[PC.ObjectSpec(obj=content.sessionManager)],
+        propSet=[PC.PropertySpec(type=vim.SessionManager, pathSet=["currentSession"])],
+    )
+    res = content.propertyCollector.RetrievePropertiesEx([probe], PC.RetrieveOptions())
+    assert [(list(o.propSet), list(o.missingSet)) for o in res.objects] == [([], [])]
     # the killer is fine
     assert len(all_vms(si)) == 12
 

@@ -537,6 +537,21 @@ func (pc *pagingPC) RetrievePropertiesEx(ctx *simulator.Context, r *types.Retrie
 		return res
 	}
 	if ctx.Session == nil { // anonymous reads are never paged
+		// SessionManager.currentSession is System.Anonymous: unset, not a NotAuthenticated
+		// missingSet, for a client checking whether its session is still alive.
+		for i := range body.Res.Returnval.Objects {
+			oc := &body.Res.Returnval.Objects[i]
+			if oc.Obj.Type != "SessionManager" {
+				continue
+			}
+			kept := oc.MissingSet[:0]
+			for _, m := range oc.MissingSet {
+				if m.Path != "currentSession" {
+					kept = append(kept, m)
+				}
+			}
+			oc.MissingSet = kept
+		}
 		stats.page(len(body.Res.Returnval.Objects))
 		return body
 	}
