@@ -8,4 +8,5 @@ from tests.stack.fixtures import (  # noqa: F401
     qmp_host,
     vcsim,
     vcsim_2000,
+    vcsim_factory,
 )

@@ -15,21 +15,27 @@ from __future__ import annotations
 
 import datetime
 import http.client
+import socket
 import ssl
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from tests.stack.vcsim import Vcsim
+from tests.stack.libvirt_stack import StackError
+from tests.stack.vcsim import DEFAULT_CACHE_DIR, Vcsim, build_launcher
 
 pyVmomi = pytest.importorskip("pyVmomi")
 
 from tests.stack.vsphere_setup import (  # noqa: E402
     all_vms,
     configure_vm,
+    configure_vms,
     connect,
     counter_ids,
     disconnect,
@@ -232,6 +238,59 @@ def test_powered_off_vm_has_no_realtime_samples(si: Any) -> None:
         configure_vm(vm, ballooned_mb=0, power="on")
 
 
+def test_template_is_powered_off_and_has_no_samples() -> None:
+    with Vcsim(cluster=1, host=1, standalone_host=0, vm=2) as sim:
+        conn = connect(sim)
+        tmpl, other = all_vms(conn)
+        configure_vm(tmpl, memory_mb=2048, template=True)
+        got, _ = retrieve(conn, ["name", "config.template", "runtime.powerState"])
+        assert got[tmpl._moId]["config.template"] is True
+        assert got[tmpl._moId]["runtime.powerState"] == "poweredOff"
+        assert got[other._moId]["config.template"] is False
+        assert got[other._moId]["runtime.powerState"] == "poweredOn"
+        assert tmpl.summary.config.template is True
+        assert query_perf(conn, [tmpl, other], ["mem.vmmemctl.average"]) == {
+            tmpl._moId: {},
+            other._moId: {"mem.vmmemctl.average": [0]},
+        }
+
+
+def test_other_counters_come_from_the_recorded_data(si: Any) -> None:
+    vm = vm_by_name(si, "DC0_C1_RP0_VM2")
+    got = query_perf(
+        si, [vm], ["cpu.usage.average", "mem.vmmemctl.average", "mem.latency.average"], max_sample=3
+    )[vm._moId]
+    # cpu.usage has recorded data (3 samples, not all zero); mem.latency has none: left out
+    assert set(got) == {"cpu.usage.average", "mem.vmmemctl.average"}
+    assert len(got["cpu.usage.average"]) == 3 and any(got["cpu.usage.average"])
+    assert got["mem.vmmemctl.average"] == [0, 0, 0]
+
+
+def test_update_sets_host_properties() -> None:
+    with Vcsim(cluster=1, host=2, standalone_host=0, vm=1) as sim:
+        conn = connect(sim)
+        paths = ["summary.quickStats.overallMemoryUsage", "summary.hardware.memorySize"]
+        before, _ = retrieve(conn, paths, obj_type=vim.HostSystem)
+        first, second = sorted(before)
+        sim.update(
+            "HostSystem",
+            first,
+            {"summary.quickStats.overallMemoryUsage": 3000, "summary.hardware.memorySize": 8 << 30},
+        )
+        after, _ = retrieve(conn, paths, obj_type=vim.HostSystem)
+        assert after[first] == {
+            "summary.quickStats.overallMemoryUsage": 3000,
+            "summary.hardware.memorySize": 8 << 30,
+        }
+        assert after[second] == before[second]
+        with pytest.raises(StackError, match="has no field"):
+            sim.update("HostSystem", first, {"summary.noSuchField": 1})
+        with pytest.raises(StackError, match="want an integer"):
+            sim.update("HostSystem", first, {"summary.quickStats.overallMemoryUsage": "1"})
+        with pytest.raises(StackError, match="404"):
+            sim.update("HostSystem", "host-0", {"name": "x"})
+
+
 def test_max_query_metrics_is_readable_and_enforced(vcsim: Vcsim, si: Any) -> None:
     content = si.RetrieveContent()
     opts = content.setting.QueryOptions("config.vpxd.stats.maxQueryMetrics")
@@ -281,9 +340,11 @@ def test_only_configured_credentials_log_in(vcsim: Vcsim) -> None:
 
 def test_terminate_session_kills_another_session(vcsim: Vcsim, si: Any) -> None:
     victim = connect(vcsim)
-    victim_key = victim.RetrieveContent().sessionManager.currentSession.key
-    killed = terminate_other_sessions(si)
-    assert victim_key in killed
+    sm = victim.RetrieveContent().sessionManager
+    victim_key = sm.currentSession.key
+    assert victim_key in {s["key"] for s in vcsim.sessions()}
+    si.RetrieveContent().sessionManager.TerminateSession(sessionId=[victim_key])
+    assert victim_key not in {s["key"] for s in vcsim.sessions()}
     # the dead session can read nothing but its (now empty) currentSession
     with pytest.raises(vim.fault.NotAuthenticated):
         all_vms(victim)
@@ -295,8 +356,60 @@ def test_terminate_session_kills_another_session(vcsim: Vcsim, si: Any) -> None:
     finally:
         view.Destroy()
     assert content.sessionManager.currentSession is None
+    # the same through RetrievePropertiesEx: unset, not a NotAuthenticated missingSet
+    probe = PC.FilterSpec(
+        objectSet=[PC.ObjectSpec(obj=content.sessionManager)],
+        propSet=[PC.PropertySpec(type=vim.SessionManager, pathSet=["currentSession"])],
+    )
+    res = content.propertyCollector.RetrievePropertiesEx([probe], PC.RetrieveOptions())
+    assert [(list(o.propSet), list(o.missingSet)) for o in res.objects] == [([], [])]
     # the killer is fine
     assert len(all_vms(si)) == 12
+
+
+def test_sim_endpoint_terminates_every_session() -> None:
+    with Vcsim(cluster=1, host=1, standalone_host=0, vm=1) as sim:
+        a, b = connect(sim), connect(sim)
+        keys = {
+            a.content.sessionManager.currentSession.key,
+            b.content.sessionManager.currentSession.key,
+        }
+        assert {s["key"] for s in sim.sessions()} == keys
+        assert set(sim.terminate_sessions()) == keys
+        assert sim.sessions() == []
+        for conn in (a, b):
+            with pytest.raises(vim.fault.NotAuthenticated):
+                all_vms(conn)
+        # terminate_other_sessions through the API does the same from inside
+        c, d = connect(sim), connect(sim)
+        d_key = d.content.sessionManager.currentSession.key
+        assert terminate_other_sessions(c) == [d_key]
+        with pytest.raises(vim.fault.NotAuthenticated):
+            all_vms(d)
+        assert len(all_vms(c)) == 1
+
+
+def test_idle_sessions_expire() -> None:
+    with Vcsim(cluster=1, host=1, standalone_host=0, vm=1, session_idle_timeout=0.5) as sim:
+        conn = connect(sim)
+        assert len(all_vms(conn)) == 1
+        time.sleep(1.6)
+        with pytest.raises(vim.fault.NotAuthenticated):
+            all_vms(conn)
+
+
+def test_method_delay_slows_only_that_method() -> None:
+    with Vcsim(cluster=1, host=1, standalone_host=0, vm=2, method_delay={"QueryPerf": 300}) as sim:
+        conn = connect(sim)
+        vms = all_vms(conn)
+        ids = counter_ids(conn)
+        t0 = time.monotonic()
+        all_vms(conn)
+        fast = time.monotonic() - t0
+        t0 = time.monotonic()
+        query_perf(conn, vms, ["mem.vmmemctl.average"], ids=ids)
+        slow = time.monotonic() - t0
+        assert slow >= 0.3 > fast
 
 
 def test_certificate_verifies_with_cert_file_only(vcsim: Vcsim) -> None:
@@ -330,30 +443,52 @@ def test_call_counts_move(vcsim: Vcsim, si: Any) -> None:
     assert vcsim.calls()["total"] == 0
 
 
-def test_restart_keeps_port_and_certificate() -> None:
-    sim = Vcsim(cluster=1, host=1, standalone_host=0, vm=3).start()
+def test_restart_keeps_port_and_certificate(vcsim_factory: Callable[..., Vcsim]) -> None:
+    sim = vcsim_factory(cluster=1, host=1, standalone_host=0, vm=3)
+    port, pem = sim.port, Path(sim.cert_file or "").read_text()
+    si = connect(sim)
+    before, _ = retrieve(si, ["name", "runtime.host"])
+    assert len(before) == 3
+    sim.restart()
+    assert sim.port == port
+    assert Path(sim.cert_file or "").read_text() == pem
+    # the old connection breaks (as with a real vCenter restart), then the old session is
+    # gone: a client has to log in again
     try:
-        port, pem = sim.port, Path(sim.cert_file or "").read_text()
-        si = connect(sim)
-        assert len(all_vms(si)) == 3
-        sim.restart()
-        assert sim.port == port
-        assert Path(sim.cert_file or "").read_text() == pem
-        # the old connection breaks (as with a real vCenter restart), then the old session is
-        # gone: a client has to log in again
-        try:
-            all_vms(si)
-        except (OSError, http.client.HTTPException):
-            pass
-        else:
-            pytest.fail("the pooled connection survived the restart")
-        with pytest.raises(vim.fault.NotAuthenticated):
-            all_vms(si)
-        si = connect(sim)
-        assert len(all_vms(si)) == 3
-        disconnect(si)
+        all_vms(si)
+    except (OSError, http.client.HTTPException):
+        pass
+    else:
+        pytest.fail("the pooled connection survived the restart")
+    with pytest.raises(vim.fault.NotAuthenticated):
+        all_vms(si)
+    si = connect(sim)
+    # the same inventory: same names, ids and hosts (changes made through the API are lost)
+    assert retrieve(si, ["name", "runtime.host"])[0] == before
+    disconnect(si)
+
+
+def test_failed_start_carries_the_launcher_stderr() -> None:
+    sim = Vcsim(cluster=1, host=1, standalone_host=0, vm=1).start()
+    port = sim.port
+    try:
+        sim.kill()
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+            with pytest.raises(StackError) as err:
+                sim.restart(retry_for=0.3)
+        assert "address already in use" in str(err.value)
     finally:
         sim.stop()
+
+
+def test_launcher_build_is_cached() -> None:
+    first = build_launcher()
+    t0 = time.monotonic()
+    assert build_launcher() == first
+    assert time.monotonic() - t0 < 5
+    assert first.parent == DEFAULT_CACHE_DIR
 
 
 def test_pause_and_resume() -> None:
@@ -367,3 +502,76 @@ def test_pause_and_resume() -> None:
         assert sim.calls()["total"] >= 0
     finally:
         sim.stop()
+
+
+def test_2000_vms_page_and_query_in_chunks(vcsim_2000: Vcsim) -> None:
+    conn = connect(vcsim_2000)
+    try:
+        vms = all_vms(conn)
+        assert len(vms) == vcsim_2000.vms == 2000
+        picked = vms[::97]
+        for i, vm in enumerate(picked):
+            configure_vm(vm, ballooned_mb=10 + i, vmmemctltarget_kb=(20 + i) * 1024)
+        ids = counter_ids(conn)
+        vcsim_2000.reset_calls()
+        got, pages = retrieve(conn, ["name", "summary.quickStats.balloonedMemory"])
+        assert len(got) == 2000 and pages == 4  # pages of 500
+        for i, vm in enumerate(picked):
+            assert got[vm._moId]["summary.quickStats.balloonedMemory"] == 10 + i
+        perf: dict[str, dict[str, list[int]]] = {}
+        for start in range(0, 2000, 32):  # 32 VMs x 2 counters = 64, the limit
+            perf.update(query_perf(conn, vms[start : start + 32], BALLOON_COUNTERS[:2], ids=ids))
+        calls = vcsim_2000.calls()
+        assert calls["calls"]["RetrievePropertiesEx"] == 1
+        assert calls["calls"]["ContinueRetrievePropertiesEx"] == 3
+        assert calls["retrieve"] == {"objects": 2000, "pages": 4}
+        assert calls["query_perf"]["calls"] == 63
+        assert calls["query_perf"]["entities"] == 2000
+        assert calls["query_perf"]["max_metric_ids"] == 64
+        assert calls["query_perf"]["refused"] == 0
+        for i, vm in enumerate(picked):
+            assert perf[vm._moId] == {
+                "mem.vmmemctl.average": [(10 + i) * 1024],
+                "mem.vmmemctltarget.average": [(20 + i) * 1024],
+            }
+    finally:
+        for vm in vms[::97]:
+            configure_vm(vm, ballooned_mb=0, vmmemctltarget_kb=0)
+        disconnect(conn)
+
+
+def test_2000_vms_concurrent_sessions_page_and_query(vcsim_2000: Vcsim) -> None:
+    """Several sessions paging and querying while another reconfigures: no lost or mixed token."""
+    errors: list[str] = []
+
+    def reader(max_objects: int) -> None:
+        try:
+            conn = connect(vcsim_2000)
+            ids = counter_ids(conn)
+            got, pages = retrieve(conn, ["name"], max_objects=max_objects)
+            assert len(got) == 2000 and pages == -(-2000 // min(max_objects or 500, 500))
+            vms = all_vms(conn)
+            for start in range(0, 2000, 32):
+                res = query_perf(conn, vms[start : start + 32], BALLOON_COUNTERS[:2], ids=ids)
+                assert len(res) == len(vms[start : start + 32])
+            disconnect(conn)
+        except Exception as exc:  # collected and asserted below
+            errors.append(repr(exc))
+
+    def writer(value: int) -> None:
+        try:
+            conn = connect(vcsim_2000)
+            configure_vms(((vm, {"ballooned_mb": value}) for vm in all_vms(conn)[:300]), batch=32)
+            disconnect(conn)
+        except Exception as exc:
+            errors.append("writer: " + repr(exc))
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in (0, 170, 499)]
+    threads.append(threading.Thread(target=writer, args=(7,)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    writer(0)
+    assert errors == []
+    assert "panic" not in vcsim_2000.log_tail(200)

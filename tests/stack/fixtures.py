@@ -12,6 +12,9 @@
   on the standalone host (12 VMs), TLS with ``cert_file``, RetrievePropertiesEx pages of 7.
 * ``vcsim_2000``: 2,000 VMs (4 clusters of 5 hosts, 500 VMs each), pages of 500, started
   once per session the first time a test asks for it (about 4 s).
+* ``vcsim_factory``: ``vcsim_factory(**inventory)`` starts a private simulator for one test
+  (stopped after it): for tests that restart, pause or end sessions, which would disturb the
+  shared ones.
 
 A component that is missing or cannot start calls :func:`tests.stack.common.unavailable`:
 a skip locally, a failure under ``CI=true``.
@@ -20,7 +23,7 @@ a skip locally, a failure under ``CI=true``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Dict
 
 import pytest
@@ -30,7 +33,15 @@ from tests.stack.influx import InfluxDB, InfluxError
 from tests.stack.libvirt_stack import LibvirtStack, StackError
 from tests.stack.vcsim import Vcsim, launcher_available
 
-__all__ = ["influxdb", "libvirt_stack", "promtool", "qemu_guest", "vcsim", "vcsim_2000"]
+__all__ = [
+    "influxdb",
+    "libvirt_stack",
+    "promtool",
+    "qemu_guest",
+    "vcsim",
+    "vcsim_2000",
+    "vcsim_factory",
+]
 
 
 @pytest.fixture(scope="session")
@@ -142,6 +153,25 @@ def vcsim_2000() -> Iterator[Vcsim]:
         yield sim
     finally:
         sim.stop()
+
+
+@pytest.fixture()
+def vcsim_factory() -> Iterator[Callable[..., Vcsim]]:
+    """Start private simulators for one test: ``sim = vcsim_factory(vm=3, page=2)``."""
+    started: list[Vcsim] = []
+
+    def start(**inventory: Any) -> Vcsim:
+        sim = _start_vcsim(inventory)
+        started.append(sim)
+        return sim
+
+    try:
+        yield start
+    finally:
+        for sim in started:
+            sim.stop()
+
+
 # --- plain QEMU with Proxmox's layout, for the qmp source ---------------------------------------
 
 from tests.stack.qemu_stack import QemuError, QemuHost  # noqa: E402

@@ -17,7 +17,13 @@
 //     setting config.vpxd.stats.maxQueryMetrics (-max-query-metrics, read on every call so a
 //     test may change it with UpdateOptions) with RestrictedByAdministrator, as vCenter does.
 //   - Only -username/-password log in; others get InvalidLogin.
-//   - GET /sim/calls returns JSON counts of SOAP calls by method; POST or GET /sim/reset zeroes them.
+//   - GET /sim/calls returns JSON counts of SOAP calls by method (and QueryPerf's entities and
+//     metric ids, RetrievePropertiesEx's objects and pages); GET /sim/reset zeroes them.
+//     GET /sim/sessions lists the live sessions; POST /sim/sessions/terminate ends them all.
+//     POST /sim/update sets any property of any object (host memory, for example).
+//   - SessionManager.currentSession reads as unset without a session (Fetch), as on vCenter.
+//   - -delay-ms and -method-delay add latency to SOAP calls; -session-idle-timeout expires
+//     idle sessions.
 //
 // It prints one JSON line on stdout once listening, then serves until SIGTERM or SIGINT.
 package main
@@ -213,6 +219,29 @@ func countingHandler(next http.Handler) http.Handler {
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(stats.snapshot())
 			return
+		case "/sim/update":
+			if r.Method != http.MethodPost {
+				w.WriteHeader(http.StatusMethodNotAllowed)
+				return
+			}
+			status, reply := simUpdate(r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			_ = json.NewEncoder(w).Encode(reply)
+			return
+		case "/sim/sessions":
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]interface{}{"sessions": sessionList()})
+			return
+		case "/sim/sessions/terminate":
+			if r.Method != http.MethodPost {
+				w.WriteHeader(http.StatusMethodNotAllowed)
+				return
+			}
+			keys := terminateAll()
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]interface{}{"terminated": keys})
+			return
 		}
 		if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, "/sdk") {
 			next.ServeHTTP(w, r)
@@ -236,24 +265,187 @@ func countingHandler(next http.Handler) http.Handler {
 }
 
 // ---------------------------------------------------------------------------------------------
+// /sim/update: set properties of any managed object (hosts have no ReconfigVM SET. keys)
+// ---------------------------------------------------------------------------------------------
+
+type updateRequest struct {
+	Type  string                 `json:"type"`
+	Value string                 `json:"value"`
+	Set   map[string]interface{} `json:"set"`
+}
+
+// simUpdate applies {"type": "HostSystem", "value": "host-21", "set": {"summary.quickStats.
+// overallMemoryUsage": 2048}} through Registry.Update, as the simulator's SET. keys do for VMs.
+// JSON numbers become the field's type; a path the type does not have is refused.
+func simUpdate(body io.Reader) (int, map[string]interface{}) {
+	var req updateRequest
+	dec := json.NewDecoder(body)
+	dec.UseNumber()
+	if err := dec.Decode(&req); err != nil {
+		return http.StatusBadRequest, map[string]interface{}{"error": err.Error()}
+	}
+	ref := types.ManagedObjectReference{Type: req.Type, Value: req.Value}
+	obj := simulator.Map.Get(ref)
+	if obj == nil {
+		return http.StatusNotFound, map[string]interface{}{"error": fmt.Sprintf("no object %s", ref)}
+	}
+	var changes []types.PropertyChange
+	for path, raw := range req.Set {
+		val, err := jsonValueFor(obj, path, raw)
+		if err != nil {
+			return http.StatusBadRequest, map[string]interface{}{"error": err.Error()}
+		}
+		changes = append(changes, types.PropertyChange{Name: path, Val: val})
+	}
+	var perr interface{}
+	simulator.Map.WithLock(obj, func() {
+		defer func() { perr = recover() }()
+		simulator.Map.Update(obj, changes)
+	})
+	if perr != nil {
+		return http.StatusBadRequest, map[string]interface{}{"error": fmt.Sprint(perr)}
+	}
+	return http.StatusOK, map[string]interface{}{"updated": len(changes)}
+}
+
+// jsonValueFor converts a JSON value to the Go type of the field at path in obj.
+func jsonValueFor(obj interface{}, path string, raw interface{}) (interface{}, error) {
+	t := reflect.TypeOf(obj)
+	for t.Kind() == reflect.Ptr {
+		t = t.Elem()
+	}
+	for _, part := range strings.Split(path, ".") {
+		for t.Kind() == reflect.Ptr {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			return nil, fmt.Errorf("%s: %s is not a structure", path, t)
+		}
+		f, ok := t.FieldByName(strings.ToUpper(part[:1]) + part[1:])
+		if !ok {
+			return nil, fmt.Errorf("%s: %s has no field %s", path, t, part)
+		}
+		t = f.Type
+	}
+	for t.Kind() == reflect.Ptr {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		num, ok := raw.(json.Number)
+		if !ok {
+			return nil, fmt.Errorf("%s: want an integer, got %v", path, raw)
+		}
+		n, err := num.Int64()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", path, err)
+		}
+		return reflect.ValueOf(n).Convert(t).Interface(), nil
+	case reflect.Bool:
+		b, ok := raw.(bool)
+		if !ok {
+			return nil, fmt.Errorf("%s: want true or false, got %v", path, raw)
+		}
+		return b, nil
+	case reflect.String:
+		str, ok := raw.(string)
+		if !ok {
+			return nil, fmt.Errorf("%s: want a string, got %v", path, raw)
+		}
+		return reflect.ValueOf(str).Convert(t).Interface(), nil
+	}
+	return nil, fmt.Errorf("%s: cannot set a %s from JSON", path, t)
+}
+
+// ---------------------------------------------------------------------------------------------
+// sessions (/sim/sessions)
+// ---------------------------------------------------------------------------------------------
+
+// adminSession is a session of our own that never logs in: Session.Get gives it a copy of the
+// SessionManager whose SessionList the simulator fills under its own lock.
+var adminSession = &simulator.Session{
+	UserSession: types.UserSession{Key: "vcsim-balloon-admin"},
+	Registry:    simulator.NewRegistry(),
+}
+
+func sessionManagerRef() types.ManagedObjectReference {
+	return *serviceContent().SessionManager
+}
+
+func serviceContent() types.ServiceContent {
+	ref := types.ManagedObjectReference{Type: "ServiceInstance", Value: "ServiceInstance"}
+	return simulator.Map.Get(ref).(*simulator.ServiceInstance).Content
+}
+
+func currentSessions() []types.UserSession {
+	sm, ok := adminSession.Get(sessionManagerRef()).(*simulator.SessionManager)
+	if !ok {
+		return nil
+	}
+	return sm.SessionList
+}
+
+func sessionList() []map[string]interface{} {
+	out := []map[string]interface{}{}
+	for _, s := range currentSessions() {
+		out = append(out, map[string]interface{}{
+			"key":              s.Key,
+			"user":             s.UserName,
+			"login_time":       s.LoginTime.UTC().Format(time.RFC3339Nano),
+			"last_active_time": s.LastActiveTime.UTC().Format(time.RFC3339Nano),
+			"call_count":       s.CallCount,
+			"user_agent":       s.UserAgent,
+		})
+	}
+	return out
+}
+
+// terminateAll ends every session, as SessionManager.TerminateSession from an admin would.
+func terminateAll() []string {
+	keys := []string{}
+	for _, s := range currentSessions() {
+		keys = append(keys, s.Key)
+	}
+	if len(keys) > 0 {
+		sm := simulator.Map.SessionManager()
+		ctx := &simulator.Context{Session: adminSession, Map: simulator.Map}
+		for _, k := range keys {
+			// one at a time: a session that ended meanwhile must not stop the others
+			_ = sm.TerminateSession(ctx, &types.TerminateSession{This: sm.Self, SessionId: []string{k}})
+		}
+	}
+	return keys
+}
+
+// ---------------------------------------------------------------------------------------------
 // PropertyCollector: paging and authentication
 // ---------------------------------------------------------------------------------------------
 
 var pageSize int32
 
+// pendingPages: what is left of one RetrievePropertiesEx, for the session and collector that
+// asked. Kept in one table rather than on the collector: two first calls of a session racing
+// could otherwise make two per-session collectors and lose a token.
 type pendingPages struct {
-	objects []types.ObjectContent
-	limit   int
+	session   string
+	collector types.ManagedObjectReference
+	objects   []types.ObjectContent
+	limit     int
+	created   time.Time
 }
+
+const pageTTL = 30 * time.Minute // an abandoned result is dropped after this
+
+var (
+	pagesMu sync.Mutex
+	pages   = map[string]*pendingPages{}
+	pageSeq int64
+)
 
 // pagingPC wraps the simulator's PropertyCollector. It must embed it by value: the simulator
 // makes the per-session instance of the singleton with reflect.New on the registered type.
 type pagingPC struct {
 	simulator.PropertyCollector
-
-	pmu   sync.Mutex
-	pages map[string]*pendingPages
-	seq   int64
 }
 
 func notAuthenticated(this types.ManagedObjectReference) *soap.Fault {
@@ -280,7 +472,8 @@ func anonymousAllowed(specs []types.PropertyFilterSpec) bool {
 	return true
 }
 
-func (pc *pagingPC) takePage(objects []types.ObjectContent, limit int) *types.RetrieveResult {
+func (pc *pagingPC) takePage(ctx *simulator.Context, this types.ManagedObjectReference,
+	objects []types.ObjectContent, limit int) *types.RetrieveResult {
 	res := &types.RetrieveResult{}
 	if limit <= 0 || len(objects) <= limit {
 		res.Objects = objects
@@ -288,17 +481,39 @@ func (pc *pagingPC) takePage(objects []types.ObjectContent, limit int) *types.Re
 		return res
 	}
 	res.Objects = objects[:limit]
-	pc.pmu.Lock()
-	if pc.pages == nil {
-		pc.pages = map[string]*pendingPages{}
+	now := time.Now()
+	pagesMu.Lock()
+	for token, p := range pages {
+		if now.Sub(p.created) > pageTTL {
+			delete(pages, token)
+		}
 	}
-	pc.seq++
-	token := fmt.Sprintf("%d-%x", pc.seq, time.Now().UnixNano())
-	pc.pages[token] = &pendingPages{objects: objects[limit:], limit: limit}
-	pc.pmu.Unlock()
+	pageSeq++
+	token := strconv.FormatInt(pageSeq, 10)
+	pages[token] = &pendingPages{
+		session: ctx.Session.Key, collector: this, objects: objects[limit:], limit: limit, created: now,
+	}
+	pagesMu.Unlock()
 	res.Token = token
 	stats.page(limit)
 	return res
+}
+
+// takeToken removes and returns the pending result of a token, if it belongs to this session
+// and collector (another session's token is left for its owner).
+func takeToken(ctx *simulator.Context, this types.ManagedObjectReference, token string) (*pendingPages, bool) {
+	pagesMu.Lock()
+	defer pagesMu.Unlock()
+	p, ok := pages[token]
+	if !ok || p.session != ctx.Session.Key || p.collector != this {
+		return nil, false
+	}
+	delete(pages, token)
+	return p, true
+}
+
+func invalidToken() *soap.Fault {
+	return simulator.Fault("A specified parameter was not correct: token", &types.InvalidArgument{InvalidProperty: "token"})
 }
 
 func (pc *pagingPC) pageLimit(opts types.RetrieveOptions) int {
@@ -321,7 +536,26 @@ func (pc *pagingPC) RetrievePropertiesEx(ctx *simulator.Context, r *types.Retrie
 	if !ok || body.Fault_ != nil || body.Res == nil {
 		return res
 	}
-	body.Res.Returnval = pc.takePage(body.Res.Returnval.Objects, pc.pageLimit(r.Options))
+	if ctx.Session == nil { // anonymous reads are never paged
+		// SessionManager.currentSession is System.Anonymous: unset, not a NotAuthenticated
+		// missingSet, for a client checking whether its session is still alive.
+		for i := range body.Res.Returnval.Objects {
+			oc := &body.Res.Returnval.Objects[i]
+			if oc.Obj.Type != "SessionManager" {
+				continue
+			}
+			kept := oc.MissingSet[:0]
+			for _, m := range oc.MissingSet {
+				if m.Path != "currentSession" {
+					kept = append(kept, m)
+				}
+			}
+			oc.MissingSet = kept
+		}
+		stats.page(len(body.Res.Returnval.Objects))
+		return body
+	}
+	body.Res.Returnval = pc.takePage(ctx, r.This, body.Res.Returnval.Objects, pc.pageLimit(r.Options))
 	return body
 }
 
@@ -342,17 +576,12 @@ func (pc *pagingPC) ContinueRetrievePropertiesEx(ctx *simulator.Context, r *type
 		body.Fault_ = notAuthenticated(r.This)
 		return body
 	}
-	pc.pmu.Lock()
-	p, ok := pc.pages[r.Token]
-	if ok {
-		delete(pc.pages, r.Token)
-	}
-	pc.pmu.Unlock()
+	p, ok := takeToken(ctx, r.This, r.Token)
 	if !ok {
-		body.Fault_ = simulator.Fault("A specified parameter was not correct: token", &types.InvalidArgument{InvalidProperty: "token"})
+		body.Fault_ = invalidToken()
 		return body
 	}
-	res := pc.takePage(p.objects, p.limit)
+	res := pc.takePage(ctx, r.This, p.objects, p.limit)
 	body.Res = &types.ContinueRetrievePropertiesExResponse{Returnval: *res}
 	return body
 }
@@ -363,12 +592,8 @@ func (pc *pagingPC) CancelRetrievePropertiesEx(ctx *simulator.Context, r *types.
 		body.Fault_ = notAuthenticated(r.This)
 		return body
 	}
-	pc.pmu.Lock()
-	_, ok := pc.pages[r.Token]
-	delete(pc.pages, r.Token)
-	pc.pmu.Unlock()
-	if !ok {
-		body.Fault_ = simulator.Fault("A specified parameter was not correct: token", &types.InvalidArgument{InvalidProperty: "token"})
+	if _, ok := takeToken(ctx, r.This, r.Token); !ok {
+		body.Fault_ = invalidToken()
 		return body
 	}
 	body.Res = &types.CancelRetrievePropertiesExResponse{}
@@ -676,6 +901,7 @@ func (p *perfManager) vmMetrics(ctx *simulator.Context, qs types.PerfQuerySpec) 
 		}
 		sort.Slice(ids, func(i, j int) bool { return ids[i].CounterId < ids[j].CounterId })
 	}
+	var canned []types.PerfMetricId
 	for _, id := range ids {
 		name, known := p.names[id.CounterId]
 		if !known {
@@ -683,7 +909,8 @@ func (p *perfManager) vmMetrics(ctx *simulator.Context, qs types.PerfQuerySpec) 
 		}
 		val, ok := counterValue(v, name)
 		if !ok {
-			continue // no data for this counter, as vCenter omits counters it did not collect
+			canned = append(canned, id)
+			continue
 		}
 		if id.Instance == "*" {
 			id.Instance = ""
@@ -695,7 +922,49 @@ func (p *perfManager) vmMetrics(ctx *simulator.Context, qs types.PerfQuerySpec) 
 		}
 		metrics.Value = append(metrics.Value, series)
 	}
+	if len(canned) > 0 {
+		metrics.Value = append(metrics.Value, p.cannedSeries(ctx, qs.Entity, canned, interval, len(stamps))...)
+	}
 	return metrics, nil
+}
+
+// cannedSeries: the stock simulator's recorded data for counters we do not derive (cpu.*,
+// net.*, ...), re-timed onto our samples (its newest sample comes first). A counter with no
+// recorded data (all zeros) is left out, as vCenter leaves out counters it did not collect.
+func (p *perfManager) cannedSeries(ctx *simulator.Context, entity types.ManagedObjectReference,
+	ids []types.PerfMetricId, interval int32, n int) []types.BasePerfMetricSeries {
+	res := p.PerformanceManager.QueryPerf(ctx, &types.QueryPerf{QuerySpec: []types.PerfQuerySpec{{
+		Entity: entity, MetricId: ids, IntervalId: interval, MaxSample: int32(n),
+	}}})
+	body, ok := res.(*methods.QueryPerfBody)
+	if !ok || body.Res == nil || len(body.Res.Returnval) == 0 {
+		return nil
+	}
+	em, ok := body.Res.Returnval[0].(*types.PerfEntityMetric)
+	if !ok {
+		return nil
+	}
+	var out []types.BasePerfMetricSeries
+	for _, base := range em.Value {
+		stock, ok := base.(*types.PerfMetricIntSeries)
+		if !ok || len(stock.Value) != n {
+			continue
+		}
+		nonzero := false
+		series := &PerfMetricIntSeries{Value: make([]int64, n)}
+		series.Id = stock.Id
+		if series.Id.Instance == "*" {
+			series.Id.Instance = ""
+		}
+		for i := range series.Value {
+			series.Value[i] = stock.Value[n-1-i]
+			nonzero = nonzero || series.Value[i] != 0
+		}
+		if nonzero {
+			out = append(out, series)
+		}
+	}
+	return out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -791,6 +1060,8 @@ func main() {
 	noTLS := flag.Bool("no-tls", false, "serve plain http")
 	autostart := flag.Bool("autostart", true, "power on the model's VMs")
 	sessionIdle := flag.Duration("session-idle-timeout", 0, "expire sessions idle this long (0: never)")
+	delayMs := flag.Int("delay-ms", 0, "delay every SOAP call this many milliseconds (network latency)")
+	methodDelay := flag.String("method-delay", "", "extra delay per method, e.g. QueryPerf=50,RetrievePropertiesEx=20 (ms)")
 	flag.Parse()
 
 	log.SetOutput(os.Stderr)
@@ -813,10 +1084,23 @@ func main() {
 	if err := m.Create(); err != nil {
 		log.Fatalf("model: %v", err)
 	}
+	// Create has set the service's delay to m.DelayConfig: fill it in now (not during Create).
+	m.DelayConfig.Delay = *delayMs
+	if *methodDelay != "" {
+		m.DelayConfig.MethodDelay = map[string]int{}
+		for _, item := range strings.Split(*methodDelay, ",") {
+			kv := strings.SplitN(strings.TrimSpace(item), "=", 2)
+			ms, err := strconv.Atoi(strings.TrimSpace(kv[len(kv)-1]))
+			if len(kv) != 2 || err != nil {
+				log.Fatalf("-method-delay: %q is not Method=milliseconds", item)
+			}
+			m.DelayConfig.MethodDelay[strings.TrimSpace(kv[0])] = ms
+		}
+	}
 	defer m.Remove()
 
 	// Overrides: the PropertyCollector singleton and the PerformanceManager.
-	content := simulator.Map.Get(types.ManagedObjectReference{Type: "ServiceInstance", Value: "ServiceInstance"}).(*simulator.ServiceInstance).Content
+	content := serviceContent()
 	pc := simulator.Map.Get(content.PropertyCollector).(*simulator.PropertyCollector)
 	wrapped := &pagingPC{}
 	wrapped.Self = pc.Self
