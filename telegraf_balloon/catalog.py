@@ -162,6 +162,21 @@ BALLOON_FIELDS: tuple[Field, ...] = (
     _f("driver_loaded", bool, "", "a balloon driver is bound to a device", GUEST),
     _f("driver_blacklisted", bool, "", "the balloon driver is blacklisted", GUEST),
     _f(
+        "virtio_console_blacklisted",
+        bool,
+        "",
+        "virtio_console (virtio serial ports: the guest agent's channel) is blacklisted",
+        GUEST,
+    ),
+    _f(
+        "debugfs_world_readable",
+        bool,
+        "",
+        "the balloon driver's debugfs file (vmmemctl, hv-balloon) is readable by every user",
+        GUEST,
+        note="vmw_balloon and hv_balloon guests with debugfs mounted",
+    ),
+    _f(
         "stuck",
         bool,
         "",
