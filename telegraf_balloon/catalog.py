@@ -300,7 +300,7 @@ COLLECTOR_FIELDS: tuple[Field, ...] = (
 LOGS = "logs"
 LOG_TAGS: dict[str, str] = {
     "host": "the machine the plugin runs on",
-    "file": "the log file",
+    "file": "the log file, or kmsg for the kernel log",
     "event": "balloon_extend_failed, host_pin_failed, vmmemctl_freeze, vmmemctl_pin_failed, "
     "virtio_out_of_puff, oom_kill, or a configured name",
 }
