@@ -267,3 +267,24 @@ def test_long_lines_are_matched_on_their_head_and_never_kept_whole() -> None:
     assert b"Out of puff" not in out  # the rest of the long line was skipped
     assert out.endswith(b"\nnext line\n")
     assert len(out) <= logs.MAX_LINE + len(b"\nnext line\n")
+
+
+def test_something_unreadable_replacing_a_rotated_file(tmp_path: Path) -> None:
+    """A FIFO put where the log was (opening it could block for ever): the old file's end
+    still counts, a W! line says it once, and a real file there later is read again."""
+    log = tmp_path / "a.log"
+    log.write_text("")
+    source, stream = _source(tmp_path)
+    _counts(source)
+    with log.open("a") as handle:
+        handle.write("Out of puff! 1\n")
+    log.rename(tmp_path / "a.log.1")
+    os.mkfifo(log)
+    assert _counts(source) == {("a.log", "virtio_out_of_puff"): (1, 1)}
+    assert _counts(source) == {}  # and no hang on the FIFO, poll after poll
+    warnings = [x for x in stream.getvalue().splitlines() if x.startswith("W! ")]
+    assert len(warnings) == 1 and "not a regular file" in warnings[0], warnings
+    log.unlink()
+    log.write_text("Out of puff! 2\n")
+    assert _counts(source) == {("a.log", "virtio_out_of_puff"): (1, 1)}
+    assert "a.log is readable again" in stream.getvalue()

@@ -7,6 +7,7 @@ import glob
 import os
 import re
 import time
+from stat import S_ISREG
 from typing import Callable, Optional
 
 from .. import catalog
@@ -114,9 +115,13 @@ def _identity(stat: os.stat_result) -> tuple[int, int]:
 
 
 def _open(path: str) -> tuple[int, os.stat_result]:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """A regular file opened for reading; O_NONBLOCK: a FIFO put at the path cannot hang us."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        return fd, os.fstat(fd)
+        stat = os.fstat(fd)
+        if not S_ISREG(stat.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return fd, stat
     except OSError:
         os.close(fd)
         raise
@@ -257,11 +262,13 @@ class LogsSource:
         budget = POLL_BUDGET
         for path in paths:
             try:
-                text, used, totals = self._read_path(path, first, budget)
+                text, used, totals, error = self._read_path(path, first, budget)
             except OSError as exc:
-                self.log.fault(f"logs:{path}", f"logs source: cannot read {path}: {exc.strerror}")
-                continue
-            self.log.clear(f"logs:{path}", f"logs source: {path} is readable again")
+                text, used, totals, error = b"", 0, {}, exc.strerror or str(exc)
+            if error is None:
+                self.log.clear(f"logs:{path}", f"logs source: {path} is readable again")
+            else:
+                self.log.fault(f"logs:{path}", f"logs source: cannot read {path}: {error}")
             budget -= used
             if text:
                 self._count(text, path, totals, result)
@@ -270,8 +277,13 @@ class LogsSource:
         result.api_latency_seconds = self._clock() - started
         return result
 
-    def _read_path(self, path: str, first: bool, budget: int) -> tuple[bytes, int, dict[str, int]]:
-        """The complete new lines of one path, the bytes read for them, its event totals."""
+    def _read_path(
+        self, path: str, first: bool, budget: int
+    ) -> tuple[bytes, int, dict[str, int], Optional[str]]:
+        """The complete new lines of one path, the bytes read, its event totals, an error.
+
+        The error: the file newly at the path cannot be opened (the old one's end is kept).
+        """
         tail = self._tails.get(path)
         if tail is None:
             fd, stat = _open(path)
@@ -320,11 +332,15 @@ class LogsSource:
             if current is None:
                 del self._tails[path]
                 break
-            fd, stat = _open(path)  # the new file under the path: all of it is new
+            try:
+                fd, stat = _open(path)  # the new file under the path: all of it is new
+            except OSError as exc:
+                del self._tails[path]  # tried again next poll, as a file that appeared
+                return b"".join(out), used, tail.totals, exc.strerror or str(exc)
             tail.fd, tail.inode, tail.offset, tail.mark = fd, _identity(stat), 0, b""
             if used >= min(READ_LIMIT, budget):
                 break
-        return b"".join(out), used, tail.totals
+        return b"".join(out), used, tail.totals, None
 
     def _poll_kmsg(self, result: PollResult) -> None:
         kmsg = self._kmsg
