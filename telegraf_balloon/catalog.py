@@ -235,6 +235,21 @@ BALLOON_FIELDS: tuple[Field, ...] = (
     _f("driver_loaded", bool, "", "a balloon driver is bound to a device", GUEST),
     _f("driver_blacklisted", bool, "", "the balloon driver is blacklisted", GUEST),
     _f(
+        "virtio_console_blacklisted",
+        bool,
+        "",
+        "virtio_console (virtio serial ports: the guest agent's channel) is blacklisted",
+        GUEST,
+    ),
+    _f(
+        "debugfs_world_readable",
+        bool,
+        "",
+        "the balloon driver's debugfs file (vmmemctl, hv-balloon) is readable by every user",
+        GUEST,
+        note="vmw_balloon and hv_balloon guests with debugfs mounted",
+    ),
+    _f(
         "stuck",
         bool,
         "",
@@ -336,6 +351,22 @@ HOST_FIELDS: tuple[Field, ...] = (
         QMP,
         note="only where the host has EDAC and the source reads it locally",
     ),
+    _f(
+        "ecc_corrected_new",
+        int,
+        "count",
+        "corrected ECC errors since the previous poll",
+        HEALTH,
+        note="with ecc_corrected_total, from the second poll on",
+    ),
+    _f(
+        "ecc_uncorrected_new",
+        int,
+        "count",
+        "uncorrected ECC errors since the previous poll (the default rule: critical at 1)",
+        HEALTH,
+        note="with ecc_uncorrected_total, from the second poll on",
+    ),
     _f("overcommit_ratio", float, "ratio", "memory promised to VMs / physical memory", HEALTH),
     _f("reclaimed_ratio", float, "ratio", "ballooned memory / physical memory", HEALTH),
     _f("alert_level", int, "level", "max of all <field>_level on the line", HEALTH),
@@ -372,7 +403,7 @@ COLLECTOR_FIELDS: tuple[Field, ...] = (
 LOGS = "logs"
 LOG_TAGS: dict[str, str] = {
     "host": "the machine the plugin runs on",
-    "file": "the log file",
+    "file": "the log file, or kmsg for the kernel log",
     "event": "balloon_extend_failed, host_pin_failed, vmmemctl_freeze, vmmemctl_pin_failed, "
     "virtio_out_of_puff, oom_kill, or a configured name",
 }

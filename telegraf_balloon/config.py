@@ -83,6 +83,7 @@ class QmpConfig:
 class LogsConfig:
     files: tuple[str, ...] = ()
     patterns: tuple[tuple[str, str], ...] = ()
+    kmsg: bool = False  # also read the kernel log (/dev/kmsg) from its end
 
 
 @dataclass(frozen=True)
@@ -426,8 +427,9 @@ def _vsphere(r: _Reader) -> VsphereConfig:
 
 def _logs(r: _Reader) -> LogsConfig:
     files = r.strings("files", ())
-    if not files:
-        raise r.error("files", "list at least one file or glob")
+    kmsg = r.boolean("kmsg", False)
+    if not files and not kmsg:
+        raise r.error("files", "list at least one file or glob (or set kmsg = true)")
     patterns: list[tuple[str, str]] = []
     table = r.table_of("patterns")
     if table is not None:
@@ -442,7 +444,7 @@ def _logs(r: _Reader) -> LogsConfig:
             patterns.append((name, regex))
         table.finish()
     r.finish()
-    return LogsConfig(files=files, patterns=tuple(patterns))
+    return LogsConfig(files=files, patterns=tuple(patterns), kmsg=kmsg)
 
 
 # libvirtd owns the QMP monitors of its domains: a second client there would stall it.
@@ -587,6 +589,13 @@ def load_text(text: str, path: str, environ: Optional[Mapping[str, str]] = None)
                         f"({agent.timeout:g}s): one busy VM would make the source miss its poll",
                     )
                 found[kind].append(parsed)
+    readers = [i for i, logs in enumerate(found["logs"]) if logs.kmsg]
+    if len(readers) > 1:  # each would count every kernel event once more
+        raise ConfigError(
+            path,
+            f"sources.logs[{readers[1]}].kmsg",
+            f"the kernel log is read by sources.logs[{readers[0]}] already",
+        )
     health = _health(top.table_of("health"))
     thresholds = tuple(_threshold(r) for r in _list_of_tables(top, "thresholds"))
     top.finish()

@@ -43,7 +43,15 @@ def _compile(thresholds: tuple[ThresholdRule, ...], measurement: str) -> list[_R
 class _State:
     """What one VM (or host) needs remembered from earlier polls."""
 
-    __slots__ = ("crit_since", "last_time", "stuck_since", "swap_in", "swap_out", "warn_since")
+    __slots__ = (
+        "counters",
+        "crit_since",
+        "last_time",
+        "stuck_since",
+        "swap_in",
+        "swap_out",
+        "warn_since",
+    )
 
     def __init__(self, rules: int) -> None:
         self.last_time: Optional[float] = None
@@ -52,6 +60,34 @@ class _State:
         self.stuck_since: Optional[float] = None
         self.warn_since: list[Optional[float]] = [None] * rules
         self.crit_since: list[Optional[float]] = [None] * rules
+        self.counters: Optional[dict[str, int]] = None  # host counters at the previous poll
+
+
+# Host counters whose growth since the previous poll is a field of its own: a rule on a
+# `_total` would fire for ever once it is nonzero; a rule on the growth fires on new errors.
+HOST_DELTAS: tuple[tuple[str, str], ...] = (
+    ("ecc_corrected_total", "ecc_corrected_new"),
+    ("ecc_uncorrected_total", "ecc_uncorrected_new"),
+)
+
+
+def _deltas(fields: Fields, state: _State) -> None:
+    """Add `<counter>_new` (growth since the previous poll) for each host counter on the line.
+
+    Absent on the first poll (no baseline). A counter that went down was reset (EDAC's
+    reset_counters, a reboot): everything it holds now came after the previous poll.
+    """
+    previous = state.counters
+    current: dict[str, int] = {}
+    for total, new in HOST_DELTAS:
+        value = fields.get(total)
+        if value is None or type(value) is not int:
+            continue
+        current[total] = value
+        before = previous.get(total) if previous is not None else None
+        if before is not None:
+            fields[new] = value - before if value >= before else value
+    state.counters = current
 
 
 def _levels(rules: list[_Rule], fields: Fields, state: _State, now: float) -> int:
@@ -181,5 +217,6 @@ class Health:
         for key, fields in items:
             state = old.pop(key, None) or new.get(key) or _State(len(rules))
             new[key] = state
+            _deltas(fields, state)
             fields["alert_level"] = _levels(rules, fields, state, now) if rules else 0
         self._hosts[instance] = new

@@ -216,6 +216,24 @@ ERRORS = [
         "logs-no-files",
     ),
     case(
+        "[[sources.logs]]\nkmsg = false\n",
+        "sources.logs[0].files",
+        "or set kmsg = true",
+        "logs-no-files-no-kmsg",
+    ),
+    case(
+        '[[sources.logs]]\nkmsg = "yes"\n',
+        "sources.logs[0].kmsg",
+        "expected true or false",
+        "logs-kmsg-not-bool",
+    ),
+    case(
+        '[[sources.logs]]\nkmsg = true\n[[sources.logs]]\nfiles = ["/x"]\nkmsg = true\n',
+        "sources.logs[1].kmsg",
+        "read by sources.logs[0] already",
+        "logs-kmsg-twice",
+    ),
+    case(
         '[[sources.logs]]\nfiles = ["/var/log/messages"]\n[sources.logs.patterns]\nbad = "(("\n',
         "sources.logs[0].patterns.bad",
         "bad regular expression",
@@ -455,6 +473,7 @@ def test_sample_config_loads() -> None:
         ("balloon", "stale"),
         ("balloon", "swap_out_bytes_per_second"),
         ("balloon_host", "reclaimed_ratio"),
+        ("balloon_host", "ecc_uncorrected_new"),
     ]
     first = loaded.thresholds[0]
     assert (first.warn, first.crit, first.for_seconds, first.below) == (0.2, 0.4, 600.0, False)
@@ -523,6 +542,7 @@ target_counters = false
 
 [[sources.logs]]
 files = ["/var/log/libvirt/qemu/*.log"]
+kmsg = true
 [sources.logs.patterns]
 refused = "balloon .* refused"
 
@@ -575,7 +595,9 @@ crit = 1.5
     assert "file-secret" not in repr(loaded)
     assert loaded.logs == (
         config.LogsConfig(
-            files=("/var/log/libvirt/qemu/*.log",), patterns=(("refused", "balloon .* refused"),)
+            files=("/var/log/libvirt/qemu/*.log",),
+            patterns=(("refused", "balloon .* refused"),),
+            kmsg=True,
         ),
     )
     assert loaded.health == config.HealthConfig(0.1, 120.0, 90.0)
@@ -614,6 +636,13 @@ def test_default_config() -> None:
     assert default.thresholds == ()
     assert default.source_count() == 1
     assert "1 guest" in default.summary()
+
+
+def test_logs_kmsg_alone() -> None:
+    """A guest with no syslog file: the kernel log only, no files."""
+    loaded = load_text("[[sources.logs]]\nkmsg = true\n", "k.toml", {})
+    assert loaded.logs == (config.LogsConfig(files=(), kmsg=True),)
+    assert loaded.source_count() == 1
 
 
 def test_minimal_config_takes_every_default() -> None:

@@ -10,13 +10,16 @@ Each `tests/fixtures/guest/<case>/` holds `root/` (a tree laid out as under `/`)
   each must match exactly one line over two polls (a repeated fault is logged once), and
   every `W! ` line must match one of them; an empty list means no `W! ` line at all;
 - `error` (optional): the poll fails as a whole and `PollResult.error` contains this;
-- `page_size` (optional, default 4096): the guest's page size.
+- `page_size` (optional, default 4096): the guest's page size;
+- `modes` (required when `root/sys/kernel/debug` exists): octal modes by path under `root/`.
+  Git keeps no modes, so such a case is polled on a copy of `root/` with these applied.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,8 +43,15 @@ def load(case: str) -> dict[str, Any]:
         return cast(dict[str, Any], json.load(handle))
 
 
-def poll_twice(case: str, expected: dict[str, Any]) -> tuple[list[PollResult], list[str], str]:
+def poll_twice(
+    case: str, expected: dict[str, Any], scratch: Path
+) -> tuple[list[PollResult], list[str], str]:
     root = str(FIXTURES / case / "root")
+    if "modes" in expected:
+        root = str(scratch / "root")
+        shutil.copytree(FIXTURES / case / "root", root, symlinks=True)
+        for rel, mode in expected["modes"].items():
+            (Path(root) / rel).chmod(int(mode, 8))
     stream = io.StringIO()
     source = GuestSource(
         GuestConfig(root=root),
@@ -73,12 +83,14 @@ def test_fixture_is_well_formed(case: str) -> None:
     assert not fields & absent
     assert fields | absent == GUEST_FIELDS, sorted(GUEST_FIELDS ^ (fields | absent))
     assert "host" not in expected["tags"] and "guest" not in expected["tags"]
+    if (FIXTURES / case / "root" / "sys/kernel/debug").is_dir():
+        assert "sys/kernel/debug" in expected.get("modes", {}), "git keeps no modes: state them"
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_guest_fixture(case: str) -> None:
+def test_guest_fixture(case: str, tmp_path: Path) -> None:
     expected = load(case)
-    results, warnings, root = poll_twice(case, expected)
+    results, warnings, root = poll_twice(case, expected, tmp_path)
 
     for number, result in enumerate(results, 1):
         where = f"{case}, poll {number}"

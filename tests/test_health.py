@@ -1162,6 +1162,49 @@ def test_host_alert_level_zero_without_host_rules() -> None:
     assert not [k for k in fields if k.endswith("_level") and k != "alert_level"]
 
 
+def poll_ecc(
+    health: Health, t: float, corrected: Optional[int], uncorrected: Optional[int]
+) -> Fields:
+    """One source poll of one host whose EDAC counters read these totals (None: no EDAC)."""
+    info = HostInfo({"host": "kvm1"}, 64 * GiB, None, corrected, uncorrected)
+    lines = host_lines([], [info])
+    health.hosts(INSTANCE, [(tags["host"], fields) for tags, fields in lines], T0 + t)
+    return lines[0][1]
+
+
+def test_ecc_new_errors_are_the_growth_since_the_previous_poll() -> None:
+    health = Health(HealthConfig(), SAMPLE.thresholds)
+    first = poll_ecc(health, 0, 5, 2)
+    # no baseline yet: errors counted before the plugin started are not "new"
+    assert "ecc_uncorrected_new" not in first and "ecc_corrected_new" not in first
+    assert first["ecc_uncorrected_total"] == 2 and first["alert_level"] == 0
+    assert "ecc_uncorrected_new_level" not in first
+    steady = poll_ecc(health, 10, 5, 2)
+    assert (steady["ecc_corrected_new"], steady["ecc_uncorrected_new"]) == (0, 0)
+    assert steady["ecc_uncorrected_new_level"] == 0 and steady["alert_level"] == 0
+    moved = poll_ecc(health, 20, 9, 3)
+    assert (moved["ecc_corrected_new"], moved["ecc_uncorrected_new"]) == (4, 1)
+    assert moved["ecc_uncorrected_new_level"] == 2 and moved["alert_level"] == 2
+    # the shipped rule watches new uncorrected errors only: it falls once none are new
+    quiet = poll_ecc(health, 30, 12, 3)
+    assert (quiet["ecc_corrected_new"], quiet["ecc_uncorrected_new"]) == (3, 0)
+    assert quiet["alert_level"] == 0
+    # a counter that went down was reset: what it holds now is new since the last poll
+    reset = poll_ecc(health, 40, 1, 2)
+    assert (reset["ecc_corrected_new"], reset["ecc_uncorrected_new"]) == (1, 2)
+    assert reset["alert_level"] == 2
+    for fields in (first, steady, moved, quiet, reset):
+        assert catalog.check_point(catalog.HOST, {"host": "kvm1"}, dict(fields)) == []
+
+
+def test_ecc_new_absent_without_edac() -> None:
+    health = Health(HealthConfig(), SAMPLE.thresholds)
+    for t in (0, 10):
+        fields = poll_ecc(health, t, None, None)
+        assert not [name for name in fields if name.startswith("ecc_")]
+        assert fields["alert_level"] == 0
+
+
 # --- thresholds from TOML ---------------------------------------------------------------------
 
 
@@ -1182,6 +1225,7 @@ def test_sample_config_rules_are_what_its_comments_say() -> None:
         rule("stale", warn=1),
         rule("swap_out_bytes_per_second", warn=MiB, crit=10 * MiB, for_seconds=300),
         rule("reclaimed_ratio", warn=0.2, for_seconds=600, measurement=catalog.HOST),
+        rule("ecc_uncorrected_new", crit=1, measurement=catalog.HOST),
     )
 
 

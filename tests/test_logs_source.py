@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 from pathlib import Path
 
 from telegraf_balloon import catalog
 from telegraf_balloon.config import load_text
 from telegraf_balloon.log import Log
+from telegraf_balloon.sources import logs
 from telegraf_balloon.sources.logs import LogsSource
 
 # What a kernel >= 4.19 logs for one OOM kill: both lines, which must count once.
@@ -94,3 +96,195 @@ def test_unreadable_file_warns_once(tmp_path: Path) -> None:
     source, stream = _source(tmp_path)
     assert _counts(source) == {}
     assert stream.getvalue() == ""
+
+
+def test_rotation_by_rename_finishes_the_old_file(tmp_path: Path) -> None:
+    """logrotate's default: rename, the writer keeps its handle a while, then a new file."""
+    log = tmp_path / "hostd.log"
+    log.write_text("start\n")
+    source, _ = _source(tmp_path)
+    _counts(source)
+    writer = log.open("a")
+    writer.write("Failed to extend balloon\n")
+    writer.flush()
+    log.rename(tmp_path / "hostd.log.1")  # not matched by the glob any more
+    writer.write("Failed to extend balloon\nvmmemctl: G_FREEZE")  # still the old file
+    writer.flush()
+    # the old file is followed to its end although nothing is at the path now
+    assert _counts(source) == {("hostd.log", "balloon_extend_failed"): (2, 2)}
+    writer.write(" late\n")
+    writer.close()
+    log.write_text("Insufficient host resources to pin memory\n")  # the new file
+    assert _counts(source) == {
+        ("hostd.log", "vmmemctl_freeze"): (1, 1),  # the old file's last line, then ...
+        ("hostd.log", "host_pin_failed"): (1, 1),  # ... the new file, from its start
+    }
+    with log.open("a") as handle:
+        handle.write("Failed to extend balloon\n")
+    assert _counts(source) == {("hostd.log", "balloon_extend_failed"): (1, 3)}
+
+
+def test_rotation_replaced_at_once_reads_old_end_then_new(tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    log.write_text("")
+    source, _ = _source(tmp_path)
+    _counts(source)
+    with log.open("a") as handle:
+        handle.write("Out of puff! 1\nOut of puff! 2\n")
+    log.rename(tmp_path / "a.log.1")
+    log.write_text("Out of puff! 3\n")
+    assert _counts(source) == {("a.log", "virtio_out_of_puff"): (3, 3)}
+    assert _counts(source) == {}
+
+
+def test_deleted_file_is_finished_and_forgotten(tmp_path: Path) -> None:
+    log = tmp_path / "gone.log"
+    log.write_text("")
+    source, _ = _source(tmp_path)
+    _counts(source)
+    with log.open("a") as handle:
+        handle.write("Out of memory: Killed process 7 (x)\n")
+    log.unlink()
+    assert _counts(source) == {("gone.log", "oom_kill"): (1, 1)}
+    log.write_text("Out of memory: Killed process 8 (y)\n")  # a new file: counts from 1
+    assert _counts(source) == {("gone.log", "oom_kill"): (1, 1)}
+
+
+def test_files_appearing_later_match_globs_again(tmp_path: Path) -> None:
+    config = load_text(f'[[sources.logs]]\nfiles = ["{tmp_path}/*/qemu.log"]\n', "t.toml")
+    source = LogsSource(config.logs[0], "h", Log(io.StringIO()))
+    assert _counts(source) == {}  # nothing matches yet
+    for name in ("vm1", "vm2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "qemu.log").write_text(f"{name}: Failed to extend balloon\n")
+        assert _counts(source) == {("qemu.log", "balloon_extend_failed"): (1, 1)}
+    source.close()
+
+
+def _line(number: int) -> str:
+    """Line `number` of a burst: every 10th a vmmemctl PIN_FAILED, every 1000th an OOM kill."""
+    text = f"2024-05-01T10:00:00.{number:06d}Z guest kernel: [{number}] "
+    if number % 1000 == 0:
+        text += "Out of memory: Killed process 1 (worker)"
+    elif number % 10 == 0:
+        text += "vmmemctl: PIN_FAILED while locking page"
+    else:
+        text += "balloon: nothing to see here, padding the line to a realistic length"
+    return text + "\n"
+
+
+def test_burst_of_100000_lines_counted_exactly_over_bounded_polls(tmp_path: Path) -> None:
+    log = tmp_path / "messages.log"
+    log.write_text("")
+    source, stream = _source(tmp_path)
+    _counts(source)
+    burst = "".join(_line(n) for n in range(1, 100_001))
+    assert len(burst) > logs.READ_LIMIT  # more than one poll's worth
+    with log.open("a") as handle:
+        handle.write(burst)
+    totals: dict[str, int] = {}
+    polls = 0
+    while True:
+        counts = _counts(source)
+        if not counts:
+            break
+        polls += 1
+        for (_, event), (count, total) in counts.items():
+            totals[event] = totals.get(event, 0) + count
+            assert total == totals[event]
+    assert totals == {"vmmemctl_pin_failed": 9_900, "oom_kill": 100}
+    assert polls == -(-len(burst) // logs.READ_LIMIT)  # each poll read at most READ_LIMIT
+    assert "behind" in stream.getvalue() and "caught up" in stream.getvalue()
+
+
+def test_growth_of_1_gib_is_read_in_bounded_chunks_and_said(tmp_path: Path) -> None:
+    """A file grows by 1 GiB between two polls (a hole: NUL bytes, one endless "line").
+
+    It is read READ_LIMIT bytes per poll, the W! line says how far behind it is (once), the
+    endless line is not kept, and the events before and after it are counted once each.
+    """
+    log = tmp_path / "qemu.log"
+    log.write_text("")
+    source, stream = _source(tmp_path)
+    _counts(source)
+    with log.open("a") as handle:
+        handle.write("Failed to extend balloon\n")
+        handle.truncate(handle.tell() + (1 << 30))
+        handle.seek(0, os.SEEK_END)
+        handle.write("\nInsufficient host resources to pin memory\nFailed to extend balloon\n")
+    size = log.stat().st_size
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    seen: list[dict[tuple[str, str], tuple[int, int]]] = []
+    for _ in range(size // logs.READ_LIMIT + 2):
+        counts = _counts(source)
+        if counts:
+            seen.append(counts)
+    assert seen == [
+        {("qemu.log", "balloon_extend_failed"): (1, 1)},  # the first poll, before the hole
+        {
+            ("qemu.log", "host_pin_failed"): (1, 1),  # the last poll, after it
+            ("qemu.log", "balloon_extend_failed"): (1, 2),
+        },
+    ]
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) * 1024
+    assert grown < 4 * logs.READ_LIMIT, grown  # a few chunks at most, never the 1 GiB line
+    warnings = [x for x in stream.getvalue().splitlines() if x.startswith("W! ")]
+    behind = (size - logs.READ_LIMIT) >> 20  # said after the first chunk, once
+    assert len(warnings) == 1 and f"{behind} MiB behind" in warnings[0], warnings
+    assert stream.getvalue().count("caught up") == 1
+
+
+def test_every_poll_reads_within_the_budget_and_no_file_starves(tmp_path: Path) -> None:
+    per_file = logs.READ_LIMIT  # each file as much as one poll may read of it
+    names = [f"vm{i}.log" for i in range(logs.POLL_BUDGET // per_file + 2)]
+    for name in names:
+        (tmp_path / name).write_text("")
+    source, _ = _source(tmp_path)
+    _counts(source)
+    line = "Out of puff! Can't get 256 pages " + "x" * 94 + "\n"  # 128 bytes
+    for name in names:
+        with (tmp_path / name).open("a") as handle:
+            handle.write(line * (per_file // len(line)))
+    done: dict[str, int] = {}
+    for _ in range(3):
+        counts = _counts(source)
+        read = sum(count for count, _ in counts.values()) * len(line)
+        assert read <= logs.POLL_BUDGET
+        for (name, _), (count, _) in counts.items():
+            done[name] = done.get(name, 0) + count
+    assert done == {name: per_file // len(line) for name in names}  # all caught up, once
+
+
+def test_long_lines_are_matched_on_their_head_and_never_kept_whole() -> None:
+    lines = logs._Lines()
+    head = b"vmmemctl: G_FREEZE " + b"y" * 100
+    pieces = [head, b"z" * logs.MAX_LINE, b"z" * logs.MAX_LINE, b"Out of puff! tail\nnext line\n"]
+    out = b""
+    for piece in pieces:
+        out += lines.feed(piece)
+        assert len(lines.partial) < logs.MAX_LINE
+    assert out.startswith(head) and out.count(b"\n") == 2  # the head, then "next line"
+    assert b"Out of puff" not in out  # the rest of the long line was skipped
+    assert out.endswith(b"\nnext line\n")
+    assert len(out) <= logs.MAX_LINE + len(b"\nnext line\n")
+
+
+def test_something_unreadable_replacing_a_rotated_file(tmp_path: Path) -> None:
+    """A FIFO put where the log was (opening it could block for ever): the old file's end
+    still counts, a W! line says it once, and a real file there later is read again."""
+    log = tmp_path / "a.log"
+    log.write_text("")
+    source, stream = _source(tmp_path)
+    _counts(source)
+    with log.open("a") as handle:
+        handle.write("Out of puff! 1\n")
+    log.rename(tmp_path / "a.log.1")
+    os.mkfifo(log)
+    assert _counts(source) == {("a.log", "virtio_out_of_puff"): (1, 1)}
+    assert _counts(source) == {}  # and no hang on the FIFO, poll after poll
+    warnings = [x for x in stream.getvalue().splitlines() if x.startswith("W! ")]
+    assert len(warnings) == 1 and "not a regular file" in warnings[0], warnings
+    log.unlink()
+    log.write_text("Out of puff! 2\n")
+    assert _counts(source) == {("a.log", "virtio_out_of_puff"): (1, 1)}
+    assert "a.log is readable again" in stream.getvalue()

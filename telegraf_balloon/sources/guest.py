@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
@@ -19,6 +20,11 @@ KIB = 1024
 VMW_PAGE = 4096  # vmw_balloon counts in 4 KiB pages whatever the guest's page size
 
 BALLOON_MODULES = ("virtio_balloon", "vmw_balloon", "xen_balloon", "hv_balloon")
+# The virtio serial ports (the guest agent's channel): SOURCE's "virtio_serial driver".
+VIRTIO_CONSOLE = "virtio_console"
+# The balloon drivers' debugfs files (created 0444; debugfs itself is mounted 0700 by default).
+DEBUGFS = "sys/kernel/debug"
+DEBUGFS_FILES = {"vmw_balloon": "vmmemctl", "hv_balloon": "hv-balloon"}
 
 # virtio balloon feature bits (include/uapi/linux/virtio_balloon.h)
 F_STATS_VQ, F_DEFLATE_ON_OOM, F_FREE_PAGE_HINT, F_REPORTING = 1, 2, 3, 5
@@ -323,6 +329,22 @@ class GuestSource:
             }[driver.name]
         return "unknown"
 
+    def _debugfs_world_readable(self, driver: Optional[_Driver]) -> Optional[bool]:
+        """The driver's debugfs file readable by every user (mode bits); None: no such file.
+
+        Both must allow it: the file (the kernel creates it 0444) and the debugfs mount
+        point (0700 unless mounted with a wider mode=).
+        """
+        name = DEBUGFS_FILES.get(driver.name) if driver is not None else None
+        if name is None:
+            return None
+        try:
+            file_mode = os.stat(self._path(f"{DEBUGFS}/{name}")).st_mode
+            mount_mode = os.stat(self._path(DEBUGFS)).st_mode
+        except OSError:
+            return None
+        return bool(file_mode & stat.S_IROTH) and bool(mount_mode & stat.S_IXOTH)
+
     def _blacklist(self) -> set[str]:
         texts = []
         for folder in ("etc/modprobe.d", "lib/modprobe.d", "usr/lib/modprobe.d", "run/modprobe.d"):
@@ -459,6 +481,10 @@ class GuestSource:
             fields["driver_loaded"] = False
             fields["driver_blacklisted"] = any(m in blacklist for m in BALLOON_MODULES)
         fields["inflation_blocked"] = driver is None or not driver.bound
+        fields["virtio_console_blacklisted"] = VIRTIO_CONSOLE in blacklist
+        readable = self._debugfs_world_readable(driver)
+        if readable is not None:
+            fields["debugfs_world_readable"] = readable
 
         tags = {
             "host": self.hostname,

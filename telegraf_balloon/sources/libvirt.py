@@ -19,7 +19,16 @@ from .hostfacts import local_host
 
 KIB = 1024
 STATE_RUNNING, STATE_PAUSED = 1, 3
-RECHECK_SECONDS = 30.0  # least time between two XML re-reads of one domain that looks odd
+RECHECK_SECONDS = 30.0  # least time between two XML re-reads of a disarmed domain whose stats move
+
+
+def frozen_after(period: int) -> float:
+    """Seconds without a stats report after which a period-`period` domain looks disarmed.
+
+    Two missed reports, plus a second for last-update's whole seconds.
+    """
+    return 2.0 * period + 2.0
+
 
 # balloon.* keys (KiB or counts) -> (field, scale)
 _GUEST_KEYS: tuple[tuple[str, str, int], ...] = (
@@ -346,22 +355,32 @@ class LibvirtSource:
         return stats
 
     def _needs_xml(self, facts: DomainFacts, stats: dict[str, Any], now: float) -> bool:
-        """Re-read the XML when it is old, or when the stats contradict the cached period."""
+        """Re-read the XML when it is old, or when the stats contradict the cached period.
+
+        A period set to 0 while the domain runs shows only as stats that stop: checked
+        (one XML read per freeze) once two reports are missing, so that stats_disabled
+        shows within max(3 periods, 10 s) of the change at any poll interval below that.
+        """
         if now - facts.checked_at >= self.config.refresh_interval:
             return True
-        if now - facts.checked_at < RECHECK_SECONDS or facts.blocked_model:
+        if facts.blocked_model:
             return False
         last_update = int(stats.get("balloon.last-update", 0))
         if facts.period == 0:
-            return last_update > facts.last_update  # someone armed it: stats move again
-        if facts.period and last_update and now - last_update > max(3.0 * facts.period, 10.0):
-            # Frozen stats: maybe disarmed. Check once per freeze, not every RECHECK_SECONDS
-            # (a paused guest or a dead driver stays frozen for long).
-            if last_update == facts.frozen_checked:
-                return False
-            facts.frozen_checked = last_update
-            return True
-        return False
+            # Someone armed it: stats move again. Not more often than RECHECK_SECONDS: a
+            # period set behind libvirt's back leaves the XML at 0 while the stats move.
+            return last_update > facts.last_update and now - facts.checked_at >= RECHECK_SECONDS
+        if not facts.period or not last_update:
+            return False
+        overdue = frozen_after(facts.period)
+        if now - last_update <= overdue:
+            return False
+        # Once per freeze, not on every poll (a paused guest or a dead driver stays frozen
+        # for long); and not when the last read came after this freeze was already evident.
+        if last_update == facts.frozen_checked or facts.checked_at - last_update > overdue:
+            return False
+        facts.frozen_checked = last_update
+        return True
 
     def _read_facts(
         self,

@@ -266,3 +266,44 @@ keepalive_count = 2
         }
     finally:
         plugin.close()
+
+
+def test_period_zero_reported_within_three_periods_or_10s(
+    libvirt_stack: LibvirtStack, qemu_guest: str, domain: Any
+) -> None:
+    """Issue 10: a period set to 0 while the domain runs shows within max(3 periods, 10 s).
+
+    With the default refresh_interval (5 min): no periodic XML re-read helps here.
+    """
+    import libvirt
+
+    period = 2
+    plugin = Plugin(
+        f"""
+[agent]
+timeout = "10s"
+[[sources.libvirt]]
+uri = "{libvirt_stack.uri}"
+"""
+    )
+    try:
+        # Fresh stats first, so the change below is the only thing that freezes them.
+        wait_for(
+            lambda: (f := plugin.vm(qemu_guest)).get("stats_age_seconds", 99) < 2 * period and f,
+            60,
+            "fresh guest stats",
+        )
+        assert plugin.vm(qemu_guest)["stats_disabled"] is False
+        domain.setMemoryStatsPeriod(0, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        changed = time.monotonic()
+        fields = wait_for(
+            lambda: (f := plugin.vm(qemu_guest)).get("stats_disabled") and f,
+            60,
+            "stats_disabled",
+        )
+        elapsed = time.monotonic() - changed
+        print(f"stats_disabled reported {elapsed:.1f} s after the period was set to 0")
+        assert fields["stats_period_seconds"] == 0
+        assert elapsed <= max(3 * period, 10), elapsed
+    finally:
+        plugin.close()
