@@ -176,8 +176,8 @@ FINDINGS: tuple[Code, ...] = (
         "vm",
         "stats period 0 (such a VM gets no `stale` finding: same cause, one remedy)",
         message=_t(
-            any="The balloon's statistics period is 0: the guest's figures (free, swap, "
-            "faults) are frozen at what the driver sent when it loaded{age_note}.",
+            any="The balloon's statistics period is 0: the guest's own figures (free, swap, "
+            "faults) no longer update{age_note}.",
         ),
         remedy=_t(
             libvirt="Re-arm the period on the running domain and in its config:\n"
@@ -611,7 +611,7 @@ class Judge:
         return report
 
     def _not_judged(self, part: SourceBatch, watched: float) -> list[str]:
-        if part.kind == catalog.LOGS:
+        if part.kind == catalog.LOGS or not part.up:
             return []
         out: list[str] = []
         for code in FINDINGS:
@@ -811,7 +811,7 @@ class Judge:
         if age is not None:
             ctx["age"] = duration(age)
             if fields.get("stats_disabled") is True:
-                ctx["age_note"] = f" ({duration(age)} ago)"
+                ctx["age_note"] = f"; its last report is {duration(age)} old"
         stale_after = self.config.health.stale_after
         if stale_after is None:
             period = _number(fields, "stats_period_seconds") or 0.0
@@ -878,8 +878,8 @@ class Judge:
             )
         else:
             ctx["for_note"] = (
-                f"it holds now, and has not yet held for the rule's for "
-                f"({duration(rule.for_seconds)}): one poll cannot tell"
+                "it holds now, but has not yet been seen to hold for the rule's for "
+                f"({duration(rule.for_seconds)}): --watch {duration(rule.for_seconds)} judges that"
             )
 
     # -- per host --

@@ -230,7 +230,7 @@ for = "10m"
     assert over["remedy"]
     # 3 GiB of 4 GiB reclaimed: critical by the rule's crit, one poll short of its `for`.
     reclaiming = assert_found(doc, "host_reclaiming", "critical", "3.0 GiB", "75.0%")
-    assert "not yet held for the rule's for (10m)" in reclaiming["message"]
+    assert "not yet been seen to hold for the rule's for (10m)" in reclaiming["message"]
     [host] = doc["hosts"]
     assert host["verdict"] == "critical" and host["fields"]["vms_total"] == 3
     assert "Hosts (capacity rule" in doc["_text"]
