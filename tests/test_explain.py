@@ -594,3 +594,48 @@ def test_readme_shows_a_real_explain_run_first() -> None:
     assert shown and shown <= set(explain.BY_CODE)
     assert "virsh dommemstat web-01 --period 10 --live --config" in example
     assert "Exit codes: **0** nothing to act on, **1** something to act on" in readme
+
+
+def test_health_reports_the_raw_level_before_for_has_passed() -> None:
+    """What --explain's one-shot reads: the level a condition reaches now, and how long held."""
+    from telegraf_balloon.config import HealthConfig, ThresholdRule
+    from telegraf_balloon.health import Health
+
+    rules = (
+        ThresholdRule("balloon_ratio", "balloon", 0.2, 0.4, for_seconds=600.0),
+        ThresholdRule("guest_available_bytes", "balloon", 100.0, 50.0, below=True),
+    )
+    health = Health(HealthConfig(), rules)
+
+    def poll(now: float, actual: int, available: int) -> dict[str, Any]:
+        fields: Fields = {
+            "memory_max_bytes": 1000,
+            "balloon_actual_bytes": actual,
+            "guest_available_bytes": available,
+        }
+        health.vms("src", [("vm", fields)], now)
+        states = {r.field: r for r in health.vm_rules_now("src", "vm", now)}
+        return {"fields": fields, "states": states}
+
+    first = poll(1000.0, 500, 80)
+    ratio = first["states"]["balloon_ratio"]
+    assert (ratio.raw, ratio.level, ratio.held) == (2, 0, 0.0)
+    assert first["fields"]["balloon_ratio_level"] == 0  # the metric waits for `for`
+    low = first["states"]["guest_available_bytes"]
+    assert (low.raw, low.level, low.warn, low.crit) == (1, 1, 100.0, 50.0)  # signs restored
+    later = poll(1600.0, 500, 80)
+    ratio = later["states"]["balloon_ratio"]
+    assert (ratio.raw, ratio.level, ratio.held) == (2, 2, 600.0)
+    assert later["fields"]["balloon_ratio_level"] == 2  # the same answer as the metric
+    calm = poll(1700.0, 100, 500)["states"]
+    assert (calm["balloon_ratio"].raw, calm["balloon_ratio"].level) == (0, 0)
+    assert health.vm_rules_now("src", "unknown-vm", 1700.0)[0].raw == 0
+
+
+def test_watch_judges_a_rule_for() -> None:
+    """Under --watch the balloon_ratio rule's `for` (1s here) passes and the message says so."""
+    root = FIXTURES / "virtio-6.1-inflated/root"
+    doc = explain_now(guest_toml(root, extra=RATIO_RULE.format(for_="1s")), watch=1.5, interval=0.5)
+    high = assert_found(doc, "balloon_high", "critical")
+    assert "past the rule's for (1s)" in high["message"], high["message"]
+    assert doc["vms"][0]["fields"]["balloon_ratio_level"] == 2  # the metric agrees
