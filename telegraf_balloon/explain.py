@@ -507,6 +507,8 @@ def duration(seconds: float) -> str:
         return f"{seconds:.0f}s" if seconds >= 1 or seconds == 0 else f"{seconds:.1f}s"
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
+    if hours >= 48:
+        return f"{hours // 24}d"
     out = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
     return out + (f"{secs}s" if secs else "")
 
