@@ -65,7 +65,7 @@ def domain(libvirt_stack: LibvirtStack, qemu_guest: str) -> Iterator[Any]:
             dom.resume()
         dom.setMemoryStatsPeriod(2, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         dom.setMemory(FULL_KIB)
-        wait_for(lambda: dom.info()[2] == FULL_KIB, 30, "the guest at 512 MiB")
+        wait_for(lambda: dom.info()[2] == FULL_KIB, 60, "the guest at 512 MiB")
 
     restore()
     yield dom
@@ -91,7 +91,7 @@ def test_qemu_period_zero_and_inflated_past_40_percent(
     import libvirt
 
     domain.setMemory(232 * 1024)  # balloon 280 MiB of 512: ratio 0.547
-    wait_for(lambda: domain.info()[2] == 232 * 1024, 30, "inflation to 232 MiB")
+    wait_for(lambda: domain.info()[2] == 232 * 1024, 60, "inflation to 232 MiB")
     domain.setMemoryStatsPeriod(0, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     root = host_root(tmp_path, 64 * 1024 * 1024, 60 * 1024 * 1024)  # a host with plenty free
     toml = f"""
@@ -116,7 +116,7 @@ warn = 1
         [vm] = [v for v in doc["vms"] if v["guest"] == qemu_guest]
         return doc if vm["fields"].get("stale") is True else None
 
-    doc = wait_for(judged, 20, "stale stats on the frozen guest")
+    doc = wait_for(judged, 30, "stale stats on the frozen guest")
     [vm] = [v for v in doc["vms"] if v["guest"] == qemu_guest]
     assert vm["fields"]["stats_disabled"] is True and vm["fields"]["stale"] is True
     # stale is the same cause as the disabled period: one finding, one remedy.
