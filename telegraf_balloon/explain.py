@@ -540,6 +540,15 @@ def _number(fields: Fields, name: str) -> Optional[float]:
 
 # --- judging ----------------------------------------------------------------------------------
 
+# fields shown in messages as sizes for people, and their template names
+_SIZES = (
+    ("memory_max_bytes", "max"),
+    ("balloon_actual_bytes", "actual"),
+    ("balloon_target_bytes", "target"),
+    ("balloon_gap_bytes", "gap"),
+    ("reservation_bytes", "reservation"),
+)
+
 
 @dataclass
 class _Watch:
@@ -779,21 +788,8 @@ class Judge:
             seen_for=duration(max(DRIVER_GRACE, now - (self.first_time or now))),
             age_note="",
         )
-        for name in (
-            "memory_max_bytes",
-            "balloon_actual_bytes",
-            "balloon_target_bytes",
-            "balloon_gap_bytes",
-            "reservation_bytes",
-        ):
+        for name, short in _SIZES:
             value = fields.get(name)
-            short = {
-                "memory_max_bytes": "max",
-                "balloon_actual_bytes": "actual",
-                "balloon_target_bytes": "target",
-                "balloon_gap_bytes": "gap",
-                "reservation_bytes": "reservation",
-            }[name]
             if value is not None:
                 ctx[short] = size(value)
         maximum = _number(fields, "memory_max_bytes")
