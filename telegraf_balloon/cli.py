@@ -169,7 +169,7 @@ def _explain(args: argparse.Namespace, config: Config, sources: list[Source], lo
         os.dup2(devnull, sys.stdout.fileno())
     sys.stderr.flush()
     code = report.exit_code
-    if any(not s.up for s in report.sources):
-        # A source stuck in a C library must not hold the exit.
+    if report.busy:
+        # A source call is stuck in a C library: do not wait for it at exit.
         os._exit(code)
     return code

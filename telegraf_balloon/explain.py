@@ -460,6 +460,7 @@ class Report:
     sources: list[SourceReport]
     polls: int
     watched: float  # seconds between the first and the last poll
+    busy: bool = False  # a source call is still stuck in a C library at the end
 
     def findings(self) -> list[Finding]:
         out: list[Finding] = []
@@ -964,9 +965,12 @@ def run(
         pass  # judge what was seen so far
     finally:
         runner.close()
+    busy = any(worker.busy for worker in runner.workers)
     if batch is None:
-        return Report([], polls, 0.0)
-    return judge.report(batch, polls)
+        return Report([], polls, 0.0, busy)
+    report = judge.report(batch, polls)
+    report.busy = busy
+    return report
 
 
 # --- output -----------------------------------------------------------------------------------
