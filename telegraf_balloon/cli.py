@@ -12,6 +12,7 @@ from . import __version__
 from .config import DEFAULT_PATH, Config, ConfigError, default_config, hostname, load
 from .config import parse_duration as _parse_duration
 from .log import Log
+from .model import Source
 from .runner import Runner, StdoutClosed
 from .sources import SetupError, build_sources
 
@@ -70,9 +71,37 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     mode.add_argument(
         "--sample-config", action="store_true", help="print the commented sample config"
     )
+    mode.add_argument(
+        "--explain",
+        action="store_true",
+        help="poll, then say per VM and host what is wrong and what to do "
+        "(exit 0 nothing to act on, 1 something to act on)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        help="with --explain: text for people (default) or json for scripts",
+    )
+    parser.add_argument(
+        "--watch",
+        metavar="DURATION",
+        type=_duration,
+        help="with --explain: poll every 2s for DURATION, so rates, stuck_for and a "
+        "threshold's for can be judged",
+    )
+    parser.add_argument("--all", action="store_true", help="with --explain: list healthy VMs too")
     parser.add_argument("--debug", action="store_true", help="D! lines on stderr")
     parser.add_argument("--version", action="version", version=f"telegraf-balloon {__version__}")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.explain:
+        for flag, given in (
+            ("--format", args.format),
+            ("--watch", args.watch),
+            ("--all", args.all),
+        ):
+            if given:
+                parser.error(f"{flag} is only valid with --explain")
+    return args
 
 
 def load_config(path: Optional[str]) -> Config:
@@ -98,6 +127,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.check_config:
         print(config.summary())
         return EXIT_OK
+    if args.explain:
+        return _explain(args, config, sources, log)
     runner = Runner(config, sources, sys.stdout.buffer, log, hostname(config))
     code = EXIT_OK
     try:
@@ -116,6 +147,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runner.close()
     sys.stderr.flush()
     if any(w.busy for w in runner.workers):
+        # A source call is stuck in a C library: do not wait for it at exit.
+        os._exit(code)
+    return code
+
+
+def _explain(args: argparse.Namespace, config: Config, sources: list[Source], log: Log) -> int:
+    from . import explain
+
+    report = explain.run(config, sources, log, hostname(config), watch=args.watch)
+    if args.format == "json":
+        text = explain.to_json(report)
+    else:
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        text = explain.to_text(report, colour=colour, show_all=args.all)
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.stderr.flush()
+    code = report.exit_code
+    if report.busy:
         # A source call is stuck in a C library: do not wait for it at exit.
         os._exit(code)
     return code

@@ -7,6 +7,7 @@ no longer reports it, so memory stays bounded by the VMs that exist.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 from . import catalog
@@ -38,6 +39,24 @@ def _compile(thresholds: tuple[ThresholdRule, ...], measurement: str) -> list[_R
     for rule in rules:
         rule.shared = sum(1 for other in rules if other.field == rule.field) > 1
     return rules
+
+
+@dataclass(frozen=True)
+class RuleState:
+    """Where one [[thresholds]] rule stands for one line after the last poll (for --explain).
+
+    `raw` is the level the condition reaches now; `level` the one it has reached after
+    holding for the rule's `for` (what `<field>_level` says); `held` how long the warn
+    condition has held, in seconds.
+    """
+
+    field: str
+    warn: Optional[float]
+    crit: Optional[float]
+    for_seconds: float
+    raw: int
+    level: int
+    held: float
 
 
 class _State:
@@ -134,6 +153,33 @@ def _levels(rules: list[_Rule], fields: Fields, state: _State, now: float) -> in
     return highest
 
 
+def _rule_states(rules: list[_Rule], state: Optional[_State], now: float) -> list[RuleState]:
+    """Read back what _levels remembered: a condition holds now iff its `since` is set."""
+    out: list[RuleState] = []
+    for i, rule in enumerate(rules):
+        warn_since = state.warn_since[i] if state is not None else None
+        crit_since = state.crit_since[i] if state is not None else None
+        raw = _CRIT if crit_since is not None else _WARN if warn_since is not None else 0
+        level = 0
+        if crit_since is not None and now - crit_since >= rule.for_seconds:
+            level = _CRIT
+        elif warn_since is not None and now - warn_since >= rule.for_seconds:
+            level = _WARN
+        sign = -1.0 if rule.below else 1.0
+        out.append(
+            RuleState(
+                rule.field,
+                None if rule.warn is None else sign * rule.warn,
+                None if rule.crit is None else sign * rule.crit,
+                rule.for_seconds,
+                raw,
+                level,
+                0.0 if warn_since is None else now - warn_since,
+            )
+        )
+    return out
+
+
 class Health:
     """One stage between the sources and the serializer; call once per source poll."""
 
@@ -147,6 +193,20 @@ class Health:
     def tracked(self) -> int:
         """VMs and hosts with state (for tests and benchmarks)."""
         return sum(len(v) for v in self._vms.values()) + sum(len(h) for h in self._hosts.values())
+
+    def vm_rules_now(self, instance: str, key: str, now: float) -> list[RuleState]:
+        """Every balloon rule's standing for one VM after the last poll of its source."""
+        return _rule_states(self.vm_rules, self._vms.get(instance, {}).get(key), now)
+
+    def host_rules_now(self, instance: str, key: str, now: float) -> list[RuleState]:
+        """Every balloon_host rule's standing for one host after the last poll of its source."""
+        return _rule_states(self.host_rules, self._hosts.get(instance, {}).get(key), now)
+
+    def stuck_held(self, instance: str, key: str, now: float) -> float:
+        """Seconds the gap has been beyond stuck_gap_ratio for one VM (0 when it is not)."""
+        state = self._vms.get(instance, {}).get(key)
+        since = None if state is None else state.stuck_since
+        return 0.0 if since is None else now - since
 
     def vms(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
         """Judge every VM of one source poll in place; VMs not in `items` are forgotten."""

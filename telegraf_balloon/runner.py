@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional
 
 from . import catalog, lineprotocol
@@ -15,7 +16,7 @@ from .aggregate import host_lines
 from .config import Config
 from .health import Health
 from .log import Log
-from .model import Fields, PollResult, Source, Tags
+from .model import Fields, PollResult, Sample, Source, Tags
 
 _TRIGGER = "trigger"
 _STOP = "stop"
@@ -24,6 +25,38 @@ _DONE = "done"
 
 class StdoutClosed(Exception):
     """The reader of our stdout went away: nothing more to do."""
+
+
+@dataclass
+class SourceBatch:
+    """One source's part of a judged poll: what its lines will say, before serializing."""
+
+    kind: str
+    instance: str
+    key: str  # the source's key in the health stage and the fault log
+    error: Optional[str]  # None when the source answered
+    samples: list[Sample]  # judged in place by the health stage
+    hosts: list[tuple[Tags, Fields]]  # balloon_host lines, judged
+    points: list[tuple[str, Tags, Fields]]  # other measurements (balloon_log)
+    collector_tags: Tags
+    status: Fields  # the balloon_collector fields
+
+    @property
+    def up(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Batch:
+    """Everything one poll judged, per source in config order."""
+
+    now: float
+    time_ns: int
+    sources: list[SourceBatch]
+
+    @property
+    def all_up(self) -> bool:
+        return all(part.up for part in self.sources)
 
 
 class _Worker:
@@ -103,6 +136,14 @@ class Runner:
 
     def poll(self) -> bool:
         """Poll every source once, write the batch; True when every source answered."""
+        batch = self.poll_batch()
+        if batch is None:
+            return False  # abandoned: exit promptly, nothing half-judged is written
+        self.write(self.serialize(batch))
+        return batch.all_up
+
+    def poll_batch(self) -> Optional[Batch]:
+        """Poll every source once and judge the answers; None when stopped meanwhile."""
         self._poll_id += 1
         poll_id = self._poll_id
         now = self.clock()
@@ -130,10 +171,10 @@ class Runner:
                 break
             self._handle(event, poll_id, results, waiting)
         if self._stopping:
-            return False  # abandoned: exit promptly, nothing half-judged is written
+            return None
         for worker in waiting:
             results[worker] = (PollResult(error=f"no answer within timeout {timeout:g}s"), timeout)
-        return self._emit(results, now, time_ns)
+        return self._judge(results, now, time_ns)
 
     def _handle(
         self,
@@ -156,50 +197,69 @@ class Runner:
                 results[worker] = (result, duration)
             # else: a late answer to an abandoned poll; the worker is free again
 
-    def _emit(
+    def _judge(
         self, results: dict[_Worker, tuple[PollResult, float]], now: float, time_ns: int
-    ) -> bool:
-        points: list[tuple[str, Tags, Fields, int]] = []
-        all_up = True
+    ) -> Batch:
+        """Judge every source's answer (health stage, host sums) into data, not yet text."""
+        batch = Batch(now, time_ns, [])
         for worker in self.workers:
             result, duration = results[worker]
             source = worker.source
             worker.polls_total += 1
             up = result.error is None
+            hosts: list[tuple[Tags, Fields]] = []
             if up:
                 self.log.clear(worker.key, f"{source.kind} {source.instance}: answering again")
                 items = [(s.key, s.fields) for s in result.samples]
                 self.health.vms(worker.key, items, now)
-                for sample in result.samples:
-                    points.append((catalog.BALLOON, sample.tags, sample.fields, time_ns))
                 hosts = host_lines(result.samples, result.hosts)
                 if hosts:
                     self.health.hosts(worker.key, [(t.get("host", ""), f) for t, f in hosts], now)
-                    for tags, fields in hosts:
-                        points.append((catalog.HOST, tags, fields, time_ns))
-                for name, tags, fields in result.points:
-                    points.append((name, tags, fields, time_ns))
             else:
-                all_up = False
                 worker.errors_total += 1
                 self.log.fault(
                     worker.key, f"{source.kind} {source.instance}: {result.error}", level="E"
                 )
+            status: Fields = {
+                "up": up,
+                "duration_seconds": float(duration),
+                "vms": len(result.samples),
+                "polls_total": worker.polls_total,
+                "errors_total": worker.errors_total,
+            }
+            if result.api_latency_seconds is not None:
+                status["api_latency_seconds"] = float(result.api_latency_seconds)
+            if result.error is not None:
+                status["error"] = result.error
+            batch.sources.append(
+                SourceBatch(
+                    source.kind,
+                    source.instance,
+                    worker.key,
+                    result.error,
+                    result.samples if up else [],
+                    hosts,
+                    result.points if up else [],
+                    worker.collector_tags,
+                    status,
+                )
+            )
+        return batch
+
+    def serialize(self, batch: Batch) -> str:
+        """The batch as line protocol, in the order the sources were configured."""
+        points: list[tuple[str, Tags, Fields, int]] = []
+        time_ns = batch.time_ns
+        for part in batch.sources:
+            for sample in part.samples:
+                points.append((catalog.BALLOON, sample.tags, sample.fields, time_ns))
+            for tags, fields in part.hosts:
+                points.append((catalog.HOST, tags, fields, time_ns))
+            for name, tags, fields in part.points:
+                points.append((name, tags, fields, time_ns))
             if self.config.agent.internal:
-                status: Fields = {
-                    "up": up,
-                    "duration_seconds": float(duration),
-                    "vms": len(result.samples),
-                    "polls_total": worker.polls_total,
-                    "errors_total": worker.errors_total,
-                }
-                if result.api_latency_seconds is not None:
-                    status["api_latency_seconds"] = float(result.api_latency_seconds)
-                if result.error is not None:
-                    status["error"] = result.error
-                points.append((catalog.COLLECTOR, worker.collector_tags, status, time_ns))
-        self.write(lineprotocol.format_lines(points))
-        return all_up
+                points.append((catalog.COLLECTOR, part.collector_tags, part.status, time_ns))
+        return lineprotocol.format_lines(points)
 
     def write(self, text: str) -> None:
         """Write and flush one batch; StdoutClosed when nobody reads any more."""

@@ -188,6 +188,34 @@ def blacklisted_modules(conf_texts: list[str], cmdline: str) -> set[str]:
     return out
 
 
+MODPROBE_DIRS = ("etc/modprobe.d", "lib/modprobe.d", "usr/lib/modprobe.d", "run/modprobe.d")
+
+
+def blacklist_origins(root: str) -> dict[str, list[str]]:
+    """Module -> where it is blacklisted ("/etc/modprobe.d/x.conf", "the kernel command line").
+
+    For messages that name the file; the judgement itself is the `driver_blacklisted` field.
+    """
+    out: dict[str, list[str]] = {}
+    texts: list[tuple[str, str, str]] = []
+    for folder in MODPROBE_DIRS:
+        for path in sorted(glob.glob(os.path.join(root, folder, "*.conf"))):
+            try:
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    texts.append(("/" + os.path.relpath(path, root), handle.read(), ""))
+            except OSError:
+                continue
+    try:
+        with open(os.path.join(root, "proc", "cmdline"), encoding="utf-8", errors="replace") as h:
+            texts.append(("the kernel command line", "", h.read()))
+    except OSError:
+        pass
+    for where, conf, cmdline in texts:
+        for module in sorted(blacklisted_modules([conf] if conf else [], cmdline)):
+            out.setdefault(module, []).append(where)
+    return out
+
+
 # --- the source -------------------------------------------------------------------------------
 
 
@@ -347,7 +375,7 @@ class GuestSource:
 
     def _blacklist(self) -> set[str]:
         texts = []
-        for folder in ("etc/modprobe.d", "lib/modprobe.d", "usr/lib/modprobe.d", "run/modprobe.d"):
+        for folder in MODPROBE_DIRS:
             for path in sorted(glob.glob(os.path.join(self._path(folder), "*.conf"))):
                 text = self._read(os.path.relpath(path, self.root))
                 if text is not None:
