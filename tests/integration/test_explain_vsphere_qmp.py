@@ -1,0 +1,100 @@
+"""--explain on the two sources built after it: a real vCenter simulator and real QEMU monitors.
+
+The findings come from the same table and judgement as for libvirt and guests; here they are
+produced by the real components, with the remedy of each source kind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from telegraf_balloon import explain
+from telegraf_balloon.config import load_text
+from telegraf_balloon.log import Log
+from telegraf_balloon.sources import build_sources
+from tests.stack.fixtures import QMP_BOOTED, QMP_NO_BALLOON
+from tests.stack.qemu_stack import QemuHost
+from tests.stack.vcsim import Vcsim
+from tests.stack.vsphere_setup import all_vms, configure_vm, connect, disconnect, vm_by_name
+
+pytestmark = pytest.mark.integration
+
+
+def explain_once(toml: str) -> dict[str, Any]:
+    config = load_text(toml, "test.toml")
+    log = Log(io.StringIO())
+    report = explain.run(config, build_sources(config, log), log, "plugin-host")
+    document: dict[str, Any] = json.loads(explain.to_json(report))
+    document["_text"] = explain.to_text(report)
+    document["_exit"] = report.exit_code
+    return document
+
+
+def codes(vm: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["code"]: f for f in vm["findings"]}
+
+
+def test_vsphere_reservation_and_short_balloon(vcsim_factory: Callable[..., Vcsim]) -> None:
+    sim = vcsim_factory(dc=1, cluster=1, host=2, standalone_host=0, vm=3)
+    si = connect(sim)
+    try:
+        names = sorted(vm.name for vm in all_vms(si))
+        pinned, short, healthy = names[0], names[1], names[2]
+        configure_vm(vm_by_name(si, pinned), memory_mb=4096, reservation_mb=4096, limit_mb=-1)
+        configure_vm(
+            vm_by_name(si, short), memory_mb=2048, ballooned_mb=100, vmmemctltarget_kb=900 * 1024
+        )
+    finally:
+        disconnect(si)
+    doc = explain_once(
+        f'[[sources.vsphere]]\nurl = "{sim.url}"\nusername = "{sim.username}"\n'
+        f'password = "{sim.password}"\nca_file = "{sim.cert_file}"\n'
+    )
+    assert doc["_exit"] == 1
+    vms = {vm["guest"]: vm for vm in doc["vms"]}
+    assert set(vms) == set(names)  # every powered-on VM of the inventory
+    found = codes(vms[pinned])
+    assert "inflation_blocked" in found
+    assert "govc vm.change" in found["inflation_blocked"]["remedy"]
+    assert pinned in found["inflation_blocked"]["remedy"]
+    found = codes(vms[short])
+    assert "short_of_target" in found  # one poll: what holds now, not yet stuck
+    assert "stuck" not in found
+    assert vms[healthy]["findings"] == [] and vms[healthy]["verdict"] == "ok"
+    assert all(vm["source"] == "vsphere" for vm in doc["vms"])
+    assert doc["sources"][0]["up"] is True
+    assert sim.password not in json.dumps(doc) + doc["_text"]
+    assert pinned in doc["_text"] and "govc" in doc["_text"]
+
+
+def test_vsphere_down(vcsim_factory: Callable[..., Vcsim]) -> None:
+    sim = vcsim_factory(dc=1, cluster=1, host=1, standalone_host=0, vm=1)
+    sim.kill()
+    doc = explain_once(
+        f'[[sources.vsphere]]\nurl = "{sim.url}"\nusername = "u"\npassword = "p"\n'
+        f'ca_file = "{sim.cert_file}"\n'
+    )
+    assert doc["_exit"] == 1 and doc["vms"] == []
+    (source,) = doc["sources"]
+    assert source["up"] is False
+    assert [f["code"] for f in source["findings"]] == ["source_down"]
+
+
+def test_qmp_no_balloon_device_names_the_proxmox_command(qmp_host: QemuHost) -> None:
+    doc = explain_once(
+        f'[[sources.qmp]]\nsockets = ["{qmp_host.glob}"]\nproxmox_config = "{qmp_host.conf_dir}"\n'
+    )
+    vms = {vm["tags"].get("vmid"): vm for vm in doc["vms"]}
+    fixed = codes(vms[str(QMP_NO_BALLOON)])
+    assert "no_balloon_device" in fixed
+    assert "qm set" in fixed["no_balloon_device"]["remedy"]
+    assert str(QMP_NO_BALLOON) in fixed["no_balloon_device"]["remedy"]
+    booted = vms[str(QMP_BOOTED)]
+    assert "no_balloon_device" not in codes(booted)
+    assert doc["_exit"] == 1
+    assert doc["sources"][0]["source"] == "qmp" and doc["sources"][0]["up"] is True
