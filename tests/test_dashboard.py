@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from tests.stack.common import unavailable
+from tests.stack.dashboard import generator
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "examples/grafana/balloon.json"
 QUERIES = ROOT / "examples/influxdb/queries.influxql"
-
-
-def load_generator() -> ModuleType:
-    """scripts/build_dashboard.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "build_dashboard", ROOT / "scripts/build_dashboard.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("build_dashboard", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def file_queries() -> dict[str, str]:
@@ -67,8 +53,8 @@ def test_dashboard_json_is_fresh() -> None:
         import grafana_foundation_sdk  # noqa: F401
     except ImportError:
         unavailable("grafana-foundation-sdk is not installed (the test extra, Python 3.11+)")
-    generator = load_generator()
-    assert DASHBOARD.read_text() == generator.render(), (
+    gen = generator()
+    assert DASHBOARD.read_text() == gen.render(), (
         "examples/grafana/balloon.json is stale: run python scripts/build_dashboard.py"
     )
 
@@ -150,8 +136,8 @@ def test_layout_has_unique_ids_and_no_overlaps() -> None:
 )
 def test_generator_macros_round_trip(query: str, expected: str) -> None:
     """to_grafana then expand gives the query back (over the dashboard's default hour)."""
-    generator = load_generator()
-    grafana = generator.to_grafana(query, (generator.HOST_FILTER, generator.GUEST_FILTER))
+    gen = generator()
+    grafana = gen.to_grafana(query, (gen.HOST_FILTER, gen.GUEST_FILTER))
     assert "$timeFilter" in grafana and "/^$guest$/" in grafana
-    back = generator.expand(grafana).replace(' AND "host" =~ /^.*$/ AND "guest" =~ /^.*$/', "")
+    back = gen.expand(grafana).replace(' AND "host" =~ /^.*$/ AND "guest" =~ /^.*$/', "")
     assert back == expected
