@@ -163,6 +163,20 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
         ),
     ),
     (
+        "Logs",
+        (
+            PanelSpec(
+                "log_events",
+                "Balloon events in log files",
+                "table",
+                "short",
+                HOST,
+                24,
+                description="Counts since the plugin started, from [[sources.logs]].",
+            ),
+        ),
+    ),
+    (
         "vSphere",
         (
             PanelSpec(

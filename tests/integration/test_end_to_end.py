@@ -308,6 +308,14 @@ def check_vms_at_warning_or_worse(w: World, rows: list[dict[str, Any]]) -> None:
     assert all(r["alert_level"] == 1 for r in rows)
 
 
+def check_log_events(w: World, rows: list[dict[str, Any]]) -> None:
+    # one "Failed to extend balloon" line written to the watched QEMU log after the first poll
+    assert [(r["_tags"]["host"], r["_tags"]["event"], r["events"]) for r in rows] == [
+        ("fc-guest", "balloon_extend_failed", 1)
+    ]
+    assert rows[0]["_tags"]["file"].endswith("web.log")
+
+
 CHECKS: dict[str, Callable[[World, list[dict[str, Any]]], None]] = {
     name[len("check_") :]: fn for name, fn in globals().items() if name.startswith("check_")
 }
