@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test setup system-deps-run system-deps-test lint typecheck unit bench clean
+.PHONY: run test setup system-deps-run system-deps-test lint typecheck unit bench clean dist
 
 run: system-deps-run $(VENV)/.stamp
 	$(BIN)/telegraf-balloon --once --config examples/demo.toml
@@ -38,5 +38,11 @@ unit: $(VENV)/.stamp
 bench: $(VENV)/.stamp
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# sdist and wheel in dist/, built with the venv's setuptools (no download), checked by twine.
+dist: $(VENV)/.stamp
+	rm -rf dist build
+	$(BIN)/python -m build --no-isolation --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache dist build
