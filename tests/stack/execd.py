@@ -19,6 +19,7 @@ poll's timestamp.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import selectors
@@ -125,6 +126,47 @@ def release_fifo(path: Path, content: bytes, replacement: Optional[bytes] = None
     return True
 
 
+class Lease:
+    """A write lease on a regular file: another process's open() of it blocks until release.
+
+    The kernel makes such an open wait for the lease holder (at most
+    /proc/sys/fs/lease-break-time, 45 s by default): a regular file whose read hangs, as a
+    debugfs file behind a busy driver lock does, with nothing but the kernel involved. The
+    holder is this process; the SIGIO the kernel sends it on each lease break is ignored.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: Optional[int] = None
+        signals.signal(signals.SIGIO, signals.SIG_IGN)  # default action: terminate
+        self.take()
+
+    def take(self, timeout: float = 5.0) -> None:
+        """Hold the lease (again); waits while another process still has the file open."""
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+                return
+            except BlockingIOError:  # EAGAIN: someone has it open right now
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.01)
+
+    def release(self) -> None:
+        """Let blocked and later opens through (the lease can be taken again)."""
+        if self.fd is not None:
+            fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+
 def child_env(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     """This environment without what would hide block buffering, the repo on PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHONUNBUFFERED")}
@@ -205,9 +247,12 @@ class Execd:
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[Path] = None,
         check_catalog: bool = True,
+        secrets: Sequence[str] = (),
     ) -> None:
         self.argv = [sys.executable, "-m", "telegraf_balloon", *args]
         self.check_catalog = check_catalog
+        # Configured passwords: any stdout or stderr line holding one is a problem.
+        self.secrets = tuple(s for s in secrets if s)
         self.metrics: list[Metric] = []
         self.stderr: list[Line] = []
         self.problems: list[str] = []
@@ -295,7 +340,13 @@ class Execd:
             self.problems.append(text)
             self._cond.notify_all()
 
+    def _leaks(self, name: str, raw: bytes) -> None:
+        for secret in self.secrets:
+            if secret.encode("utf-8") in raw:
+                self.problems.append(f"{name}: a configured secret was written: {raw[:300]!r}")
+
     def _stdout_line(self, at: float, raw: bytes) -> None:
+        self._leaks("stdout", raw)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -318,6 +369,7 @@ class Execd:
         self.metrics.append(metric)
 
     def _stderr_line(self, at: float, raw: bytes) -> None:
+        self._leaks("stderr", raw)
         text = raw.decode("utf-8", "replace")
         if len(raw) > STDERR_LINE_MAX:
             self.problems.append(f"stderr: line longer than 64 KiB: {text[:200]!r}")
