@@ -157,13 +157,12 @@ def parse_vmmemctl(text: str) -> dict[str, int]:
             out[name[:-6] + " failed"] = _number(failed)
         if name in out:
             continue
-        if value.isascii() and value.isdigit():
-            out[name] = int(value)
-        elif value.startswith("0x"):
-            try:
-                out[name] = int(value, 16)
-            except ValueError:
-                continue
+        try:
+            number = int(value, 16) if value.startswith("0x") else _number(value)
+        except ValueError:  # Malformed included: a line we cannot read is skipped
+            continue
+        if number <= INT64_MAX:
+            out[name] = number
     if "target" not in out or "current" not in out:
         raise Malformed("no numeric target/current lines")
     return out
@@ -516,5 +515,13 @@ class GuestSource:
             product_uuid = self._parse_text("sys/class/dmi/id/product_uuid", uuid_text, parse_uuid)
             if product_uuid is not None:
                 tags["uuid"] = product_uuid
+        for name, value in list(fields.items()):
+            # Each input fits int64; a product of two (pages x page size) may not.
+            if type(value) is int and not -INT64_MAX - 1 <= value <= INT64_MAX:
+                del fields[name]
+                self.log.fault(
+                    f"guest-range:{self.root}:{name}",
+                    f"guest source: {name} under {self.root} is out of range, skipped",
+                )
         sample = Sample(tags.get("uuid", self.hostname), tags, fields)
         return PollResult(samples=[sample], api_latency_seconds=self._clock() - started)
