@@ -138,6 +138,7 @@ class Lease:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd: Optional[int] = None
+        self.held = False
         signals.signal(signals.SIGIO, signals.SIG_IGN)  # default action: terminate
         self.take()
 
@@ -149,6 +150,7 @@ class Lease:
         while True:
             try:
                 fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+                self.held = True
                 return
             except BlockingIOError:  # EAGAIN: someone has it open right now
                 if time.monotonic() > end:
@@ -157,8 +159,10 @@ class Lease:
 
     def release(self) -> None:
         """Let blocked and later opens through (the lease can be taken again)."""
-        if self.fd is not None:
-            fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        if self.fd is not None and self.held:
+            self.held = False
+            with contextlib.suppress(OSError):  # the kernel broke it already (lease-break-time)
+                fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
 
     def close(self) -> None:
         if self.fd is not None:
