@@ -98,6 +98,7 @@ def report(result: SoakResult, warmup: int, domains: int, once: list[float]) -> 
     )
     checks = [
         ("invalid output lines", str(len(result.invalid)), not result.invalid),
+        ("lines holding the URI's password", str(result.leaks), result.leaks == 0),
         ("polls with a source down", str(result.down), result.down == 0),
         (
             "RSS growth after warm-up",

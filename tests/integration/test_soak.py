@@ -29,6 +29,7 @@ def test_short_soak_stays_flat(tmp_path: Path) -> None:
     result = soak(config, POLLS, 3, 10, on_poll=feeder)
     assert result.polls == POLLS
     assert result.invalid == []
+    assert result.leaks == 0  # the libvirt URI's password, in no line
     assert result.down == 0
     assert result.balloon_lines_per_poll == {DOMAINS + 1}  # every domain + this machine
     growth = result.rss_growth_kib(WARMUP)

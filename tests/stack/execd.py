@@ -27,6 +27,7 @@ import shutil
 import signal as signals
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -263,6 +264,8 @@ class Execd:
         self._cond = threading.Condition()
         self._close_stdout = False
         self.stdout_closed = False
+        self._pause_stdout = False
+        self.stdout_paused = False
         self.stdin_closed_at: Optional[float] = None
         self.exit_code: Optional[int] = None
         self.started_at = time.monotonic()
@@ -306,8 +309,15 @@ class Execd:
         selector.register(self.proc.stdout, selectors.EVENT_READ, "stdout")
         selector.register(self.proc.stderr, selectors.EVENT_READ, "stderr")
         while selector.get_map():
+            if self._pause_stdout and not self.stdout_paused and not self.stdout_closed:
+                selector.unregister(self.proc.stdout)  # the pipe fills; the child's write waits
+                with self._cond:
+                    self.stdout_paused = True
+                    self._cond.notify_all()
+                continue
             if self._close_stdout and not self.stdout_closed:
-                selector.unregister(self.proc.stdout)
+                if not self.stdout_paused:
+                    selector.unregister(self.proc.stdout)
                 self.proc.stdout.close()  # the read end: the child's writes now fail (EPIPE)
                 with self._cond:
                     self.stdout_closed = True
@@ -423,6 +433,19 @@ class Execd:
         if not self.proc.stdin.closed:
             self.proc.stdin.close()
             self.stdin_closed_at = time.monotonic()
+
+    def pause_stdout(self, timeout: float = 2.0) -> None:
+        """Stop reading the child's stdout (a stalled reader): its writes block on a full pipe."""
+        with self._cond:
+            self._pause_stdout = True
+            if not self._cond.wait_for(lambda: self.stdout_paused, timeout=timeout):
+                raise AssertionError("harness: stdout was not paused")
+
+    def stdout_queued(self) -> int:
+        """Bytes the child wrote that nobody has read yet (FIONREAD on the pipe)."""
+        assert self.proc.stdout is not None
+        buf = fcntl.ioctl(self.proc.stdout.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        return int.from_bytes(buf, sys.byteorder)
 
     def close_stdout(self, timeout: float = 2.0) -> None:
         """Close the read end of the child's stdout (Telegraf gone, or its reader died)."""

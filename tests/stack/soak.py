@@ -28,6 +28,8 @@ from tests.stack.execd import REPO, child_env
 from tests.stack.libvirt_stack import DomainSpec, write_node_xml
 
 BATCH_TIMEOUT = 60.0  # one poll may take this long before the soak gives up
+# Put in the libvirt URI of the soak's config: no stdout or stderr line may hold it.
+SECRET = "soak-canary-Pa55w0rd"
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class SoakResult:
     polls: int = 0
     lines: int = 0
     invalid: list[str] = field(default_factory=list)
+    leaks: int = 0  # lines holding SECRET
     down: int = 0  # balloon_collector lines with up=false
     poll_seconds: list[float] = field(default_factory=list)
     samples: list[ProcSample] = field(default_factory=list)
@@ -153,6 +156,7 @@ def soak(
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ)
     parse = line_protocol_parser.parse_line
+    secret = SECRET.encode()
     check = catalog.check_point
     try:
         for i in range(1, polls + 1):
@@ -171,6 +175,8 @@ def soak(
                     raise EOFError(f"poll {i}: the plugin closed stdout (exit {proc.poll()})")
                 for raw in lines:
                     result.lines += 1
+                    if secret in raw:
+                        result.leaks += 1
                     text = raw.decode("utf-8", "replace")
                     try:
                         point = parse(text)
@@ -203,6 +209,7 @@ def soak(
             result.exit_code = proc.wait()
         reader.join(timeout=5)
         result.stderr = stderr_lines
+        result.leaks += sum(1 for line in stderr_lines if SECRET in line)
     return result
 
 
@@ -213,7 +220,7 @@ def soak_config(
     body = (
         '[agent]\ntimeout = "10s"\n\n'
         f'[[sources.guest]]\nroot = "{guest_root}"\n\n'
-        f'[[sources.libvirt]]\nuri = "test://{node_xml.resolve()}"\n'
+        f'[[sources.libvirt]]\nuri = "test://watcher:{SECRET}@{node_xml.resolve()}"\n'
     )
     if log_file is not None:
         body += f'\n[[sources.logs]]\nfiles = ["{log_file}"]\n'
