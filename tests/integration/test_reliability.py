@@ -276,7 +276,12 @@ def _hung_50_polls(start: Start, tmp_path: Path, hang: Hang, name: str) -> None:
         if i >= 4:
             samples.append(proc_sample(child.proc.pid, i))
         time.sleep(0.02)
-    print(f"{name}: 50 polls with a hung source, longest {longest:.3f}s (timeout 0.5s)")
+    fds = sorted({x.fds for x in samples})
+    threads = sorted({x.threads for x in samples})
+    print(
+        f"{name}: 50 polls with a hung source, longest {longest:.3f}s (timeout 0.5s), "
+        f"fds {fds}, threads {threads}"
+    )
     trail = [(s.fds, s.threads) for s in samples]
     assert flat(samples, "threads") and flat(samples, "fds"), f"(fds, threads): {trail}"
     errors = [e for e in child.stderr_lines("E! ") if hang.instance in e]

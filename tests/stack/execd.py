@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional, TypeVar
 import line_protocol_parser
 
 from telegraf_balloon import catalog
+from tests.stack.common import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 # The captured Firecracker 6.18 guest, vendored in tests/fixtures. It stores the two sysfs
@@ -157,6 +158,8 @@ class Lease:
                 if time.monotonic() > end:
                     raise
                 time.sleep(0.01)
+            except OSError as exc:  # EINVAL: a filesystem without leases
+                unavailable(f"no file leases on the filesystem of {self.path}: {exc}")
 
     def release(self) -> None:
         """Let blocked and later opens through (the lease can be taken again)."""
