@@ -31,6 +31,7 @@ class Malformed(ValueError):
 
 
 READ_LIMIT = 1 << 20  # the kernel's files here are a few KiB; a bigger one is not theirs
+_CHUNK = 16384
 INT64_MAX = 2**63 - 1
 
 
@@ -56,17 +57,29 @@ def read_regular(path: str) -> str:
     (A path swapped for a FIFO between the stat and the open can still block: the tree is the
     operator's, and the runner's deadline covers that case.)
     """
-    mode = os.stat(path).st_mode
+    info = os.stat(path)
+    mode = info.st_mode
     if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # open() fails at once on a directory
         kind = (
             "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
         )
         raise NotRegular(f"{kind}, not a regular file")
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        text = handle.read(READ_LIMIT + 1)
-    if len(text) > READ_LIMIT:
+    if info.st_size > READ_LIMIT:
         raise NotRegular(f"larger than {READ_LIMIT} bytes")
-    return text
+    # Read in small chunks: /proc and /sys files say size 0 whatever they hold, and one
+    # read(READ_LIMIT) asks the allocator for a MiB each time, which fragments the heap.
+    chunks: list[str] = []
+    size = 0
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        while True:
+            chunk = handle.read(_CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > READ_LIMIT:
+                raise NotRegular(f"larger than {READ_LIMIT} bytes")
+            chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else "".join(chunks)
 
 
 # --- pure parsers: text in, plain data out -------------------------------------------------
