@@ -14,6 +14,11 @@ level prefix. Anything else is recorded in :attr:`Execd.problems`, which
 
 A *batch* is the set of lines that share one timestamp: every line of one poll carries the
 poll's timestamp.
+
+Faults on Telegraf's side and the sources': ``secrets=`` makes any line holding a configured
+password a problem; :meth:`Execd.pause_stdout` stalls the reader (the child's write waits on
+a full pipe) before :meth:`Execd.close_stdout`; :class:`Lease` makes a regular file's open()
+block, as a kernel file behind a busy lock does.
 """
 
 from __future__ import annotations
