@@ -120,6 +120,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_OK
     try:
         config = load_config(args.config)
+        for warning in config.warnings:
+            log.warn(warning)
         sources = build_sources(config, log)
     except (ConfigError, SetupError) as exc:
         log.error(str(exc))

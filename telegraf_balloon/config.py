@@ -114,6 +114,8 @@ class Config:
     health: HealthConfig = HealthConfig()
     thresholds: tuple[ThresholdRule, ...] = ()
     qmp: tuple[QmpConfig, ...] = ()
+    # What loads but deserves a W! line (the caller logs them): e.g. an open password file.
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def source_count(self) -> int:
         return (
@@ -205,10 +207,18 @@ def expand_env(text: str, environ: Mapping[str, str]) -> str:
 class _Reader:
     """Reads one table's keys with types checked, then refuses whatever was not read."""
 
-    def __init__(self, path: str, keypath: str, table: object, environ: Mapping[str, str]):
+    def __init__(
+        self,
+        path: str,
+        keypath: str,
+        table: object,
+        environ: Mapping[str, str],
+        warnings: Optional[list[str]] = None,
+    ):
         self.path = path
         self.keypath = keypath
         self.environ = environ
+        self.warnings: list[str] = [] if warnings is None else warnings  # shared by sub-tables
         if not isinstance(table, dict):
             raise ConfigError(path, keypath, f"expected a table, got {_type_name(table)}")
         self.table: dict[str, Any] = table
@@ -216,6 +226,10 @@ class _Reader:
 
     def error(self, key: str, message: str) -> ConfigError:
         return ConfigError(self.path, f"{self.keypath}.{key}" if self.keypath else key, message)
+
+    def warn(self, key: str, message: str) -> None:
+        """A problem that does not stop the load: worded like an error, logged as W!."""
+        self.warnings.append(str(self.error(key, message)))
 
     def _raw(self, key: str) -> Any:
         self.seen.add(key)
@@ -298,7 +312,11 @@ class _Reader:
         if value is None:
             return None
         return _Reader(
-            self.path, f"{self.keypath}.{key}" if self.keypath else key, value, self.environ
+            self.path,
+            f"{self.keypath}.{key}" if self.keypath else key,
+            value,
+            self.environ,
+            self.warnings,
         )
 
     def finish(self) -> None:
@@ -329,7 +347,7 @@ def _list_of_tables(reader: _Reader, key: str) -> list[_Reader]:
             reader.path, keypath, f"expected [[{keypath}]] tables, got {_type_name(value)}"
         )
     return [
-        _Reader(reader.path, f"{keypath}[{i}]", item, reader.environ)
+        _Reader(reader.path, f"{keypath}[{i}]", item, reader.environ, reader.warnings)
         for i, item in enumerate(value)
     ]
 
@@ -405,8 +423,15 @@ def _vsphere(r: _Reader) -> VsphereConfig:
         try:
             with open(password_file, encoding="utf-8") as handle:
                 password = handle.read().strip()
+                mode = os.fstat(handle.fileno()).st_mode
         except OSError as exc:
             raise r.error("password_file", f"cannot read {password_file}: {exc.strerror}") from None
+        if mode & 0o077:
+            r.warn(
+                "password_file",
+                f"{password_file} is open to group or others (mode {mode & 0o777:03o}): "
+                "chmod 600 it",
+            )
     ca_file = r.string("ca_file", "")
     if ca_file and not os.access(ca_file, os.R_OK):
         raise r.error("ca_file", f"cannot read {ca_file}")
@@ -609,6 +634,7 @@ def load_text(text: str, path: str, environ: Optional[Mapping[str, str]] = None)
         health=health,
         thresholds=thresholds,
         qmp=tuple(found["qmp"]),
+        warnings=tuple(top.warnings),
     )
     if config.source_count() == 0:
         raise ConfigError(path, "sources", "no source configured (add e.g. [[sources.guest]])")

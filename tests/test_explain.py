@@ -27,7 +27,7 @@ from telegraf_balloon.config import load_text
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import Fields, HostInfo, PollResult, Sample, Source
 from telegraf_balloon.sources import build_sources
-from tests.stack.execd import LEVEL_PREFIXES, REPO, child_env, hang_file, release_fifo
+from tests.stack.execd import LEVEL_PREFIXES, REPO, Lease, child_env
 
 FIXTURES = REPO / "tests" / "fixtures" / "guest"
 MIB = 1024 * 1024
@@ -302,20 +302,23 @@ def test_source_down_is_reported_on_the_source_only(tmp_path: Path) -> None:
 
 
 def test_hung_source_is_down_at_the_deadline_and_the_command_exits(tmp_path: Path) -> None:
-    """A guest tree whose meminfo never answers (a FIFO without writer): the command reports
+    """A guest tree whose meminfo never answers (a regular file under a kernel write lease:
+    its open() blocks, as a debugfs read behind a busy driver lock does): the command reports
     the source down at the `timeout` and exits, instead of waiting on the stuck read."""
     root = tree(tmp_path, "vmware-4.20-current-below-target")
-    hang_file(root / "proc" / "meminfo")
-    config = tmp_path / "c.toml"
-    config.write_text(guest_toml(root, agent='timeout = "1s"') + "\n")
-    started = time.monotonic()
-    done = run_cli("--explain", "--config", str(config), "--format", "json")
-    assert time.monotonic() - started < 15
-    assert done.returncode == 1, done.stderr
-    doc = json.loads(done.stdout)
-    doc["_text"] = run_cli("--explain", "--config", str(config)).stdout
-    assert_found(doc, "source_down", "warning", "no answer within timeout 1s")
-    release_fifo(root / "proc" / "meminfo", b"", b"")
+    lease = Lease(root / "proc" / "meminfo")
+    try:
+        config = tmp_path / "c.toml"
+        config.write_text(guest_toml(root, agent='timeout = "1s"') + "\n")
+        started = time.monotonic()
+        done = run_cli("--explain", "--config", str(config), "--format", "json")
+        assert time.monotonic() - started < 15
+        assert done.returncode == 1, done.stderr
+        doc = json.loads(done.stdout)
+        doc["_text"] = run_cli("--explain", "--config", str(config)).stdout
+        assert_found(doc, "source_down", "warning", "no answer within timeout 1s")
+    finally:
+        lease.close()
 
 
 # --- vSphere and QMP: samples built by hand (those sources are on other branches) -------------

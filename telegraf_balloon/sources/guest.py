@@ -7,6 +7,7 @@ import os
 import re
 import stat
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
 
@@ -34,11 +35,56 @@ class Malformed(ValueError):
     """A file whose content does not follow the kernel's format."""
 
 
+READ_LIMIT = 1 << 20  # the kernel's files here are a few KiB; a bigger one is not theirs
+_CHUNK = 16384
+INT64_MAX = 2**63 - 1
+
+
+class NotRegular(OSError):
+    """A FIFO, socket or device where a kernel file should be: opening it could block."""
+
+
 def _number(text: str) -> int:
     """A plain ASCII decimal (str.isdigit() also accepts '²', which int() refuses)."""
     if not text.isascii() or not text.isdigit():
         raise Malformed(f"not a number: {text[:40]!r}")
+    # Beyond int64 no consumer can store it (and int() refuses over 4300 digits).
+    if len(text) > 19 or int(text) > INT64_MAX:
+        raise Malformed(f"number out of range: {text[:40]!r}")
     return int(text)
+
+
+def read_regular(path: str) -> str:
+    """A regular file's text, at most READ_LIMIT bytes of it.
+
+    /proc, /sys and debugfs files are all regular files. Anything else is refused before it
+    is opened: opening a FIFO without a writer blocks forever, and a device can do anything.
+    (A path swapped for a FIFO between the stat and the open can still block: the tree is the
+    operator's, and the runner's deadline covers that case.)
+    """
+    info = os.stat(path)
+    mode = info.st_mode
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # open() fails at once on a directory
+        kind = (
+            "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        )
+        raise NotRegular(f"{kind}, not a regular file")
+    if info.st_size > READ_LIMIT:
+        raise NotRegular(f"larger than {READ_LIMIT} bytes")
+    # Read in small chunks: /proc and /sys files say size 0 whatever they hold, and one
+    # read(READ_LIMIT) asks the allocator for a MiB each time, which fragments the heap.
+    chunks: list[str] = []
+    size = 0
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        while True:
+            chunk = handle.read(_CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > READ_LIMIT:
+                raise NotRegular(f"larger than {READ_LIMIT} bytes")
+            chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else "".join(chunks)
 
 
 # --- pure parsers: text in, plain data out -------------------------------------------------
@@ -129,13 +175,12 @@ def parse_vmmemctl(text: str) -> dict[str, int]:
             out[name[:-6] + " failed"] = _number(failed)
         if name in out:
             continue
-        if value.isascii() and value.isdigit():
-            out[name] = int(value)
-        elif value.startswith("0x"):
-            try:
-                out[name] = int(value, 16)
-            except ValueError:
-                continue
+        try:
+            number = int(value, 16) if value.startswith("0x") else _number(value)
+        except ValueError:  # Malformed included: a line we cannot read is skipped
+            continue
+        if number <= INT64_MAX:
+            out[name] = number
     if "target" not in out or "current" not in out:
         raise Malformed("no numeric target/current lines")
     return out
@@ -163,6 +208,15 @@ def parse_hv_balloon(text: str) -> dict[str, str]:
 # 123456\n  (each xen_memory0 attribute is one "%lu\n")
 def parse_ulong(text: str) -> int:
     return _number(text.strip())
+
+
+# 4c4c4544-0051-3510-8051-b4c04f564433
+def parse_uuid(text: str) -> str:
+    """DMI product_uuid -> its canonical lower-case form."""
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        raise Malformed(f"not a UUID: {text.strip()[:40]!r}") from None
 
 
 # blacklist virtio_balloon
@@ -257,11 +311,13 @@ class GuestSource:
     def _read(self, rel: str) -> Optional[str]:
         path = self._path(rel)
         try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                text = handle.read()
+            text = read_regular(path)
         except FileNotFoundError:
             return None
         except NotADirectoryError:
+            return None
+        except NotRegular as exc:
+            self.log.fault(f"guest:{path}", f"guest source: skipped {path}: {exc}")
             return None
         except OSError as exc:
             self.log.fault(f"guest:{path}", f"guest source: cannot read {path}: {exc.strerror}")
@@ -292,8 +348,7 @@ class GuestSource:
     def _virtio_balloon_device(self) -> Optional[_Driver]:
         for device_file in sorted(glob.glob(self._path("sys/bus/virtio/devices/virtio*/device"))):
             try:
-                with open(device_file, encoding="ascii", errors="replace") as handle:
-                    device_id = handle.read().strip()
+                device_id = read_regular(device_file).strip()
             except OSError:
                 continue
             if device_id.lower() not in ("0x0005", "0x5"):
@@ -521,8 +576,18 @@ class GuestSource:
             "source": "guest",
             "driver": driver.name if driver is not None else "none",
         }
-        uuid = self._read("sys/class/dmi/id/product_uuid")
-        if uuid and uuid.strip():
-            tags["uuid"] = uuid.strip().lower()
+        uuid_text = self._read("sys/class/dmi/id/product_uuid")
+        if uuid_text and uuid_text.strip():
+            product_uuid = self._parse_text("sys/class/dmi/id/product_uuid", uuid_text, parse_uuid)
+            if product_uuid is not None:
+                tags["uuid"] = product_uuid
+        for name, value in list(fields.items()):
+            # Each input fits int64; a product of two (pages x page size) may not.
+            if type(value) is int and not -INT64_MAX - 1 <= value <= INT64_MAX:
+                del fields[name]
+                self.log.fault(
+                    f"guest-range:{self.root}:{name}",
+                    f"guest source: {name} under {self.root} is out of range, skipped",
+                )
         sample = Sample(tags.get("uuid", self.hostname), tags, fields)
         return PollResult(samples=[sample], api_latency_seconds=self._clock() - started)

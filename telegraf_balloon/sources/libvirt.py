@@ -137,27 +137,48 @@ class DomainFacts:
         self.tags: Tags = {}
 
 
-def _size_bytes(element: Optional[ET.Element]) -> Optional[int]:
-    if element is None or element.text is None:
+_INT64_MAX = 2**63 - 1
+
+
+def _integer(text: str) -> Optional[int]:
+    """A plain ASCII decimal, optionally negative (int() also takes '1_0' and other digits)."""
+    digits = text[1:] if text.startswith("-") else text
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 19:
         return None
-    try:
-        value = int(element.text.strip())
-    except ValueError:
+    return int(text)
+
+
+def _size_bytes(element: Optional[ET.Element], where: str, skipped: list[str]) -> Optional[int]:
+    """<memory unit='KiB'>1048576</memory> -> bytes; what cannot be read goes to `skipped`."""
+    if element is None:
         return None
-    unit = element.get("unit", "KiB").lower()
-    if unit in ("k", "kib") and value >= _UNLIMITED_KIB:
+    text = (element.text or "").strip()
+    value = _integer(text)
+    unit = element.get("unit", "KiB")
+    scale = _UNIT_BYTES.get(unit.lower())
+    if value is None or value < 0:
+        skipped.append(f"<{where}> {text[:40]!r} is not a size")
         return None
-    return value * _UNIT_BYTES.get(unit, KIB)
+    if scale is None:
+        skipped.append(f"<{where}> has an unknown unit {unit[:20]!r}")
+        return None
+    if scale == KIB and value >= _UNLIMITED_KIB:
+        return None  # libvirt's "unlimited"
+    if value * scale > _INT64_MAX:
+        skipped.append(f"<{where}> {text[:40]!r} {unit[:20]} is out of range")
+        return None
+    return value * scale
 
 
 # <domain type='kvm'>
 #   <devices><memballoon model='virtio'><stats period='10'/></memballoon></devices>
 #   <memtune><hard_limit unit='KiB'>1048576</hard_limit><min_guarantee ...>
-def parse_domain_xml(text: str, facts: DomainFacts) -> None:
-    """Fill facts from a domain's XML description."""
+def parse_domain_xml(text: str, facts: DomainFacts) -> list[str]:
+    """Fill facts from a domain's XML description; return what was skipped, and why."""
+    skipped: list[str] = []
     root = ET.fromstring(text)
     facts.hypervisor = root.get("type", "unknown")
-    maximum = _size_bytes(root.find("memory"))
+    maximum = _size_bytes(root.find("memory"), "memory", skipped)
     facts.max_kib = None if maximum is None else maximum // KIB
     balloon = root.find("./devices/memballoon")
     model = balloon.get("model", "none") if balloon is not None else "none"
@@ -166,12 +187,21 @@ def parse_domain_xml(text: str, facts: DomainFacts) -> None:
         facts.period = None
     else:
         stats = balloon.find("stats") if balloon is not None else None
-        try:
-            facts.period = int(stats.get("period", "0")) if stats is not None else 0
-        except ValueError:
-            facts.period = None
-    facts.limit_bytes = _size_bytes(root.find("./memtune/hard_limit"))
-    facts.reservation_bytes = _size_bytes(root.find("./memtune/min_guarantee"))
+        if stats is None:
+            facts.period = 0
+        else:
+            raw = stats.get("period", "0")
+            facts.period = _integer(raw.strip())
+            if facts.period is None or facts.period < 0:
+                skipped.append(f"<memballoon><stats period={raw[:20]!r}> is not a period")
+                facts.period = None
+    facts.limit_bytes = _size_bytes(
+        root.find("./memtune/hard_limit"), "memtune/hard_limit", skipped
+    )
+    facts.reservation_bytes = _size_bytes(
+        root.find("./memtune/min_guarantee"), "memtune/min_guarantee", skipped
+    )
+    return skipped
 
 
 _event_loop_lock = threading.Lock()
@@ -399,9 +429,16 @@ class LibvirtSource:
         else:
             facts = DomainFacts(domain_id, now)
         try:
-            parse_domain_xml(dom.XMLDesc(0), facts)
+            skipped = parse_domain_xml(dom.XMLDesc(0), facts)
         except ET.ParseError as exc:
             self.log.fault(f"libvirt-xml:{key}", f"libvirt: domain {name!r}: bad XML: {exc}")
+        else:
+            if skipped:
+                self.log.fault(
+                    f"libvirt-xml:{key}", f"libvirt: domain {name!r}: skipped {'; '.join(skipped)}"
+                )
+            else:
+                self.log.clear(f"libvirt-xml:{key}")
         facts.tags = {
             **self._host_tags,
             "guest": name,

@@ -1,9 +1,10 @@
 """The plugin as Telegraf's inputs.execd runs it: a real child process, real pipes, real signals.
 
 Guest roots are copies of the captured Firecracker 6.18 guest
-(shared/fixtures/guest/firecracker-6.18-virtio-balloon). A hung source is real too: the
-root's proc/meminfo becomes a FIFO without a writer, so opening it blocks exactly like a hung
-/proc read; no mocks anywhere.
+(shared/fixtures/guest/firecracker-6.18-virtio-balloon). A hung source is real too: the test
+holds a write lease on the root's proc/meminfo, so the kernel makes the plugin's open() of it
+wait, exactly like a /proc or debugfs read stuck behind a kernel lock; no mocks anywhere.
+(A FIFO no longer hangs the guest source: it refuses files that are not regular.)
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from tests.stack.common import unavailable
 from tests.stack.execd import (
     Batch,
     Execd,
+    Lease,
     copy_guest_root,
-    firecracker_root,
-    hang_file,
-    release_fifo,
 )
 
 pytestmark = pytest.mark.integration
@@ -53,15 +52,6 @@ def start() -> Iterator[Start]:
         child.assert_clean()
 
 
-@pytest.fixture(scope="module")
-def meminfo() -> bytes:
-    """The captured guest's /proc/meminfo, to feed a FIFO or restore a file."""
-    try:
-        return (firecracker_root() / "proc" / "meminfo").read_bytes()
-    except FileNotFoundError as exc:
-        unavailable(str(exc))
-
-
 def guest_root(path: Path) -> Path:
     try:
         return copy_guest_root(path)
@@ -77,10 +67,19 @@ def write_config(path: Path, roots: Sequence[Path], timeout: str = "5s") -> Path
     return path
 
 
-def hung_root(path: Path) -> Path:
-    """A guest root whose proc/meminfo blocks every open until the test releases it."""
+@pytest.fixture
+def leases() -> Iterator[list[Lease]]:
+    """Leases taken by the test, all released at teardown."""
+    held: list[Lease] = []
+    yield held
+    for lease in held:
+        lease.close()
+
+
+def hung_root(path: Path, leases: list[Lease]) -> Path:
+    """A guest root whose proc/meminfo blocks every open until the test releases its lease."""
     root = guest_root(path)
-    hang_file(root / "proc" / "meminfo")
+    leases.append(Lease(root / "proc" / "meminfo"))
     return root
 
 
@@ -150,9 +149,9 @@ def test_burst_in_one_write_collapses(start: Start, tmp_path: Path) -> None:
     assert_healthy_batch(later[-1], [root])
 
 
-def test_burst_while_poll_runs_collapses(start: Start, tmp_path: Path) -> None:
+def test_burst_while_poll_runs_collapses(start: Start, tmp_path: Path, leases: list[Lease]) -> None:
     """20 newlines, one write each, while a (really slow) poll runs: one follow-up poll at most."""
-    slow, healthy = hung_root(tmp_path / "slow"), guest_root(tmp_path / "ok")
+    slow, healthy = hung_root(tmp_path / "slow", leases), guest_root(tmp_path / "ok")
     child = start(["--config", str(write_config(tmp_path / "c.toml", [slow, healthy], "1s"))])
     child.wait_ready()
     first = time.monotonic()
@@ -232,8 +231,10 @@ def test_stop_signal_exits_0_within_1s(start: Start, tmp_path: Path, sig: str) -
 
 
 @pytest.mark.parametrize("how", ["EOF", "SIGTERM"])
-def test_stop_while_slow_poll_in_flight(start: Start, tmp_path: Path, how: str) -> None:
-    slow, healthy = hung_root(tmp_path / "slow"), guest_root(tmp_path / "ok")
+def test_stop_while_slow_poll_in_flight(
+    start: Start, tmp_path: Path, how: str, leases: list[Lease]
+) -> None:
+    slow, healthy = hung_root(tmp_path / "slow", leases), guest_root(tmp_path / "ok")
     config = write_config(tmp_path / "c.toml", [slow, healthy], timeout="10s")
     child = start(["--config", str(config)])
     child.wait_ready()
@@ -253,9 +254,9 @@ def test_stop_while_slow_poll_in_flight(start: Start, tmp_path: Path, how: str) 
 
 
 def test_hung_source_reported_down_others_on_time(
-    start: Start, tmp_path: Path, meminfo: bytes
+    start: Start, tmp_path: Path, leases: list[Lease]
 ) -> None:
-    slow, healthy = hung_root(tmp_path / "slow"), guest_root(tmp_path / "ok")
+    slow, healthy = hung_root(tmp_path / "slow", leases), guest_root(tmp_path / "ok")
     child = start(["--config", str(write_config(tmp_path / "c.toml", [slow, healthy], "1s"))])
     child.wait_ready()
 
@@ -288,17 +289,18 @@ def test_hung_source_reported_down_others_on_time(
 
     # 3: release the one stuck call. Had the second trigger queued another call, the worker
     # would be stuck again at once and the next poll would say "previous poll still running";
-    # a fresh call (stuck on the FIFO again) says "no answer within timeout" instead.
-    fifo = slow / "proc" / "meminfo"
-    assert release_fifo(fifo, meminfo), "the first call should still be blocked on the FIFO"
-    time.sleep(0.3)
+    # a fresh call (stuck on the lease again) says "no answer within timeout" instead.
+    lease = leases[0]
+    lease.release()
+    lease.take()  # waits until the released call has read and closed the file
+    time.sleep(0.1)
     assert child.tick()
     third = child.wait_batches(3, timeout=3.0, lines=3)[2]
     error = third.collector(str(slow)).fields.get("error", "")
     assert "timeout" in error, f"expected a fresh (hung) call, got: {third.collector(str(slow))}"
 
     # 4: the source heals: up again.
-    assert release_fifo(fifo, meminfo, replacement=meminfo)
+    lease.release()
     time.sleep(0.3)
     assert child.tick()
     fourth = child.wait_batches(4, timeout=3.0, lines=4)[3]
@@ -308,13 +310,15 @@ def test_hung_source_reported_down_others_on_time(
     assert child.proc.poll() is None
 
 
-def test_hung_source_logged_once_not_every_poll(start: Start, tmp_path: Path) -> None:
+def test_hung_source_logged_once_not_every_poll(
+    start: Start, tmp_path: Path, leases: list[Lease]
+) -> None:
     """DESIGN.md 3: a repeated fault is logged when it starts and when it clears.
 
     BUG: runner.py puts the elapsed time in the error ("previous poll still running after
     1.2s"), so Log.fault sees a new message on every poll and logs an E! line each time.
     """
-    slow, healthy = hung_root(tmp_path / "slow"), guest_root(tmp_path / "ok")
+    slow, healthy = hung_root(tmp_path / "slow", leases), guest_root(tmp_path / "ok")
     child = start(["--config", str(write_config(tmp_path / "c.toml", [slow, healthy], "1s"))])
     child.wait_ready()
     assert child.tick()

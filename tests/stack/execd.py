@@ -14,11 +14,17 @@ level prefix. Anything else is recorded in :attr:`Execd.problems`, which
 
 A *batch* is the set of lines that share one timestamp: every line of one poll carries the
 poll's timestamp.
+
+Faults on Telegraf's side and the sources': ``secrets=`` makes any line holding a configured
+password a problem; :meth:`Execd.pause_stdout` stalls the reader (the child's write waits on
+a full pipe) before :meth:`Execd.close_stdout`; :class:`Lease` makes a regular file's open()
+block, as a kernel file behind a busy lock does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import selectors
@@ -26,6 +32,7 @@ import shutil
 import signal as signals
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -36,6 +43,7 @@ from typing import Any, Callable, Optional, TypeVar
 import line_protocol_parser
 
 from telegraf_balloon import catalog
+from tests.stack.common import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 # The captured Firecracker 6.18 guest, vendored in tests/fixtures. It stores the two sysfs
@@ -104,25 +112,51 @@ def hang_file(path: Path) -> None:
     os.mkfifo(path)
 
 
-def release_fifo(path: Path, content: bytes, replacement: Optional[bytes] = None) -> bool:
-    """Feed `content` to a reader blocked on the FIFO at `path`; False when nobody waits.
+class Lease:
+    """A write lease on a regular file: another process's open() of it blocks until release.
 
-    With `replacement`, the FIFO is swapped for a regular file holding it before the reader
-    is released, so later opens no longer hang.
+    The kernel makes such an open wait for the lease holder (at most
+    /proc/sys/fs/lease-break-time, 45 s by default): a regular file whose read hangs, as a
+    debugfs file behind a busy driver lock does, with nothing but the kernel involved. The
+    holder is this process; the SIGIO the kernel sends it on each lease break is ignored.
     """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO: no reader has it open
-    except OSError:
-        return False
-    try:
-        if replacement is not None:
-            tmp = path.with_name(path.name + ".new")
-            tmp.write_bytes(replacement)
-            os.replace(tmp, path)
-        os.write(fd, content)
-    finally:
-        os.close(fd)
-    return True
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: Optional[int] = None
+        self.held = False
+        signals.signal(signals.SIGIO, signals.SIG_IGN)  # default action: terminate
+        self.take()
+
+    def take(self, timeout: float = 5.0) -> None:
+        """Hold the lease (again); waits while another process still has the file open."""
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+                self.held = True
+                return
+            except BlockingIOError:  # EAGAIN: someone has it open right now
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.01)
+            except OSError as exc:  # EINVAL: a filesystem without leases
+                unavailable(f"no file leases on the filesystem of {self.path}: {exc}")
+
+    def release(self) -> None:
+        """Let blocked and later opens through (the lease can be taken again)."""
+        if self.fd is not None and self.held:
+            self.held = False
+            with contextlib.suppress(OSError):  # the kernel broke it already (lease-break-time)
+                fcntl.fcntl(self.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
 
 
 def child_env(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
@@ -205,15 +239,20 @@ class Execd:
         env: Optional[Mapping[str, str]] = None,
         cwd: Optional[Path] = None,
         check_catalog: bool = True,
+        secrets: Sequence[str] = (),
     ) -> None:
         self.argv = [sys.executable, "-m", "telegraf_balloon", *args]
         self.check_catalog = check_catalog
+        # Configured passwords: any stdout or stderr line holding one is a problem.
+        self.secrets = tuple(s for s in secrets if s)
         self.metrics: list[Metric] = []
         self.stderr: list[Line] = []
         self.problems: list[str] = []
         self._cond = threading.Condition()
         self._close_stdout = False
         self.stdout_closed = False
+        self._pause_stdout = False
+        self.stdout_paused = False
         self.stdin_closed_at: Optional[float] = None
         self.exit_code: Optional[int] = None
         self.started_at = time.monotonic()
@@ -257,8 +296,15 @@ class Execd:
         selector.register(self.proc.stdout, selectors.EVENT_READ, "stdout")
         selector.register(self.proc.stderr, selectors.EVENT_READ, "stderr")
         while selector.get_map():
+            if self._pause_stdout and not self.stdout_paused and not self.stdout_closed:
+                selector.unregister(self.proc.stdout)  # the pipe fills; the child's write waits
+                with self._cond:
+                    self.stdout_paused = True
+                    self._cond.notify_all()
+                continue
             if self._close_stdout and not self.stdout_closed:
-                selector.unregister(self.proc.stdout)
+                if not self.stdout_paused:
+                    selector.unregister(self.proc.stdout)
                 self.proc.stdout.close()  # the read end: the child's writes now fail (EPIPE)
                 with self._cond:
                     self.stdout_closed = True
@@ -295,7 +341,13 @@ class Execd:
             self.problems.append(text)
             self._cond.notify_all()
 
+    def _leaks(self, name: str, raw: bytes) -> None:
+        for secret in self.secrets:
+            if secret.encode("utf-8") in raw:
+                self.problems.append(f"{name}: a configured secret was written: {raw[:300]!r}")
+
     def _stdout_line(self, at: float, raw: bytes) -> None:
+        self._leaks("stdout", raw)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -318,6 +370,7 @@ class Execd:
         self.metrics.append(metric)
 
     def _stderr_line(self, at: float, raw: bytes) -> None:
+        self._leaks("stderr", raw)
         text = raw.decode("utf-8", "replace")
         if len(raw) > STDERR_LINE_MAX:
             self.problems.append(f"stderr: line longer than 64 KiB: {text[:200]!r}")
@@ -367,6 +420,19 @@ class Execd:
         if not self.proc.stdin.closed:
             self.proc.stdin.close()
             self.stdin_closed_at = time.monotonic()
+
+    def pause_stdout(self, timeout: float = 2.0) -> None:
+        """Stop reading the child's stdout (a stalled reader): its writes block on a full pipe."""
+        with self._cond:
+            self._pause_stdout = True
+            if not self._cond.wait_for(lambda: self.stdout_paused, timeout=timeout):
+                raise AssertionError("harness: stdout was not paused")
+
+    def stdout_queued(self) -> int:
+        """Bytes the child wrote that nobody has read yet (FIONREAD on the pipe)."""
+        assert self.proc.stdout is not None
+        buf = fcntl.ioctl(self.proc.stdout.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        return int.from_bytes(buf, sys.byteorder)
 
     def close_stdout(self, timeout: float = 2.0) -> None:
         """Close the read end of the child's stdout (Telegraf gone, or its reader died)."""

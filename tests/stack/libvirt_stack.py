@@ -794,6 +794,12 @@ class LibvirtStack:
         )
         return "\n".join(lines) + "\n"
 
+    def prepare(self) -> Path:
+        """Make the work dir, so the socket path is known, without starting the daemon."""
+        if self.workdir is None:
+            self._prepare()
+        return self._wd()
+
     def start_daemon(self, timeout: float | None = None) -> None:
         """Start libvirtd (again) on the same state dirs and socket; wait until it answers."""
         if self._stopped:

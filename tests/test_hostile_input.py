@@ -1,0 +1,296 @@
+"""Generated hostile input: guest trees and domain XML that no kernel or libvirt would write.
+
+Every case must give: no exception, every output line accepted by line_protocol_parser and
+the field catalog, every stderr line one short `W! `/`E! ` line, and a `W! ` line naming each
+file (or XML element) that was skipped.
+
+Guest trees start from captured fixtures (tests/fixtures/guest) and have files replaced by
+binary junk, huge and negative numbers, truncated text, NUL bytes, 1 MB lines, files over
+the read limit, FIFOs, directories (root reads any file, so a directory stands in for an
+unreadable one) or nothing at all.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import line_protocol_parser
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from telegraf_balloon import catalog, lineprotocol
+from telegraf_balloon.config import GuestConfig
+from telegraf_balloon.log import Log
+from telegraf_balloon.model import Fields, PollResult
+from telegraf_balloon.sources import guest
+from tests.stack.execd import copy_guest_root
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "guest"
+BASES = {  # fixture -> (its driver, the driver's own file)
+    "firecracker-6.18-virtio-balloon": (
+        "virtio_balloon",
+        "sys/bus/virtio/devices/virtio0/features",
+    ),
+    "vmware-4.20-current-below-target": ("vmw_balloon", "sys/kernel/debug/vmmemctl"),
+    "hyperv-valid": ("hv_balloon", "sys/kernel/debug/hv-balloon"),
+    "xen-valid": ("xen_balloon", "sys/devices/system/xen_memory/xen_memory0/target_kb"),
+}
+# Files every poll reads, with the parser that judges them (None: read, not parsed).
+ALWAYS_READ: dict[str, Optional[Callable[[str], Any]]] = {
+    "proc/meminfo": guest.parse_meminfo,
+    "proc/vmstat": guest.parse_vmstat,
+    "sys/kernel/mm/transparent_hugepage/enabled": guest.parse_thp,
+    "sys/class/dmi/id/product_uuid": guest.parse_uuid,
+}
+DRIVER_PARSERS: dict[str, Callable[[str], Any]] = {
+    "sys/bus/virtio/devices/virtio0/features": guest.parse_features,
+    "sys/kernel/debug/vmmemctl": guest.parse_vmmemctl,
+    "sys/kernel/debug/hv-balloon": guest.parse_hv_balloon,
+    "sys/devices/system/xen_memory/xen_memory0/target_kb": guest.parse_ulong,
+}
+OTHER_FILES = [
+    "proc/modules",
+    "proc/cmdline",
+    "sys/class/dmi/id/sys_vendor",
+    "sys/hypervisor/type",
+    "etc/modprobe.d/hostile.conf",
+    "sys/devices/system/xen_memory/xen_memory0/info/current_kb",
+]
+ALL_FILES = sorted({*ALWAYS_READ, *DRIVER_PARSERS, *OTHER_FILES})
+READ_LIMIT = guest.READ_LIMIT
+
+
+def _numbers() -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.integers(min_value=2**63 - 2, max_value=10**40).map(str),  # beyond int64
+        st.integers(max_value=-1).map(str),
+        st.just("9" * 5000),  # more digits than int() takes by default
+    )
+
+
+def _lines_with(number: st.SearchStrategy[str]) -> st.SearchStrategy[bytes]:
+    """Kernel-shaped lines holding hostile numbers."""
+    return st.builds(
+        lambda n, key: (
+            f"{key}: {n} kB\nnr_balloon_pages {n}\ntarget: {n}\n"
+            f"current: {n}\npages_ballooned : {n}\npage_size : {n}\n{n}\n".encode()
+        ),
+        number,
+        st.sampled_from(["MemTotal", "MemFree", "Balloon", "SwapTotal"]),
+    )
+
+
+CONTENT = st.one_of(
+    st.binary(max_size=400),
+    _lines_with(_numbers()),
+    st.builds(lambda n: b"\x00" * n + b"MemTotal: 1 kB\n\x00", st.integers(0, 8)),
+    st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.sampled_from([b"", b"\n", b"[", b"[]", b"\xff\xfe", b"0x", b"- 1", b"always [x y] never"]),
+)
+# What becomes of one file: new bytes, truncated to a prefix, or a special kind of file.
+MUTATION = st.one_of(
+    CONTENT.map(lambda b: ("bytes", b)),
+    st.integers(0, 200).map(lambda n: ("truncate", n)),
+    st.sampled_from(
+        [("fifo", 0), ("directory", 0), ("missing", 0), ("1 MB line", 0), ("over the limit", 0)]
+    ),
+)
+
+
+def _apply(root: Path, rel: str, mutation: tuple[str, Any]) -> None:
+    path = root / rel
+    kind, value = mutation
+    if path.is_symlink() or path.is_file():
+        original = path.read_bytes()
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+        original = b""
+    else:
+        original = b""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "bytes":
+        path.write_bytes(value)
+    elif kind == "truncate":
+        path.write_bytes(original[:value])
+    elif kind == "1 MB line":
+        path.write_bytes(b"MemTotal:" + b" " * 10 + b"1" * 1_000_000 + b" kB\n")
+    elif kind == "over the limit":
+        path.write_bytes(b"7" * (READ_LIMIT + 10))
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+
+
+def _judged_bad(path: Path, parser: Optional[Callable[[str], Any]]) -> bool:
+    """Would the source skip this file? (Read exactly as the source reads it.)"""
+    if not os.path.lexists(path):
+        return False  # missing is normal and silent
+    try:
+        text = guest.read_regular(str(path))
+    except OSError:
+        return True
+    if parser is None or (parser is guest.parse_uuid and not text.strip()):
+        return False
+    try:
+        parser(text)
+    except guest.Malformed:
+        return True
+    return False
+
+
+def _check_output(result: PollResult, log: str) -> None:
+    points = [
+        (catalog.BALLOON, s.tags, s.fields, 1_700_000_000_000_000_000) for s in result.samples
+    ]
+    text = lineprotocol.format_lines(points)
+    for line in text.split("\n")[:-1]:  # Telegraf splits on \n only (splitlines() on more)
+        parsed = line_protocol_parser.parse_line(line)
+        assert catalog.check_point(parsed["measurement"], parsed["tags"], parsed["fields"]) == []
+    for line in log.split("\n")[:-1]:
+        assert line.startswith(("W! ", "E! ", "I! ")), line
+        assert len(line) < 1000 and "\x00" not in line, line[:300]
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    base=st.sampled_from(sorted(BASES)),
+    mutations=st.dictionaries(st.sampled_from(ALL_FILES), MUTATION, min_size=1, max_size=4),
+)
+def test_hostile_guest_tree(base: str, mutations: dict[str, tuple[str, Any]]) -> None:
+    with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
+        root = copy_guest_root(Path(tmp) / "root", FIXTURES / base / "root")
+        for rel, mutation in mutations.items():
+            _apply(root, rel, mutation)
+        stream = io.StringIO()
+        source = guest.GuestSource(GuestConfig(root=str(root)), "vm", Log(stream), 4096)
+        result = source.poll(1_700_000_000.0)
+        log = stream.getvalue()
+        _check_output(result, log)
+        judged = dict(ALWAYS_READ)
+        driver, own_file = BASES[base]
+        if result.samples and result.samples[0].tags["driver"] == driver:
+            # (a mutation can make another driver's file appear, and win the detection)
+            judged[own_file] = DRIVER_PARSERS[own_file]
+        for rel in mutations:
+            if rel in judged and _judged_bad(root / rel, judged[rel]):
+                if rel != "proc/meminfo" and result.error is not None:
+                    continue  # no meminfo: the poll stops before reading the rest
+                assert str(root / rel) in log, f"no W! naming {rel}: {log}"
+        if result.error is not None:
+            assert "meminfo" in result.error
+
+
+# --- domain XML -------------------------------------------------------------------------------
+
+SIZE_TEXT = st.one_of(
+    st.integers(min_value=0, max_value=2**40).map(str),
+    _numbers(),
+    st.text(max_size=30),
+    st.sampled_from(["", " 1 ", "1_000", "0x10", "1e6", "١٢٣", "9007199254740991"]),
+)
+UNIT = st.one_of(
+    st.sampled_from(["KiB", "k", "b", "bytes", "MiB", "GiB", "TiB", "KB", "GB", "kib"]),
+    st.text(max_size=8),
+)
+
+
+@st.composite
+def domain_xml(draw: st.DrawFn) -> str:
+    """A domain description with missing, odd or hostile elements; sometimes not XML at all."""
+    if draw(st.integers(0, 19)) == 0:
+        return draw(st.text(max_size=200))
+    dom = ET.Element("domain")
+    if draw(st.booleans()):
+        dom.set("type", draw(st.text(max_size=20)))
+    sizes = ("memory", "memtune/hard_limit", "memtune/min_guarantee")
+    for where in sizes:
+        if draw(st.booleans()):
+            parent = dom
+            for tag in where.split("/")[:-1]:
+                parent = parent.find(tag) or ET.SubElement(parent, tag)
+            element = ET.SubElement(parent, where.split("/")[-1])
+            element.text = draw(SIZE_TEXT)
+            if draw(st.booleans()):
+                element.set("unit", draw(UNIT))
+    if draw(st.booleans()):
+        devices = ET.SubElement(dom, "devices")
+        if draw(st.booleans()):
+            balloon = ET.SubElement(devices, "memballoon")
+            model = draw(st.one_of(st.none(), st.sampled_from(["virtio", "none", "xen"])))
+            if model is not None:
+                balloon.set("model", model)
+            if draw(st.booleans()):
+                stats = ET.SubElement(balloon, "stats")
+                if draw(st.booleans()):
+                    stats.set("period", draw(SIZE_TEXT))
+    try:
+        return ET.tostring(dom, encoding="unicode")
+    except ValueError:  # a character XML cannot carry
+        return "<domain/>"
+
+
+class _StandInDomain:
+    """libvirt only hands out XML it wrote itself: hostile XML needs a stand-in domain."""
+
+    def __init__(self, xml: str) -> None:
+        self.xml = xml
+
+    def XMLDesc(self, flags: int) -> str:
+        return self.xml
+
+
+STATS = st.dictionaries(
+    st.sampled_from(
+        ["balloon.current", "balloon.maximum", "balloon.available", "balloon.unused",
+         "balloon.last-update", "balloon.rss", "balloon.swap_in"]
+    ),
+    st.integers(min_value=0, max_value=2**53),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(xml=domain_xml(), stats=STATS)
+def test_hostile_domain_xml(xml: str, stats: dict[str, int]) -> None:
+    try:
+        from telegraf_balloon.config import LibvirtConfig
+        from telegraf_balloon.sources.libvirt import DomainFacts, LibvirtSource, parse_domain_xml
+    except ImportError:  # pragma: no cover - the test extra installs libvirt-python
+        from tests.stack.common import unavailable
+
+        unavailable("libvirt-python is not installed")
+    stream = io.StringIO()
+    source = LibvirtSource(LibvirtConfig(uri="test:///default"), Log(stream))
+    facts = source._read_facts(_StandInDomain(xml), "vm", "uuid-1", 1, None, 1_700_000_000.0)
+    log = stream.getvalue()
+    for value in (facts.max_kib, facts.limit_bytes, facts.reservation_bytes, facts.period):
+        assert value is None or 0 <= value <= 2**63 - 1, facts
+    try:
+        skipped = parse_domain_xml(xml, DomainFacts(1, 0.0))
+    except ET.ParseError:
+        assert log.startswith("W! ") and "bad XML" in log, log
+    else:
+        assert bool(skipped) == bool(log), (skipped, log)
+        for item in skipped:
+            assert item in log
+    fields: Fields = source._fields(dict(stats), facts, 1_700_000_000.0)
+    _check_output(
+        PollResult(samples=[guest_sample(facts.tags, fields)]), log if log.strip() else ""
+    )
+
+
+def guest_sample(tags: dict[str, str], fields: Fields) -> Any:
+    from telegraf_balloon.model import Sample
+
+    return Sample("k", {"host": "h", "guest": "vm", "source": "libvirt", **tags}, fields)
