@@ -23,12 +23,12 @@ from .health import RuleState
 from .log import Log
 from .model import Fields, Sample, Source, Tags
 from .runner import Batch, Runner, SourceBatch
+from .sources.kvm import DRIVER_GRACE  # libvirt/qmp: a silent driver, after max(30 s, 3 periods)
 
 WATCH_INTERVAL = 2.0  # seconds between polls under --watch (the contract's figure)
 DEFAULT_BALLOON_WARN = 0.20  # SOURCE's 20% rule, where the config has no balloon_ratio rule
 DEFAULT_RECLAIMED_WARN = 0.20
 HOST_FREE_RATIO = 0.5  # "host RAM usage is low": more than half of it free (SOURCE FAQ 1)
-DRIVER_GRACE = 30.0  # libvirt/qmp: a driver that never reported, judged after max(30 s, 3 periods)
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 _RANK = {OK: 0, WARNING: 1, CRITICAL: 2}

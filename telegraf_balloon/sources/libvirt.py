@@ -16,6 +16,7 @@ from ..config import LibvirtConfig
 from ..log import Log
 from ..model import Fields, HostInfo, PollResult, Sample, Tags
 from .hostfacts import local_host
+from .kvm import driver_silent
 
 KIB = 1024
 STATE_RUNNING, STATE_PAUSED = 1, 3
@@ -487,20 +488,9 @@ class LibvirtSource:
         if period is not None:
             fields["stats_period_seconds"] = period
             fields["stats_disabled"] = period == 0
-        if facts.blocked_model:
-            blocked = True
-        else:
-            # A balloon device whose guest driver never reported: the balloon never moved
-            # and the guest never sent stats, past a grace period after we first saw it.
-            grace = max(30.0, 3.0 * (period or 0))
-            blocked = (
-                bool(period)
-                and last_update == 0
-                and maximum is not None
-                and current == maximum
-                and now - facts.first_seen > grace
-            )
-        fields["inflation_blocked"] = blocked
+        fields["inflation_blocked"] = facts.blocked_model or driver_silent(
+            period, last_update, current, maximum, now - facts.first_seen
+        )
         return fields
 
 

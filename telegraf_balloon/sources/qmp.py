@@ -22,6 +22,7 @@ from ..config import QmpConfig
 from ..log import Log
 from ..model import Fields, PollResult, Sample, Tags
 from .hostfacts import local_host
+from .kvm import driver_silent
 from .proxmox import MIB, PVE_DIR, PveConfig, read_config, resolve_dir
 
 NOT_REPORTED = 2**64 - 1  # a guest stat the guest did not send
@@ -656,20 +657,11 @@ class QmpSource:
             fields["stats_disabled"] = period == 0
         no_device = poll.no_device or (pve is not None and pve.balloon_mib == 0)
         floor_at_max = reservation is not None and maximum is not None and reservation >= maximum
-        if no_device or floor_at_max:
-            blocked = True
-        else:
-            # A balloon device whose guest driver never reported: the balloon never moved
-            # and the guest never sent stats, past a grace period after we first saw it.
-            grace = max(30.0, 3.0 * (period or 0))
-            blocked = (
-                bool(period)
-                and last_update == 0
-                and current is not None
-                and current == maximum
-                and now - facts.first_seen > grace
-            )
-        fields["inflation_blocked"] = blocked
+        fields["inflation_blocked"] = (
+            no_device
+            or floor_at_max
+            or driver_silent(period, last_update, current, maximum, now - facts.first_seen)
+        )
         return fields
 
 
