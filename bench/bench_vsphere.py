@@ -634,10 +634,16 @@ class Raw:
                 "Content-Type": "text/xml; charset=UTF-8",
             },
         )
-        data: bytes = conn.getresponse().read()
+        resp = conn.getresponse()
+        tail = b""
+        while True:  # read as the plugin reads (64 KiB at a time), keep only the end
+            chunk = resp.read(V.CHUNK)
+            if not chunk:
+                break
+            self.bytes += len(chunk)
+            tail = (tail + chunk[-1024:])[-1024:]  # the stream's last KiB
         stub.ReturnConnection(conn)
-        self.bytes += len(data)
-        return data
+        return tail
 
     def __call__(self) -> None:
         content = self.content
@@ -649,7 +655,7 @@ class Raw:
             try:
                 body = V.retrieve_request(self.collector, view._moId, specs, PAGE)
                 while True:
-                    data = self._post(body)
+                    data = self._post(body)  # the reply's last KiB: the token is there
                     at = data.rfind(b"<token>")
                     if at < 0:
                         break
