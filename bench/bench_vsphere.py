@@ -69,11 +69,11 @@ from tests.stack.vsphere_setup import (  # noqa: E402
 
 MIB = 1024 * 1024
 KIB = 1024
-PAGE = 500  # the simulator's page and the plugin's page_size
+PAGE = 500  # the simulator's page and the plugin's page_size (50 for the --quick inventory)
 MAX_QUERY_METRICS = 64
 # size -> the simulator's inventory (one datacenter, clusters of hosts, VMs per cluster)
 SHAPES: dict[int, dict[str, Any]] = {
-    200: {"cluster": 2, "host": 2, "vm": 100},
+    200: {"cluster": 2, "host": 2, "vm": 100, "page": 50},  # small pages: paging still runs
     2000: {"cluster": 4, "host": 5, "vm": 500},
     10000: {"cluster": 20, "host": 10, "vm": 500},
 }
@@ -105,12 +105,11 @@ def start_simulator(size: int, want_443: bool) -> tuple[Vcsim, str]:
     sim = Vcsim(
         dc=1,
         standalone_host=0,
-        page=PAGE,
         max_query_metrics=MAX_QUERY_METRICS,
         # vCenter applies maxQueryMetrics to historical queries; realtime ones (20 s) pass.
         # The plugin batches under the limit anyway; vmware_exporter sends 5,000 VMs a query.
         max_query_metrics_historical_only=True,
-        **shape,
+        **{"page": PAGE, **shape},
     )
     if want_443:
         try:
@@ -188,7 +187,7 @@ def plugin_config(sim: Vcsim) -> VsphereConfig:
         username=sim.username,
         password=sim.password,
         ca_file=sim.cert_file or "",
-        page_size=PAGE,
+        page_size=int(sim.inventory["page"]),
     )
 
 
@@ -258,8 +257,9 @@ def _lookup(si: Any) -> tuple[dict[str, int], int]:
 class Pyvmomi:
     """RetrievePropertiesEx/Continue and QueryPerf as pyVmomi objects, reduced to the figures."""
 
-    def __init__(self, si: Any, instance: str) -> None:
+    def __init__(self, si: Any, instance: str, page: int) -> None:
         self.si = si
+        self.page = page
         self.content = si.RetrieveContent()
         self.instance = instance
         self.ids, self.max_metrics = _lookup(si)
@@ -289,7 +289,7 @@ class Pyvmomi:
             )
             out = []
             collector = content.propertyCollector
-            res = collector.RetrievePropertiesEx([spec], pc.RetrieveOptions(maxObjects=PAGE))
+            res = collector.RetrievePropertiesEx([spec], pc.RetrieveOptions(maxObjects=self.page))
             while res is not None:
                 for oc in res.objects:
                     out.append((oc.obj, {p.name: p.val for p in oc.propSet}))
@@ -605,8 +605,9 @@ class Exporter:
 class Raw:
     """The plugin's own SOAP requests on a pyVmomi session; each reply read and dropped."""
 
-    def __init__(self, si: Any, perf_bodies: list[bytes]) -> None:
+    def __init__(self, si: Any, perf_bodies: list[bytes], page: int) -> None:
         self.si = si
+        self.page = page
         self.content = si.RetrieveContent()
         self.stub = si._stub
         self.collector = self.content.propertyCollector._moId
@@ -635,15 +636,17 @@ class Raw:
             },
         )
         resp = conn.getresponse()
-        tail = b""
-        while True:  # read as the plugin reads (64 KiB at a time), keep only the end
+        head = tail = b""
+        while True:  # read as the plugin reads (64 KiB at a time), keep only both ends
             chunk = resp.read(V.CHUNK)
             if not chunk:
                 break
             self.bytes += len(chunk)
-            tail = (tail + chunk[-1024:])[-1024:]  # the stream's last KiB
+            if not head:
+                head = chunk[:4096]
+            tail = (tail + chunk[-1024:])[-1024:]
         stub.ReturnConnection(conn)
-        return tail
+        return head + tail
 
     def __call__(self) -> None:
         content = self.content
@@ -653,10 +656,10 @@ class Raw:
                 content.rootFolder, [getattr(vim, k) for k in kinds], True
             )
             try:
-                body = V.retrieve_request(self.collector, view._moId, specs, PAGE)
+                body = V.retrieve_request(self.collector, view._moId, specs, self.page)
                 while True:
-                    data = self._post(body)  # the reply's last KiB: the token is there
-                    at = data.rfind(b"<token>")
+                    data = self._post(body)  # its ends: the token leads the result
+                    at = data.find(b"<token>")
                     if at < 0:
                         break
                     token = data[at + 7 : data.index(b"</token>", at)].decode()
@@ -723,7 +726,7 @@ def peak_rss(sim: Vcsim, rounds: int, drop: bool) -> dict[str, int]:
             "password": sim.password,
             "ca_file": sim.cert_file or "",
             "rounds": rounds,
-            "page": PAGE,
+            "page": int(sim.inventory["page"]),
             "root": str(REPO_ROOT),
             "drop": drop,
         }
@@ -739,6 +742,19 @@ def peak_rss(sim: Vcsim, rounds: int, drop: bool) -> dict[str, int]:
         raise SystemExit(f"the RSS child failed: {proc.stderr[-1000:]}")
     out: dict[str, int] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
+
+
+def same_requests(sim: Vcsim, plugin: Plugin, pyv: Pyvmomi, raw: Raw) -> None:
+    """b and e send what a sends: the simulator's call counts of one poll each must agree."""
+    methods = ("RetrievePropertiesEx", "ContinueRetrievePropertiesEx", "QueryPerf")
+    counts = {}
+    for name, fn in (("a", plugin), ("b", pyv), ("e", raw)):
+        sim.reset_calls()
+        fn()
+        calls = sim.calls()["calls"]
+        counts[name] = tuple(int(calls.get(m, 0)) for m in methods)
+    if len(set(counts.values())) != 1:
+        raise SystemExit(f"the ways differ in their calls {methods}: {counts}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -769,9 +785,11 @@ def bench_size(
         instance = f"127.0.0.1:{sim.port}"
         plugin = Plugin(sim)
         plugin()  # logs in, looks the counters up
-        pyv = Pyvmomi(si, instance)
+        page = int(sim.inventory["page"])
+        pyv = Pyvmomi(si, instance, page)
         naive = Naive(si, NAIVE_SAMPLE)
-        raw = Raw(si, plugin.perf_requests())
+        raw = Raw(si, plugin.perf_requests(), page)
+        same_requests(sim, plugin, pyv, raw)
         if program is not None and not exporter_why:
             try:
                 peer = Exporter(program, sim)
@@ -853,7 +871,7 @@ def report(out: dict[str, Any], repeat: int) -> str:
     for k, label in labels.items():
         values = times[k]
         if not values:
-            rows.append([label, "n/a", "", "", out["exporter_why"] or "not run"])
+            rows.append([label, "n/a", "", "", "", out["exporter_why"] or "not run"])
             continue
         m = median(values)
         note = {
