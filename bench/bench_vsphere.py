@@ -41,6 +41,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -113,12 +114,17 @@ def start_simulator(size: int, want_443: bool) -> tuple[Vcsim, str]:
     )
     if want_443:
         try:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(("127.0.0.1", 443))
+        except OSError as exc:
+            return sim.start(), f"127.0.0.1:443 is not free for the simulator ({exc.strerror})"
+        try:
             return sim.start(port=443), ""
-        except VcsimError as exc:
+        except VcsimError:
             sim.stop()
             sim = Vcsim(**sim.inventory)
-            why = " ".join(str(exc).split())[-160:]
-            return sim.start(), f"the simulator could not listen on 127.0.0.1:443 ({why})"
+            return sim.start(), "the simulator could not listen on 127.0.0.1:443"
     return sim.start(), ""
 
 
@@ -550,12 +556,14 @@ class Exporter:
             VSPHERE_COLLECT_HOSTS="False",
             VSPHERE_COLLECT_SNAPSHOTS="False",
         )
+        # its stderr to a file, not a pipe (a full pipe would stall it); closed by close()
+        self.errors = tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen(
             [str(program), "-a", "127.0.0.1", "-p", str(self.port), "-l", "WARNING"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.errors,
         )
         self.cpu: list[float] = []
         self.vms = 0
@@ -566,11 +574,8 @@ class Exporter:
                     if resp.status == 200:
                         return
             if self.process.poll() is not None or time.monotonic() > deadline:
-                err = (
-                    self.process.stderr.read().decode(errors="replace")
-                    if self.process.stderr
-                    else ""
-                )
+                self.errors.seek(0)
+                err = self.errors.read()[-4000:].decode(errors="replace")
                 self.close()
                 raise RuntimeError(f"vmware_exporter did not serve: {' '.join(err.split())[-200:]}")
             time.sleep(0.2)
@@ -595,6 +600,7 @@ class Exporter:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.errors.close()
 
 
 # ---------------------------------------------------------------------------------------------
