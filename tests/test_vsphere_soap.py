@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from telegraf_balloon.model import Fields
 from telegraf_balloon.sources import vsphere as V
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vsphere"
@@ -209,3 +210,34 @@ def test_inventory_parent_loop_ends() -> None:
     )
     assert inv.hosts["h"].datacenter == ""
     assert inv.path("a").count("/") == 64
+
+
+def test_gc_paused_during_a_poll_and_restored_after() -> None:
+    import gc
+
+    assert gc.isenabled()
+    with V._gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), V._gc_paused():
+        raise RuntimeError("a failed poll")
+    assert gc.isenabled()  # back on after a failure too
+    gc.disable()
+    try:
+        with V._gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # off before (by the program): left off
+    finally:
+        gc.enable()
+
+
+def test_counter_fields_with_the_shared_presence_sets() -> None:
+    # what a poll keeps per VM instead of its properties: which quickStats the reply carried
+    fields: Fields = {"memory_max_bytes": 4096 * MIB}
+    values = {V.SWAPPED: 5, V.COMPRESSED: 7, V.VMMEMCTL: 1024}
+    V._counter_fields(values, V._QUICK_PRESENT[True, False], fields)
+    assert "host_swapped_bytes" not in fields  # quickStats had it
+    assert fields["compressed_bytes"] == 7 * 1024  # quickStats lacked it: the counter's
+    assert fields["memory_current_bytes"] == 4095 * MIB
+    assert V._QUICK_PRESENT[False, False] == frozenset()
+    assert V._QUICK_PRESENT[True, True] == {V._SWAPPED_QS, V._COMPRESSED_QS}

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import gc
 import http.client
 import socket
 import ssl
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
@@ -269,6 +270,7 @@ def parse_objects(
 
 def parse_perf(elems: Iterable[ET.Element]) -> Iterator[tuple[str, float, dict[int, int]]]:
     """(VM moid, sample time, {counter id: latest value}) per PerfEntityMetric."""
+    last_text, last_stamp = None, 0.0
     for elem in elems:
         if elem.tag == _T_FAULT:
             raise parse_fault(elem)
@@ -279,10 +281,14 @@ def parse_perf(elems: Iterable[ET.Element]) -> Iterator[tuple[str, float, dict[i
         stamp = 0.0
         infos = elem.findall(_T_SAMPLEINFO)
         if infos:
-            stamp = _iso_seconds(infos[-1].findtext(_T_TIMESTAMP) or "")
+            text = infos[-1].findtext(_T_TIMESTAMP) or ""
+            if text != last_text:  # every VM of a reply usually has the same sample time
+                last_text, last_stamp = text, _iso_seconds(text)
+            stamp = last_stamp
         values: dict[int, int] = {}
         for series in elem.iterfind(_T_VALUE):
-            counter = series.findtext(f"{_T_ID}/{_T_COUNTER}")
+            ident = series.find(_T_ID)  # a plain child lookup stays in C (a path would not)
+            counter = ident.findtext(_T_COUNTER) if ident is not None else None
             points = series.findall(_T_VALUE)
             if counter is None or not points:
                 continue
@@ -361,6 +367,7 @@ class VsphereSource:
         # The last realtime sample per VM moid: (sample time, {counter name: KB}).
         self._perf: dict[str, tuple[float, dict[str, int]]] = {}
         self._perf_asked = -float(REALTIME_INTERVAL)  # monotonic time of the last full query
+        self._retrieve_seconds = 0.0  # time in the property retrievals' calls since reset
 
     # -- session --
 
@@ -435,7 +442,8 @@ class VsphereSource:
             try:
                 if self._session is None:
                     self._session = self._login()
-                return self._poll(self._session, now)
+                with _gc_paused():
+                    return self._poll(self._session, now)
             except (_SessionLost, vim.fault.NotAuthenticated) as exc:
                 # vCenter restarted, the session expired or was terminated: log in again, once.
                 self._drop()
@@ -471,14 +479,15 @@ class VsphereSource:
 
     def _poll(self, session: _Session, now: float) -> PollResult:
         inventory = self._inventory(session)
-        started = self._clock()
+        self._retrieve_seconds = 0.0
         paths = VM_PATHS + (VM_PATH_PATHS if self._filter else ())
-        vms = self._retrieve(session, "VirtualMachine", [("VirtualMachine", paths)])
-        latency = self._clock() - started
         samples: list[Sample] = []
-        chosen: list[tuple[str, Props, Fields]] = []
+        # Per VM only what the counters step needs: each page's properties are reduced and
+        # dropped as the next page streams in (10,000 VMs' property dicts would be ~25 MB).
+        chosen: list[tuple[str, Container[str], Fields]] = []
         vcenter = self.instance
-        for _, moid, props in vms:
+        pages = self._retrieve(session, "VirtualMachine", [("VirtualMachine", paths)])
+        for _, moid, props in pages:
             if props.get("config.template") == "true":
                 continue
             if props.get("runtime.powerState") != "poweredOn":
@@ -504,7 +513,10 @@ class VsphereSource:
                     tags["cluster"] = host.cluster
             fields = _fields(props)
             samples.append(Sample(str(uuid) if uuid else moid, tags, fields))
-            chosen.append((moid, props, fields))
+            chosen.append(
+                (moid, _QUICK_PRESENT[_SWAPPED_QS in props, _COMPRESSED_QS in props], fields)
+            )
+        latency = self._retrieve_seconds  # the VM pages' round trips (each parsed as it streams)
         if self.config.target_counters and session.counter_ids:
             self._targets(session, chosen)
         hosts = [
@@ -548,22 +560,26 @@ class VsphereSource:
         session: _Session,
         types: str | Sequence[str],
         specs: Sequence[tuple[str, Sequence[str]]],
-    ) -> list[tuple[str, str, Props]]:
-        """Every object of a container view, page by page; the view is destroyed in any case."""
+    ) -> Iterator[tuple[str, str, Props]]:
+        """Every object of a container view, a page at a time (the next page is asked once this
+        one is consumed); the view is destroyed in any case, when the caller is done."""
         kinds = [types] if isinstance(types, str) else list(types)
         content = session.content
         view = content.viewManager.CreateContainerView(
             content.rootFolder, [getattr(vim, k) for k in kinds], True
         )
         try:
-            out: list[tuple[str, str, Props]] = []
             token: list[str] = []
             body = retrieve_request(session.collector, view._moId, specs, self.config.page_size)
             while True:
                 token.clear()
-                out.extend(self._call(session, body, _OBJECT_TAGS, parse_objects, token))
+                begun = self._clock()
+                page = self._call(session, body, _OBJECT_TAGS, parse_objects, token)
+                self._retrieve_seconds += self._clock() - begun
+                yield from page
+                del page
                 if not token or not token[0]:
-                    return out
+                    return
                 body = continue_request(session.collector, token[0])
         finally:
             with contextlib.suppress(Exception):
@@ -607,7 +623,7 @@ class VsphereSource:
 
     # -- balloon targets from realtime performance counters --
 
-    def _targets(self, session: _Session, chosen: list[tuple[str, Props, Fields]]) -> None:
+    def _targets(self, session: _Session, chosen: list[tuple[str, Container[str], Fields]]) -> None:
         """Fill target (and swapped/compressed where quickStats lack them) from counters.
 
         Asked at most once per realtime sample (20 s) for every VM, and at once for VMs never
@@ -620,9 +636,9 @@ class VsphereSource:
             if not due_all and moid in self._perf:
                 continue
             names = [VMMEMCTL, VMMEMCTLTARGET]
-            if "summary.quickStats.swappedMemory" not in props:
+            if _SWAPPED_QS not in props:
                 names.append(SWAPPED)
-            if "summary.quickStats.compressedMemory" not in props:
+            if _COMPRESSED_QS not in props:
                 names.append(COMPRESSED)
             queries.append((moid, [ids[n] for n in names if n in ids]))
         if queries:
@@ -666,6 +682,17 @@ _DROPPED = (
     ssl.SSLEOFError,
     ssl.SSLZeroReturnError,
 )
+_SWAPPED_QS = "summary.quickStats.swappedMemory"
+_COMPRESSED_QS = "summary.quickStats.compressedMemory"
+# Which of the two quickStats a VM's reply carried (the counters fill in the others): one
+# shared set per combination, so nothing is kept per VM but a reference.
+_QUICK_PRESENT: dict[tuple[bool, bool], frozenset[str]] = {
+    (swapped, compressed): frozenset(
+        path for path, there in ((_SWAPPED_QS, swapped), (_COMPRESSED_QS, compressed)) if there
+    )
+    for swapped in (False, True)
+    for compressed in (False, True)
+}
 _PERF_TAGS = frozenset((_T_RETURNVAL, _T_FAULT))
 
 
@@ -718,7 +745,7 @@ def _fields(props: Props) -> Fields:
     return fields
 
 
-def _counter_fields(values: dict[str, int], props: Props, fields: Fields) -> None:
+def _counter_fields(values: dict[str, int], props: Container[str], fields: Fields) -> None:
     """Balloon actual and target from one realtime sample (same instant, KB precision)."""
     actual = values.get(VMMEMCTL)
     target = values.get(VMMEMCTLTARGET)
@@ -730,10 +757,10 @@ def _counter_fields(values: dict[str, int], props: Props, fields: Fields) -> Non
     if target is not None and (actual is not None or "balloon_actual_bytes" in fields):
         fields["balloon_target_bytes"] = target * KIB
     swapped = values.get(SWAPPED)
-    if swapped is not None and "summary.quickStats.swappedMemory" not in props:
+    if swapped is not None and _SWAPPED_QS not in props:
         fields["host_swapped_bytes"] = swapped * KIB
     compressed = values.get(COMPRESSED)
-    if compressed is not None and "summary.quickStats.compressedMemory" not in props:
+    if compressed is not None and _COMPRESSED_QS not in props:
         fields["compressed_bytes"] = compressed * KIB
 
 
@@ -805,6 +832,26 @@ class _Inventory:
         path = "".join(f"/{p}" for p in reversed(parts))
         self._paths[moid] = path
         return path
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for one poll, back on after (if it was on).
+
+    A poll builds about 50 parser elements and a dozen dicts and strings per VM, none of them
+    in a reference cycle (each page is freed by reference counting as the next streams in), yet
+    their sheer number sets off collections that walk every object of the process, pyVmomi's
+    type tables included: measured at 10,000 VMs, 14 µs of CPU per VM (a sixth of the poll).
+    Nothing cyclic is left uncollected: the collector runs as usual once it is back on.
+    """
+    if not gc.isenabled():  # off already (by the program, or another source's poll)
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _message(exc: BaseException) -> str:

@@ -391,8 +391,11 @@ class Vcsim:
             args.append("-no-tls")
         return args
 
-    def start(self, **inventory: Any) -> Vcsim:
-        """Start on a free port (the inventory arguments override the constructor's)."""
+    def start(self, *, port: int = 0, **inventory: Any) -> Vcsim:
+        """Start on a free port, or `port` (the inventory arguments override the constructor's).
+
+        A fixed port is for peers that cannot be told one (vmware_exporter dials 443 only).
+        """
         if self.process is not None:
             raise VcsimError("the simulator is already running")
         unknown = set(inventory) - set(_INVENTORY_DEFAULTS)
@@ -404,7 +407,7 @@ class Vcsim:
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="vcsim-", dir=self.base_dir))
         _LIVE.add(self)
-        self._launch("127.0.0.1:0")
+        self._launch(f"127.0.0.1:{int(port)}")
         return self
 
     def _launch(self, listen: str) -> None:

@@ -1,0 +1,1063 @@
+#!/usr/bin/env python3
+"""How fast the vSphere source polls a vCenter, beside pyVmomi, a naive loop, a peer and the floor.
+
+    python bench/bench_vsphere.py [--quick] [--sizes 2000,10000] [--repeat 5] [--profile]
+
+Against govmomi's vCenter simulator (tests/stack/vcsim.py, pages of 500 objects,
+maxQueryMetrics 64), one inventory per size, each polled five ways in the same run,
+interleaved round by round, median of --repeat after a warm-up:
+
+  a. the plugin: ``VsphereSource.poll`` in steady state (logged in, counters resolved), the
+     QueryPerf forced every round by a clock advanced 20 s per round (a new realtime sample);
+  b. the same requests through pyVmomi objects: the inventory and VM retrievals
+     (RetrievePropertiesEx/Continue, the same leaf paths and pages) and QueryPerf with the
+     same batching, reduced to the same figures;
+  c. a naive per-VM pyVmomi loop: ``vm.summary.quickStats`` and one QueryPerf per VM (on
+     large inventories timed on a subset and scaled per VM: the table says so);
+  d. vmware_exporter 0.18.4's scrape of the same simulator (VMs only), in its own venv under
+     .cache/ (created here on a full run); it dials port 443 only, so the simulator listens on
+     127.0.0.1:443 (root needed); its reason is printed instead when it cannot run;
+  e. the raw bytes: the same SOAP requests the plugin sends, each reply read and thrown away
+     (the floor: the simulator's own work and the transport).
+
+Also the plugin's own CPU per VM (process CPU time of a), the peak RSS (VmHWM) of a
+process doing only a, and the oracle: a's figures and tags equal b's for every VM.
+A share of the VMs carries realistic values (ballooned, balloon targets, some stuck, swapped,
+compressed, reservations and limits), some are powered off, a few are templates.
+
+Timings here are taken on a machine shared with other jobs: medians and ranges are printed,
+and the load average beside them. Exits 0 even when a target fails; a failed target prints FAIL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import io
+import json
+import os
+import pstats
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchlib import fmt_ms, fmt_us, median, parser, table, timed, verdict  # noqa: E402
+
+from telegraf_balloon.config import VsphereConfig  # noqa: E402
+from telegraf_balloon.log import Log  # noqa: E402
+from telegraf_balloon.model import PollResult  # noqa: E402
+from telegraf_balloon.sources import vsphere as V  # noqa: E402
+from tests.stack.vcsim import Vcsim, VcsimError, launcher_available  # noqa: E402
+from tests.stack.vsphere_setup import (  # noqa: E402
+    all_vms,
+    configure_vms,
+    connect,
+    disconnect,
+    vim,
+    vmodl,
+)
+
+MIB = 1024 * 1024
+KIB = 1024
+PAGE = 500  # the simulator's page and the plugin's page_size (50 for the --quick inventory)
+MAX_QUERY_METRICS = 64
+# size -> the simulator's inventory (one datacenter, clusters of hosts, VMs per cluster)
+SHAPES: dict[int, dict[str, Any]] = {
+    200: {"cluster": 2, "host": 2, "vm": 100, "page": 50},  # small pages: paging still runs
+    2000: {"cluster": 4, "host": 5, "vm": 500},
+    10000: {"cluster": 20, "host": 10, "vm": 500},
+}
+NAIVE_SAMPLE = 2000  # VMs the naive loop is timed on when the inventory is larger
+
+# Targets (issue 7): at the large size, and against the naive loop and the peer at 2,000.
+TARGET_VS_FLOOR = 2.0  # a within this many times e
+TARGET_VS_PYVMOMI = 3.5  # a at least this many times faster than b
+TARGET_CPU_US = 80.0  # the plugin's CPU per VM
+TARGET_RSS_MB = 60.0  # peak RSS of a process doing only a
+TARGET_VS_NAIVE = 5.0  # a at least this many times faster than c (at 2,000)
+TARGET_VS_EXPORTER = 5.0  # and than d
+
+EXPORTER_VERSION = "0.18.4"
+EXPORTER_VENV = REPO_ROOT / ".cache" / "vmware-exporter"
+EXPORTER_PACKAGES = (f"vmware_exporter=={EXPORTER_VERSION}", "requests", "twisted==22.10.0")
+
+Figures = dict[str, tuple[dict[str, str], dict[str, Any]]]  # key -> (tags, fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# the inventory
+# ---------------------------------------------------------------------------------------------
+
+
+def start_simulator(size: int, want_443: bool) -> tuple[Vcsim, str]:
+    """The simulator for one size; on 127.0.0.1:443 when the peer needs it (else why not)."""
+    shape = SHAPES[size]
+    sim = Vcsim(
+        dc=1,
+        standalone_host=0,
+        max_query_metrics=MAX_QUERY_METRICS,
+        # vCenter applies maxQueryMetrics to historical queries; realtime ones (20 s) pass.
+        # The plugin batches under the limit anyway; vmware_exporter sends 5,000 VMs a query.
+        max_query_metrics_historical_only=True,
+        **{"page": PAGE, **shape},
+    )
+    if want_443:
+        try:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(("127.0.0.1", 443))
+        except OSError as exc:
+            return sim.start(), f"127.0.0.1:443 is not free for the simulator ({exc.strerror})"
+        try:
+            return sim.start(port=443), ""
+        except VcsimError:
+            sim.stop()
+            sim = Vcsim(**sim.inventory)
+            return sim.start(), "the simulator could not listen on 127.0.0.1:443"
+    return sim.start(), ""
+
+
+def prepare(si: Any, seed: int = 7) -> dict[str, int]:
+    """Realistic values on a share of the VMs, a few powered off and templates; counts."""
+    rng = random.Random(seed)
+    vms = sorted(all_vms(si), key=lambda vm: vm.name)
+    items: list[tuple[Any, dict[str, Any]]] = []
+    counts = {"vms": len(vms), "valued": 0, "stuck": 0, "blocked": 0, "off": 0, "templates": 0}
+    for i, vm in enumerate(vms):
+        if i % 200 == 7:
+            items.append((vm, {"template": True}))
+            counts["templates"] += 1
+        elif i % 20 == 5:
+            items.append((vm, {"power": "off"}))
+            counts["off"] += 1
+        elif i % 10 == 3:  # 10%: a guest under memory pressure
+            memory = rng.choice((2048, 4096, 8192, 16384))
+            ballooned = rng.randrange(0, memory // 3)
+            target_mb = ballooned
+            if rng.random() < 0.2:  # a stuck balloon: the target well above what inflated
+                target_mb = ballooned + memory // 8
+                counts["stuck"] += 1
+            values: dict[str, Any] = {
+                "memory_mb": memory,
+                "ballooned_mb": ballooned,
+                "vmmemctltarget_kb": target_mb * 1024 + rng.randrange(0, 1024),
+                "swapped_mb": rng.choice((0, 0, 0, rng.randrange(1, 512))),
+                "compressed_kb": rng.choice((0, 0, rng.randrange(1, 200_000))),
+                "consumed_mb": memory - ballooned,
+                "active_mb": rng.randrange(1, memory),
+                "granted_mb": memory,
+                "shared_mb": rng.randrange(0, 256),
+                "overhead_mb": rng.randrange(20, 80),
+            }
+            if rng.random() < 0.15:
+                values["reservation_mb"] = memory
+                counts["blocked"] += 1
+            elif rng.random() < 0.3:
+                values["reservation_mb"] = memory // 4
+                values["limit_mb"] = memory // 2 + memory // 4
+            items.append((vm, values))
+            counts["valued"] += 1
+    configure_vms(items, batch=8)
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# a. the plugin
+# ---------------------------------------------------------------------------------------------
+
+
+class Clock:
+    """The plugin's monotonic clock, advanced one realtime sample (20 s) per round."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def plugin_config(sim: Vcsim) -> VsphereConfig:
+    return VsphereConfig(
+        url=sim.url,
+        username=sim.username,
+        password=sim.password,
+        ca_file=sim.cert_file or "",
+        page_size=int(sim.inventory["page"]),
+    )
+
+
+class Plugin:
+    def __init__(self, sim: Vcsim) -> None:
+        self.clock = Clock()
+        self.log = io.StringIO()
+        self.source = V.VsphereSource(
+            plugin_config(sim), Log(self.log), timeout=120, clock=self.clock
+        )
+        self.result = PollResult()
+        self.cpu: list[float] = []
+
+    def __call__(self) -> None:
+        self.clock.now += V.REALTIME_INTERVAL  # a new realtime sample: QueryPerf every round
+        cpu = time.process_time()
+        result = self.source.poll(time.time())
+        self.cpu.append(time.process_time() - cpu)
+        if result.error is not None:
+            raise SystemExit(f"the plugin's poll failed: {result.error}")
+        self.result = result
+
+    def figures(self) -> Figures:
+        return {s.key: (dict(s.tags), dict(s.fields)) for s in self.result.samples}
+
+    def perf_requests(self) -> list[bytes]:
+        """The QueryPerf bodies one poll sends (recorded from the plugin itself)."""
+        bodies: list[bytes] = []
+        call = self.source._call
+
+        def recording(session: Any, body: bytes, *rest: Any) -> list[Any]:
+            if b"<QueryPerf " in body:
+                bodies.append(body)
+            return call(session, body, *rest)
+
+        setattr(self.source, "_call", recording)  # noqa: B010 (an instance override)
+        try:
+            self()
+        finally:
+            delattr(self.source, "_call")
+        return bodies
+
+    def close(self) -> None:
+        self.source.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# b. the same poll through pyVmomi objects
+# ---------------------------------------------------------------------------------------------
+
+
+def _lookup(si: Any) -> tuple[dict[str, int], int]:
+    """Counter ids (group.name.rollup) and maxQueryMetrics, looked up once as the plugin does."""
+    content = si.RetrieveContent()
+    wanted = set(V.COUNTERS)
+    ids = {}
+    for info in content.perfManager.perfCounter:
+        name = f"{info.groupInfo.key}.{info.nameInfo.key}.{info.rollupType}"
+        if name in wanted:
+            ids[name] = int(info.key)
+    limit = V.DEFAULT_MAX_QUERY_METRICS
+    for option in content.setting.QueryOptions("config.vpxd.stats.maxQueryMetrics") or ():
+        limit = max(0, int(option.value))
+    return ids, limit
+
+
+class Pyvmomi:
+    """RetrievePropertiesEx/Continue and QueryPerf as pyVmomi objects, reduced to the figures."""
+
+    def __init__(self, si: Any, instance: str, page: int) -> None:
+        self.si = si
+        self.page = page
+        self.content = si.RetrieveContent()
+        self.instance = instance
+        self.ids, self.max_metrics = _lookup(si)
+        self.names = {v: k for k, v in self.ids.items()}
+        self.figures: Figures = {}
+
+    def _retrieve(self, kinds: Sequence[str], specs: Sequence[tuple[str, Sequence[str]]]) -> Any:
+        content = self.content
+        pc = vmodl.query.PropertyCollector
+        view = content.viewManager.CreateContainerView(
+            content.rootFolder, [getattr(vim, k) for k in kinds], True
+        )
+        try:
+            spec = pc.FilterSpec(
+                objectSet=[
+                    pc.ObjectSpec(
+                        obj=view,
+                        skip=True,
+                        selectSet=[
+                            pc.TraversalSpec(
+                                name="view", path="view", skip=False, type=vim.view.ContainerView
+                            )
+                        ],
+                    )
+                ],
+                propSet=[pc.PropertySpec(type=getattr(vim, k), pathSet=list(p)) for k, p in specs],
+            )
+            out = []
+            collector = content.propertyCollector
+            res = collector.RetrievePropertiesEx([spec], pc.RetrieveOptions(maxObjects=self.page))
+            while res is not None:
+                for oc in res.objects:
+                    out.append((oc.obj, {p.name: p.val for p in oc.propSet}))
+                res = collector.ContinueRetrievePropertiesEx(res.token) if res.token else None
+            return out
+        finally:
+            view.Destroy()
+
+    def __call__(self) -> None:
+        specs: list[tuple[str, Sequence[str]]] = [
+            (k, ("name", "parent")) for k in V.INVENTORY_TYPES if k != "HostSystem"
+        ]
+        specs.append(("HostSystem", ("name", "parent", *V.HOST_PATHS)))
+        entities: dict[str, tuple[str, str, str]] = {}
+        for obj, props in self._retrieve(V.INVENTORY_TYPES, specs):
+            parent = props.get("parent")
+            entities[obj._moId] = (
+                obj._wsdlName,
+                props.get("name", obj._moId),
+                parent._moId if parent is not None else "",
+            )
+        hosts: dict[str, tuple[str, str, str]] = {}  # moid -> name, cluster, datacenter
+        for moid, (kind, name, parent) in entities.items():
+            if kind != "HostSystem":
+                continue
+            compute = entities.get(parent)
+            cluster = compute[1] if compute and compute[0] == "ClusterComputeResource" else ""
+            datacenter, up = "", parent
+            while up in entities:
+                if entities[up][0] == "Datacenter":
+                    datacenter = entities[up][1]
+                    break
+                up = entities[up][2]
+            hosts[moid] = (name, cluster, datacenter)
+
+        figures: Figures = {}
+        chosen: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
+        for obj, props in self._retrieve(["VirtualMachine"], [("VirtualMachine", V.VM_PATHS)]):
+            if props.get("config.template") or props.get("runtime.powerState") != "poweredOn":
+                continue
+            host_ref = props.get("runtime.host")
+            host = hosts.get(host_ref._moId) if host_ref is not None else None
+            uuid = props.get("config.instanceUuid")
+            tags = {
+                "host": host[0] if host else "",
+                "guest": props.get("name", obj._moId),
+                "hypervisor": "vmware",
+                "source": "vsphere",
+                "vcenter": self.instance,
+            }
+            if uuid:
+                tags["uuid"] = uuid
+            if host and host[2]:
+                tags["datacenter"] = host[2]
+            if host and host[1]:
+                tags["cluster"] = host[1]
+            fields = quickstats_fields(props)
+            figures[uuid or obj._moId] = (tags, fields)
+            chosen.append((obj, props, fields))
+
+        queries: list[tuple[str, list[int]]] = []
+        by_moid = {}
+        for obj, props, fields in chosen:
+            names = [V.VMMEMCTL, V.VMMEMCTLTARGET]
+            if "summary.quickStats.swappedMemory" not in props:
+                names.append(V.SWAPPED)
+            if "summary.quickStats.compressedMemory" not in props:
+                names.append(V.COMPRESSED)
+            queries.append((obj._moId, [self.ids[n] for n in names if n in self.ids]))
+            by_moid[obj._moId] = (obj, props, fields)
+        pm = vim.PerformanceManager
+        perf = self.content.perfManager
+        for batch in V._batches(queries, self.max_metrics):
+            specs_ = [
+                pm.QuerySpec(
+                    entity=by_moid[moid][0],
+                    maxSample=1,
+                    intervalId=V.REALTIME_INTERVAL,
+                    metricId=[pm.MetricId(counterId=c, instance="") for c in ids],
+                )
+                for moid, ids in batch
+            ]
+            for em in perf.QueryPerf(specs_) or ():
+                values = {}
+                for series in em.value or ():
+                    if series.value and series.value[-1] >= 0:
+                        values[self.names.get(series.id.counterId, "")] = int(series.value[-1])
+                _, props, fields = by_moid[em.entity._moId]
+                counter_fields(values, props, fields)
+        self.figures = figures
+
+
+def quickstats_fields(props: dict[str, Any]) -> dict[str, Any]:
+    """The plugin's fields from pyVmomi's typed values (sizes to bytes)."""
+    fields: dict[str, Any] = {}
+    memory = props.get("config.hardware.memoryMB")
+    if memory is not None:
+        fields["memory_max_bytes"] = memory * MIB
+    ballooned = props.get("summary.quickStats.balloonedMemory") or 0
+    fields["balloon_actual_bytes"] = ballooned * MIB
+    if memory is not None:
+        fields["memory_current_bytes"] = max(0, memory - ballooned) * MIB
+    for path, name, scale in V._QUICKSTATS:
+        value = props.get(path)
+        if value is None and path in V._ZERO_WHEN_MISSING:
+            value = 0
+        if value is not None and value >= 0:
+            fields[name] = value * scale
+    reservation = props.get("config.memoryAllocation.reservation")
+    if reservation is not None and reservation >= 0:
+        fields["reservation_bytes"] = reservation * MIB
+    limit = props.get("config.memoryAllocation.limit")
+    if limit is not None and limit >= 0:
+        fields["limit_bytes"] = limit * MIB
+    fields["inflation_blocked"] = (
+        reservation is not None and memory is not None and reservation >= memory > 0
+    )
+    return fields
+
+
+def counter_fields(values: dict[str, int], props: dict[str, Any], fields: dict[str, Any]) -> None:
+    actual = values.get(V.VMMEMCTL)
+    if actual is not None:
+        fields["balloon_actual_bytes"] = actual * KIB
+        if "memory_max_bytes" in fields:
+            fields["memory_current_bytes"] = max(0, fields["memory_max_bytes"] - actual * KIB)
+    target = values.get(V.VMMEMCTLTARGET)
+    if target is not None:
+        fields["balloon_target_bytes"] = target * KIB
+    if V.SWAPPED in values and "summary.quickStats.swappedMemory" not in props:
+        fields["host_swapped_bytes"] = values[V.SWAPPED] * KIB
+    if V.COMPRESSED in values and "summary.quickStats.compressedMemory" not in props:
+        fields["compressed_bytes"] = values[V.COMPRESSED] * KIB
+
+
+def compare(ours: Figures, theirs: Figures) -> list[str]:
+    """Differences between the plugin's figures and pyVmomi's, VM by VM (empty: equal)."""
+    problems = []
+    for key in sorted(set(ours) | set(theirs)):
+        if key not in ours or key not in theirs:
+            problems.append(f"{key}: only in {'pyVmomi' if key in theirs else 'the plugin'}")
+        elif ours[key] != theirs[key]:
+            a_tags, a_fields = ours[key]
+            b_tags, b_fields = theirs[key]
+            diff = sorted(
+                k
+                for k in set(a_fields) | set(b_fields) | set(a_tags) | set(b_tags)
+                if a_fields.get(k, a_tags.get(k)) != b_fields.get(k, b_tags.get(k))
+            )
+            problems.append(f"{key}: {', '.join(diff)} differ")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# c. the naive loop
+# ---------------------------------------------------------------------------------------------
+
+
+class Naive:
+    """List the VMs, then per VM: vm.summary.quickStats and one QueryPerf (2 counters)."""
+
+    def __init__(self, si: Any, sample: int) -> None:
+        self.si = si
+        self.content = si.RetrieveContent()
+        ids, _ = _lookup(si)
+        pm = vim.PerformanceManager
+        self.metrics = [pm.MetricId(counterId=ids[n], instance="") for n in V.COUNTERS[:2]]
+        self.sample = sample
+        self.scale = 1.0
+        self.vms = 0
+
+    def __call__(self) -> float:
+        """Seconds of one poll of every VM (the per-VM part scaled from the sample)."""
+        content = self.content
+        started = time.perf_counter()
+        view = content.viewManager.CreateContainerView(
+            content.rootFolder, [vim.VirtualMachine], True
+        )
+        try:
+            vms = list(view.view)
+        finally:
+            view.Destroy()
+        listed = time.perf_counter() - started
+        subset = vms[: self.sample] if self.sample < len(vms) else vms
+        self.vms, self.scale = len(vms), len(vms) / len(subset)
+        pm = vim.PerformanceManager
+        perf = content.perfManager
+        started = time.perf_counter()
+        for vm in subset:
+            vm.summary.quickStats  # noqa: B018 (one property round trip, as a naive loop does)
+            perf.QueryPerf(
+                [pm.QuerySpec(entity=vm, maxSample=1, intervalId=20, metricId=self.metrics)]
+            )
+        return listed + (time.perf_counter() - started) * self.scale
+
+
+# ---------------------------------------------------------------------------------------------
+# d. vmware_exporter
+# ---------------------------------------------------------------------------------------------
+
+
+def exporter_program(install: bool) -> tuple[Optional[Path], str]:
+    """vmware_exporter's program in its own venv (installed on a full run), or why not."""
+    program = EXPORTER_VENV / "bin" / "vmware_exporter"
+    if program.is_file():
+        return program, ""
+    if not install:
+        return None, "not installed (a full run installs it under .cache/)"
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(EXPORTER_VENV)], check=True)
+        proc = subprocess.run(
+            [
+                str(EXPORTER_VENV / "bin" / "pip"),
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                *EXPORTER_PACKAGES,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"could not create its venv: {exc}"
+    if proc.returncode != 0 or not program.is_file():
+        tail = " ".join((proc.stderr or proc.stdout).split())[-200:]
+        return None, f"pip install {' '.join(EXPORTER_PACKAGES)} failed: {tail}"
+    return program, ""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Exporter:
+    """vmware_exporter serving /metrics on a loopback port; one scrape = one GET."""
+
+    def __init__(self, program: Path, sim: Vcsim) -> None:
+        self.port = _free_port()
+        env = dict(
+            os.environ,
+            VSPHERE_HOST="127.0.0.1",
+            VSPHERE_USER=sim.username,
+            VSPHERE_PASSWORD=sim.password,
+            VSPHERE_IGNORE_SSL="True",
+            VSPHERE_COLLECT_VMS="True",
+            VSPHERE_COLLECT_VMGUESTS="False",
+            VSPHERE_COLLECT_DATASTORES="False",
+            VSPHERE_COLLECT_HOSTS="False",
+            VSPHERE_COLLECT_SNAPSHOTS="False",
+        )
+        # its stderr to a file, not a pipe (a full pipe would stall it); closed by close()
+        self.errors = tempfile.TemporaryFile()  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [str(program), "-a", "127.0.0.1", "-p", str(self.port), "-l", "WARNING"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self.errors,
+        )
+        self.cpu: list[float] = []
+        self.vms = 0
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError):  # noqa: SIM117 (3.9: no parenthesised with)
+                with urllib.request.urlopen(self._url("/healthz"), timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.errors.seek(0)
+                err = self.errors.read()[-4000:].decode(errors="replace")
+                self.close()
+                raise RuntimeError(f"vmware_exporter did not serve: {' '.join(err.split())[-200:]}")
+            time.sleep(0.2)
+
+    def _url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def __call__(self) -> None:
+        cpu = _cpu_seconds(self.process.pid)
+        with urllib.request.urlopen(self._url("/metrics"), timeout=1800) as resp:
+            body = resp.read()
+        self.cpu.append(_cpu_seconds(self.process.pid) - cpu)
+        if b"# Collection failed" in body[:100]:
+            raise RuntimeError("vmware_exporter: collection failed")
+        self.vms = body.count(b"\nvmware_vm_power_state{")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.errors.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# e. the raw bytes
+# ---------------------------------------------------------------------------------------------
+
+
+class Raw:
+    """The plugin's own SOAP requests on a pyVmomi session; each reply read and dropped."""
+
+    def __init__(self, si: Any, perf_bodies: list[bytes], page: int) -> None:
+        self.si = si
+        self.page = page
+        self.content = si.RetrieveContent()
+        self.stub = si._stub
+        self.collector = self.content.propertyCollector._moId
+        self.perf_bodies = perf_bodies
+        self.bytes = 0
+        inventory: list[tuple[str, Sequence[str]]] = [
+            (k, ("name", "parent")) for k in V.INVENTORY_TYPES if k != "HostSystem"
+        ]
+        inventory.append(("HostSystem", ("name", "parent", *V.HOST_PATHS)))
+        self.retrievals: list[tuple[Sequence[str], list[tuple[str, Sequence[str]]]]] = [
+            (V.INVENTORY_TYPES, inventory),
+            (["VirtualMachine"], [("VirtualMachine", V.VM_PATHS)]),
+        ]
+
+    def _post(self, body: bytes) -> bytes:
+        stub = self.stub
+        conn = stub.GetConnection()
+        conn.request(
+            "POST",
+            stub.path,
+            body,
+            {
+                "Cookie": stub.cookie,
+                "SOAPAction": stub.versionId,
+                "Content-Type": "text/xml; charset=UTF-8",
+            },
+        )
+        resp = conn.getresponse()
+        head = tail = b""
+        while True:  # read as the plugin reads (64 KiB at a time), keep only both ends
+            chunk = resp.read(V.CHUNK)
+            if not chunk:
+                break
+            self.bytes += len(chunk)
+            if not head:
+                head = chunk[:4096]
+            tail = (tail + chunk[-1024:])[-1024:]
+        stub.ReturnConnection(conn)
+        return head + tail
+
+    def __call__(self) -> None:
+        content = self.content
+        self.bytes = 0
+        for kinds, specs in self.retrievals:
+            view = content.viewManager.CreateContainerView(
+                content.rootFolder, [getattr(vim, k) for k in kinds], True
+            )
+            try:
+                body = V.retrieve_request(self.collector, view._moId, specs, self.page)
+                while True:
+                    data = self._post(body)  # its ends: the token leads the result
+                    at = data.find(b"<token>")
+                    if at < 0:
+                        break
+                    token = data[at + 7 : data.index(b"</token>", at)].decode()
+                    body = V.continue_request(self.collector, token)
+            finally:
+                view.Destroy()
+        for body in self.perf_bodies:
+            self._post(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# peak RSS of a process doing only a
+# ---------------------------------------------------------------------------------------------
+
+
+# The child imports the plugin's modules only (not this bench's test helpers), as the plugin
+# process would: log in, poll `rounds` times (QueryPerf each), print VmHWM and the RSS after
+# the imports as JSON. With "drop" each result is released before the next poll; without,
+# the previous poll's samples live on through the next one (as the runner's worker holds
+# its last result until its next poll returns).
+RSS_CHILD = """
+import io, json, sys, time
+spec = json.loads(sys.argv[1])
+sys.path.insert(0, spec["root"])
+from telegraf_balloon.config import VsphereConfig
+from telegraf_balloon.log import Log
+from telegraf_balloon.sources import vsphere
+
+
+def status_kb(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+baseline = status_kb("VmRSS")
+now = [1e6]
+config = VsphereConfig(
+    url=spec["url"], username=spec["username"], password=spec["password"],
+    ca_file=spec["ca_file"], page_size=spec["page"],
+)
+source = vsphere.VsphereSource(config, Log(io.StringIO()), timeout=120, clock=lambda: now[0])
+samples = 0
+for _ in range(spec["rounds"]):
+    now[0] += vsphere.REALTIME_INTERVAL
+    result = source.poll(time.time())
+    if result.error is not None:
+        raise SystemExit(result.error)
+    samples = len(result.samples)
+    if spec["drop"]:
+        result = None  # written out and dropped before the next poll
+source.close()
+print(json.dumps({"hwm_kb": status_kb("VmHWM"), "baseline_kb": baseline, "samples": samples}))
+"""
+
+
+def peak_rss(sim: Vcsim, rounds: int, drop: bool) -> dict[str, int]:
+    spec = json.dumps(
+        {
+            "url": sim.url,
+            "username": sim.username,
+            "password": sim.password,
+            "ca_file": sim.cert_file or "",
+            "rounds": rounds,
+            "page": int(sim.inventory["page"]),
+            "root": str(REPO_ROOT),
+            "drop": drop,
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", RSS_CHILD, spec],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"the RSS child failed: {proc.stderr[-1000:]}")
+    out: dict[str, int] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def same_requests(sim: Vcsim, plugin: Plugin, pyv: Pyvmomi, raw: Raw) -> None:
+    """b and e send what a sends: the simulator's call counts of one poll each must agree."""
+    methods = ("RetrievePropertiesEx", "ContinueRetrievePropertiesEx", "QueryPerf")
+    counts = {}
+    for name, fn in (("a", plugin), ("b", pyv), ("e", raw)):
+        sim.reset_calls()
+        fn()
+        calls = sim.calls()["calls"]
+        counts[name] = tuple(int(calls.get(m, 0)) for m in methods)
+    if len(set(counts.values())) != 1:
+        raise SystemExit(f"the ways differ in their calls {methods}: {counts}")
+
+
+# ---------------------------------------------------------------------------------------------
+# one size
+# ---------------------------------------------------------------------------------------------
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f}/{five:.1f} (1/5 min) on {os.cpu_count()} cores"
+
+
+def bench_size(
+    size: int, repeat: int, exporter: tuple[Optional[Path], str], profile: bool
+) -> dict[str, Any]:
+    program, exporter_why = exporter
+    started = time.perf_counter()
+    sim, port_why = start_simulator(size, want_443=program is not None)
+    exporter_why = exporter_why or port_why
+    out: dict[str, Any] = {"size": size, "startup": time.perf_counter() - started}
+    si = connect(sim)
+    plugin: Optional[Plugin] = None
+    peer: Optional[Exporter] = None
+    try:
+        started = time.perf_counter()
+        out["counts"] = prepare(si)
+        out["prepare"] = time.perf_counter() - started
+        instance = f"127.0.0.1:{sim.port}"
+        plugin = Plugin(sim)
+        plugin()  # logs in, looks the counters up
+        page = int(sim.inventory["page"])
+        pyv = Pyvmomi(si, instance, page)
+        naive = Naive(si, NAIVE_SAMPLE)
+        raw = Raw(si, plugin.perf_requests(), page)
+        same_requests(sim, plugin, pyv, raw)
+        if program is not None and not exporter_why:
+            try:
+                peer = Exporter(program, sim)
+                if size <= 2000:  # each scrape logs in afresh anyway; 10,000 VMs take minutes
+                    peer()  # warm-up, and proof that it works
+            except (OSError, RuntimeError) as exc:
+                exporter_why = " ".join(str(exc).split())[-200:]
+                if peer is not None:
+                    peer.close()
+                peer = None
+        for fn in (pyv, naive, raw):
+            fn()  # warm-up
+        plugin.cpu.clear()
+        times: dict[str, list[float]] = {k: [] for k in "abcde"}
+        peer_rounds = repeat if size <= 2000 else 1  # its 10,000-VM scrape takes minutes
+        out["load_before"] = load()
+        for i in range(repeat):
+            times["a"].append(timed(plugin))
+            times["b"].append(timed(pyv))
+            times["c"].append(naive())
+            if peer is not None and i < peer_rounds:
+                times["d"].append(timed(peer))
+            times["e"].append(timed(raw))
+        out["load_after"] = load()
+        out["times"] = times
+        out["samples"] = len(plugin.result.samples)
+        out["cpu"] = median(plugin.cpu) / out["samples"]
+        out["raw_bytes"] = raw.bytes
+        out["perf_calls"] = len(raw.perf_bodies)
+        out["naive_note"] = (
+            f"timed on {naive.sample} of {naive.vms} VMs, scaled x{naive.scale:g}"
+            if naive.scale > 1
+            else ""
+        )
+        out["oracle"] = compare(plugin.figures(), pyv.figures)
+        out["targets_reported"] = sum(
+            1 for s in plugin.result.samples if "balloon_target_bytes" in s.fields
+        )
+        out["exporter_why"] = exporter_why if peer is None else ""
+        if peer is not None:
+            out["exporter_vms"] = peer.vms
+            out["exporter_cpu"] = median(peer.cpu)
+            out["exporter_rounds"] = len(times["d"])
+        if profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(3):
+                plugin()
+            prof.disable()
+            text = io.StringIO()
+            pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(30)
+            out["profile"] = text.getvalue()
+        plugin.close()
+        plugin = None
+        out["rss"] = peak_rss(sim, rounds=3, drop=True)
+        out["rss_kept"] = peak_rss(sim, rounds=3, drop=False)
+    finally:
+        if peer is not None:
+            peer.close()
+        if plugin is not None:
+            plugin.close()
+        disconnect(si)
+        sim.stop()
+    return out
+
+
+def report(out: dict[str, Any], repeat: int) -> str:
+    n = out["samples"]
+    times = out["times"]
+    a = median(times["a"])
+    labels = {
+        "a": "a. plugin: VsphereSource.poll (streamed SOAP)",
+        "b": "b. the same requests as pyVmomi objects",
+        "c": "c. naive: quickStats + 1 QueryPerf per VM",
+        "d": f"d. vmware_exporter {EXPORTER_VERSION} scrape (VMs only)",
+        "e": "e. raw bytes of a's requests, unparsed (floor)",
+    }
+    rows = []
+    for k, label in labels.items():
+        values = times[k]
+        if not values:
+            rows.append([label, "n/a", "", "", "", out["exporter_why"] or "not run"])
+            continue
+        m = median(values)
+        note = {
+            "c": out["naive_note"],
+            "d": f"{len(values)} scrape(s), {out.get('exporter_vms', 0)} VMs in its output",
+        }.get(k, "")
+        rows.append(
+            [
+                label,
+                fmt_ms(m),
+                f"{fmt_ms(min(values))}..{fmt_ms(max(values))}",
+                fmt_us(m / n),
+                f"{m / a:,.2f}x" if k != "a" else "1.00x",
+            ]
+            + ([note] if note else [])
+        )
+    width = max(len(r) for r in rows)
+    rows = [r + [""] * (width - len(r)) for r in rows]
+    headers = ["way (one poll of every VM)", "ms/poll", "min..max ms", "µs/VM", "vs a", "note"]
+    counts = out["counts"]
+    rss = out["rss"]
+    lines = [
+        f"== {counts['vms']:,} VMs ({n:,} powered-on non-templates polled, "
+        f"{out['targets_reported']:,} with a balloon target; {counts['valued']} with values, "
+        f"{counts['stuck']} stuck, {counts['blocked']} blocked, {counts['off']} off, "
+        f"{counts['templates']} templates); median of {repeat}, interleaved",
+        table(headers[:width], rows, [False, True, True, True, True, False][:width]),
+        f"  plugin CPU (process time of a): {fmt_us(out['cpu'])} µs per VM; "
+        f"peak RSS of a process doing only a (3 polls): {rss['hwm_kb'] / 1024:.1f} MB "
+        f"(after imports {rss['baseline_kb'] / 1024:.1f} MB; "
+        f"{out['rss_kept']['hwm_kb'] / 1024:.1f} MB when each poll's result is still held "
+        "during the next, as the runner's worker does)",
+        f"  a's requests: {out['raw_bytes'] / 1e6:.1f} MB of reply per poll, "
+        f"{out['perf_calls']} QueryPerf calls (maxQueryMetrics {MAX_QUERY_METRICS})",
+    ]
+    if "exporter_cpu" in out:
+        lines.append(
+            f"  vmware_exporter's own CPU per scrape: {out['exporter_cpu']:.2f} s "
+            f"({out['exporter_cpu'] / n * 1e6:,.0f} µs per VM; it also reads other metrics)"
+        )
+    oracle = out["oracle"]
+    if oracle:
+        lines.append(f"  oracle: {verdict(False)} {len(oracle)} VMs differ from pyVmomi's:")
+        lines.extend(f"    {p}" for p in oracle[:10])
+    else:
+        lines.append(f"  oracle: a's tags and fields equal b's (pyVmomi) for all {n:,} VMs: PASS")
+    lines.append(
+        f"  simulator start {out['startup']:.1f} s, values set in {out['prepare']:.1f} s; "
+        f"{out['load_before']} before, {out['load_after']} after"
+    )
+    if "profile" in out:
+        lines.append(out["profile"])
+    return "\n".join(lines)
+
+
+def verdicts(results: dict[int, dict[str, Any]], quick: bool) -> str:
+    rows: list[list[Any]] = []
+    large = max(results)
+    small = 2000 if 2000 in results else min(results)
+
+    def med(size: int, k: str) -> Optional[float]:
+        values = results[size]["times"][k]
+        return median(values) if values else None
+
+    a, b, e = med(large, "a"), med(large, "b"), med(large, "e")
+    assert a is not None and b is not None and e is not None
+    cpu_us = results[large]["cpu"] * 1e6
+    rss_mb = results[large]["rss"]["hwm_kb"] / 1024
+    rows.append(
+        [
+            f"a within {TARGET_VS_FLOOR:g}x the raw floor",
+            f"{large:,}",
+            f"{a / e:.2f}x",
+            a / e <= TARGET_VS_FLOOR,
+        ]
+    )
+    rows.append(
+        [
+            f"a >= {TARGET_VS_PYVMOMI:g}x faster than pyVmomi objects",
+            f"{large:,}",
+            f"{b / a:.2f}x",
+            b / a >= TARGET_VS_PYVMOMI,
+        ]
+    )
+    rows.append(
+        [
+            f"plugin CPU <= {TARGET_CPU_US:g} µs per VM",
+            f"{large:,}",
+            f"{cpu_us:.1f} µs",
+            cpu_us <= TARGET_CPU_US,
+        ]
+    )
+    rows.append(
+        [
+            f"peak RSS < {TARGET_RSS_MB:g} MB",
+            f"{large:,}",
+            f"{rss_mb:.1f} MB",
+            rss_mb < TARGET_RSS_MB,
+        ]
+    )
+    a2, c2, d2 = med(small, "a"), med(small, "c"), med(small, "d")
+    assert a2 is not None and c2 is not None
+    rows.append(
+        [
+            f"a >= {TARGET_VS_NAIVE:g}x faster than the naive loop",
+            f"{small:,}",
+            f"{c2 / a2:.1f}x",
+            c2 / a2 >= TARGET_VS_NAIVE,
+        ]
+    )
+    if d2 is None:
+        rows.append(
+            [f"a >= {TARGET_VS_EXPORTER:g}x faster than vmware_exporter", f"{small:,}", "n/a", None]
+        )
+    else:
+        rows.append(
+            [
+                f"a >= {TARGET_VS_EXPORTER:g}x faster than vmware_exporter",
+                f"{small:,}",
+                f"{d2 / a2:.1f}x",
+                d2 / a2 >= TARGET_VS_EXPORTER,
+            ]
+        )
+    oracle_ok = all(not r["oracle"] for r in results.values())
+    rows.append(
+        [
+            "a's figures equal pyVmomi's, every VM",
+            "all",
+            "equal" if oracle_ok else "DIFFER",
+            oracle_ok,
+        ]
+    )
+    cells = []
+    for target, size, got, ok in rows:
+        if ok is None:
+            judged = "not run"
+        elif quick and target != rows[-1][0]:
+            judged = "(quick run: not judged)"
+        else:
+            judged = verdict(bool(ok))
+        cells.append([target, size, got, judged])
+    return table(
+        ["target (issue 7)", "VMs", "measured", "verdict"], cells, [False, True, True, False]
+    )
+
+
+def main() -> int:
+    p = parser(__doc__)
+    p.add_argument("--sizes", default="2000,10000", help="inventory sizes (200, 2000, 10000)")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--profile", action="store_true", help="cProfile the plugin's poll")
+    p.add_argument("--no-exporter", action="store_true", help="skip vmware_exporter")
+    args = p.parse_args()
+    sizes = [200] if args.quick else [int(s) for s in args.sizes.split(",")]
+    repeat = 1 if args.quick else args.repeat
+    reason = launcher_available()
+    if reason is not None:
+        print(f"bench_vsphere: skipped, the vCenter simulator cannot be built: {reason}")
+        return 0
+    if args.no_exporter:
+        exporter: tuple[Optional[Path], str] = (None, "skipped (--no-exporter)")
+    else:
+        exporter = exporter_program(install=not args.quick)
+        if exporter[0] is not None and os.geteuid() != 0:
+            exporter = (None, "needs root: it dials port 443 only")
+    print(
+        "vSphere source against govmomi's simulator on 127.0.0.1 (the simulator runs on the "
+        "same 2 cores;\nthis machine is shared with other jobs: wall times are inflated and "
+        "noisy, medians and ranges given)\n"
+    )
+    results: dict[int, dict[str, Any]] = {}
+    for size in sizes:
+        if size not in SHAPES:
+            raise SystemExit(f"--sizes: {size} is not one of {sorted(SHAPES)}")
+        results[size] = bench_size(size, repeat, exporter, args.profile)
+        print(report(results[size], repeat))
+        print()
+    print(verdicts(results, args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
