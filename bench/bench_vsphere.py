@@ -683,9 +683,8 @@ class Raw:
 
 # The child imports the plugin's modules only (not this bench's test helpers), as the plugin
 # process would: log in, poll `rounds` times (QueryPerf each), print VmHWM and the RSS after
-# the imports as JSON. With "drop" each result is released before the next poll; without,
-# the previous poll's samples live on through the next one (as the runner's worker holds
-# its last result until its next poll returns).
+# the imports as JSON. With "runner" the polls go through the plugin's Runner (health stage,
+# host sums, serialised to a discarded stream), as the running plugin does them.
 RSS_CHILD = """
 import io, json, sys, time
 spec = json.loads(sys.argv[1])
@@ -711,20 +710,39 @@ config = VsphereConfig(
 )
 source = vsphere.VsphereSource(config, Log(io.StringIO()), timeout=120, clock=lambda: now[0])
 samples = 0
-for _ in range(spec["rounds"]):
-    now[0] += vsphere.REALTIME_INTERVAL
-    result = source.poll(time.time())
-    if result.error is not None:
-        raise SystemExit(result.error)
-    samples = len(result.samples)
-    if spec["drop"]:
+if spec["runner"]:
+    from telegraf_balloon.config import AgentConfig, Config
+    from telegraf_balloon.runner import Runner
+
+    class Null(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, data):
+            return len(data)
+
+    plugin = Config(path="bench", agent=AgentConfig(timeout=120.0), vsphere=(config,))
+    runner = Runner(plugin, [source], Null(), Log(io.StringIO()), "bench")
+    for _ in range(spec["rounds"]):
+        now[0] += vsphere.REALTIME_INTERVAL
+        if not runner.poll():
+            raise SystemExit("the vSphere source was down")
+    samples = -1
+    runner.close()
+else:
+    for _ in range(spec["rounds"]):
+        now[0] += vsphere.REALTIME_INTERVAL
+        result = source.poll(time.time())
+        if result.error is not None:
+            raise SystemExit(result.error)
+        samples = len(result.samples)
         result = None  # written out and dropped before the next poll
 source.close()
 print(json.dumps({"hwm_kb": status_kb("VmHWM"), "baseline_kb": baseline, "samples": samples}))
 """
 
 
-def peak_rss(sim: Vcsim, rounds: int, drop: bool) -> dict[str, int]:
+def peak_rss(sim: Vcsim, rounds: int, runner: bool) -> dict[str, int]:
     spec = json.dumps(
         {
             "url": sim.url,
@@ -734,7 +752,7 @@ def peak_rss(sim: Vcsim, rounds: int, drop: bool) -> dict[str, int]:
             "rounds": rounds,
             "page": int(sim.inventory["page"]),
             "root": str(REPO_ROOT),
-            "drop": drop,
+            "runner": runner,
         }
     )
     proc = subprocess.run(
@@ -850,8 +868,8 @@ def bench_size(
             out["profile"] = text.getvalue()
         plugin.close()
         plugin = None
-        out["rss"] = peak_rss(sim, rounds=3, drop=True)
-        out["rss_kept"] = peak_rss(sim, rounds=3, drop=False)
+        out["rss"] = peak_rss(sim, rounds=3, runner=False)
+        out["rss_runner"] = peak_rss(sim, rounds=3, runner=True)
     finally:
         if peer is not None:
             peer.close()
@@ -908,8 +926,8 @@ def report(out: dict[str, Any], repeat: int) -> str:
         f"  plugin CPU (process time of a): {fmt_us(out['cpu'])} µs per VM; "
         f"peak RSS of a process doing only a (3 polls): {rss['hwm_kb'] / 1024:.1f} MB "
         f"(after imports {rss['baseline_kb'] / 1024:.1f} MB; "
-        f"{out['rss_kept']['hwm_kb'] / 1024:.1f} MB when each poll's result is still held "
-        "during the next, as the runner's worker does)",
+        f"{out['rss_runner']['hwm_kb'] / 1024:.1f} MB through the plugin's Runner: health, "
+        "host sums, serialised)",
         f"  a's requests: {out['raw_bytes'] / 1e6:.1f} MB of reply per poll, "
         f"{out['perf_calls']} QueryPerf calls (maxQueryMetrics {MAX_QUERY_METRICS})",
     ]
