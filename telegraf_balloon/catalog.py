@@ -257,8 +257,8 @@ COLLECTOR_FIELDS: tuple[Field, ...] = (
         "the main API round trip",
         GUEST,
         LIBVIRT,
-        note="guest: the /proc and /sys reads; libvirt: the bulk stats call only (per-domain "
-        "fallback calls count in duration_seconds)",
+        note="guest: the /proc and /sys reads; libvirt: the stats fetch only, its concurrent "
+        "chunks or its one bulk call (per-domain fallback calls count in duration_seconds)",
     ),
     _f("vms", int, "count", "VMs reported this poll", HEALTH),
     _f("polls_total", int, "count", "polls of this source since start", HEALTH),

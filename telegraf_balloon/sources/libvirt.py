@@ -1,4 +1,4 @@
-"""KVM/QEMU (and Xen) hosts through libvirt: one bulk stats call per poll for every domain."""
+"""KVM/QEMU (and Xen) hosts through libvirt: bulk stats of every domain, in concurrent slices."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from .hostfacts import local_host
 KIB = 1024
 STATE_RUNNING, STATE_PAUSED = 1, 3
 RECHECK_SECONDS = 30.0  # least time between two XML re-reads of one domain that looks odd
-# libvirtd serves at most max_client_requests (default 5) calls of one client at once: the
-# stats workers keep one free for the poll's own calls.
-MAX_CLIENT_REQUESTS = 5
+# At most this many slices at once when sized automatically: libvirtd keeps 5 worker threads
+# for all its clients (min_workers) and serves 5 calls per connection (max_client_requests);
+# each worker has a connection of its own, and one thread stays for everyone else.
+MAX_AUTO_CHUNKS = 4
 DOMAINS_PER_CHUNK = 16  # below this many domains a chunk gains nothing from its own call
 FETCH_SHARE = 0.7  # of [agent] timeout: how long the stats fetch may take in all
 FIRST_PASS_SHARE = 0.5  # of that: when a late chunk is fetched again without waiting
@@ -490,7 +491,7 @@ class LibvirtSource:
         if pinned > 1:
             return min(pinned, domains)
         wanted = math.ceil(domains / DOMAINS_PER_CHUNK)
-        return max(1, min(wanted, MAX_CLIENT_REQUESTS - 1, domains))
+        return max(1, min(wanted, MAX_AUTO_CHUNKS, domains))
 
     def _idle_workers(self, wanted: int) -> list[_StatsWorker]:
         """Up to `wanted` idle workers, made as needed up to the pool's size.
@@ -499,7 +500,7 @@ class LibvirtSource:
         fetches again the chunk of a domain that hangs.
         """
         pinned = self.config.concurrency
-        size = max(2, pinned if pinned > 1 else MAX_CLIENT_REQUESTS - 1)
+        size = max(2, pinned if pinned > 1 else MAX_AUTO_CHUNKS)
         idle = [w for w in self._workers if not w.busy][:wanted]
         while len(idle) < wanted and len(self._workers) < size:
             worker = _StatsWorker(f"libvirt-stats-{len(self._workers)}", self._open_for_stats)
