@@ -366,9 +366,10 @@ class LibvirtSource:
                 self._drop_connection()
                 self._conn = self._connect()
             return self._poll(self._conn, now)
-        except (libvirt.libvirtError, StatsStuck) as exc:
-            # Drop the connection so the next poll reconnects (daemon restarted, socket gone;
-            # closing it also ends the calls stuck workers wait on).
+        except StatsStuck as exc:
+            return PollResult(error=str(exc))  # the connection is fine: the QEMUs are not
+        except libvirt.libvirtError as exc:
+            # Drop the connection so the next poll reconnects (daemon restarted, socket gone).
             self._drop_connection()
             return PollResult(error=scrub(_message(exc), self.config.uri))
 
@@ -462,7 +463,7 @@ class LibvirtSource:
         if not workers:
             raise StatsStuck(
                 f"every stats worker ({len(self._workers)}) still waits on a call of an "
-                "earlier poll (a hung QEMU or libvirtd?); reconnecting"
+                "earlier poll (hung QEMUs?)"
             )
         count = len(workers)
         size, extra = divmod(len(doms), count)
@@ -496,8 +497,9 @@ class LibvirtSource:
     def _idle_workers(self, wanted: int) -> list[_StatsWorker]:
         """Up to `wanted` idle workers, made as needed up to the pool's size.
 
-        The pool has one worker more than a poll's chunks use (at least two): a spare that
-        fetches again the chunk of a domain that hangs.
+        The pool holds as many workers as a poll may use chunks (MAX_AUTO_CHUNKS, or the
+        pinned count), and at least two: a chunk that hangs is fetched again by a worker whose
+        own chunk came back, or by the second worker when there was one chunk.
         """
         pinned = self.config.concurrency
         size = max(2, pinned if pinned > 1 else MAX_AUTO_CHUNKS)

@@ -282,3 +282,54 @@ def test_host_memory_is_this_machines_memtotal(
     hosts = [line["fields"] for line in lines if line["measurement"] == catalog.HOST]
     assert len(hosts) == 1, lines
     assert hosts[0]["host_memory_bytes"] == memtotal * 1024
+
+
+def test_every_worker_stuck_fails_the_poll_until_one_returns(
+    libvirt_stack: LibvirtStack, qemu_guest: str, paused: list[str]
+) -> None:
+    """Two stopped QEMUs, one in each of two pinned slices: no worker is left to fetch again.
+
+    The poll still keeps its deadline (the slices' domains are left out, with a W! line);
+    the next poll fails saying why, without making threads; after SIGCONT all is back.
+    """
+    timeout = 4.0
+    plugin = Plugin(_toml(libvirt_stack, timeout=f"{timeout:g}s", source_extra="concurrency = 2"))
+    with libvirt_stack.connection(readonly=True) as conn:
+        order = [d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)]
+    ours = [name for name in order if name in paused]
+    victims = [ours[0], ours[-1]]  # the first slice's, the last slice's
+    assert order.index(victims[0]) < len(order) // 2 <= order.index(victims[1])
+    pids = [libvirt_stack.guest_pid(name) for name in victims]
+    everyone = {qemu_guest, *paused}
+    try:
+        assert set(_vms(plugin.poll())) == everyone
+        source = plugin.sources[0]
+        assert _workers(source) == 2
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            lines = plugin.poll()
+            assert time.monotonic() - started < timeout
+            assert _collector(lines)["up"] is True
+            assert "left out of this poll" in plugin.log_stream.getvalue()
+            lines = plugin.poll()
+            collector = _collector(lines)
+            assert collector["up"] is False, collector
+            assert "still waits on a call" in plugin.log_stream.getvalue()
+            assert _workers(source) == 2
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+
+        def back() -> bool:
+            vms = _vms(plugin.poll())
+            return set(vms) == everyone and all("rss_bytes" in vms[v] for v in victims)
+
+        deadline = time.monotonic() + 30
+        while not back():
+            assert time.monotonic() < deadline, plugin.log_stream.getvalue()
+            time.sleep(0.5)
+        assert _workers(source) == 2
+    finally:
+        plugin.close()
