@@ -1,13 +1,23 @@
 #!/usr/bin/env python3
 """How fast the libvirt source is, next to the other ways of reading the same numbers.
 
-    python bench/bench_libvirt.py [--domains 1000] [--guests 3] [--repeat 5] [--profile]
+    python bench/bench_libvirt.py [--quick] [--real 50,100] [--domains 1000] [--guests 0]
+                                  [--repeat 5] [--profile]
 
 Needs root: it starts a private libvirtd (tests/stack/libvirt_stack.py) and always stops it.
 
-Table 1: a libvirt test-driver node with --domains running domains (a few paused), served by
-the real libvirtd (``test+unix://``: every call is a real RPC). One poll of every domain
-done five ways, measured in the same run, interleaved, median of --repeat after a warm-up:
+Table 0: real QEMU (TCG) domains on that libvirtd, at each size of --real in one run: one
+booted guest (full guest stats) and paused domains (QEMU's -S, 128 MiB, a virtio balloon:
+they never boot but answer over QMP like any domain). libvirtd asks one QEMU after another
+within a call; the plugin fetches slices of the domain list side by side. The ways, timed
+in the same rounds: virsh dommemstat per domain, a naive memoryStats() loop, libvirt's single
+bulk call, the plugin with chunking off (concurrency = 1), the plugin, Runner.poll(). The
+plugin's own processing is its poll's time less the stats fetch (api_latency_seconds).
+
+Table 1 (the fallback path): a libvirt test-driver node with --domains running domains (a
+few paused), served by the real libvirtd (``test+unix://``: every call is a real RPC). One
+poll of every domain done five ways, measured in the same run, interleaved, median of
+--repeat after a warm-up:
 
   a. ``virsh -r -c URI dommemstat NAME`` per domain (timed on a subset, scaled per domain);
   b. a naive Python loop: ``lookupByName(name)``, ``memoryStats()`` and ``info()`` per domain;
@@ -19,15 +29,15 @@ Table 2: the plugin's own processing per domain. The libvirt responses of one re
 recorded through a proxy, then replayed (zero latency, same data) through ``Runner.poll()``
 for --domains and 10 x --domains domains (copies with distinct names and UUIDs).
 
-Table 3: a, b, c, d, e against --guests real QEMU (TCG) guests with a virtio balloon, whose
-bulk stats carry balloon keys (no per-domain fallback).
+Table 3 (off by default: Table 0 has a booted guest): a..e against --guests booted QEMU
+guests with a virtio balloon, whose bulk stats carry balloon keys (no per-domain fallback).
 
-Exits 0 even when a target fails; a failed target prints FAIL.
+Exits 0 even when a target fails; a failed target prints FAIL. --quick: a short run of every
+table (a few domains, 3 rounds, no booted guest) so make test can check the bench still runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import cProfile
@@ -53,7 +63,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import libvirt  # noqa: E402
-from benchlib import fmt_ms, fmt_us, median, table, timed, verdict  # noqa: E402
+from benchlib import fmt_ms, fmt_us, median, parser, table, timed, verdict  # noqa: E402
 
 from telegraf_balloon import catalog  # noqa: E402
 from telegraf_balloon.config import AgentConfig, Config, LibvirtConfig  # noqa: E402
@@ -67,6 +77,8 @@ from tests.stack.libvirt_stack import DomainSpec, LibvirtStack, write_node_xml  
 TARGET_VS_VIRSH = 50.0  # plugin end to end at least this many times faster than virsh
 TARGET_VS_BARE = 1.25  # plugin end to end at most this many times the bare libvirt calls
 TARGET_US_PER_DOMAIN = 30.0  # the plugin's own processing per domain
+TARGET_REAL_VS_BULK = 1.5  # real domains: the plugin at least this many times faster than
+TARGET_REAL_VS_VIRSH = 10.0  # libvirt's single bulk call, and than virsh per domain
 REPLAY_COPIES = 10
 BULK_STATS = libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_STATE
 BULK_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | getattr(
@@ -192,9 +204,15 @@ def open_like_the_plugin(uri: str, config: LibvirtConfig) -> Any:
     return conn
 
 
-def bench_config(uri: str) -> tuple[LibvirtConfig, Config]:
-    lv = LibvirtConfig(uri=uri)
+def bench_config(uri: str, concurrency: int = 0) -> tuple[LibvirtConfig, Config]:
+    lv = LibvirtConfig(uri=uri, concurrency=concurrency)
     return lv, Config(path="(bench)", agent=AgentConfig(timeout=120.0), libvirt=(lv,))
+
+
+def make_source(lv: LibvirtConfig, config: Config, log: Log) -> LibvirtSource:
+    """A source as build_sources makes it (its fetch budget a share of the agent timeout)."""
+    budget = libvirt_source.FETCH_SHARE * config.agent.timeout
+    return LibvirtSource(lv, log, fetch_budget=budget)
 
 
 class Sink(io.BytesIO):
@@ -321,7 +339,7 @@ def comparison(
         per_domain["a"] = a_per_domain
 
     conn = open_like_the_plugin(uri, lv_config)
-    source = LibvirtSource(lv_config, log)
+    source = make_source(lv_config, config, log)
     sink = Sink()
     runner = Runner(config, [source], sink, log, hostname="bench")
     try:
@@ -434,6 +452,192 @@ def ratio_lines(per_domain: dict[str, float], rounds: str, note: str = "") -> li
     )
     out.append(f"    (ratio of the medians{rounds})")
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# real QEMU domains (Table 0)
+# ---------------------------------------------------------------------------------------------
+
+
+def daemon_cpus(stack: LibvirtStack, cpus: str) -> None:
+    """Move every thread of the stack's libvirtd to `cpus` (taskset -a).
+
+    The test stack pins libvirtd to one CPU so QEMU's capability cache stays valid while
+    domains start; a production libvirtd runs on every core, as it does while Table 0 is
+    timed.
+    """
+    pid = stack.daemon_pid
+    taskset = shutil.which("taskset")
+    if pid is None or taskset is None:
+        return
+    subprocess.run([taskset, "-a", "-p", "-c", cpus, str(pid)], capture_output=True, check=False)
+
+
+def real_table(
+    stack: LibvirtStack,
+    names: list[str],
+    guest: Optional[str],
+    virsh: Optional[str],
+    virsh_sample: int,
+    repeat: int,
+    log: Log,
+) -> tuple[str, list[str]]:
+    """Every way against the real domains `names` (all the daemon runs): table, verdicts."""
+    n = len(names)
+    uri = stack.uri
+    lv_config, config = bench_config(uri)
+    one_config, _ = bench_config(uri, concurrency=1)
+    conn = open_like_the_plugin(uri, lv_config)
+    source = make_source(lv_config, config, log)
+    single = make_source(one_config, config, log)
+    sink = Sink()
+    runner = Runner(config, [make_source(lv_config, config, log)], sink, log, hostname="bench")
+    subset = names[: max(1, min(virsh_sample, n))]
+    processing: list[float] = []
+    chunks = 0
+    try:
+        first = source.poll(time.time())  # connects, reads every domain's XML
+        check_result(first, n, "Table 0")
+        check_result(single.poll(time.time()), n, "Table 0")
+        if guest is not None:
+            fields = next(s.fields for s in first.samples if s.tags["guest"] == guest)
+            if "guest_total_bytes" not in fields:
+                raise SystemExit(f"Table 0: the booted guest has no guest stats: {fields}")
+
+        def a() -> None:
+            assert virsh is not None
+            virsh_poll(virsh, uri, subset)
+
+        def d() -> None:
+            started = time.perf_counter()
+            result = source.poll(time.time())
+            took = time.perf_counter() - started
+            check_result(result, n, "Table 0")
+            assert result.api_latency_seconds is not None
+            processing.append(took - result.api_latency_seconds)
+
+        def e() -> None:
+            sink.reset()
+            if not runner.poll():
+                raise SystemExit("Table 0: Runner.poll() reported a source down")
+
+        ways: dict[str, Callable[[], object]] = {
+            "b": lambda: naive_poll(conn, names),
+            "c": lambda: conn.getAllDomainStats(BULK_STATS, BULK_FLAGS),
+            "d1": lambda: check_result(single.poll(time.time()), n, "Table 0"),
+            "d": d,
+            "e": e,
+        }
+        if virsh is not None:
+            ways = {"a": a, **ways}
+        for fn in ways.values():
+            fn()  # warm-up
+        processing.clear()
+        chunks = len(source._workers)
+        times: dict[str, list[float]] = {k: [] for k in ways}
+        for _ in range(repeat):
+            for k, fn in ways.items():
+                times[k].append(timed(fn))
+        if "a" in times:  # timed on a subset: per poll of every domain
+            times["a"] = [t * n / len(subset) for t in times["a"]]
+    finally:
+        runner.close()
+        source.close()
+        single.close()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+    labels = {
+        "a": f"a. virsh dommemstat per domain (timed on {len(subset)}, scaled)",
+        "b": "b. Python: lookupByName + memoryStats + info",
+        "c": "c. libvirt's single bulk call (getAllDomainStats)",
+        "d1": "d1. plugin, chunking off (concurrency = 1)",
+        "d": f"d. plugin: LibvirtSource.poll ({chunks} stats workers)",
+        "e": "e. plugin end to end: Runner.poll()",
+    }
+    e_med = median(times["e"])
+    rows = []
+    for k, label in labels.items():
+        if k not in times:
+            rows.append([label, "n/a (no virsh)", "", "", ""])
+            continue
+        values = times[k]
+        low_high = f"{fmt_ms(min(values))}..{fmt_ms(max(values))}"
+        m = median(values)
+        rows.append([label, fmt_ms(m), fmt_us(m / n), low_high, f"{m / e_med:,.2f}x"])
+    text = table(
+        ["way (one poll of every domain)", "ms/poll", "µs/domain", "min..max ms", "vs e"],
+        rows,
+        [False, True, True, True, True],
+    )
+    verdicts = []
+    vs_bulk = median(times["c"]) / e_med
+    verdicts.append(
+        f"  plugin (e) vs libvirt's single bulk call (c): {vs_bulk:.2f}x faster "
+        f"(target >= {TARGET_REAL_VS_BULK:g}x)  {verdict(vs_bulk >= TARGET_REAL_VS_BULK)}"
+    )
+    if "a" in times:
+        vs_virsh = median(times["a"]) / e_med
+        verdicts.append(
+            f"  plugin (e) vs virsh per domain (a): {vs_virsh:,.1f}x faster "
+            f"(target >= {TARGET_REAL_VS_VIRSH:g}x)  {verdict(vs_virsh >= TARGET_REAL_VS_VIRSH)}"
+        )
+    own = median(processing) / n
+    verdicts.append(
+        f"  the plugin's own processing (d less its stats fetch): {fmt_us(own)} µs/domain "
+        f"(target <= {TARGET_US_PER_DOMAIN:g})  {verdict(own * 1e6 <= TARGET_US_PER_DOMAIN)}"
+    )
+    return text, verdicts
+
+
+def real_domains(
+    stack: LibvirtStack,
+    sizes: list[int],
+    booted: bool,
+    virsh: Optional[str],
+    virsh_sample: int,
+    repeat: int,
+    log: Log,
+    meter: CpuMeter,
+) -> None:
+    """Table 0 at every size, growing the same set of domains; removes them afterwards."""
+    pinned = str(min(os.sched_getaffinity(0)))
+    every = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    names: list[str] = []
+    guest: Optional[str] = None
+    paused_count = 0
+    try:
+        if booted:
+            guest = "bench-guest"
+            stack.define_guest(guest, memory_mib=256, stats_period=2)
+            stack.wait_guest_stats(guest, timeout=240)
+            names.append(guest)
+        for size in sizes:
+            new = [
+                f"bench-paused-{i:04d}"
+                for i in range(paused_count, paused_count + size - len(names))
+            ]
+            daemon_cpus(stack, pinned)
+            stack.start_paused(new)
+            paused_count += len(new)
+            names.extend(new)
+            daemon_cpus(stack, every)
+            time.sleep(1.0)  # let the new QEMUs settle
+            meter.restart()
+            text, verdicts = real_table(stack, names, guest, virsh, virsh_sample, repeat, log)
+            with_guest = " (one booted guest with full guest stats)" if guest else ""
+            print(
+                f"== Table 0: {len(names)} real QEMU (TCG) domains{with_guest}, the rest paused "
+                f"(-S, 128 MiB, virtio balloon); qemu+unix:// to the tests' libvirtd, unpinned"
+            )
+            print(f"   median of {repeat} rounds after a warm-up, the ways interleaved")
+            print(text)
+            for line in verdicts:
+                print(line)
+            print(meter.report())
+            print()
+    finally:
+        daemon_cpus(stack, pinned)
+        stack.remove_domains(names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,7 +767,8 @@ class ReplayConn:
     def getAllDomainStats(self, stats: int, flags: int) -> list[tuple[ReplayDomain, Any]]:
         if (stats, flags) != self._args:
             raise RuntimeError(f"replay: getAllDomainStats{(stats, flags)} != {self._args}")
-        return self.records
+        # new dicts on every call, as libvirt's answer is: the source owns and fills them
+        return [(dom, dict(stats)) for dom, stats in self.records]
 
     def getFreeMemory(self) -> Any:
         return self._free
@@ -629,7 +834,8 @@ class Replay:
     def __init__(self, recording: Recording, copies: int, log: Log) -> None:
         self.conn = ReplayConn(recording, copies)
         self.n = len(self.conn.records)
-        lv_config, config = bench_config("qemu:///replay")
+        # the recorded single bulk call (the test driver's), replayed: chunking off
+        lv_config, config = bench_config("qemu:///replay", concurrency=1)
         self.source = LibvirtSource(lv_config, log)
         inject(
             self.source,
@@ -864,19 +1070,25 @@ def machine_facts(stack: LibvirtStack) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--domains", type=int, default=1000, help="test-driver domains")
-    parser.add_argument("--guests", type=int, default=3, help="QEMU guests (0: no Table 3)")
-    parser.add_argument("--guest-mib", type=int, default=384, help="memory of each guest")
-    parser.add_argument("--repeat", type=int, default=5, help="timed polls per way")
-    parser.add_argument("--virsh-sample", type=int, default=100, help="domains virsh is timed on")
-    parser.add_argument(
+    p = parser(__doc__)
+    p.add_argument("--real", default="50,100", help="Table 0 sizes (real domains; '' skips)")
+    p.add_argument("--domains", type=int, default=1000, help="test-driver domains")
+    p.add_argument("--guests", type=int, default=0, help="booted guests of Table 3 (0: none)")
+    p.add_argument("--guest-mib", type=int, default=384, help="memory of each guest")
+    p.add_argument("--repeat", type=int, default=5, help="timed polls per way")
+    p.add_argument("--virsh-sample", type=int, default=100, help="domains virsh is timed on")
+    p.add_argument(
         "--profile", type=int, nargs="?", const=25, default=0, help="print a cProfile top N"
     )
-    args = parser.parse_args(argv)
+    args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_libvirt: needs root (it starts a private libvirtd)", file=sys.stderr)
         return 0
+    sizes = [int(v) for v in args.real.split(",") if v.strip()]
+    booted = True
+    if args.quick:  # every table, small: a check that the bench still runs
+        sizes, booted, args.domains, args.guests = [8, 16], False, 100, 0
+        args.repeat, args.virsh_sample = 3, 5
     repeat = max(1, args.repeat)
     virsh = shutil.which("virsh")
     log_stream = io.StringIO()
@@ -896,6 +1108,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print()
         meter = CpuMeter(stack)
 
+        # -- Table 0 ------------------------------------------------------------------------
+        if sizes:
+            real_domains(stack, sizes, booted, virsh, args.virsh_sample, repeat, log, meter)
+
         # -- Table 1 ------------------------------------------------------------------------
         specs = node_domains(args.domains)
         node = workdir / "node.xml"
@@ -913,8 +1129,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log=log,
         )
         print(
-            f"== Table 1: {len(active):,} domains ({paused} paused), libvirt test driver served "
-            "by the real libvirtd (test+unix://: every call is an RPC)"
+            f"== Table 1 (the fallback path): {len(active):,} domains ({paused} paused), libvirt "
+            "test driver served by the real libvirtd (test+unix://: every call is an RPC; no "
+            "balloon keys in its bulk stats, so one memoryStats() per domain)"
         )
         print(f"   median of {repeat} polls after a warm-up, the ways interleaved")
         print(text)
@@ -977,7 +1194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 stack.define_guest(name, memory_mib=args.guest_mib, stats_period=2)
             for name in names:
                 stack.wait_guest_stats(name, timeout=240)
-            booted = time.monotonic() - boot
+            boot_s = time.monotonic() - boot
             meter.guest_pids = [stack.guest_pid(name) for name in names]
             meter.restart()
             text3, per_domain3, extra3 = comparison(
@@ -991,7 +1208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
             print(
                 f"== Table 3: {len(names)} real QEMU (TCG) guests, {args.guest_mib} MiB, virtio "
-                f"balloon, stats period 2 s (qemu+unix://; booted in {booted:.0f} s)"
+                f"balloon, stats period 2 s (qemu+unix://; booted in {boot_s:.0f} s)"
             )
             print(f"   median of {repeat} polls after a warm-up, the ways interleaved")
             print(text3)

@@ -1,6 +1,7 @@
 """Line-protocol serialization: ours vs a naive f-string formatter vs ``influx-line-protocol``.
 
-Run: .venv/bin/python bench/bench_lineprotocol.py   (always exits 0; prints PASS/FAIL)
+Run: .venv/bin/python bench/bench_lineprotocol.py [--quick]   (always exits 0; PASS/FAIL)
+(--quick: fewer calls, best of 3, a batch of 1,000: a short run that prints both tables.)
 
 What is measured, side by side:
 - one realistic ``balloon`` line: 6 tags, 25 fields (17 ints, 4 floats, 3 bools, 1 string),
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchlib import parser, table, verdict
 
 from telegraf_balloon import lineprotocol
 from telegraf_balloon.lineprotocol import format_line, format_lines
@@ -172,21 +175,16 @@ def best_us(func: Callable[[], object], number: int, per_call: int = 1) -> float
     return min(times) / (number * per_call) * 1e6
 
 
-def verdict(us: float) -> str:
-    return "PASS" if us <= TARGET_US else "FAIL"
-
-
 def print_table(title: str, rows: List[Tuple[str, Optional[float], str]], ours: float) -> None:
-    print(title)
-    header = f"  {'implementation':<56} {'µs/line':>9} {'vs ours':>8}  target <= {TARGET_US:g} µs"
-    print(header)
-    print("  " + "-" * (len(header) - 2))
+    cells = []
     for label, us, note in rows:
         if us is None:
-            print(f"  {label:<56} {'-':>9} {'-':>8}  {note}")
-            continue
-        ratio = f"{us / ours:.2f}x"
-        print(f"  {label:<56} {us:>9.2f} {ratio:>8}  {verdict(us)}{note}")
+            cells.append([label, "-", "-", note])
+        else:
+            cells.append([label, f"{us:.2f}", f"{us / ours:.2f}x", verdict(us <= TARGET_US) + note])
+    print(title)
+    headers = ["implementation", "µs/line", "vs ours", f"target <= {TARGET_US:g} µs"]
+    print(table(headers, cells, [False, True, True, False]))
     print()
 
 
@@ -199,6 +197,9 @@ def clear_caches() -> None:
 
 
 def main() -> int:
+    global REPEATS, LINE_NUMBER, BATCH_SIZE
+    if parser(__doc__).parse_args().quick:
+        REPEATS, LINE_NUMBER, BATCH_SIZE = 3, 2_000, 1_000
     metric_cls, collection_cls, package_version = load_package()
     point = balloon_point()
     name, tags, fields, time_ns = point
@@ -274,7 +275,7 @@ def main() -> int:
     )
     worst = max(ours_warm, ours_batch)
     print(
-        f"Target (ours, at most {TARGET_US:g} µs per line): {verdict(worst)} "
+        f"Target (ours, at most {TARGET_US:g} µs per line): {verdict(worst <= TARGET_US)} "
         f"(one line {ours_warm:.2f} µs, batch {ours_batch:.2f} µs/line)"
     )
     return 0

@@ -1,6 +1,7 @@
 """Why not the PyPI package ``influx-line-protocol``: each reason, reproduced on a real InfluxDB.
 
-Run: .venv/bin/python bench/influx_line_protocol_reasons.py   (always exits 0)
+Run: .venv/bin/python bench/influx_line_protocol_reasons.py [--quick]   (always exits 0)
+(--quick is accepted for make test: the full run is already short.)
 
 Starts a throw-away InfluxDB 1.x (tests/stack/influx.py: ``influxd`` in a temporary directory on
 a loopback port), then for each of the eight reasons in the README's dependency notes prints
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchlib import parser, table
 
 from telegraf_balloon.lineprotocol import format_line
 from tests.stack.influx import InfluxDB, InfluxError, find_influxd, quote_ident
@@ -326,6 +329,7 @@ def show(label: str, outcome: Outcome) -> None:
 
 
 def main() -> int:
+    parser(__doc__).parse_args()
     try:
         package = importlib.import_module("influx_line_protocol")
         metric_cls: Any = package.Metric
@@ -378,12 +382,11 @@ def main() -> int:
             server.stop()
 
     print("Summary")
-    width = max(len(f"[{c.reason}] {c.title}") for c, _, _ in summary)
-    print(f"  {'reason':<{width}}  {'influx-line-protocol':<34}  ours")
-    for case, pkg, ours in summary:
-        label = f"[{case.reason}] {case.title}"
-        pkg_text = "-" if pkg is None else pkg.short
-        print(f"  {label:<{width}}  {pkg_text:<34}  {ours.short}")
+    rows = [
+        [f"[{case.reason}] {case.title}", "-" if pkg is None else pkg.short, ours.short]
+        for case, pkg, ours in summary
+    ]
+    print(table(["reason", "influx-line-protocol", "ours"], rows, [False, False, False]))
     return 0
 
 

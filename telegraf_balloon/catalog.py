@@ -390,9 +390,9 @@ COLLECTOR_FIELDS: tuple[Field, ...] = (
         LIBVIRT,
         VSPHERE,
         QMP,
-        note="guest: the /proc and /sys reads; libvirt: the bulk stats call only (per-domain "
-        "fallback calls count in duration_seconds); vsphere: the VMs' property retrieval; "
-        "qmp: every VM's exchange, run side by side",
+        note="guest: the /proc and /sys reads; libvirt: the stats fetch only, its concurrent "
+        "chunks or its one bulk call (per-domain fallback calls count in duration_seconds); "
+        "vsphere: the VMs' property retrieval; qmp: every VM's exchange, run side by side",
     ),
     _f("vms", int, "count", "VMs reported this poll", HEALTH),
     _f("polls_total", int, "count", "polls of this source since start", HEALTH),

@@ -55,6 +55,7 @@ class LibvirtConfig:
     keepalive_count: int = 3
     refresh_interval: float = 300.0
     host_root: str = "/"  # this host's /proc and /sys, read when the URI is local
+    concurrency: int = 0  # concurrent stats calls: 0 auto, 1 one bulk call, N pinned
 
 
 @dataclass(frozen=True)
@@ -398,6 +399,7 @@ def _libvirt(r: _Reader) -> LibvirtConfig:
         keepalive_count=r.integer("keepalive_count", 3),
         refresh_interval=refresh,
         host_root=_host_root(r),
+        concurrency=r.integer("concurrency", 0),
     )
     r.finish()
     return out

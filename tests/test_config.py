@@ -87,6 +87,18 @@ ERRORS = [
         "float-for-int",
     ),
     case(
+        LIBVIRT + "concurrency = -1\n",
+        "sources.libvirt[0].concurrency",
+        "must be at least 0, got -1",
+        "negative-concurrency",
+    ),
+    case(
+        LIBVIRT + 'concurrency = "auto"\n',
+        "sources.libvirt[0].concurrency",
+        "expected an integer, got a string",
+        "string-for-concurrency",
+    ),
+    case(
         LIBVIRT + "keepalive_count = true\n",
         "sources.libvirt[0].keepalive_count",
         "expected an integer, got a boolean",
@@ -529,6 +541,7 @@ set_stats_period = 10
 keepalive_interval = 2
 keepalive_count = 4
 refresh_interval = "1m30s"
+concurrency = 3
 
 [[sources.vsphere]]
 url = "https://vc.example.com/sdk"
@@ -576,6 +589,7 @@ crit = 1.5
             keepalive_interval=2,
             keepalive_count=4,
             refresh_interval=90.0,
+            concurrency=3,
         ),
     )
     assert loaded.vsphere == (

@@ -18,13 +18,14 @@ def build_sources(config: Config, log: Log) -> list[Source]:
     sources: list[Source] = [GuestSource(c, hostname(config), log) for c in config.guest]
     if config.libvirt:
         try:
-            from .libvirt import LibvirtSource
+            from .libvirt import FETCH_SHARE, LibvirtSource
         except ImportError as exc:
             raise SetupError(
                 f"sources.libvirt needs the libvirt binding ({exc}): "
                 "pip install 'telegraf-balloon[libvirt]'"
             ) from None
-        sources.extend(LibvirtSource(c, log) for c in config.libvirt)
+        budget = FETCH_SHARE * config.agent.timeout  # the runner abandons a later answer
+        sources.extend(LibvirtSource(c, log, fetch_budget=budget) for c in config.libvirt)
     if config.vsphere:
         try:
             from .vsphere import VsphereSource

@@ -1,9 +1,11 @@
-"""KVM/QEMU (and Xen) hosts through libvirt: one bulk stats call per poll for every domain."""
+"""KVM/QEMU (and Xen) hosts through libvirt: bulk stats of every domain, in concurrent slices."""
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import math
+import queue
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -30,6 +32,14 @@ def frozen_after(period: int) -> float:
     """
     return 2.0 * period + 2.0
 
+
+# At most this many slices at once when sized automatically: libvirtd keeps 5 worker threads
+# for all its clients (min_workers) and serves 5 calls per connection (max_client_requests);
+# each worker has a connection of its own, and one thread stays for everyone else.
+MAX_AUTO_CHUNKS = 4
+DOMAINS_PER_CHUNK = 16  # below this many domains a chunk gains nothing from its own call
+FETCH_SHARE = 0.7  # of [agent] timeout: how long the stats fetch may take in all
+FIRST_PASS_SHARE = 0.5  # of that: when a late chunk is fetched again without waiting
 
 # balloon.* keys (KiB or counts) -> (field, scale)
 _GUEST_KEYS: tuple[tuple[str, str, int], ...] = (
@@ -229,6 +239,90 @@ def _silence_libvirt(_ctx: object, _err: object) -> None:
     """libvirt prints every error to stderr by default; ours go through Log instead."""
 
 
+class StatsStuck(Exception):
+    """Every stats worker still waits on a call of an earlier poll (hung QEMUs, a hung daemon)."""
+
+
+_Answer = tuple[int, Any, Optional[Exception]]
+_Task = tuple[list[Any], int, int, int, "queue.SimpleQueue[_Answer]", int]
+
+
+class _StatsWorker:
+    """A thread of one source that makes one stats call at a time, for the life of the source.
+
+    Each worker has its own connection: a call stuck on a hung QEMU then holds up nothing
+    but its own connection (libvirt's client can stall a connection's other calls behind
+    one that never returns). A stuck worker gets nothing more to do until its call returns,
+    so a hung QEMU costs one thread, never one more per poll.
+    """
+
+    def __init__(self, name: str, opener: Callable[[], Any]) -> None:
+        self.busy = False
+        self._opener = opener
+        self._conn: Any = None
+        self._generation = -1  # of the source's connection this worker's was opened for
+        self._doms: dict[bytes, Any] = {}  # UUID -> this connection's domain object
+        self._inbox: queue.SimpleQueue[Optional[_Task]] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def submit(
+        self,
+        doms: list[Any],
+        stats: int,
+        flags: int,
+        generation: int,
+        out: queue.SimpleQueue[_Answer],
+        tag: int,
+    ) -> None:
+        """Fetch the stats of `doms` (the source's domain objects); answer (tag, records)."""
+        self.busy = True
+        self._inbox.put((doms, stats, flags, generation, out, tag))
+
+    def stop(self) -> None:
+        self._inbox.put(None)  # a worker stuck in a call leaves when the call returns
+
+    def _run(self) -> None:
+        while True:
+            task = self._inbox.get()
+            if task is None:
+                self._close()
+                return
+            doms, stats, flags, generation, out, tag = task
+            value: Any = None
+            error: Optional[Exception] = None
+            try:
+                value = self._fetch(doms, stats, flags, generation)
+            except Exception as exc:  # handed to the poll that asked, raised there
+                error = exc
+                self._close()  # the next task reconnects
+            self.busy = False  # before the answer: the poll may reuse this worker at once
+            out.put((tag, value, error))
+
+    def _fetch(
+        self, doms: list[Any], stats: int, flags: int, generation: int
+    ) -> list[tuple[Any, dict[str, Any]]]:
+        if self._conn is None or generation != self._generation:
+            self._close()  # the source reconnected: so does this worker
+            self._conn = self._opener()
+            self._generation = generation
+        theirs = {dom.UUID(): dom for dom in doms}
+        if not theirs.keys() <= self._doms.keys():  # domains new to this connection
+            listed = self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            self._doms = {dom.UUID(): dom for dom in listed}
+        mine = [self._doms[key] for key in theirs if key in self._doms]
+        if not mine:
+            return []
+        records = self._conn.domainListGetStats(mine, stats, flags)
+        # the source's own domain objects: its later calls go over its own connection
+        return [(theirs[dom.UUID()], record) for dom, record in records]
+
+    def _close(self) -> None:
+        conn, self._conn, self._doms = self._conn, None, {}
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+
 class LibvirtSource:
     """One libvirt connection; reconnects on the next poll after any connection fault."""
 
@@ -239,7 +333,11 @@ class LibvirtSource:
         config: LibvirtConfig,
         log: Log,
         clock: Callable[[], float] = time.perf_counter,
+        fetch_budget: Optional[float] = None,
     ) -> None:
+        """`fetch_budget`: seconds the (chunked) stats fetch may take before the domains still
+        missing are left out of the poll; give it a share of the runner's timeout (FETCH_SHARE
+        of [agent] timeout by default, the timeout being 5 s)."""
         self.config = config
         self.log = log
         self.instance = redact_uri(config.uri)
@@ -253,6 +351,13 @@ class LibvirtSource:
         # A local host's own /proc/meminfo has all its memory (libvirt's node info sums NUMA
         # nodes, which can leave memory out) and its /sys has the EDAC counters.
         self._local = is_local(config.uri)
+        self._fetch_budget = FETCH_SHARE * 5.0 if fetch_budget is None else fetch_budget
+        self._workers: list[_StatsWorker] = []
+        self._generation = 0  # counts the connections made: workers reconnect when it moves
+        # Chunks run on connections of their own; the test driver gives every connection a
+        # private copy of its node, so it keeps to the one connection (and one bulk call).
+        test_driver = urlsplit(config.uri).scheme.split("+")[0] == "test"
+        self._chunking = config.concurrency != 1 and not test_driver
         libvirt.registerErrorHandler(_silence_libvirt, None)
 
     # -- connection --
@@ -282,6 +387,7 @@ class LibvirtSource:
         return conn
 
     def _drop_connection(self) -> None:
+        self._generation += 1
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(libvirt.libvirtError):
@@ -289,6 +395,9 @@ class LibvirtSource:
 
     def close(self) -> None:
         self._drop_connection()
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.stop()
 
     # -- the poll --
 
@@ -298,6 +407,8 @@ class LibvirtSource:
                 self._drop_connection()
                 self._conn = self._connect()
             return self._poll(self._conn, now)
+        except StatsStuck as exc:
+            return PollResult(error=str(exc))  # the connection is fine: the QEMUs are not
         except libvirt.libvirtError as exc:
             # Drop the connection so the next poll reconnects (daemon restarted, socket gone).
             self._drop_connection()
@@ -320,7 +431,7 @@ class LibvirtSource:
 
     def _poll(self, conn: Any, now: float) -> PollResult:
         started = self._clock()
-        records = self._bulk(conn)
+        records = self._chunked(conn) if self._chunking else self._bulk(conn)
         latency = self._clock() - started
         patterns = self.config.domains
         host = self._host_tags
@@ -370,6 +481,129 @@ class LibvirtSource:
             info = HostInfo(host_tags, self._host_memory, int(conn.getFreeMemory()))
         hosts = [info]
         return PollResult(samples=samples, hosts=hosts, api_latency_seconds=latency)
+
+    # -- the chunked stats fetch --
+
+    def _chunked(self, conn: Any) -> list[tuple[Any, dict[str, Any]]]:
+        """The stats of every running domain (the name filter applied first), fetched in
+        slices of the domain list from concurrent calls: libvirtd asks one QEMU after another
+        within a call, but serves a client's calls side by side.
+
+        A slice that misses its share of the budget is fetched again; the call stuck on a
+        domain holds that domain's job, so with NOWAIT libvirtd answers the others (and that
+        domain's balloon.current/maximum) without waiting on it. What is still missing when
+        the budget is spent is left out of this poll, with a warning.
+        """
+        doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        patterns = self.config.domains
+        if patterns:
+            doms = [d for d in doms if any(fnmatch.fnmatchcase(d.name(), p) for p in patterns)]
+        if not doms:
+            return []
+        workers = self._idle_workers(self._chunk_count(len(doms)))
+        if not workers:
+            raise StatsStuck(
+                f"every stats worker ({len(self._workers)}) still waits on a call of an "
+                "earlier poll (hung QEMUs?)"
+            )
+        count = len(workers)
+        size, extra = divmod(len(doms), count)
+        chunks, start = [], 0
+        for i in range(count):  # contiguous slices keep libvirt's order of the domains
+            end = start + size + (i < extra)
+            chunks.append(doms[start:end])
+            start = end
+        got = self._fetch_chunks(chunks, workers)
+        key = f"libvirt-late:{self.instance}"
+        missing = [chunk for i, chunk in enumerate(chunks) if i not in got]
+        if missing:
+            names = sorted(d.name() for chunk in missing for d in chunk)
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            self.log.fault(
+                key,
+                f"libvirt {self.instance}: no stats within {self._fetch_budget:g}s for "
+                f"{len(names)} domain(s), left out of this poll: {shown}",
+            )
+        else:
+            self.log.clear(key, f"libvirt {self.instance}: every domain's stats arrive in time")
+        return [record for i in range(count) for record in got.get(i, ())]
+
+    def _chunk_count(self, domains: int) -> int:
+        pinned = self.config.concurrency
+        if pinned > 1:
+            return min(pinned, domains)
+        wanted = math.ceil(domains / DOMAINS_PER_CHUNK)
+        return max(1, min(wanted, MAX_AUTO_CHUNKS, domains))
+
+    def _idle_workers(self, wanted: int) -> list[_StatsWorker]:
+        """Up to `wanted` idle workers, made as needed up to the pool's size.
+
+        The pool holds as many workers as a poll may use chunks (MAX_AUTO_CHUNKS, or the
+        pinned count), and at least two: a chunk that hangs is fetched again by a worker whose
+        own chunk came back, or by the second worker when there was one chunk.
+        """
+        pinned = self.config.concurrency
+        size = max(2, pinned if pinned > 1 else MAX_AUTO_CHUNKS)
+        idle = [w for w in self._workers if not w.busy][:wanted]
+        while len(idle) < wanted and len(self._workers) < size:
+            worker = _StatsWorker(f"libvirt-stats-{len(self._workers)}", self._open_for_stats)
+            self._workers.append(worker)
+            idle.append(worker)
+        return idle
+
+    def _open_for_stats(self) -> Any:
+        """A connection of a stats worker: opened as the source's own (read-only, keepalive)."""
+        uri = self.config.uri
+        conn = libvirt.openReadOnly(uri) if self.config.read_only else libvirt.open(uri)
+        if conn is None:
+            raise libvirt.libvirtError(f"cannot connect to {self.instance}")
+        if not uri.startswith("test:") and self.config.keepalive_interval > 0:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.setKeepAlive(self.config.keepalive_interval, self.config.keepalive_count)
+        return conn
+
+    def _fetch_chunks(
+        self, chunks: list[list[Any]], workers: list[_StatsWorker]
+    ) -> dict[int, list[tuple[Any, dict[str, Any]]]]:
+        """Chunk index -> its records, for the chunks answered within the budget."""
+        stats = libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_STATE
+        flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | self._nowait
+        answers: queue.SimpleQueue[_Answer] = queue.SimpleQueue()
+        got: dict[int, list[tuple[Any, dict[str, Any]]]] = {}
+
+        def submit(worker: _StatsWorker, i: int) -> None:
+            worker.submit(chunks[i], stats, flags, self._generation, answers, i)
+
+        def wait(until: float) -> None:
+            while len(got) < len(chunks):
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    return
+                try:
+                    i, records, error = answers.get(timeout=remaining)
+                except queue.Empty:
+                    return
+                if error is not None:
+                    if (
+                        self._nowait
+                        and isinstance(error, libvirt.libvirtError)
+                        and error.get_error_code()
+                        in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT)
+                    ):
+                        self._nowait = 0  # an old daemon: the next poll does without
+                    raise error
+                got.setdefault(i, list(records))
+
+        started = time.monotonic()
+        for i, worker in enumerate(workers):
+            submit(worker, i)
+        wait(started + FIRST_PASS_SHARE * self._fetch_budget)
+        late = [i for i in range(len(chunks)) if i not in got]
+        if late:
+            for worker, i in zip(self._idle_workers(len(late)), late):
+                submit(worker, i)
+            wait(started + self._fetch_budget)
+        return got
 
     def _fallback(self, dom: Any, stats: dict[str, Any]) -> dict[str, Any]:
         """One memoryStats() call for a domain the bulk call gave no balloon keys for.

@@ -636,6 +636,7 @@ class LibvirtStack:
         if self._host_ns is None:
             raise StackError("cannot read /proc/self/ns/mnt")
         self._guests: Dict[str, Path] = {}
+        self._paused: Set[str] = set()  # domains started paused (-S): never booted
         self._stopped = False
         self._qemu_pids: Set[int] = set()
         #: seconds: how long the last start_daemon() took, and the guest image build
@@ -977,7 +978,7 @@ class LibvirtStack:
         except OSError:
             return False
         values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "-name"]
-        wanted = {"guest=" + n.replace(",", ",,") for n in self._guests}
+        wanted = {"guest=" + n.replace(",", ",,") for n in (*self._guests, *self._paused)}
         return any(v.split(",debug-threads=")[0] in wanted for v in values)
 
     def _kill_leftovers(self) -> None:
@@ -1047,6 +1048,53 @@ class LibvirtStack:
                 raise self.error(f"cannot start guest {name!r}: {e}", name) from e
         self._collect_qemu_pids()
         return str(console)
+
+    def start_paused(self, names: List[str], memory_mib: int = 128, stats_period: int = 2) -> None:
+        """Define and start TCG domains paused (QEMU's ``-S``): real QEMU processes that never
+        boot (about 38 MB each) but answer libvirt's stats calls over QMP like any domain.
+
+        No kernel, console or disk: a virtio ``<memballoon>`` (with a stats period) and
+        nothing else.
+        """
+        libvirt = _libvirt()
+        with self.connection() as conn:
+            for name in names:
+                dom = ET.Element("domain", type="qemu")
+                ET.SubElement(dom, "name").text = name
+                ET.SubElement(dom, "memory", unit="MiB").text = str(memory_mib)
+                ET.SubElement(dom, "currentMemory", unit="MiB").text = str(memory_mib)
+                ET.SubElement(dom, "vcpu").text = "1"
+                os_el = ET.SubElement(dom, "os")
+                ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
+                devices = ET.SubElement(dom, "devices")
+                ET.SubElement(devices, "controller", type="usb", model="none")
+                balloon = ET.SubElement(devices, "memballoon", model="virtio")
+                if stats_period > 0:
+                    ET.SubElement(balloon, "stats", period=str(stats_period))
+                self._paused.add(name)
+                try:
+                    conn.defineXML(ET.tostring(dom, encoding="unicode")).createWithFlags(
+                        libvirt.VIR_DOMAIN_START_PAUSED
+                    )
+                except libvirt.libvirtError as e:
+                    raise self.error(f"cannot start paused domain {name!r}: {e}") from e
+        self._collect_qemu_pids()
+
+    def remove_domains(self, names: List[str]) -> None:
+        """Destroy and undefine domains (those already gone are skipped)."""
+        libvirt = _libvirt()
+        with self.connection() as conn:
+            for name in names:
+                try:
+                    dom = conn.lookupByName(name)
+                except libvirt.libvirtError:
+                    continue
+                with contextlib.suppress(libvirt.libvirtError):
+                    if dom.isActive():
+                        dom.destroy()
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.undefine()
+                self._paused.discard(name)
 
     def guest_pid(self, name: str) -> int:
         """PID of the guest's QEMU process (from libvirt's pidfile)."""
