@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional
 
@@ -21,6 +22,7 @@ from .model import Fields, PollResult, Sample, Source, Tags
 _TRIGGER = "trigger"
 _STOP = "stop"
 _DONE = "done"
+WRITE_CHUNK = 500  # points per write of a batch (one flush per batch)
 
 
 class StdoutClosed(Exception):
@@ -141,7 +143,7 @@ class Runner:
         batch = self.poll_batch()
         if batch is None:
             return False  # abandoned: exit promptly, nothing half-judged is written
-        self.write(self.serialize(batch))
+        self.write_points(self.points(batch))
         return batch.all_up
 
     def poll_batch(self) -> Optional[Batch]:
@@ -248,28 +250,49 @@ class Runner:
             )
         return batch
 
-    def serialize(self, batch: Batch) -> str:
-        """The batch as line protocol, in the order the sources were configured."""
-        points: list[tuple[str, Tags, Fields, int]] = []
+    def points(self, batch: Batch) -> Iterator[tuple[str, Tags, Fields, int]]:
+        """The batch's points, in the order the sources were configured."""
         time_ns = batch.time_ns
+        internal = self.config.agent.internal
         for part in batch.sources:
             for sample in part.samples:
-                points.append((catalog.BALLOON, sample.tags, sample.fields, time_ns))
+                yield (catalog.BALLOON, sample.tags, sample.fields, time_ns)
             for tags, fields in part.hosts:
-                points.append((catalog.HOST, tags, fields, time_ns))
+                yield (catalog.HOST, tags, fields, time_ns)
             for name, tags, fields in part.points:
-                points.append((name, tags, fields, time_ns))
-            if self.config.agent.internal:
-                points.append((catalog.COLLECTOR, part.collector_tags, part.status, time_ns))
-        return lineprotocol.format_lines(points)
+                yield (name, tags, fields, time_ns)
+            if internal:
+                yield (catalog.COLLECTOR, part.collector_tags, part.status, time_ns)
+
+    def serialize(self, batch: Batch) -> str:
+        """The batch as line protocol, in the order the sources were configured."""
+        return lineprotocol.format_lines(self.points(batch))
+
+    def write_points(self, points: Iterable[tuple[str, Tags, Fields, int]]) -> None:
+        """Write a batch in whole-line chunks and flush it once; StdoutClosed when nobody reads.
+
+        Chunks keep a 10,000-VM batch from existing three times over (lines, their join, its
+        bytes) at the poll's peak; the reader sees whole lines either way.
+        """
+        source = iter(points)
+        while True:
+            chunk = list(itertools.islice(source, WRITE_CHUNK))
+            if not chunk:
+                break
+            self._send(lineprotocol.format_lines(chunk).encode("utf-8", "replace"))
+        self._send(b"", flush=True)
 
     def write(self, text: str) -> None:
         """Write and flush one batch; StdoutClosed when nobody reads any more."""
-        if not text:
-            return
+        if text:
+            self._send(text.encode("utf-8", "replace"), flush=True)
+
+    def _send(self, data: bytes, flush: bool = False) -> None:
         try:
-            self.out.write(text.encode("utf-8", "replace"))
-            self.out.flush()
+            if data:
+                self.out.write(data)
+            if flush:
+                self.out.flush()
         except (BrokenPipeError, ValueError) as exc:
             raise StdoutClosed() from exc
         except OSError as exc:
