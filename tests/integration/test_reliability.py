@@ -185,19 +185,6 @@ def guest_hang(tmp_path: Path, leases: list[Lease], request: pytest.FixtureReque
     return Hang("guest", guest_section(root), str(root), stop, lambda: holder[-1].release())
 
 
-def logs_hang(tmp_path: Path, leases: list[Lease], request: pytest.FixtureRequest) -> Hang:
-    """A log file on storage that stops answering (its open() waits)."""
-    log = tmp_path / "hung.log"
-    log.write_text("boot\n")
-    holder: list[Lease] = []
-
-    def stop() -> None:
-        holder.append(Lease(log))
-        leases.append(holder[-1])
-
-    return Hang("logs", logs_section([log]), str(log), stop, lambda: holder[-1].release())
-
-
 def libvirtd_hang(tmp_path: Path, leases: list[Lease], request: pytest.FixtureRequest) -> Hang:
     """The session's libvirtd frozen with SIGSTOP (its test driver serves a node file)."""
     stack: LibvirtStack = request.getfixturevalue("libvirt_stack")
@@ -238,7 +225,6 @@ def vcenter_hang(tmp_path: Path, leases: list[Lease], request: pytest.FixtureReq
 
 HANGS: dict[str, Callable[[Path, list[Lease], pytest.FixtureRequest], Hang]] = {
     "guest-file-blocks": guest_hang,
-    "log-file-blocks": logs_hang,
     "libvirtd-sigstop": libvirtd_hang,
     "vcenter-sigstop": vcenter_hang,
 }
@@ -317,6 +303,41 @@ def _hung_50_polls(start: Start, tmp_path: Path, hang: Hang, name: str) -> None:
         time.sleep(0.1)
     assert batch.collector(hang.instance).fields["up"] is True, batch.metrics
     assert proc_sample(child.proc.pid, number).threads == samples[-1].threads
+
+
+def test_log_rotated_onto_a_file_whose_open_would_hang(start: Start, tmp_path: Path) -> None:
+    """The logs source opens with O_NONBLOCK: a file whose open() would wait (a kernel lease,
+    as a stalled filesystem) is not waited on; the source stays up and on time, and reads
+    the new file once it opens. (A followed file is kept open, so it cannot hang later.)"""
+    log = tmp_path / "app.log"
+    log.write_text("boot\n")
+    child = start(["--config", str(config(tmp_path / "c.toml", [logs_section([log])]))])
+    child.wait_ready()
+    assert poll(child, 1).collector(str(log)).fields["up"] is True
+    log.rename(tmp_path / "app.log.1")
+    log.write_text("")
+    lease = Lease(log)
+    try:
+        for number in range(2, 7):
+            with open(tmp_path / "app.log.1", "a") as old:
+                old.write("virtio_balloon virtio0: Out of puff! Can't get 1 pages\n")
+            ticked = time.monotonic()
+            batch = poll(child, number)
+            assert batch.at - ticked < 1.0 + MARGIN
+            assert batch.collector(str(log)).fields["up"] is True
+        lease.release()
+        with open(log, "a") as new:
+            new.write("virtio_balloon virtio0: Out of puff! Can't get 2 pages\n")
+        deadline, number = time.monotonic() + 10, 7
+        while True:
+            batch = poll(child, number)
+            if any(m.tags["file"] == str(log) for m in batch.of(catalog.LOG)):
+                break
+            assert time.monotonic() < deadline, child.transcript()
+            number += 1
+            time.sleep(0.2)
+    finally:
+        lease.close()
 
 
 # --- dead at start: down first, then up by itself ---------------------------------------------
