@@ -6,33 +6,19 @@ produced by the real components, with the remedy of each source kind.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from telegraf_balloon import explain
-from telegraf_balloon.config import load_text
-from telegraf_balloon.log import Log
-from telegraf_balloon.sources import build_sources
+from tests.integration.test_explain_libvirt import explain_once
 from tests.stack.fixtures import QMP_BOOTED, QMP_NO_BALLOON
 from tests.stack.qemu_stack import QemuHost
 from tests.stack.vcsim import Vcsim
 from tests.stack.vsphere_setup import all_vms, configure_vm, connect, disconnect, vm_by_name
 
 pytestmark = pytest.mark.integration
-
-
-def explain_once(toml: str) -> dict[str, Any]:
-    config = load_text(toml, "test.toml")
-    log = Log(io.StringIO())
-    report = explain.run(config, build_sources(config, log), log, "plugin-host")
-    document: dict[str, Any] = json.loads(explain.to_json(report))
-    document["_text"] = explain.to_text(report)
-    document["_exit"] = report.exit_code
-    return document
 
 
 def codes(vm: dict[str, Any]) -> dict[str, dict[str, Any]]:

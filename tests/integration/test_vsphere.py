@@ -22,7 +22,7 @@ from telegraf_balloon.config import VsphereConfig, load_text
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import PollResult
 from telegraf_balloon.runner import Runner
-from telegraf_balloon.sources.vsphere import VsphereSource
+from telegraf_balloon.sources.vsphere import VM_PATHS, VsphereSource
 from tests.stack.execd import Execd
 from tests.stack.fixtures import _start_vcsim
 from tests.stack.vcsim import Vcsim
@@ -40,24 +40,11 @@ from tests.stack.vsphere_setup import (
 pytestmark = pytest.mark.integration
 
 MIB = 1024 * 1024
+# The plugin's own leaf paths (the simulator leaves zero ints out of a whole quickStats object,
+# which pyVmomi then reads as None, but sends them for a leaf path), and memoryAllocation whole.
 ORACLE_PATHS = [
-    "name",
-    "config.template",
-    "config.instanceUuid",
-    "config.hardware.memoryMB",
+    *(p for p in VM_PATHS if not p.startswith("config.memoryAllocation.")),
     "config.memoryAllocation",
-    "runtime.powerState",
-    "runtime.host",
-    # leaf paths, as the plugin asks: the simulator leaves zero ints out of a whole
-    # quickStats object (pyVmomi then reads None) but sends them for a leaf path
-    "summary.quickStats.balloonedMemory",
-    "summary.quickStats.swappedMemory",
-    "summary.quickStats.compressedMemory",
-    "summary.quickStats.grantedMemory",
-    "summary.quickStats.hostMemoryUsage",
-    "summary.quickStats.guestMemoryUsage",
-    "summary.quickStats.sharedMemory",
-    "summary.quickStats.consumedOverheadMemory",
 ]
 # Our own simulator for this module: the tests here change VMs. 2 datacenters, each with
 # 2 clusters of 2 hosts and a standalone host, 3 VMs per cluster and standalone host: 18 VMs,

@@ -49,6 +49,18 @@ def _poll(proc: Execd, count: int) -> tuple[float, dict[str, object], int]:
     return elapsed, vsphere[0].fields, len(guest)
 
 
+def _until_up(proc: Execd, count: int, timeout: float = 30.0) -> tuple[int, dict[str, object], int]:
+    """Poll until the vSphere source is up again; (polls so far, its fields, guest lines)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count += 1
+        _, fields, guests = _poll(proc, count)
+        if fields["up"] is True:
+            return count, fields, guests
+        assert time.monotonic() < deadline, proc.transcript()
+        time.sleep(0.5)
+
+
 def test_vcenter_down_at_start_is_picked_up_when_it_appears(tmp_path: Path) -> None:
     sim = _start_vcsim(SMALL)
     try:
@@ -60,14 +72,7 @@ def test_vcenter_down_at_start_is_picked_up_when_it_appears(tmp_path: Path) -> N
                 assert fields["up"] is False and guests == 1
             assert len(proc.stderr_lines("E! vsphere")) == 1  # once, not every poll
             sim.restart()
-            count, deadline = 2, time.monotonic() + 30
-            while True:
-                count += 1
-                _, fields, guests = _poll(proc, count)
-                if fields["up"] is True:
-                    break
-                assert time.monotonic() < deadline, proc.transcript()
-                time.sleep(0.5)
+            _, fields, guests = _until_up(proc, 2)
             assert guests == 1 and fields["vms"] == 2
             code, _ = proc.shutdown()
             assert code == 0
@@ -99,14 +104,7 @@ def test_frozen_vcenter_holds_no_poll_past_the_deadline(tmp_path: Path) -> None:
             assert max(tasks) - min(tasks[5:]) <= 1, tasks  # no thread piles up
             assert max(fds[5:]) - min(fds[5:]) <= 2, fds  # nor sockets/descriptors
             sim.resume()
-            deadline = time.monotonic() + 30
-            while True:
-                count += 1
-                _, fields, _ = _poll(proc, count)
-                if fields["up"] is True:
-                    break
-                assert time.monotonic() < deadline, proc.transcript()
-                time.sleep(0.5)
+            _until_up(proc, count)
             code, seconds = proc.shutdown()
             assert code == 0 and seconds < 1.5
     finally:
