@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 
@@ -23,6 +23,7 @@ from telegraf_balloon.log import Log
 from telegraf_balloon.sources import build_sources
 from tests.stack.common import unavailable
 from tests.stack.execd import REPO, child_env
+from tests.stack.inprocess import wait_for
 from tests.stack.libvirt_stack import DomainSpec, LibvirtStack, write_node_xml
 from tests.test_explain import assert_found, codes
 
@@ -30,17 +31,6 @@ KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
 FULL_KIB = 512 * 1024
-
-
-def wait_for(check: Callable[[], Optional[Any]], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def explain_once(toml: str) -> dict[str, Any]:

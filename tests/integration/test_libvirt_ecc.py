@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.integration.test_libvirt_qemu import Plugin
+from tests.stack.inprocess import Plugin
 from tests.stack.libvirt_stack import LibvirtStack
 
 # The shipped rule (telegraf_balloon/sample.toml; tests/test_config.py checks it is there).

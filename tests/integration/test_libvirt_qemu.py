@@ -6,64 +6,17 @@ test leaves the guest as it found it (512 MiB, stats period 2 s).
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import line_protocol_parser
 import pytest
 
-from telegraf_balloon import catalog
-from telegraf_balloon.config import load_text
-from telegraf_balloon.log import Log
-from telegraf_balloon.runner import Runner
-from telegraf_balloon.sources import build_sources
+from tests.stack.inprocess import Plugin, wait_for
 from tests.stack.libvirt_stack import LibvirtStack
 
 MIB = 1024 * 1024
 FULL_KIB = 512 * 1024
-
-
-class Plugin:
-    """The real runner with real sources, its output parsed line by line."""
-
-    def __init__(self, toml: str) -> None:
-        self.log_stream = io.StringIO()
-        log = Log(self.log_stream)
-        config = load_text(toml, "test.toml")
-        self.out = io.BytesIO()
-        self.runner = Runner(config, build_sources(config, log), self.out, log, "plugin-host")
-
-    def poll(self) -> list[dict[str, Any]]:
-        start = self.out.tell()
-        self.runner.poll()
-        text = self.out.getvalue()[start:].decode()
-        lines = [line_protocol_parser.parse_line(line) for line in text.splitlines()]
-        for line in lines:
-            problems = catalog.check_point(line["measurement"], line["tags"], line["fields"])
-            assert problems == [], problems
-        return lines
-
-    def vm(self, guest: str) -> dict[str, Any]:
-        for line in self.poll():
-            if line["measurement"] == "balloon" and line["tags"].get("guest") == guest:
-                return dict(line["fields"])
-        raise AssertionError(f"no balloon line for {guest}: {self.log_stream.getvalue()}")
-
-    def close(self) -> None:
-        self.runner.close()
-
-
-def wait_for(check: Callable[[], Optional[Any]], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture()

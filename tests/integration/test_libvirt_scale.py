@@ -16,14 +16,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import line_protocol_parser
 import pytest
 
 from telegraf_balloon import catalog
-from telegraf_balloon.config import LibvirtConfig, load_text
+from telegraf_balloon.config import LibvirtConfig
 from telegraf_balloon.log import Log
-from telegraf_balloon.runner import Runner
-from telegraf_balloon.sources import build_sources
+from tests.stack.inprocess import Plugin
 from tests.stack.libvirt_stack import LibvirtStack, StackError
 
 try:
@@ -61,31 +59,6 @@ def paused(libvirt_stack: LibvirtStack, qemu_guest: str) -> Iterator[list[str]]:
         yield names
     finally:
         libvirt_stack.remove_domains(names)
-
-
-class Plugin:
-    """The real runner with real sources, its output parsed line by line."""
-
-    def __init__(self, toml: str) -> None:
-        self.log_stream = io.StringIO()
-        log = Log(self.log_stream)
-        config = load_text(toml, "test.toml")
-        self.out = io.BytesIO()
-        self.sources = build_sources(config, log)
-        self.runner = Runner(config, self.sources, self.out, log, "plugin-host")
-
-    def poll(self) -> list[dict[str, Any]]:
-        start = self.out.tell()
-        self.runner.poll()
-        text = self.out.getvalue()[start:].decode()
-        lines = [line_protocol_parser.parse_line(line) for line in text.splitlines()]
-        for line in lines:
-            problems = catalog.check_point(line["measurement"], line["tags"], line["fields"])
-            assert problems == [], problems
-        return lines
-
-    def close(self) -> None:
-        self.runner.close()
 
 
 def _toml(stack: LibvirtStack, timeout: str = "10s", source_extra: str = "") -> str:

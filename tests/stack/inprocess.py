@@ -1,0 +1,64 @@
+"""The plugin run in this process: the real runner and sources, its output parsed and checked.
+
+For integration tests that need many polls quickly and the sources' objects at hand; the
+execd harness (tests/stack/execd.py) is for the plugin as a child process, as Telegraf runs it.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any, Callable, Optional
+
+import line_protocol_parser
+
+from telegraf_balloon import catalog
+from telegraf_balloon.config import load_text
+from telegraf_balloon.log import Log
+from telegraf_balloon.runner import Runner
+from telegraf_balloon.sources import build_sources
+
+
+class Plugin:
+    """The real runner with real sources, its output parsed line by line."""
+
+    def __init__(self, toml: str) -> None:
+        self.log_stream = io.StringIO()
+        log = Log(self.log_stream)
+        config = load_text(toml, "test.toml")
+        self.out = io.BytesIO()
+        self.sources = build_sources(config, log)
+        self.runner = Runner(config, self.sources, self.out, log, "plugin-host")
+
+    def poll(self) -> list[dict[str, Any]]:
+        """One poll; every line it wrote, parsed, each held to the field catalog."""
+        start = self.out.tell()
+        self.runner.poll()
+        text = self.out.getvalue()[start:].decode()
+        lines = [line_protocol_parser.parse_line(line) for line in text.splitlines()]
+        for line in lines:
+            problems = catalog.check_point(line["measurement"], line["tags"], line["fields"])
+            assert problems == [], problems
+        return lines
+
+    def vm(self, guest: str) -> dict[str, Any]:
+        """The fields of `guest`'s balloon line in one poll."""
+        for line in self.poll():
+            if line["measurement"] == "balloon" and line["tags"].get("guest") == guest:
+                return dict(line["fields"])
+        raise AssertionError(f"no balloon line for {guest}: {self.log_stream.getvalue()}")
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def wait_for(check: Callable[[], Optional[Any]], timeout: float, what: str) -> Any:
+    """The first truthy result of `check`, polled every 0.5 s, or an AssertionError."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
