@@ -415,10 +415,11 @@ def _verdict(findings: Sequence[Finding]) -> str:
 
 
 @dataclass
-class VmReport:
+class HostReport:
+    """A judged hypervisor host (and the base of a judged VM)."""
+
     source: str
     instance: str
-    guest: str
     host: str
     tags: Tags
     fields: Fields
@@ -430,17 +431,10 @@ class VmReport:
 
 
 @dataclass
-class HostReport:
-    source: str
-    instance: str
-    host: str
-    tags: Tags
-    fields: Fields
-    findings: list[Finding]
+class VmReport(HostReport):
+    """A judged VM: its host's report plus the VM's name."""
 
-    @property
-    def verdict(self) -> str:
-        return _verdict(self.findings)
+    guest: str = ""
 
 
 @dataclass
@@ -763,11 +757,11 @@ class Judge:
         return VmReport(
             kind,
             part.instance,
-            tags.get("guest", ""),
             tags.get("host", ""),
             dict(tags),
             dict(fields),
             found,
+            guest=tags.get("guest", ""),
         )
 
     def _vm_context(self, part: SourceBatch, sample: Sample, now: float) -> _Context:
