@@ -414,6 +414,19 @@ def _verdict(findings: Sequence[Finding]) -> str:
     return worst
 
 
+def _make_finding(
+    code_name: str, severity: str, ctx: _Context, kind: str, hypervisor: str = ""
+) -> Finding:
+    """One finding of the table, its message and remedy rendered for this source kind."""
+    code = BY_CODE[code_name]
+    return Finding(
+        code_name,
+        severity,
+        _render(_pick(code.message, kind, hypervisor), ctx),
+        _render(_pick(code.remedy, kind, hypervisor), ctx),
+    )
+
+
 @dataclass
 class HostReport:
     """A judged hypervisor host (and the base of a judged VM)."""
@@ -649,15 +662,7 @@ class Judge:
         found: list[Finding] = []
 
         def add(code_name: str, severity: str = WARNING) -> None:
-            code = BY_CODE[code_name]
-            found.append(
-                Finding(
-                    code_name,
-                    severity,
-                    _render(_pick(code.message, kind, hypervisor), ctx),
-                    _render(_pick(code.remedy, kind, hypervisor), ctx),
-                )
-            )
+            found.append(_make_finding(code_name, severity, ctx, kind, hypervisor))
 
         maximum = _number(fields, "memory_max_bytes")
         actual = _number(fields, "balloon_actual_bytes")
@@ -896,15 +901,7 @@ class Judge:
         found: list[Finding] = []
 
         def add(code_name: str, severity: str = WARNING) -> None:
-            code = BY_CODE[code_name]
-            found.append(
-                Finding(
-                    code_name,
-                    severity,
-                    _render(_pick(code.message, part.kind), ctx),
-                    _render(_pick(code.remedy, part.kind), ctx),
-                )
-            )
+            found.append(_make_finding(code_name, severity, ctx, part.kind))
 
         if overcommit is not None and overcommit > 1:
             add("host_overcommitted")

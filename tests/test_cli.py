@@ -13,7 +13,7 @@ import pytest
 from telegraf_balloon import __version__, catalog
 from telegraf_balloon.config import load_text
 from tests.stack.common import free_port, unavailable
-from tests.stack.execd import LEVEL_PREFIXES, REPO, child_env, copy_guest_root
+from tests.stack.execd import REPO, copy_guest_root, run_cli
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,18 +25,7 @@ SAMPLE = REPO / "telegraf_balloon" / "sample.toml"
 
 def run(*args: str, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess[str]:
     """Run the CLI; every stderr line must carry a Telegraf level prefix."""
-    done = subprocess.run(
-        [sys.executable, "-m", "telegraf_balloon", *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=child_env(env),
-        cwd=str(REPO),
-        timeout=30,
-    )
-    for line in done.stderr.splitlines():
-        assert line.startswith(LEVEL_PREFIXES), f"stderr line without a level prefix: {line!r}"
-    return done
+    return run_cli(*args, env=env, timeout=30)
 
 
 def parse_lines(stdout: str) -> list[dict[str, Any]]:

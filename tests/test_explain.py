@@ -28,7 +28,7 @@ from telegraf_balloon.log import Log
 from telegraf_balloon.model import Fields, HostInfo, PollResult, Sample, Source
 from telegraf_balloon.sources import build_sources
 from tests.stack.common import unavailable
-from tests.stack.execd import LEVEL_PREFIXES, REPO, Lease, child_env
+from tests.stack.execd import REPO, Lease, child_env, run_cli
 
 FIXTURES = REPO / "tests" / "fixtures" / "guest"
 MIB = 1024 * 1024
@@ -136,21 +136,6 @@ class HandBuilt:
 
     def close(self) -> None:
         pass
-
-
-def run_cli(*args: str, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "telegraf_balloon", *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=child_env(env),
-        cwd=str(REPO),
-        timeout=60,
-    )
-    for line in done.stderr.splitlines():
-        assert line.startswith(LEVEL_PREFIXES), line
-    return done
 
 
 # --- the guest source on fixture trees --------------------------------------------------------

@@ -49,26 +49,9 @@ def test_password_file_600_is_quiet(tmp_path: Path) -> None:
 
 def test_open_password_file_warned_by_the_process(tmp_path: Path) -> None:
     """The warning reaches stderr as a `W! ` line at load; the password reaches nothing."""
-    import subprocess
-    import sys
+    from tests.stack.execd import run_cli
 
-    from tests.stack.execd import REPO, child_env
-
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "telegraf_balloon",
-            "--check-config",
-            "--config",
-            str(vsphere_config(tmp_path, 0o644)),
-        ],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        cwd=str(REPO),
-        timeout=30,
-    )
+    done = run_cli("--check-config", "--config", str(vsphere_config(tmp_path, 0o644)))
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("W! ") and "password_file" in lines[0], lines

@@ -171,6 +171,25 @@ def child_env(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     return env
 
 
+def run_cli(
+    *args: str, env: Optional[Mapping[str, str]] = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """The plugin as a command (`--once`, `--explain`, ...); every stderr line must carry a
+    Telegraf level prefix."""
+    done = subprocess.run(
+        [sys.executable, "-m", "telegraf_balloon", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=child_env(env),
+        cwd=str(REPO),
+        timeout=timeout,
+    )
+    for line in done.stderr.splitlines():
+        assert line.startswith(LEVEL_PREFIXES), f"stderr line without a level prefix: {line!r}"
+    return done
+
+
 # --- what was read ----------------------------------------------------------------------------
 
 
