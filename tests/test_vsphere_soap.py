@@ -241,3 +241,21 @@ def test_counter_fields_with_the_shared_presence_sets() -> None:
     assert fields["memory_current_bytes"] == 4095 * MIB
     assert V._QUICK_PRESENT[False, False] == frozenset()
     assert V._QUICK_PRESENT[True, True] == {V._SWAPPED_QS, V._COMPRESSED_QS}
+
+
+@pytest.mark.parametrize(
+    ("header", "epoch"),
+    [
+        ("Sat, 05 Dec 2026 17:00:20 GMT", 1796490020.0),
+        ("Sat, 05 Dec 2026 17:00:20 -0000", 1796490020.0),  # no zone given: UTC, not local
+        ("Sat, 05 Dec 2026 18:00:20 +0100", 1796490020.0),
+        (None, None),
+        ("", None),
+        ("yesterday", None),
+        ("Sat, 99 Foo 2026 17:00:20 GMT", None),
+    ],
+)
+def test_reply_date_the_sample_ages_are_measured_on(
+    header: str | None, epoch: float | None
+) -> None:
+    assert V._http_date(header) == epoch

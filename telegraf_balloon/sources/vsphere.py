@@ -12,6 +12,7 @@ must equal.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import fnmatch
 import gc
 import http.client
@@ -20,6 +21,7 @@ import ssl
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Container, Iterable, Iterator, Sequence
+from datetime import timezone
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
@@ -34,6 +36,9 @@ from ..model import Fields, HostInfo, PollResult, Sample, Tags
 KIB = 1024
 MIB = 1024 * 1024
 REALTIME_INTERVAL = 20  # seconds: vCenter's realtime performance sample
+# A counter sample older than this (two realtime intervals) is never used: the VM then reports
+# its quickStats and no balloon target.
+MAX_SAMPLE_AGE = 2 * REALTIME_INTERVAL
 DEFAULT_MAX_QUERY_METRICS = 64  # when the server does not say (the most cautious common value)
 REPLY_ELEMENTS = 200_000  # keep each QueryPerf reply well under vCenter's 500,000 elements
 CHUNK = 64 * 1024
@@ -314,6 +319,19 @@ def _iso_seconds(text: str) -> float:
         return 0.0
 
 
+def _http_date(value: Optional[str]) -> Optional[float]:
+    """An HTTP Date header (Sat, 28 Nov 2026 10:00:31 GMT) -> epoch s; None when absent or bad."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, by RFC 5322
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
 def _int(value: Any) -> Optional[int]:
     if isinstance(value, str):
         try:
@@ -364,8 +382,10 @@ class VsphereSource:
         self.instance = self._host if parts.port is None else f"{self._host}:{parts.port}"
         self._session: Optional[_Session] = None
         self._filter = tuple(config.vm_include) != ("*",)
-        # The last realtime sample per VM moid: (sample time, {counter name: KB}).
-        self._perf: dict[str, tuple[float, dict[str, int]]] = {}
+        # The last realtime sample per VM moid: (its age when it came, by the server's clock;
+        # our clock then; {counter name: KB}). Its age now is the first plus the time since.
+        self._perf: dict[str, tuple[float, float, dict[str, int]]] = {}
+        self._reply_date: Optional[float] = None  # the last reply's Date header (epoch s)
         self._perf_asked = -float(REALTIME_INTERVAL)  # monotonic time of the last full query
         self._retrieve_seconds = 0.0  # time in the property retrievals' calls since reset
 
@@ -518,7 +538,7 @@ class VsphereSource:
             )
         latency = self._retrieve_seconds  # the VM pages' round trips (each parsed as it streams)
         if self.config.target_counters and session.counter_ids:
-            self._targets(session, chosen)
+            self._targets(session, chosen, now)
         hosts = [
             HostInfo(
                 {
@@ -604,6 +624,7 @@ class VsphereSource:
         try:
             conn.request("POST", stub.path, body, headers)
             resp = conn.getresponse()
+            self._reply_date = _http_date(resp.getheader("Date"))
             if resp.status not in (200, 500):
                 resp.read()
                 raise http.client.HTTPException(f"HTTP {resp.status} {resp.reason}")
@@ -623,11 +644,16 @@ class VsphereSource:
 
     # -- balloon targets from realtime performance counters --
 
-    def _targets(self, session: _Session, chosen: list[tuple[str, Container[str], Fields]]) -> None:
+    def _targets(
+        self, session: _Session, chosen: list[tuple[str, Container[str], Fields]], now: float
+    ) -> None:
         """Fill target (and swapped/compressed where quickStats lack them) from counters.
 
         Asked at most once per realtime sample (20 s) for every VM, and at once for VMs never
-        sampled; in between each VM's last sample is reused.
+        sampled; in between each VM's last sample is reused. A sample is used only while it is
+        at most MAX_SAMPLE_AGE old (its age when it came, by the server's clock, plus the time
+        since, by ours): else, and for a VM the last answer left out, the VM keeps its
+        quickStats and gets no target, so a QueryPerf that stops answering freezes nothing.
         """
         ids = session.counter_ids
         due_all = self._clock() - self._perf_asked >= REALTIME_INTERVAL
@@ -641,35 +667,76 @@ class VsphereSource:
             if _COMPRESSED_QS not in props:
                 names.append(COMPRESSED)
             queries.append((moid, [ids[n] for n in names if n in ids]))
+        key = f"vsphere-perf:{self.instance}"
         if queries:
             try:
-                self._query_perf(session, queries)
+                self._query_perf(session, queries, now)
             except (VsphereFault, ET.ParseError) as exc:
                 self.log.fault(
-                    f"vsphere-perf:{self.instance}",
-                    f"vsphere {self.instance}: QueryPerf failed, no balloon targets: "
-                    f"{_message(exc)}",
+                    key,
+                    f"vsphere {self.instance}: QueryPerf failed: {_message(exc)}; balloon targets "
+                    f"absent (quickStats used) for VMs without a sample from the last "
+                    f"{MAX_SAMPLE_AGE} s, until it answers again",
                 )
             else:
-                self.log.clear(f"vsphere-perf:{self.instance}")
+                self.log.clear(
+                    key, f"vsphere {self.instance}: QueryPerf answering again; balloon targets back"
+                )
                 if due_all:
                     self._perf_asked = self._clock()
         present = {moid for moid, _, _ in chosen}
         for gone in set(self._perf) - present:
             del self._perf[gone]
+        clock = self._clock()
+        late = 0
+        oldest = 0.0
         for moid, props, fields in chosen:
-            sample = self._perf.get(moid)
-            if sample is not None:
-                _counter_fields(sample[1], props, fields)
+            held = self._perf.get(moid)
+            if held is None or not held[2]:
+                continue
+            came_age, came_at, values = held
+            if came_age > MAX_SAMPLE_AGE:  # old already when vCenter answered with it
+                late += 1
+                oldest = max(oldest, came_age)
+                continue
+            if came_age + (clock - came_at) <= MAX_SAMPLE_AGE:
+                _counter_fields(values, props, fields)
+        late_key = f"vsphere-perf-age:{self.instance}"
+        if late:
+            self.log.fault(
+                late_key,
+                f"vsphere {self.instance}: the newest realtime sample of {late} VM(s) is over "
+                f"{MAX_SAMPLE_AGE} s old (up to {oldest:.0f} s): their balloon targets absent "
+                "(quickStats used) until their hosts report again",
+            )
+        else:
+            self.log.clear(
+                late_key, f"vsphere {self.instance}: every VM's realtime sample is recent again"
+            )
 
-    def _query_perf(self, session: _Session, queries: list[tuple[str, list[int]]]) -> None:
+    def _query_perf(
+        self, session: _Session, queries: list[tuple[str, list[int]]], now: float
+    ) -> None:
         names = {v: k for k, v in session.counter_ids.items()}
         for batch in _batches(queries, session.max_query_metrics):
             body = query_perf_request(session.perf_manager, batch)
-            for moid, stamp, values in self._call(session, body, _PERF_TAGS, parse_perf):
-                self._perf[moid] = (stamp, {names[c]: v for c, v in values.items() if c in names})
-            for moid, _ in batch:  # asked, nothing came back: an empty sample, not asked again
-                self._perf.setdefault(moid, (0.0, {}))
+            answer = self._call(session, body, _PERF_TAGS, parse_perf)
+            came_at = self._clock()
+            # The samples' ages by the server's own clock (its reply's Date), so a skewed clock
+            # here neither ages nor rejuvenates them; the poll's time when it sends no Date.
+            server_now = self._reply_date if self._reply_date is not None else now
+            asked = {moid for moid, _ in batch}
+            for moid, stamp, values in answer:
+                age = max(0.0, server_now - stamp) if stamp > 0 else 0.0
+                named = {names[c]: v for c, v in values.items() if c in names}
+                self._perf[moid] = (age, came_at, named)
+                asked.discard(moid)
+            for moid in asked:  # asked, left out of the answer: no sample (not asked again
+                self._perf[moid] = (0.0, came_at, {})  # until the next 20 s), no target
+            if asked:
+                self.log.debug(
+                    f"vsphere {self.instance}: no realtime sample for {len(asked)} VM(s)"
+                )
 
 
 _OBJECT_TAGS = frozenset((_T_OBJECTS, _T_TOKEN, _T_FAULT))

@@ -14,6 +14,7 @@ launcher (``tests/vcsim/main.go``) in GOPATH mode, offline, once: the binary is 
     sim.sessions(); sim.terminate_sessions()              # e.g. kill the plugin's session
     sim.restart()                                         # same port, same inventory and cert
     sim.pause(); sim.resume()                             # SIGSTOP/SIGCONT: a hung vCenter
+    sim.refuse_query_perf(["monitor"])                    # its QueryPerf faults NoPermission
     sim.stop()
 
 Inventory (the simulator's model multiplies it out):
@@ -33,6 +34,8 @@ Where it still differs from a real vCenter (a client must not depend on these):
 
 * a whole ``summary.quickStats`` (or ``summary``) object comes without its zero integers
   (pyvmomi reads None); leaf paths (``summary.quickStats.balloonedMemory``) return 0;
+* QueryPerf faults NoPermission only when told to (:meth:`Vcsim.refuse_query_perf`); a VM's
+  samples lag (``perf_lag_s``) or are left out (``perf_omit``) only when configure_vm says so;
 * performance counter values are the same in every sample (no history), counter keys are
   the simulator's (resolve ``group.name.rollup``), ``mem.vmmemctltarget`` is 0 unless set;
 * maxQueryMetrics counts entity x counter pairs and is enforced for realtime queries too
@@ -257,6 +260,7 @@ _INVENTORY_DEFAULTS: Dict[str, Any] = {
     "session_idle_timeout": 0.0,
     "delay_ms": 0,
     "method_delay": None,
+    "users": None,
 }
 
 
@@ -270,6 +274,8 @@ class Vcsim:
     ``username``, ``password``, ``tls`` (False: plain http, ``cert_file`` None), ``autostart``
     (power the VMs on), ``session_idle_timeout`` (seconds, 0 = never), ``delay_ms`` (added to
     every SOAP call, a network's round trip) and ``method_delay`` (``{"QueryPerf": 50}``, ms).
+    ``users``: more users that may log in, ``{"monitor": "its password"}`` (e.g. one whose
+    QueryPerf :meth:`refuse_query_perf` then refuses).
     ``base_dir``: where the instance directory goes (default :func:`default_base_dir`).
     """
 
@@ -384,6 +390,8 @@ class Vcsim:
                 "-method-delay",
                 ",".join(f"{k}={int(v)}" for k, v in dict(inv["method_delay"]).items()),
             ]
+        for name, secret in dict(inv["users"] or {}).items():
+            args += ["-user", f"{name}:{secret}"]
         if inv["tls"]:
             args += ["-cert-out", str(self.workdir / "server.pem")]
             args += ["-key-file", str(self.workdir / "server.key")]
@@ -600,6 +608,15 @@ class Vcsim:
         The next call of each client faults NotAuthenticated: it has to log in again.
         """
         return list(self._get("/sim/sessions/terminate", method="POST")["terminated"])
+
+    def refuse_query_perf(self, users: List[str], after: int = 0) -> None:
+        """Make QueryPerf fault NoPermission for these users' sessions (``"*"``: everyone's).
+
+        As vCenter answers a user whose role lacks the privilege on the VMs; ``after`` more
+        successful calls are let through first. ``refuse_query_perf([])`` ends it.
+        """
+        body = json.dumps({"users": list(users), "after": int(after)}).encode()
+        self._get("/sim/perf/refuse", method="POST", body=body)
 
     def update(self, moref_type: str, moref_value: str, values: Dict[str, Any]) -> None:
         """Set properties of any managed object by path (the SET. keys only exist for VMs).

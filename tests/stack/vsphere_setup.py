@@ -172,6 +172,8 @@ def reconfigure_spec(
     limit_mb: Optional[int] = None,
     vmmemctltarget_kb: Optional[int] = None,
     perf: Optional[Mapping[str, int]] = None,
+    perf_lag_s: Optional[int] = None,
+    perf_omit: Optional[bool] = None,
     **quickstats: Optional[int],
 ) -> Optional[Any]:
     """The ConfigSpec :func:`configure_vm` sends, or None when nothing changes."""
@@ -211,6 +213,10 @@ def reconfigure_spec(
         if name.count(".") != 2:
             raise ValueError(f"a perf counter is group.name.rollup, not {name!r}")
         extra.append(_opt(PERF_KEY_PREFIX + name, value))
+    if perf_lag_s is not None:
+        extra.append(_opt("sim.perf_lag_s", perf_lag_s))
+    if perf_omit is not None:
+        extra.append(_opt("sim.perf_omit", 1 if perf_omit else 0))
     if extra:
         spec.extraConfig = extra
         changed = True
@@ -270,6 +276,8 @@ def configure_vm(
     overhead_mb: Optional[int] = None,
     vmmemctltarget_kb: Optional[int] = None,
     perf: Optional[Mapping[str, int]] = None,
+    perf_lag_s: Optional[int] = None,
+    perf_omit: Optional[bool] = None,
     power: Optional[str] = None,
     template: bool = False,
     timeout: float = 120.0,
@@ -278,7 +286,9 @@ def configure_vm(
 
     Units are vSphere's: quickStats in MB except ``compressed_kb``; ``vmmemctltarget_kb`` (KB)
     becomes the VM's ``mem.vmmemctltarget.*`` counters; ``perf`` forces any counter
-    (``{"mem.swaptarget.average": 1024}``, in the counter's unit). ``limit_mb=-1`` is
+    (``{"mem.swaptarget.average": 1024}``, in the counter's unit). ``perf_lag_s`` puts the
+    VM's newest realtime sample that many seconds in the past (its host stopped reporting);
+    ``perf_omit=True`` leaves the VM out of QueryPerf replies. ``limit_mb=-1`` is
     unlimited. ``power``: "on", "off", "suspended" or None (leave it). ``template=True`` powers
     off and marks the VM a template. The simulator's own counters derive from quickStats:
     ``mem.vmmemctl`` = ballooned MB * 1024, ``mem.swapped`` = swapped MB * 1024,
@@ -291,6 +301,8 @@ def configure_vm(
         limit_mb=limit_mb,
         vmmemctltarget_kb=vmmemctltarget_kb,
         perf=perf,
+        perf_lag_s=perf_lag_s,
+        perf_omit=perf_omit,
         ballooned_mb=ballooned_mb,
         swapped_mb=swapped_mb,
         compressed_kb=compressed_kb,

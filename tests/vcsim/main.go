@@ -16,7 +16,13 @@
 //   - QueryPerf refuses a query asking for more entity x counter pairs than the OptionManager
 //     setting config.vpxd.stats.maxQueryMetrics (-max-query-metrics, read on every call so a
 //     test may change it with UpdateOptions) with RestrictedByAdministrator, as vCenter does.
-//   - Only -username/-password log in; others get InvalidLogin.
+//   - Only -username/-password, and each -user name:password, log in; others get InvalidLogin.
+//   - POST /sim/perf/refuse {"users": ["monitor"], "after": 0} makes every QueryPerf of those
+//     users' sessions ("*": everyone's) fault NoPermission, as vCenter answers a user whose role
+//     lacks the privilege, once they have had `after` more successful ones; {"users": []} ends it.
+//     A VM's extraConfig key sim.perf_lag_s (seconds) puts its newest realtime sample that far
+//     in the past (a host that stopped reporting), and sim.perf_omit = 1 leaves it out of
+//     QueryPerf replies altogether.
 //   - GET /sim/calls returns JSON counts of SOAP calls by method (and QueryPerf's entities and
 //     metric ids, RetrievePropertiesEx's objects and pages); GET /sim/reset zeroes them.
 //     GET /sim/sessions lists the live sessions; POST /sim/sessions/terminate ends them all.
@@ -39,6 +45,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"encoding/xml"
 	"flag"
 	"fmt"
 	"io"
@@ -79,6 +86,7 @@ type callStats struct {
 	perfMetricIDs    int64
 	perfMaxMetricIDs int64
 	perfRefused      int64
+	perfDenied       int64
 	retrieveObjects  int64
 	retrievePages    int64
 	since            time.Time
@@ -108,6 +116,12 @@ func (s *callStats) perf(entities, metricIDs int, refused bool) {
 	s.mu.Unlock()
 }
 
+func (s *callStats) denied() {
+	s.mu.Lock()
+	s.perfDenied++
+	s.mu.Unlock()
+}
+
 func (s *callStats) page(objects int) {
 	s.mu.Lock()
 	s.retrieveObjects += int64(objects)
@@ -120,6 +134,7 @@ func (s *callStats) reset() {
 	s.calls = map[string]int64{}
 	s.faults = map[string]int64{}
 	s.perfEntities, s.perfMetricIDs, s.perfMaxMetricIDs, s.perfRefused = 0, 0, 0, 0
+	s.perfDenied = 0
 	s.retrieveObjects, s.retrievePages = 0, 0
 	s.since = time.Now()
 	s.mu.Unlock()
@@ -147,6 +162,7 @@ func (s *callStats) snapshot() map[string]interface{} {
 			"metric_ids":     s.perfMetricIDs,
 			"max_metric_ids": s.perfMaxMetricIDs,
 			"refused":        s.perfRefused,
+			"denied":         s.perfDenied,
 			"calls":          s.calls["QueryPerf"],
 		},
 		"retrieve": map[string]int64{
@@ -229,6 +245,16 @@ func countingHandler(next http.Handler) http.Handler {
 			w.WriteHeader(status)
 			_ = json.NewEncoder(w).Encode(reply)
 			return
+		case "/sim/perf/refuse":
+			if r.Method != http.MethodPost {
+				w.WriteHeader(http.StatusMethodNotAllowed)
+				return
+			}
+			status, reply := setRefusal(r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			_ = json.NewEncoder(w).Encode(reply)
+			return
 		case "/sim/sessions":
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(map[string]interface{}{"sessions": sessionList()})
@@ -253,13 +279,17 @@ func countingHandler(next http.Handler) http.Handler {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}
-		r.Body = ioutil.NopCloser(bytes.NewReader(body))
-		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		next.ServeHTTP(rec, r)
 		method := soapMethod(body)
 		if method == "" {
 			method = "(unparsed)"
 		}
+		if method == "Login" {
+			body = checkLogin(body)
+		}
+		r.Body = ioutil.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(rec, r)
 		stats.call(method, rec.status >= 500)
 	})
 }
@@ -355,6 +385,109 @@ func jsonValueFor(obj interface{}, path string, raw interface{}) (interface{}, e
 		return reflect.ValueOf(str).Convert(t).Interface(), nil
 	}
 	return nil, fmt.Errorf("%s: cannot set a %s from JSON", path, t)
+}
+
+// ---------------------------------------------------------------------------------------------
+// users: -username and each -user may log in
+// ---------------------------------------------------------------------------------------------
+
+// users: name -> password. The simulator itself is told to accept any non-empty pair (so a
+// session carries the name its user logged in with); checkLogin refuses the others first.
+var users = map[string]string{}
+
+type userFlag struct{}
+
+func (userFlag) String() string { return "" }
+
+func (userFlag) Set(v string) error {
+	kv := strings.SplitN(v, ":", 2)
+	if len(kv) != 2 || kv[0] == "" || kv[1] == "" {
+		return fmt.Errorf("want name:password, got %q", v)
+	}
+	users[kv[0]] = kv[1]
+	return nil
+}
+
+type loginEnvelope struct {
+	Body struct {
+		Login struct {
+			UserName string `xml:"userName"`
+			Password string `xml:"password"`
+		} `xml:"Login"`
+	} `xml:"Body"`
+}
+
+// checkLogin passes a Login with known credentials on unchanged; any other becomes a Login
+// with an empty password, which the simulator answers with InvalidLogin as usual.
+func checkLogin(body []byte) []byte {
+	var env loginEnvelope
+	if err := xml.Unmarshal(body, &env); err == nil {
+		login := env.Body.Login
+		if pass, ok := users[login.UserName]; ok && pass == login.Password {
+			return body
+		}
+	}
+	return []byte(`<?xml version="1.0" encoding="UTF-8"?>` +
+		`<Envelope xmlns="http://schemas.xmlsoap.org/soap/envelope/"><Body>` +
+		`<Login xmlns="urn:vim25"><_this type="SessionManager">` + sessionManagerRef().Value +
+		`</_this><userName>refused</userName><password></password></Login>` +
+		`</Body></Envelope>`)
+}
+
+// ---------------------------------------------------------------------------------------------
+// QueryPerf refused for some users (/sim/perf/refuse)
+// ---------------------------------------------------------------------------------------------
+
+var refusal struct {
+	sync.Mutex
+	users map[string]bool
+	after int64 // successful calls still allowed before the refusals start
+}
+
+type refusalRequest struct {
+	Users []string `json:"users"`
+	After int64    `json:"after"`
+}
+
+func setRefusal(body io.Reader) (int, map[string]interface{}) {
+	var req refusalRequest
+	if err := json.NewDecoder(body).Decode(&req); err != nil {
+		return http.StatusBadRequest, map[string]interface{}{"error": err.Error()}
+	}
+	refusal.Lock()
+	defer refusal.Unlock()
+	refusal.users = map[string]bool{}
+	for _, u := range req.Users {
+		refusal.users[u] = true
+	}
+	refusal.after = req.After
+	return http.StatusOK, map[string]interface{}{"users": req.Users, "after": req.After}
+}
+
+// refused: whether this QueryPerf of this session is to be refused (a success is counted).
+func refused(ctx *simulator.Context) bool {
+	if ctx.Session == nil {
+		return false
+	}
+	refusal.Lock()
+	defer refusal.Unlock()
+	if !refusal.users["*"] && !refusal.users[ctx.Session.UserName] {
+		return false
+	}
+	if refusal.after > 0 {
+		refusal.after--
+		return false
+	}
+	return true
+}
+
+func noPermission(req *types.QueryPerf) *soap.Fault {
+	obj := req.This
+	if len(req.QuerySpec) > 0 {
+		obj = req.QuerySpec[0].Entity
+	}
+	return simulator.Fault("Permission to perform this operation was denied.",
+		&types.NoPermission{Object: obj, PrivilegeId: "System.View"})
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -717,6 +850,8 @@ type vmValues struct {
 	poweredOn bool
 	quick     types.VirtualMachineQuickStats
 	forced    map[string]int64
+	lag       time.Duration // sim.perf_lag_s: how far behind its newest sample is
+	omit      bool          // sim.perf_omit: left out of QueryPerf replies
 }
 
 func readVM(ctx *simulator.Context, ref types.ManagedObjectReference) vmValues {
@@ -734,6 +869,16 @@ func readVM(ctx *simulator.Context, ref types.ManagedObjectReference) vmValues {
 		if vm.Config != nil {
 			for _, opt := range vm.Config.ExtraConfig {
 				o := opt.GetOptionValue()
+				switch o.Key {
+				case "sim.perf_lag_s":
+					if n, ok := optionInt(o.Value); ok {
+						out.lag = time.Duration(n) * time.Second
+					}
+				case "sim.perf_omit":
+					if n, ok := optionInt(o.Value); ok {
+						out.omit = n != 0
+					}
+				}
 				if !strings.HasPrefix(o.Key, "sim.perf.") {
 					continue
 				}
@@ -799,6 +944,11 @@ func (p *perfManager) countMetrics(ctx *simulator.Context, req *types.QueryPerf)
 
 func (p *perfManager) QueryPerf(ctx *simulator.Context, req *types.QueryPerf) soap.HasFault {
 	body := new(methods.QueryPerfBody)
+	if refused(ctx) {
+		stats.denied()
+		body.Fault_ = noPermission(req)
+		return body
+	}
 	total := p.countMetrics(ctx, req)
 
 	limit := currentMaxQueryMetrics()
@@ -839,7 +989,9 @@ func (p *perfManager) QueryPerf(ctx *simulator.Context, req *types.QueryPerf) so
 			body.Fault_ = fault
 			return body
 		}
-		body.Res.Returnval = append(body.Res.Returnval, m)
+		if m != nil {
+			body.Res.Returnval = append(body.Res.Returnval, m)
+		}
 	}
 	return body
 }
@@ -851,6 +1003,9 @@ func (p *perfManager) vmMetrics(ctx *simulator.Context, qs types.PerfQuerySpec) 
 	if !v.exists {
 		return nil, simulator.Fault("The object has already been deleted or has not been completely created",
 			&types.ManagedObjectNotFound{Obj: qs.Entity})
+	}
+	if v.omit {
+		return nil, nil
 	}
 	metrics := &types.PerfEntityMetric{}
 	metrics.Entity = qs.Entity
@@ -865,7 +1020,7 @@ func (p *perfManager) vmMetrics(ctx *simulator.Context, qs types.PerfQuerySpec) 
 	}
 
 	step := time.Duration(interval) * time.Second
-	end := time.Now().UTC()
+	end := time.Now().UTC().Add(-v.lag)
 	if qs.EndTime != nil && qs.EndTime.Before(end) {
 		end = qs.EndTime.UTC()
 	}
@@ -1052,6 +1207,7 @@ func main() {
 	pool := flag.Int("pool", 0, "child resource pools per cluster (they hold no VMs)")
 	username := flag.String("username", "user", "the only user name that logs in")
 	password := flag.String("password", "pass", "its password")
+	flag.Var(userFlag{}, "user", "another user that may log in, name:password (repeatable)")
 	page := flag.Int("page", 0, "page size of RetrievePropertiesEx (0: one reply, like the stock simulator)")
 	maxQueryMetrics := flag.Int("max-query-metrics", 64, "config.vpxd.stats.maxQueryMetrics (<= 0: unlimited)")
 	historicalOnly := flag.Bool("max-query-metrics-historical-only", false, "enforce maxQueryMetrics only for historical (intervalId != 20) queries")
@@ -1120,7 +1276,10 @@ func main() {
 		certPEM = pemBytes
 		m.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	}
-	m.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
+	users[*username] = *password
+	// DefaultLogin: the simulator accepts any non-empty credentials; checkLogin has let only
+	// the known ones through.
+	m.Service.Listen = &url.URL{Host: *listen, User: simulator.DefaultLogin}
 
 	s := m.Service.NewServer()
 	// Count calls, and serve /sim/*. No request can have arrived yet: the address is not printed.
