@@ -127,6 +127,37 @@ def _open(path: str) -> tuple[int, os.stat_result]:
         raise
 
 
+def matching_lines(regex: re.Pattern[str], text: str) -> int:
+    """How many lines of `text` (each ending with a newline) `regex` matches.
+
+    A line counts once however many matches it holds, and a match never spans a newline.
+    The regex (compiled with re.MULTILINE: `^` and `$` are each line's start and end) scans
+    the whole text, as fast as one search can; only a match that runs into the next line
+    makes its line be searched again alone (`endpos` at its end, where `$` matches).
+    """
+    count = pos = 0
+    end = len(text)
+    search, find = regex.search, text.find
+    while pos < end:
+        found = search(text, pos)
+        if found is None:
+            break
+        start = found.start()
+        if start >= end:
+            break  # an empty match after the last newline: no line there
+        eol = find("\n", start)
+        if eol < 0:
+            eol = end
+        if found.end() > eol:  # ran over the line's end: does the line match on its own?
+            bol = text.rfind("\n", 0, start) + 1
+            if search(text, bol, eol) is None:
+                pos = eol + 1
+                continue
+        count += 1
+        pos = eol + 1
+    return count
+
+
 # /dev/kmsg, one record per read() (Documentation/ABI/testing/dev-kmsg):
 # 6,1234,5678901,-;virtio_balloon virtio0: Out of puff! Can't get 256 pages
 #  SUBSYSTEM=virtio          <- continuation lines (the record's dictionary) start with a space
@@ -227,8 +258,9 @@ class LogsSource:
         self.hostname = hostname
         self.log = log
         self._clock = clock
-        self.events = [(name, re.compile(regex)) for name, regex in BUILTIN_EVENTS]
-        self.events += [(name, re.compile(regex)) for name, regex in config.patterns]
+        # MULTILINE: `^` and `$` are a line's start and end (see matching_lines).
+        self.events = [(name, re.compile(regex, re.M)) for name, regex in BUILTIN_EVENTS]
+        self.events += [(name, re.compile(regex, re.M)) for name, regex in config.patterns]
         self._tails: dict[str, _Tail] = {}
         self._started = False
         self._turn = 0  # which file reads first, so a busy one cannot starve the others
@@ -373,7 +405,7 @@ class LogsSource:
     def _count(self, data: bytes, file: str, totals: dict[str, int], result: PollResult) -> None:
         text = data.decode("utf-8", "replace")
         for name, regex in self.events:
-            count = sum(1 for _ in regex.finditer(text))
+            count = matching_lines(regex, text)
             if count:
                 totals[name] = totals.get(name, 0) + count
                 tags: Tags = {"host": self.hostname, "file": file, "event": name}
