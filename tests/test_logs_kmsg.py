@@ -93,8 +93,8 @@ def kernel_log(
     fifo.close()
 
 
-def _source(path: str, files: str = "[]", log: Log | None = None) -> LogsSource:
-    config = load_text(f"[[sources.logs]]\nfiles = {files}\nkmsg = true\n", "k.toml")
+def _source(path: str, files: str = "[]", log: Log | None = None, extra: str = "") -> LogsSource:
+    config = load_text(f"[[sources.logs]]\nfiles = {files}\nkmsg = true\n{extra}", "k.toml")
     return LogsSource(config.logs[0], "guest-1", log or Log(io.StringIO()), kmsg_path=path)
 
 
@@ -132,6 +132,33 @@ def test_guest_kernel_events_from_the_kernel_log(
         assert _counts(source) == {
             (KMSG_TAG, "oom_kill"): (1, 1),  # one kill, two lines: counted once
             (KMSG_TAG, "virtio_out_of_puff"): (1, 2),
+        }
+    finally:
+        source.close()
+
+
+def test_a_kernel_log_record_is_a_line_for_events(
+    kernel_log: tuple[str, Callable[[str], None], bool],
+) -> None:
+    """One record is one line: an event counts the records it matches, `^`/`$` are the
+    message's start and end, and no match joins two records."""
+    path, write, _ = kernel_log
+    tag = uuid.uuid4().hex[:8]  # the real kernel log holds other records too
+    extra = (
+        "[sources.logs.patterns]\n"
+        f'refused = "^balloon {tag}: refused$"\n'
+        f'joined = "refused\\\\s+balloon {tag}"\n'
+    )
+    source = _source(path, extra=extra)
+    try:
+        _counts(source)
+        for _ in range(3):
+            write(f"balloon {tag}: refused")
+        write(f"balloon {tag}: refused, balloon {tag}: refused")  # two matches in a record
+        write("virtio_balloon virtio0: Out of puff! Out of puff!")
+        assert _counts(source) == {
+            (KMSG_TAG, "refused"): (3, 3),
+            (KMSG_TAG, "virtio_out_of_puff"): (1, 1),
         }
     finally:
         source.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import resource
 from pathlib import Path
 
@@ -288,3 +289,50 @@ def test_something_unreadable_replacing_a_rotated_file(tmp_path: Path) -> None:
     log.write_text("Out of puff! 2\n")
     assert _counts(source) == {("a.log", "virtio_out_of_puff"): (1, 1)}
     assert "a.log is readable again" in stream.getvalue()
+
+
+def test_events_count_matching_lines_and_anchors_are_line_ends(tmp_path: Path) -> None:
+    """As grep -c: an event counts the lines it matches; `^`/`$` are each line's start and
+    end; no match spans a newline. Written in one go, so one poll reads them as one chunk."""
+    log = tmp_path / "messages.log"
+    log.write_text("")
+    patterns = {
+        "anchored": "^kernel: balloon refused$",
+        "loose": "kernel: balloon refused",
+        "spanning": r"refused\s+kernel",  # \s matches a newline: must not join two lines
+        "empty_line": "^$",
+    }
+    listed = "".join(f'{name} = "{regex}"\n' for name, regex in patterns.items())
+    source, _ = _source(tmp_path, "[sources.logs.patterns]\n" + listed.replace("\\", "\\\\"))
+    _counts(source)
+    with log.open("a") as handle:
+        handle.write(
+            "kernel: balloon refused\n" * 3
+            + "kernel: balloon refused kernel: balloon refused again\n"  # two matches
+            + "guest kernel: balloon refused\n"
+            + "\n"
+            + "Out of puff! Out of puff! Out of puff!\n"  # a built-in, three times on a line
+            + "Out of puff! Can't get 256 pages\n"
+        )
+    assert _counts(source) == {
+        ("messages.log", "anchored"): (3, 3),
+        ("messages.log", "loose"): (5, 5),
+        ("messages.log", "spanning"): (1, 1),  # only "refused kernel" within line 4
+        ("messages.log", "empty_line"): (1, 1),
+        ("messages.log", "virtio_out_of_puff"): (2, 2),
+    }
+
+
+def test_a_line_matches_alone_where_a_match_would_run_into_the_next() -> None:
+    """matching_lines on its own: a search that crosses a newline gives way to the line's
+    own match, and `$` holds at the end of every line, the last one included."""
+    count = logs.matching_lines
+    spaced = re.compile(r"a\s*b", re.M)
+    assert count(spaced, "xa \nb a b\n") == 1  # "a \nb" crosses; "a b" on line 2 counts
+    assert count(spaced, "a \t\nb\n") == 0
+    greedy = re.compile(r"refused\s*", re.M)  # its first match eats the newline
+    assert count(greedy, "refused\nrefused\n") == 2
+    tail = re.compile(r"refused$", re.M)
+    assert count(tail, "a refused\nrefused b\nrefused\n") == 2
+    assert count(re.compile("^", re.M), "one\ntwo\n") == 2  # not a third after the end
+    assert count(re.compile(r"(?s)x.*y", re.M), "x\ny\nxy\n") == 1  # DOTALL cannot cross
