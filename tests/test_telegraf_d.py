@@ -135,22 +135,3 @@ def test_prometheus_rules_name_only_catalog_metrics() -> None:
     rules = (ROOT / "examples/prometheus/balloon-rules.yml").read_text()
     assert "balloon_collector_up == 0" in rules
     assert "balloon_alert_level == 1" in rules  # warning-level judgement has a route too
-
-
-def test_graphite_templates_keep_host_guest_and_hypervisor() -> None:
-    [block] = _load("outputs-graphite.conf")["outputs"]["graphite"]
-    assert block["servers"] == ["localhost:2003"]
-    keywords = {"measurement", "field", "tags"}
-    filters = {}
-    for template in block["templates"]:
-        measurement, pattern = template.split()
-        assert measurement in catalog.MEASUREMENTS, template
-        tags, _ = catalog.MEASUREMENTS[measurement]
-        parts = pattern.split(".")
-        assert parts[-2:] == ["measurement", "field"], template
-        for part in parts:
-            assert part in keywords or part in tags or part in VSPHERE_TAGS, (template, part)
-        filters[measurement] = parts
-    assert {"hypervisor", "host", "guest"} <= set(filters[catalog.BALLOON])
-    assert {"hypervisor", "host"} <= set(filters[catalog.HOST])
-    assert set(filters) == set(catalog.MEASUREMENTS)
