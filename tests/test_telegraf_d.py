@@ -84,10 +84,14 @@ def _commented_toml(text: str, start: str) -> dict[str, Any]:
     lines = text.splitlines()
     first = next(i for i, line in enumerate(lines) if start in line)
     body = []
+    started = False
     for line in lines[first + 1 :]:
         content = line.lstrip("#").strip()
         if not line.startswith("##   ") or not content:
-            break
+            if started:
+                break
+            continue
+        started = True
         if "=" in content.split("#", 1)[0]:
             body.append(content)
     data: dict[str, Any] = tomllib.loads("\n".join(body))
@@ -99,12 +103,12 @@ def test_prometheus_output_says_how_to_reuse_an_existing_listener() -> None:
     drops the booleans the Stuck, stale and cannot-inflate alerts read."""
     text = (TELEGRAF_D / "outputs-prometheus.conf").read_text()
     [block] = _load("outputs-prometheus.conf")["outputs"]["prometheus_client"]
-    assert block["listen"] == ":9273" and ":9273" in text.split("[[outputs")[0]
+    assert block["listen"] == ":9273" and ":9273" in text.split("\n[[outputs")[0]
     assert "address already in use" in text and "stops" in text
     lines = _commented_toml(text, "Add these two lines to the existing block")
     assert lines == {"metric_version": 2, "string_as_label": False}
     for field in ("stuck", "stale", "inflation_blocked", "up"):
-        assert field in text.split("[[outputs")[0], field
+        assert field in text.split("\n[[outputs")[0], field
     readme = (ROOT / "README.md").read_text()
     assert "address already in use" in readme and "metric_version = 2" in readme
     assert "string_as_label = false" in readme
