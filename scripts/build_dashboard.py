@@ -82,6 +82,15 @@ class PanelSpec:
     legend: str = "$tag_host/$tag_guest $col"
     warn: Optional[float] = None
     crit: Optional[float] = None
+    # Grafana's "Min interval": a panel that sums over machines per time bucket needs buckets
+    # at least as long as the poll interval, or a bucket holds only the machines that polled
+    # in it and the sum dips.
+    min_interval: str = ""
+    percent_columns: tuple[str, ...] = ()  # table columns that are ratios: shown in percent
+
+
+# Telegraf's default interval is 10s; raise this if your [agent] or execd interval is longer.
+SUM_MIN_INTERVAL = "1m"
 
 
 ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
@@ -111,6 +120,7 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
                 "timeseries",
                 "bytes",
                 legend="reclaimed",
+                min_interval=SUM_MIN_INTERVAL,
             ),
         ),
     ),
@@ -123,9 +133,18 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
                 "timeseries",
                 "percentunit",
                 HOST,
-                legend="$tag_host ($tag_source) $col",
+                legend="$tag_host $col",
+                description="Per machine: its sources' VMs summed, its physical memory once.",
+                min_interval=SUM_MIN_INTERVAL,
             ),
-            PanelSpec("overcommit_by_host", "Hosts now", "table", "short", HOST),
+            PanelSpec(
+                "overcommit_by_host",
+                "Hosts now",
+                "table",
+                "short",
+                HOST,
+                percent_columns=("overcommit_ratio", "reclaimed_ratio"),
+            ),
         ),
     ),
     (
@@ -268,6 +287,12 @@ def build(queries: dict[str, str]) -> dict[str, Any]:
             spec.width
         )
         builder.height(4 if spec.kind == "stat" else 8).thresholds(thresholds(spec))
+        if spec.min_interval:
+            builder.interval(spec.min_interval)
+        for column in spec.percent_columns:
+            builder.override_by_name(
+                column, [dm.DynamicConfigValue(id_val="unit", value="percentunit")]
+            )
         if spec.description:
             builder.description(spec.description)
         return builder

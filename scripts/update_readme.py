@@ -1,4 +1,5 @@
-"""Regenerate the README's generated sections (sample config, metrics tables) from the code.
+"""Regenerate the README's generated sections (sample config, metrics tables, fields by source,
+findings) from the code.
 
 Usage: python scripts/update_readme.py [--check]   (--check: exit 1 if the README is stale)
 """
@@ -16,11 +17,43 @@ from telegraf_balloon import catalog, explain  # noqa: E402
 from telegraf_balloon.cli import sample_config  # noqa: E402
 
 
+def source_fields() -> str:
+    """Per source, the fields it reads itself (the rest are computed from them for all)."""
+    columns = [catalog.BALLOON, catalog.HOST]
+    out = [
+        "| source | " + " | ".join(f"`{m}` fields it fills" for m in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for source in (catalog.GUEST, catalog.LIBVIRT, catalog.VSPHERE, catalog.QMP):
+        cells = []
+        for measurement in columns:
+            if source not in catalog.WRITTEN_BY[measurement]:
+                cells.append("no line")
+                continue
+            _, fields = catalog.MEASUREMENTS[measurement]
+            names = [f"`{f.name}`" for f in fields if source in f.sources]
+            cells.append(", ".join(names) or "-")
+        out.append(f"| {source} | " + " | ".join(cells) + " |")
+    computed = []
+    for measurement in columns:
+        _, fields = catalog.MEASUREMENTS[measurement]
+        names = [f"`{f.name}`" for f in fields if catalog.HEALTH in f.sources]
+        computed.append(f"on `{measurement}`: " + ", ".join(names))
+    out.append("")
+    out.append(
+        "Computed by the plugin from those, for every source that writes the line, "
+        + "; ".join(computed)
+        + "; and each rule's `<field>_level`."
+    )
+    return "\n".join(out)
+
+
 def sections() -> dict[str, str]:
     return {
         "SAMPLE CONFIG": "```toml\n" + sample_config() + "```",
         "METRICS": catalog.markdown_tables().rstrip(),
         "FINDINGS": explain.markdown_table(),
+        "SOURCE FIELDS": source_fields(),
     }
 
 

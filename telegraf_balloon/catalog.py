@@ -286,9 +286,10 @@ BALLOON_FIELDS: tuple[Field, ...] = (
 )
 
 HOST_TAGS: dict[str, str] = {
-    "host": "hypervisor host (inside a guest: the guest's hostname)",
+    "host": "the hypervisor host: libvirt's name for it (virsh hostname), the ESXi host, or "
+    "[agent] hostname (else the machine's hostname) for qmp",
     "hypervisor": "as on balloon",
-    "source": "as on balloon",
+    "source": "libvirt, vsphere or qmp (the guest source writes no balloon_host line)",
     "vcenter": "as on balloon",
     "datacenter": "as on balloon",
     "cluster": "as on balloon",
@@ -315,7 +316,6 @@ HOST_FIELDS: tuple[Field, ...] = (
         int,
         "bytes",
         "physical memory of the host",
-        GUEST,
         LIBVIRT,
         VSPHERE,
         QMP,
@@ -327,7 +327,6 @@ HOST_FIELDS: tuple[Field, ...] = (
         int,
         "bytes",
         "free memory of the host",
-        GUEST,
         LIBVIRT,
         VSPHERE,
         QMP,
@@ -420,6 +419,13 @@ MEASUREMENTS: dict[str, tuple[dict[str, str], tuple[Field, ...]]] = {
     COLLECTOR: (COLLECTOR_TAGS, COLLECTOR_FIELDS),
 }
 
+# The sources whose polls write each measurement (balloon_collector: every source; balloon_log:
+# the logs source). The guest source describes no hypervisor host: no balloon_host line.
+WRITTEN_BY: dict[str, tuple[str, ...]] = {
+    BALLOON: (GUEST, LIBVIRT, VSPHERE, QMP),
+    HOST: (LIBVIRT, VSPHERE, QMP),
+}
+
 _BY_NAME: dict[str, dict[str, Field]] = {
     m: {f.name: f for f in fields} for m, (_, fields) in MEASUREMENTS.items()
 }
@@ -495,7 +501,9 @@ def markdown_tables() -> str:
             row = f"| `{entry.name}` | {_type_word(entry.type)} | {entry.unit or '-'} |"
             if with_sources:
                 for column in _SOURCE_COLUMNS:
-                    if HEALTH in entry.sources:
+                    if column not in WRITTEN_BY[measurement]:
+                        mark = "-"
+                    elif HEALTH in entry.sources:
                         mark = "computed"
                     else:
                         mark = "yes" if column in entry.sources else "-"
@@ -503,8 +511,11 @@ def markdown_tables() -> str:
             meaning = entry.description + (f" ({entry.note})" if entry.note else "")
             out.append(row + f" {meaning} |")
         if measurement in (BALLOON, HOST):
+            marks = " | ".join(
+                "computed" if c in WRITTEN_BY[measurement] else "-" for c in _SOURCE_COLUMNS
+            )
             out.append(
-                "| `<field>_level` | integer | level | computed | computed | computed | computed |"
+                f"| `<field>_level` | integer | level | {marks} |"
                 " per `[[thresholds]]` rule: 0 ok, 1 warning, 2 critical |"
             )
         out.append("")

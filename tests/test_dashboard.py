@@ -141,3 +141,46 @@ def test_generator_macros_round_trip(query: str, expected: str) -> None:
     assert "$timeFilter" in grafana and "/^$guest$/" in grafana
     back = gen.expand(grafana).replace(' AND "host" =~ /^.*$/ AND "guest" =~ /^.*$/', "")
     assert back == expected
+
+
+def _seconds(duration: str) -> int:
+    match = re.fullmatch(r"(\d+)([smh])", duration)
+    assert match, duration
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def test_time_series_that_sum_over_machines_have_a_minimum_interval() -> None:
+    """A bucket shorter than the poll interval holds only the machines that polled in it."""
+    summing = 0
+    for panel in dashboard()["panels"]:
+        query = panel.get("targets", [{}])[0].get("query", "")
+        if panel["type"] != "timeseries" or "sum(" not in query:
+            continue
+        summing += 1
+        assert _seconds(panel.get("interval", "0s")) >= 60, panel["title"]
+    assert summing >= 2  # cluster over time, and the per-machine ratios
+
+
+def test_ratio_columns_of_tables_are_percent() -> None:
+    tables = [p for p in dashboard()["panels"] if p["type"] == "table"]
+    checked = 0
+    for panel in tables:
+        columns = re.findall(r'AS "(\w+_ratio)"', panel["targets"][0]["query"])
+        overrides = {
+            o["matcher"]["options"]: {p["id"]: p["value"] for p in o["properties"]}
+            for o in panel["fieldConfig"].get("overrides", [])
+            if o["matcher"]["id"] == "byName"
+        }
+        for column in columns:
+            unit = overrides.get(column, {}).get("unit", panel["fieldConfig"]["defaults"]["unit"])
+            assert unit == "percentunit", (panel["title"], column)
+            checked += 1
+    assert checked >= 2
+
+
+def test_host_queries_take_one_value_per_machine_and_source() -> None:
+    """GROUP BY * keeps a series per tag set: a tag that flips counts a host twice."""
+    for name, query in file_queries().items():
+        if '"balloon_host"' in query:
+            assert "GROUP BY *" not in query and "GROUP BY time(1m), *" not in query, name
+            assert '"host", "vcenter", "source"' in query, name

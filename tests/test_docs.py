@@ -81,3 +81,63 @@ def test_sample_config_documents_every_qmp_key() -> None:
     text = sample_config()
     for item in dataclasses.fields(config.QmpConfig):
         assert f"# {item.name} =" in text, item.name
+
+
+def _section(readme: str, heading: str) -> str:
+    start = readme.index(heading)
+    following = [readme.find(h, start + len(heading)) for h in ("\n## ", "\n### ")]
+    return readme[start : min(f for f in following if f != -1)]
+
+
+def test_missing_field_table_names_catalog_fields() -> None:
+    import fnmatch
+    import re
+
+    table = _section((ROOT / "README.md").read_text(), "### When a field is missing")
+    names = {f.name for _, fields in catalog.MEASUREMENTS.values() for f in fields}
+    checked = 0
+    for row in table.splitlines():
+        if not row.startswith("| `"):
+            continue
+        for name in re.findall(r"`([a-z_*]+)`", row.split("|")[1]):
+            assert fnmatch.filter(names, name), name
+            checked += 1
+    assert checked >= 8
+    # "libvirt exposes no target": neither KVM source fills balloon_target_bytes
+    target = catalog.field(catalog.BALLOON, "balloon_target_bytes")
+    assert target is not None and {catalog.LIBVIRT, catalog.QMP}.isdisjoint(target.sources)
+    # ECC is read on the host itself: local libvirt and qmp only
+    for name in ("ecc_corrected_total", "ecc_uncorrected_total"):
+        entry = catalog.field(catalog.HOST, name)
+        assert entry is not None and set(entry.sources) == {catalog.LIBVIRT, catalog.QMP}
+
+
+def test_readme_states_the_telegraf_release_of_each_feature() -> None:
+    """execd 1.14, environment 1.23, stop_on_error 1.31, stderr levels 1.32 (Telegraf's
+    changelog); environment adds to what the plugin inherits, it is not how secrets arrive."""
+    import re
+
+    section = _section((ROOT / "README.md").read_text(), "## Installing")
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (1\.\d+) \| (.*) \|$", section, re.M)}
+    assert "inputs.execd" in rows["1.14"]
+    assert (
+        "`environment`" in rows["1.23"] and "inherits Telegraf's whole environment" in rows["1.23"]
+    )
+    assert "stop_on_error" in rows["1.31"]
+    assert "prefixes on stderr" in rows["1.32"]
+    assert "metric_version = 2" in rows["1.13"]
+
+
+def test_queries_quoted_in_the_readme_are_the_shipped_ones() -> None:
+    import re
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from build_dashboard import read_queries
+    finally:
+        sys.path.pop(0)
+    shipped = set(read_queries().values())
+    quoted = re.findall(r"-execute '(SELECT [^']*)'", (ROOT / "README.md").read_text())
+    assert quoted
+    for query in quoted:
+        assert query in shipped, query

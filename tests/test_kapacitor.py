@@ -67,7 +67,11 @@ def problems(script: str) -> list[str]:
 
 
 def test_there_are_scripts() -> None:
-    assert {p.name for p in SCRIPTS} >= {"balloon_alert.tick", "host_reclaimed.tick"}
+    assert {p.name for p in SCRIPTS} >= {
+        "balloon_alert.tick",
+        "host_reclaimed.tick",
+        "host_alert.tick",
+    }
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
@@ -91,3 +95,52 @@ def test_checker_catches_a_wrong_name(change: tuple[str, str], complaint: str) -
     text = (ROOT / "examples/kapacitor/balloon_alert.tick").read_text()
     assert change[0] in text
     assert complaint in problems(text.replace(change[0], change[1], 1))
+
+
+def _code(script: str) -> str:
+    return "\n".join(line.split("//", 1)[0] for line in script.splitlines())
+
+
+def _group_tags(code: str) -> set[str]:
+    [group] = re.findall(r"\.groupBy\(([^)]*)\)", code)
+    return set(re.findall(r"'([^']*)'", group))
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_alert_id_names_every_group_tag(path: Path) -> None:
+    """Two groups with one id share one alert state: their alerts overwrite each other."""
+    code = _code(path.read_text())
+    [alert_id] = re.findall(r"\.id\('([^']*)'\)", code)
+    named = set(re.findall(r'index \.Tags "([^"]*)"', alert_id))
+    assert _group_tags(code) <= named, alert_id
+
+
+def _duration(text: str) -> int:
+    match = re.fullmatch(r"(\d+)([smh])", text)
+    assert match, text
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_sliding_windows_wait_for_their_period(path: Path) -> None:
+    """Without fillPeriod a 10-minute window emits after one minute of data."""
+    code = _code(path.read_text())
+    for window in re.findall(r"\|window\(\)((?:\s*\.\w+\([^)]*\))*)", code):
+        period = _duration(re.findall(r"\.period\((\w+)\)", window)[0])
+        every = _duration(re.findall(r"\.every\((\w+)\)", window)[0])
+        if period > every:
+            assert ".fillPeriod()" in window, window
+
+
+def test_the_plugins_host_level_is_routed_once_per_machine() -> None:
+    """balloon_host's alert_level (ECC, overcommit) reaches an alert, per machine: libvirt
+    and QMP on one machine write one host line each, with the same ECC counters."""
+    routed = []
+    for path in SCRIPTS:
+        code = _code(path.read_text())
+        if "'balloon_host'" not in code or not re.search(r'lambda: "alert_level"', code):
+            continue
+        routed.append(path.name)
+        assert _group_tags(code) & {"source", "hypervisor"} == set(), path.name
+        assert re.search(r"\|max\('alert_level'\)", code), path.name
+    assert routed

@@ -71,33 +71,71 @@ def test_prometheus_output_exports_the_plugin_measurements() -> None:
     assert set(block["namepass"]) == set(catalog.MEASUREMENTS)
 
 
+def test_prometheus_output_drops_string_fields() -> None:
+    """Telegraf's default string_as_label = true makes thp_mode and error labels."""
+    [block] = _load("outputs-prometheus.conf")["outputs"]["prometheus_client"]
+    assert block.get("string_as_label", True) is False
+    text = (TELEGRAF_D / "outputs-prometheus.conf").read_text()
+    assert "thp_mode" in text and "error" in text  # the comment says which fields and why
+
+
+def _commented_toml(text: str, start: str) -> dict[str, Any]:
+    """The commented-out TOML lines of the paragraph starting at `start`, parsed."""
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if start in line)
+    body = []
+    started = False
+    for line in lines[first + 1 :]:
+        content = line.lstrip("#").strip()
+        if not line.startswith("##   ") or not content:
+            if started:
+                break
+            continue
+        started = True
+        if "=" in content.split("#", 1)[0]:
+            body.append(content)
+    data: dict[str, Any] = tomllib.loads("\n".join(body))
+    return data
+
+
+def test_prometheus_output_says_how_to_reuse_an_existing_listener() -> None:
+    """A second prometheus_client on :9273 stops Telegraf; reusing one at metric_version = 1
+    drops the booleans the Stuck, stale and cannot-inflate alerts read."""
+    text = (TELEGRAF_D / "outputs-prometheus.conf").read_text()
+    [block] = _load("outputs-prometheus.conf")["outputs"]["prometheus_client"]
+    assert block["listen"] == ":9273" and ":9273" in text.split("\n[[outputs")[0]
+    assert "address already in use" in text and "stops" in text
+    lines = _commented_toml(text, "Add these two lines to the existing block")
+    assert lines == {"metric_version": 2, "string_as_label": False}
+    for field in ("stuck", "stale", "inflation_blocked", "up"):
+        assert field in text.split("\n[[outputs")[0], field
+    readme = (ROOT / "README.md").read_text()
+    assert "address already in use" in readme and "metric_version = 2" in readme
+    assert "string_as_label = false" in readme
+
+
+def _rule_metric_names(text: str) -> set[str]:
+    """Every scraped balloon* name in the expressions and input series of a rules file."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("expr:", "- expr:", "- series:")):
+            # recording rules (machine:balloon_...:sum) are names of our own, not scraped ones
+            names.update(re.findall(r"(?<![:\w])(balloon_[a-z_]+)\b", stripped))
+    return names
+
+
 def test_prometheus_rules_name_only_catalog_metrics() -> None:
     """Every balloon* metric in the rules is <measurement>_<field> of a catalog field."""
     known: set[str] = set()
     for measurement, (_, fields) in catalog.MEASUREMENTS.items():
         known.update(f"{measurement}_{f.name}" for f in fields)
     for rule_file in ("balloon-rules.yml", "balloon-rules.test.yml"):
-        text = (ROOT / "examples/prometheus" / rule_file).read_text()
-        # recording rules (cluster:balloon_...:sum) are names of our own, not scraped ones
-        for name in set(re.findall(r"(?<![:\w])(balloon_[a-z_]+)\b", text)):
+        names = _rule_metric_names((ROOT / "examples/prometheus" / rule_file).read_text())
+        assert len(names) >= 10, rule_file
+        for name in names:
             base = name[: -len("_level")] if name.endswith("_level") else name
             assert name in known or base in known, (rule_file, name)
-
-
-def test_graphite_templates_keep_host_guest_and_hypervisor() -> None:
-    [block] = _load("outputs-graphite.conf")["outputs"]["graphite"]
-    assert block["servers"] == ["localhost:2003"]
-    keywords = {"measurement", "field", "tags"}
-    filters = {}
-    for template in block["templates"]:
-        measurement, pattern = template.split()
-        assert measurement in catalog.MEASUREMENTS, template
-        tags, _ = catalog.MEASUREMENTS[measurement]
-        parts = pattern.split(".")
-        assert parts[-2:] == ["measurement", "field"], template
-        for part in parts:
-            assert part in keywords or part in tags or part in VSPHERE_TAGS, (template, part)
-        filters[measurement] = parts
-    assert {"hypervisor", "host", "guest"} <= set(filters[catalog.BALLOON])
-    assert {"hypervisor", "host"} <= set(filters[catalog.HOST])
-    assert set(filters) == set(catalog.MEASUREMENTS)
+    rules = (ROOT / "examples/prometheus/balloon-rules.yml").read_text()
+    assert "balloon_collector_up == 0" in rules
+    assert "balloon_alert_level == 1" in rules  # warning-level judgement has a route too

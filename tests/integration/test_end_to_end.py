@@ -9,8 +9,9 @@ and each written to a real InfluxDB 1.6.7 one poll at a time, as Telegraf's outp
   against a 2 GiB target and swapped by its host, one whose reservation pins it) and a QMP
   socket glob that matches nothing yet (the source is up with no VM, its host still counts);
 * ``examples/kvm-host.toml`` on a second libvirt host: libvirt's test driver served by the same
-  libvirtd (it names the same machine; its ``hypervisor`` tag, ``test``, keeps it apart),
-  with a ballooned domain, one whose stats period is 0 and one with no balloon device;
+  libvirtd, with a ballooned domain, one whose stats period is 0 and one with no balloon
+  device (libvirtd names this machine for it too: the test gives its lines a host of their
+  own, ``tdrv-host``, since the shipped queries count one machine's memory once);
 * ``examples/guest.toml`` in two captured guest trees: an inflated virtio guest and a guest
   with no balloon device;
 * one guest config of the test's own on the captured VMware guest whose balloon is short of
@@ -31,6 +32,7 @@ from typing import Any, Callable
 import pytest
 
 from telegraf_balloon import catalog
+from telegraf_balloon.lineprotocol import format_line
 from tests.stack.dashboard import generator
 from tests.stack.execd import Execd, copy_guest_root
 from tests.stack.fixtures import _start_vcsim
@@ -46,6 +48,7 @@ GIB = 1024 * MIB
 QEMU_FULL_MIB = 512
 QEMU_NOW_MIB = 384  # the balloon holds 128 MiB
 TEST_HOST_MEMORY = 4 * GIB
+TDRV_HOST = "tdrv-host"
 POLLS = 3
 
 
@@ -60,6 +63,7 @@ class World:
     lines: int
     esxi_memory: dict[str, int]  # ESXi host name -> its physical memory, bytes
     vsphere_vm_host: dict[str, str]  # vSphere VM name -> the ESXi host it runs on
+    qmp_hosts: set[str]  # host tags of the QMP source's balloon_host lines (it has no VM)
 
 
 def _memtotal() -> int:
@@ -177,6 +181,7 @@ def world(
     plugins = [Execd(args, env) for args, env in runs]
     written = 0
     kvm_host = ""
+    qmp_hosts: set[str] = set()
     try:
         for plugin in plugins:
             plugin.wait_ready(timeout=30)
@@ -190,10 +195,15 @@ def world(
                 batch = plugin.wait_batches(poll, timeout=60)[poll - 1]
                 for collector in batch.of(catalog.COLLECTOR):
                     assert collector.fields["up"] is True, plugin.transcript()
-                status, text = influxdb.write(DB, "\n".join(m.text for m in batch.metrics))
+                texts = [m.text for m in batch.metrics]
+                if plugin is plugins[1]:  # the test driver: a machine of its own
+                    texts = [_on_host(m, TDRV_HOST) for m in batch.metrics]
+                status, text = influxdb.write(DB, "\n".join(texts))
                 assert (status, text) == (204, ""), text  # no partial write, no type conflict
                 written += len(batch.metrics)
                 for host_line in batch.of(catalog.HOST):
+                    if host_line.tags["source"] == "qmp":
+                        qmp_hosts.add(host_line.tags["host"])
                     if (
                         host_line.tags["source"] == "libvirt"
                         and host_line.tags["hypervisor"] != "test"
@@ -205,7 +215,9 @@ def world(
             assert code == 0, plugin.transcript()
             plugin.assert_clean()
         assert kvm_host, "no balloon_host line from the QEMU host"
-        yield World(influxdb, qemu_guest, kvm_host, _memtotal(), written, esxi_memory, vm_host)
+        yield World(
+            influxdb, qemu_guest, kvm_host, _memtotal(), written, esxi_memory, vm_host, qmp_hosts
+        )
     finally:
         for plugin in plugins:
             plugin.kill()
@@ -213,6 +225,14 @@ def world(
         domain.setMemory(QEMU_FULL_MIB * 1024)
         _wait(lambda: domain.info()[2] == QEMU_FULL_MIB * 1024, 60, "deflate to 512 MiB")
         conn.close()
+
+
+def _on_host(metric: Any, host: str) -> str:
+    """A line of the plugin's with another host tag."""
+    tags = {**metric.tags, "host": host} if "host" in metric.tags else metric.tags
+    line = format_line(metric.measurement, tags, metric.fields, metric.time_ns)
+    assert line is not None
+    return line
 
 
 def _rows(world: World, query: str) -> list[dict[str, Any]]:
@@ -238,13 +258,16 @@ CLUSTER_RECLAIMED = (QEMU_FULL_MIB - QEMU_NOW_MIB) * MIB + 256 * MIB + 128 * MIB
 
 
 def _capacity(w: World) -> int:
-    # the QEMU host (libvirt) and this machine again as the QMP source's host, the test
-    # driver's made-up host, and the ESXi hosts
-    return 2 * w.host_memory + TEST_HOST_MEMORY + sum(w.esxi_memory.values())
+    # this machine once (libvirt), the test driver's made-up host, the ESXi hosts; and this
+    # machine again if the QMP source (no VM) wrote a host line under another name (all.toml's
+    # BALLOON_HOSTNAME names the guest source's host, and the QMP source's too)
+    again = len(w.qmp_hosts - {w.kvm_host}) * w.host_memory
+    return w.host_memory + TEST_HOST_MEMORY + sum(w.esxi_memory.values()) + again
 
 
 def check_var_host(w: World, rows: list[dict[str, Any]]) -> None:
-    assert {r["value"] for r in rows} == {w.kvm_host} | GUESTS | set(w.vsphere_vm_host.values())
+    hosts = {w.kvm_host, TDRV_HOST} | GUESTS | set(w.vsphere_vm_host.values())
+    assert {r["value"] for r in rows} == hosts
 
 
 def check_var_guest(w: World, rows: list[dict[str, Any]]) -> None:
@@ -258,7 +281,7 @@ def check_vm_balloon_bytes(w: World, rows: list[dict[str, Any]]) -> None:
     assert last[(w.kvm_host, w.qemu_guest)]["target"] is None  # libvirt has no target
     stuck = last[("stuck-guest", "stuck-guest")]
     assert (stuck["balloon"], stuck["target"], stuck["gap"]) == (512 * MIB, GIB, 512 * MIB)
-    assert last[(w.kvm_host, "tdrv-ballooned")]["balloon"] == 256 * MIB
+    assert last[(TDRV_HOST, "tdrv-ballooned")]["balloon"] == 256 * MIB
     vsphere = last[(w.vsphere_vm_host[VSPHERE_BALLOONED], VSPHERE_BALLOONED)]
     assert (vsphere["balloon"], vsphere["target"], vsphere["gap"]) == (GIB, 2 * GIB, GIB)
     assert vsphere["current"] == 3 * GIB
@@ -267,7 +290,7 @@ def check_vm_balloon_bytes(w: World, rows: list[dict[str, Any]]) -> None:
 def check_vm_balloon_ratio(w: World, rows: list[dict[str, Any]]) -> None:
     last = _by(rows, "host", "guest")
     assert last[(w.kvm_host, w.qemu_guest)]["balloon_ratio"] == 0.25
-    assert last[(w.kvm_host, "tdrv-period0")]["balloon_ratio"] == 0.125
+    assert last[(TDRV_HOST, "tdrv-period0")]["balloon_ratio"] == 0.125
     assert last[(w.vsphere_vm_host[VSPHERE_BALLOONED], VSPHERE_BALLOONED)]["balloon_ratio"] == 0.25
     assert ("blocked-guest", "blocked-guest") not in last  # no balloon device: no ratio at all
 
@@ -303,29 +326,27 @@ def check_vm_vsphere_memory(w: World, rows: list[dict[str, Any]]) -> None:
 
 
 def check_host_ratios(w: World, rows: list[dict[str, Any]]) -> None:
-    last = _by(rows, "host", "hypervisor", "source")
-    test_host = last[(w.kvm_host, "test", "libvirt")]
+    last = _by(rows, "host")  # per machine: its sources summed, its memory once
+    test_host = last[(TDRV_HOST,)]
     assert test_host["reclaimed_ratio"] == 384 * MIB / TEST_HOST_MEMORY
     assert test_host["overcommit_ratio"] == 3 * GIB / TEST_HOST_MEMORY
-    [qemu_host] = [r for k, r in last.items() if k[1] != "test" and k[2] == "libvirt"]
-    assert qemu_host["reclaimed_ratio"] == pytest.approx(128 * MIB / w.host_memory)
+    assert last[(w.kvm_host,)]["reclaimed_ratio"] == pytest.approx(128 * MIB / w.host_memory)
     esxi = w.vsphere_vm_host[VSPHERE_BALLOONED]
-    vsphere_host = last[(esxi, "vmware", "vsphere")]
-    assert vsphere_host["reclaimed_ratio"] == pytest.approx(GIB / w.esxi_memory[esxi])
+    assert last[(esxi,)]["reclaimed_ratio"] == pytest.approx(GIB / w.esxi_memory[esxi])
 
 
 def check_overcommit_by_host(w: World, rows: list[dict[str, Any]]) -> None:
-    last = _by(rows, "host", "hypervisor", "source")
-    # two libvirt hosts, every ESXi host, and the QMP source's host (no VM yet)
-    assert len(last) == 3 + len(w.esxi_memory)
-    test_host = last[(w.kvm_host, "test", "libvirt")]
+    last = _by(rows, "host", "vcenter")
+    # two libvirt hosts, every ESXi host, and the QMP source's host if it wrote a line
+    assert len(last) == 2 + len(w.esxi_memory) + len(w.qmp_hosts - {w.kvm_host})
+    test_host = last[(TDRV_HOST, "")]
     assert (test_host["vms"], test_host["ballooned"]) == (3, 2)
     assert test_host["overcommit_ratio"] == 0.75
-    [qmp_host] = [r for k, r in last.items() if k[2] == "qmp"]
-    assert (qmp_host["vms"], qmp_host["overcommit_ratio"]) == (0, 0.0)
-    vsphere = [r for k, r in last.items() if k[2] == "vsphere"]
+    for host in w.qmp_hosts - {w.kvm_host}:
+        assert (last[(host, "")]["vms"], last[(host, "")]["overcommit_ratio"]) == (0, 0.0)
+    vsphere = [r for k, r in last.items() if k[1]]
     assert sum(r["vms"] for r in vsphere) == 2 and sum(r["ballooned"] for r in vsphere) == 1
-    [qemu_host] = [r for k, r in last.items() if k[1] != "test" and k[2] == "libvirt"]
+    qemu_host = last[(w.kvm_host, "")]
     assert (qemu_host["vms"], qemu_host["ballooned"]) == (1, 1)
     assert qemu_host["overcommit_ratio"] == pytest.approx(512 * MIB / w.host_memory)
 
