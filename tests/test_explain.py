@@ -840,8 +840,11 @@ def test_readme_shows_a_real_explain_run_first() -> None:
     example = readme[run : readme.index("```", run)]
     shown = set(re.findall(r"^  (?:critical|warning) (\w+)$", example, re.M))
     assert shown and shown <= set(explain.BY_CODE)
-    assert "virsh dommemstat web-01 --period 10 --live --config" in example
+    command = r"virsh -c qemu:///system dommemstat [0-9a-f-]{36} --period 10 --live --config"
+    assert re.search(command, example)  # the domain by its UUID
+    assert "virsh setmem web-01" not in example  # never by name
     assert "Exit codes: **0** nothing to act on, **1** something to act on" in readme
+    assert "or a VM not judged yet" in readme
 
 
 def test_health_reports_the_raw_level_before_for_has_passed() -> None:
