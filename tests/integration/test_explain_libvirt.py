@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -112,7 +113,7 @@ warn = 1
     # stale is the same cause as the disabled period: one finding, one remedy.
     assert codes(doc) == {"stats_disabled", "balloon_high", "balloon_without_pressure"}
     uuid = domain.UUIDString()
-    virsh = f"virsh -c {libvirt_stack.uri} "
+    virsh = f"virsh -c {shlex.quote(libvirt_stack.uri)} "  # its `?` quoted: a shell glob
     period = assert_found(doc, "stats_disabled", "warning", "period is 0")
     assert f"{virsh}dommemstat {uuid} --period 10 --live --config" in period["remedy"]
     high = assert_found(doc, "balloon_high", "critical", "54.7%", "280 MiB of 512 MiB")
@@ -124,7 +125,7 @@ warn = 1
     assert vm["instance"] == libvirt_stack.uri
     assert doc["_exit"] == 1
     text = doc["_text"]
-    for fragment in (qemu_guest, "critical", "virsh dommemstat", "stats_disabled", "Hosts"):
+    for fragment in (qemu_guest, "critical", f"dommemstat {uuid}", "stats_disabled", "Hosts"):
         assert fragment in text
     assert "\x1b" not in text
     # The driver reported (before its period was set to 0): nothing left to judge about it.
@@ -153,7 +154,8 @@ crit = 1
 
     doc = wait_for(stale, 30, "the paused guest's stats to go stale")
     finding = assert_found(doc, "stale", "critical", "beyond stale_after (3s)")
-    assert f"virsh -c {libvirt_stack.uri} domstate {domain.UUIDString()}" in finding["remedy"]
+    uri = shlex.quote(libvirt_stack.uri)
+    assert f"virsh -c {uri} domstate {domain.UUIDString()}" in finding["remedy"]
     assert "stats_disabled" not in codes(doc)
 
 

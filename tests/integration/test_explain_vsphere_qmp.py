@@ -50,8 +50,10 @@ def test_vsphere_reservation_and_short_balloon(vcsim_factory: Callable[..., Vcsi
     assert set(vms) == set(names)  # every powered-on VM of the inventory
     found = codes(vms[pinned])
     assert "inflation_blocked" in found
-    assert "govc vm.change" in found["inflation_blocked"]["remedy"]
-    assert pinned in found["inflation_blocked"]["remedy"]
+    remedy = found["inflation_blocked"]["remedy"]
+    # by its instance UUID: a name can be shared by VMs of two folders
+    assert f"$ govc vm.change -vm.uuid={vms[pinned]['tags']['uuid']} -mem.reservation" in remedy
+    assert pinned not in remedy
     found = codes(vms[short])
     assert "short_of_target" in found  # one poll: what holds now, not yet stuck
     assert "stuck" not in found
