@@ -36,7 +36,8 @@ def _f(name: str, kind: type, unit: str, description: str, *sources: str, note: 
 BALLOON_TAGS: dict[str, str] = {
     "host": "hypervisor host; inside a guest, the guest's hostname",
     "guest": "VM name; inside a guest, its hostname",
-    "hypervisor": "kvm, qemu, xen, vmware, hyperv, test or unknown",
+    "hypervisor": "kvm, qemu, xen, vmware, hyperv, test or unknown; none: the guest source on "
+    "a machine that is not a VM (no judgement fields then)",
     "source": "guest, libvirt, vsphere or qmp",
     "uuid": "the VM's UUID, where known",
     "driver": "guest source only: virtio_balloon, vmw_balloon, xen_balloon, hv_balloon or none",

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import shlex
+import string
 import textwrap
 import time
 from collections.abc import Sequence
@@ -23,7 +26,7 @@ from .health import RuleState
 from .log import Log
 from .model import Fields, Sample, Source, Tags
 from .runner import Batch, Runner, SourceBatch
-from .sources.kvm import DRIVER_GRACE  # libvirt/qmp: a silent driver, after max(30 s, 3 periods)
+from .sources.kvm import driver_grace, driver_verdict
 
 WATCH_INTERVAL = 2.0  # seconds between polls under --watch (the contract's figure)
 DEFAULT_BALLOON_WARN = 0.20  # SOURCE's 20% rule, where the config has no balloon_ratio rule
@@ -48,7 +51,7 @@ class Code:
     when: str  # for the README
     rule: str = ""  # the [[thresholds]] field whose level sets the severity; "" = warning
     message: dict[str, str] = field(default_factory=dict)  # source kind (or "*") -> template
-    remedy: dict[str, str] = field(default_factory=dict)  # "kind:hypervisor", kind or "*"
+    remedy: dict[str, str] = field(default_factory=dict)  # "kind:variant", kind or "*"
     needs_watch: tuple[str, ...] = ()  # source kinds where one poll cannot judge it ("*": all)
 
     def severity_doc(self) -> str:
@@ -60,11 +63,16 @@ class Code:
 
 
 def _t(**by_kind: str) -> dict[str, str]:
-    """Templates keyed by source kind; `any` is the fallback, `guest_vmware` -> guest:vmware."""
+    """Templates keyed by source kind; `any` is the fallback, `guest_vmware` -> guest:vmware,
+    `qmp_proxmox` -> qmp:proxmox (see _keys).
+
+    In a template, a line starting `$ ` is a command: every value put into it is shell-quoted
+    (see _command); a line starting `| ` is text to paste (XML, QMP JSON); the rest is prose.
+    """
     return {("*" if k == "any" else k.replace("_", ":", 1)): v for k, v in by_kind.items()}
 
 
-_DEFLATE_LIBVIRT = "$ virsh setmem {guest_q} {max_kib}K --live"
+_DEFLATE_LIBVIRT = "$ virsh -c {instance} setmem {vm_uuid} {max_kib}K --live"
 _INSIDE = "Inside the guest, see what holds its memory and whether it fought the balloon:\n"
 
 FINDINGS: tuple[Code, ...] = (
@@ -77,11 +85,11 @@ FINDINGS: tuple[Code, ...] = (
             guest="Check that {instance}/proc/meminfo is readable by this user (a container "
             "needs the host's /proc and /sys mounted under that root).",
             libvirt="Check the daemon and the URI (the plugin reconnects on its own):\n"
-            "$ virsh -c {instance_q} list",
+            "$ virsh -c {instance} list",
             vsphere="Check that {instance} answers and the account can log in: network, "
             "certificate (ca_file), password or password_file.",
             qmp="Check that the sockets exist and that the plugin runs as root: QMP sockets are "
-            "root:root 0755 and connecting needs write permission.\n$ ls -l {instance}",
+            "root:root 0755 and connecting needs write permission.\n$ ls -l {socket_dirs}",
             logs="Check that the files exist and are readable by this user.",
             any="Check that {instance} answers.",
         ),
@@ -101,7 +109,7 @@ FINDINGS: tuple[Code, ...] = (
         ),
         remedy=_t(
             guest="Add a balloon device on the hypervisor side. libvirt: `virsh edit <domain>`, "
-            "in <devices> put\n$ <memballoon model='virtio'><stats period='10'/></memballoon>\n"
+            "in <devices> put\n| <memballoon model='virtio'><stats period='10'/></memballoon>\n"
             "then shut the domain down and start it; Proxmox: `qm set <vmid> --balloon <MiB>`.",
             guest_vmware="Install open-vm-tools and load the VMware balloon driver:\n"
             "$ modprobe vmw_balloon",
@@ -109,19 +117,22 @@ FINDINGS: tuple[Code, ...] = (
             "the driver:\n$ modprobe hv_balloon",
             guest_xen="Load the Xen balloon driver (or boot a kernel with CONFIG_XEN_BALLOON):\n"
             "$ modprobe xen_balloon",
-            libvirt="Give the domain a virtio balloon: `virsh edit {guest_q}`, replace "
-            "<memballoon model='none'/> with\n"
-            "$ <memballoon model='virtio'><stats period='10'/></memballoon>\n"
+            libvirt="Give the domain a virtio balloon: in its XML\n"
+            "$ virsh -c {instance} edit {vm_uuid}\n"
+            "replace <memballoon model='none'/> with\n"
+            "| <memballoon model='virtio'><stats period='10'/></memballoon>\n"
             "then shut the domain down and start it (a balloon cannot be hot-plugged).",
-            qmp="Give the VM a balloon device with a minimum below its memory, then stop and "
-            "start it:\n$ qm set {vmid} --balloon {half_mib}",
+            qmp_proxmox="Give the VM a balloon device with a minimum below its memory, then stop "
+            "and start it:\n$ qm set {vmid} --balloon {half_mib}",
+            qmp="Give the VM a balloon device: add `-device virtio-balloon-pci,id=balloon0` to "
+            "its QEMU command line, then stop and start it.",
         ),
     ),
     Code(
         "driver_not_loaded",
         "vm",
         "guest: a balloon device with no driver bound; libvirt/qmp: the guest driver never "
-        "reported (needs `--watch`)",
+        "reported (needs `--watch` longer than max(30 s, 3 stats periods) of that VM)",
         message=_t(
             guest="A {driver} device is present but no driver is bound to it: the balloon "
             "cannot move (`lsmod` shows no balloon module).",
@@ -162,11 +173,11 @@ FINDINGS: tuple[Code, ...] = (
         remedy=_t(
             vsphere="Unless the VM is pinned on purpose (a full reservation does that), lower "
             "its memory reservation below {max_mib} MB: vSphere Client, Edit Settings > Memory > "
-            "Reservation, or\n$ govc vm.change -vm {guest_q} -mem.reservation {half_mib}",
+            "Reservation, or\n$ govc vm.change -vm.uuid={vm_uuid} -mem.reservation {half_mib}",
             libvirt="If the domain is not meant to be pinned, lower or remove "
-            "<memtune><min_guarantee> (`virsh edit {guest_q}`), or:\n"
-            "$ virsh memtune {guest_q} --min-guarantee {half_kib} --live --config",
-            qmp="If the VM is not meant to be pinned, set its balloon minimum below its "
+            "<memtune><min_guarantee> in its XML, or:\n"
+            "$ virsh -c {instance} memtune {vm_uuid} --min-guarantee {half_kib} --live --config",
+            qmp_proxmox="If the VM is not meant to be pinned, set its balloon minimum below its "
             "memory:\n$ qm set {vmid} --balloon {half_mib}",
             any="Lower the VM's reservation below its memory unless it is meant to be pinned.",
         ),
@@ -181,10 +192,11 @@ FINDINGS: tuple[Code, ...] = (
         ),
         remedy=_t(
             libvirt="Re-arm the period on the running domain and in its config:\n"
-            "$ virsh dommemstat {guest_q} --period 10 --live --config\n"
+            "$ virsh -c {instance} dommemstat {vm_uuid} --period 10 --live --config\n"
             "or let the plugin arm it: set_stats_period = 10 with read_only = false.",
-            qmp="Re-arm the period through the VM's QMP socket (after qmp_capabilities):\n"
-            '$ {{"execute": "qom-set", "arguments": {{"path": "/machine/peripheral/balloon0", '
+            qmp="Re-arm the period through the VM's QMP socket {socket} (after "
+            "qmp_capabilities):\n"
+            '| {{"execute": "qom-set", "arguments": {{"path": "/machine/peripheral/balloon0", '
             '"property": "guest-stats-polling-interval", "value": 10}}}}\n'
             "or let the plugin do it: set_stats_period = 10 in [[sources.qmp]].",
             any="Set a balloon statistics period above 0 on the hypervisor.",
@@ -201,7 +213,8 @@ FINDINGS: tuple[Code, ...] = (
         ),
         remedy=_t(
             libvirt="Check that the domain runs and its driver answers:\n"
-            "$ virsh domstate {guest_q}\n$ virsh dommemstat {guest_q}\n"
+            "$ virsh -c {instance} domstate {vm_uuid}\n"
+            "$ virsh -c {instance} dommemstat {vm_uuid}\n"
             "then, inside the guest, `lsmod | grep virtio_balloon`.",
             any="Check that the VM runs and its balloon driver is loaded "
             "(`lsmod | grep virtio_balloon` inside the guest).",
@@ -346,7 +359,7 @@ FINDINGS: tuple[Code, ...] = (
         remedy=_t(
             libvirt="Give the memory back, then check the driver answers:\n"
             + _DEFLATE_LIBVIRT
-            + "\n$ virsh dommemstat {guest_q}",
+            + "\n$ virsh -c {instance} dommemstat {vm_uuid}",
             any="Give the memory back on the hypervisor and check the guest's balloon driver.",
         ),
     ),
@@ -377,8 +390,8 @@ FINDINGS: tuple[Code, ...] = (
             "overcommitted.",
         ),
         remedy=_t(
-            libvirt="Move VMs to a host with room or add memory; `virsh nodememstats` and "
-            "the VMs listed above show who gives what.",
+            libvirt="Move VMs to a host with room or add memory; the VMs listed above and the "
+            "host's own figures show who gives what:\n$ virsh -c {instance} nodememstats",
             any="Move VMs to a host with room or add memory.",
         ),
     ),
@@ -414,16 +427,20 @@ def _verdict(findings: Sequence[Finding]) -> str:
     return worst
 
 
-def _make_finding(
-    code_name: str, severity: str, ctx: _Context, kind: str, hypervisor: str = ""
-) -> Finding:
-    """One finding of the table, its message and remedy rendered for this source kind."""
+def _needs_watch(code: Code, kind: str) -> bool:
+    """One poll of a `kind` source cannot judge `code`."""
+    return "*" in code.needs_watch or kind in code.needs_watch
+
+
+def _make_finding(code_name: str, severity: str, ctx: _Context, keys: Sequence[str]) -> Finding:
+    """One finding of the table, its message and remedy rendered for the first of `keys`
+    (e.g. "guest:vmware", "guest", "*") that has a template."""
     code = BY_CODE[code_name]
     return Finding(
         code_name,
         severity,
-        _render(_pick(code.message, kind, hypervisor), ctx),
-        _render(_pick(code.remedy, kind, hypervisor), ctx),
+        _render(_pick(code.message, keys), ctx),
+        _render(_pick(code.remedy, keys), ctx),
     )
 
 
@@ -443,11 +460,24 @@ class HostReport:
         return _verdict(self.findings)
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A judgement this VM still waits for: `code` is judged by a watch of `watch` seconds."""
+
+    code: str
+    watch: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "needs_watch_seconds": self.watch}
+
+
 @dataclass
 class VmReport(HostReport):
-    """A judged VM: its host's report plus the VM's name."""
+    """A judged VM: its host's report plus the VM's name, and what could not be judged yet."""
 
     guest: str = ""
+    pending: list[Pending] = field(default_factory=list)
+    not_a_vm: bool = False  # the guest source on a machine that is not a VM: nothing to judge
 
 
 @dataclass
@@ -479,9 +509,19 @@ class Report:
                 out.extend(host.findings)
         return out
 
+    def pending(self) -> list[VmReport]:
+        """VMs with a judgement still to come (a watch too short for them): no all-clear."""
+        return [vm for source in self.sources for vm in source.vms if vm.pending]
+
     @property
     def exit_code(self) -> int:
-        return 1 if self.findings() else 0
+        """0: nothing to act on; 1: a finding, or a VM not judged yet (watch it for longer).
+
+        What no single poll can judge for any VM (rates, growth) is listed as not judged and
+        leaves the exit code alone: one poll judges what holds now, by design. A VM whose
+        own judgement is still open is different: "nothing found" would be a guess.
+        """
+        return 1 if self.findings() or self.pending() else 0
 
 
 # --- formatting helpers -----------------------------------------------------------------------
@@ -522,21 +562,67 @@ def duration(seconds: float) -> str:
 
 
 class _Context(dict):  # type: ignore[type-arg]
-    """Template values; a figure a source did not give shows as '?' rather than failing."""
+    """Template values; a figure a source did not give shows as '?' in prose (commands never
+    get a guess: see _command)."""
 
     def __missing__(self, key: str) -> str:
         return "?"
 
 
+# What a command leaves out when a value is missing, named for the reader.
+_VALUE_NAMES = {
+    "vm_uuid": "UUID",
+    "vmid": "Proxmox vmid",
+    "socket": "QMP socket",
+    "max_kib": "memory size",
+    "half_kib": "memory size",
+    "half_mib": "memory size",
+    "max_mib": "memory size",
+}
+
+
+def _command(line: str, ctx: _Context) -> str:
+    """A `$ ` line of a template: every inserted value shell-quoted as one word (a list as
+    one word per item). A value the source did not give, or one holding a control character
+    (a terminal cannot show it as typed), leaves the command out with a note: an operator
+    runs what is printed, and a guess would act on the wrong VM."""
+    values: dict[str, str] = {}
+    for _text, name, _spec, _conversion in string.Formatter().parse(line):
+        if not name or name in values:
+            continue
+        if name not in ctx:
+            what = _VALUE_NAMES.get(name, name.replace("_", " "))
+            return f"(No command: the source gave no {what} for this VM.)"
+        value = ctx[name]
+        words = [str(w) for w in value] if isinstance(value, (list, tuple)) else [str(value)]
+        if not words or not all(w.isprintable() for w in words):
+            what = _VALUE_NAMES.get(name, name.replace("_", " "))
+            return f"(No command: the {what} holds characters a terminal cannot show.)"
+        values[name] = " ".join(shlex.quote(w) for w in words)
+    return line.format_map(values)
+
+
 def _render(template: str, ctx: _Context) -> str:
-    return template.format_map(ctx)
+    """Prose lines with the values as they are; `$ ` lines (commands) through _command;
+    `| ` lines are text to paste (XML, QMP), not commands."""
+    return "\n".join(
+        _command(line, ctx) if line.startswith("$ ") else line.format_map(ctx)
+        for line in template.split("\n")
+    )
 
 
-def _pick(templates: dict[str, str], kind: str, hypervisor: str = "") -> str:
-    for key in (f"{kind}:{hypervisor}", kind, "*"):
+def _pick(templates: dict[str, str], keys: Sequence[str]) -> str:
+    for key in keys:
         if key in templates:
             return templates[key]
     return ""
+
+
+def _keys(kind: str, tags: Tags) -> tuple[str, ...]:
+    """Template keys for a VM, most specific first: a QMP VM of Proxmox (it has a vmid) gets
+    the `qm` commands; a guest its hypervisor's driver."""
+    variant = "proxmox" if kind == catalog.QMP and "vmid" in tags else tags.get("hypervisor", "")
+    return (f"{kind}:{variant}", kind, "*")
 
 
 def _number(fields: Fields, name: str) -> Optional[float]:
@@ -602,46 +688,41 @@ class Judge:
     def _source(self, part: SourceBatch, now: float, watched: float) -> SourceReport:
         findings: list[Finding] = []
         if not part.up:
-            ctx = _Context(
-                kind=part.kind,
-                instance=part.instance,
-                instance_q=shlex.quote(part.instance),
-                error=part.error or "no answer",
-            )
-            code = BY_CODE["source_down"]
-            findings.append(
-                Finding(
-                    code.code,
-                    WARNING,
-                    _render(_pick(code.message, part.kind), ctx),
-                    _render(_pick(code.remedy, part.kind), ctx),
-                )
-            )
-        report = SourceReport(
-            part.kind, part.instance, part.up, part.error, findings, self._not_judged(part, watched)
-        )
-        if not part.up:
-            return report
-        hosts_by_name = {tags.get("host", ""): fields for tags, fields in part.hosts}
-        for sample in part.samples:
-            report.vms.append(self._vm(part, sample, hosts_by_name, now))
-        for tags, fields in part.hosts:
-            report.hosts.append(self._host(part, tags, fields, now))
+            ctx = self._source_context(part)
+            findings.append(_make_finding("source_down", WARNING, ctx, (part.kind, "*")))
+        report = SourceReport(part.kind, part.instance, part.up, part.error, findings, [])
+        if part.up:
+            hosts_by_name = {tags.get("host", ""): fields for tags, fields in part.hosts}
+            for sample in part.samples:
+                report.vms.append(self._vm(part, sample, hosts_by_name, now, watched))
+            for tags, fields in part.hosts:
+                report.hosts.append(self._host(part, tags, fields, now))
+        report.not_judged = self._not_judged(report, watched)
         return report
 
-    def _not_judged(self, part: SourceBatch, watched: float) -> list[str]:
-        if part.kind == catalog.LOGS or not part.up:
+    @staticmethod
+    def _source_context(part: SourceBatch) -> _Context:
+        ctx = _Context(kind=part.kind, instance=part.instance, error=part.error or "no answer")
+        if part.kind == catalog.QMP:  # the instance is the configured globs, comma-joined
+            ctx["socket_dirs"] = sorted(
+                {os.path.dirname(glob) or "." for glob in part.instance.split(",")}
+            )
+        return ctx
+
+    @staticmethod
+    def _not_judged(report: SourceReport, watched: float) -> list[str]:
+        """The codes this source could not judge: those that need two polls or more (on a
+        one-shot run), and those a VM of it still waits for (a watch too short for it)."""
+        if report.source == catalog.LOGS or not report.up:
             return []
+        waiting = {p.code for vm in report.vms for p in vm.pending}
         out: list[str] = []
         for code in FINDINGS:
-            if not code.needs_watch:
-                continue
-            if "*" not in code.needs_watch and part.kind not in code.needs_watch:
-                continue
-            if code.code == "driver_not_loaded":
-                if watched < DRIVER_GRACE:  # the source applies its own grace (3 periods)
-                    out.append(code.code)
-            elif watched <= 0:
+            if code.code in waiting:
+                out.append(code.code)
+            elif code.code == "driver_not_loaded":
+                continue  # judged per VM, against that VM's own stats period
+            elif watched <= 0 and _needs_watch(code, report.source):
                 out.append(code.code)
         return out
 
@@ -653,16 +734,30 @@ class Judge:
         sample: Sample,
         hosts_by_name: dict[str, Fields],
         now: float,
+        watched: float,
     ) -> VmReport:
         fields, tags, kind = sample.fields, sample.tags, part.kind
+        if kind == catalog.GUEST and tags.get("hypervisor") == "none":
+            # Not a VM: no balloon to judge, and the source sent no judgement to turn into one.
+            return VmReport(
+                kind,
+                part.instance,
+                tags.get("host", ""),
+                dict(tags),
+                dict(fields),
+                [],
+                guest=tags.get("guest", ""),
+                not_a_vm=True,
+            )
         health = self.runner.health
         rules = health.vm_rules_now(part.key, sample.key, now)
-        ctx = self._vm_context(part, sample, now)
-        hypervisor = tags.get("hypervisor", "")
+        ctx = self._vm_context(part, sample, now, watched)
+        keys = _keys(kind, tags)
         found: list[Finding] = []
+        pending: list[Pending] = []
 
         def add(code_name: str, severity: str = WARNING) -> None:
-            found.append(_make_finding(code_name, severity, ctx, kind, hypervisor))
+            found.append(_make_finding(code_name, severity, ctx, keys))
 
         maximum = _number(fields, "memory_max_bytes")
         actual = _number(fields, "balloon_actual_bytes")
@@ -686,6 +781,23 @@ class Judge:
                 add("no_balloon_device")  # memballoon none / Proxmox balloon: 0
             else:
                 add("driver_not_loaded")  # the source's own grace has passed
+        elif kind in (catalog.LIBVIRT, catalog.QMP):
+            # The sources' own rule, on what this watch saw: a driver that has not reported
+            # yet is judged only once the VM was watched past its grace.
+            period = _number(fields, "stats_period_seconds")
+            whole = int(period) if period is not None else None
+            verdict = driver_verdict(
+                whole,
+                "stats_age_seconds" in fields,
+                _number(fields, "memory_current_bytes"),
+                maximum,
+                watched,
+            )
+            if verdict is True and reserved:
+                add("driver_not_loaded")  # inflation_blocked says the reservation already
+            elif verdict is not False:  # not yet, or the source has not seen it for as long
+                grace = driver_grace(whole or 0)
+                pending.append(Pending("driver_not_loaded", math.ceil(grace) + WATCH_INTERVAL))
         if reserved:
             add("inflation_blocked")
 
@@ -767,27 +879,36 @@ class Judge:
             dict(fields),
             found,
             guest=tags.get("guest", ""),
+            pending=pending,
         )
 
-    def _vm_context(self, part: SourceBatch, sample: Sample, now: float) -> _Context:
+    def _vm_context(
+        self, part: SourceBatch, sample: Sample, now: float, watched: float
+    ) -> _Context:
         fields, tags = sample.fields, sample.tags
         guest = tags.get("guest", sample.key)
         ctx = _Context(
             kind=part.kind,
             instance=part.instance,
-            instance_q=shlex.quote(part.instance),
             guest=guest,
-            guest_q=shlex.quote(guest),
             vm_host=tags.get("host", "?"),
-            vmid=tags.get("vmid", "<vmid>"),
             driver=tags.get("driver", "balloon"),
             module=tags.get("driver", "virtio_balloon"),
             gap_limit=f"{self.config.health.stuck_gap_ratio:g}",
             stuck_for=duration(self.config.health.stuck_for),
             stuck_held=duration(self.runner.health.stuck_held(part.key, sample.key, now)),
-            seen_for=duration(max(DRIVER_GRACE, now - (self.first_time or now))),
+            seen_for=duration(watched),
             age_note="",
         )
+        # Commands name the VM by what cannot match another one: virsh by UUID (a name
+        # like "5" is an ID to virsh), qm by vmid, govc by instance UUID; a QMP VM by its
+        # socket. Absent when the source does not know it: the command is then left out.
+        if "uuid" in tags:
+            ctx["vm_uuid"] = tags["uuid"]
+        if "vmid" in tags:
+            ctx["vmid"] = tags["vmid"]
+        if part.kind == catalog.QMP:
+            ctx["socket"] = sample.key
         for name, short in _SIZES:
             value = fields.get(name)
             if value is not None:
@@ -882,13 +1003,12 @@ class Judge:
 
     # -- per host --
 
-    def _host(self, part: SourceBatch, tags: Tags, fields: Fields, now: float) -> HostReport:
-        name = tags.get("host", "")
-        rules = self.runner.health.host_rules_now(part.key, name, now)
+    @staticmethod
+    def _host_context(part: SourceBatch, tags: Tags, fields: Fields) -> _Context:
         ctx = _Context(
             kind=part.kind,
             instance=part.instance,
-            host=name,
+            host=tags.get("host", ""),
             promised=size(fields.get("memory_max_bytes")),
             physical=size(fields.get("host_memory_bytes")),
             reclaimed=size(fields.get("balloon_actual_bytes")),
@@ -898,10 +1018,17 @@ class Judge:
         overcommit = _number(fields, "overcommit_ratio")
         if overcommit is not None:
             ctx["overcommit"] = f"{overcommit:.2f}x"
+        return ctx
+
+    def _host(self, part: SourceBatch, tags: Tags, fields: Fields, now: float) -> HostReport:
+        name = tags.get("host", "")
+        rules = self.runner.health.host_rules_now(part.key, name, now)
+        ctx = self._host_context(part, tags, fields)
+        overcommit = _number(fields, "overcommit_ratio")
         found: list[Finding] = []
 
         def add(code_name: str, severity: str = WARNING) -> None:
-            found.append(_make_finding(code_name, severity, ctx, part.kind))
+            found.append(_make_finding(code_name, severity, ctx, (part.kind, "*")))
 
         if overcommit is not None and overcommit > 1:
             add("host_overcommitted")
@@ -994,6 +1121,8 @@ def to_json(report: Report) -> str:
                     "fields": vm.fields,
                     "verdict": vm.verdict,
                     "findings": [f.as_dict() for f in vm.findings],
+                    "not_judged": [p.as_dict() for p in vm.pending],
+                    "not_a_vm": vm.not_a_vm,
                 }
             )
         for host in source.hosts:
@@ -1041,9 +1170,9 @@ class _Text:
         self.lines.append(text)
 
     def wrapped(self, text: str, indent: str) -> None:
-        """Prose wraps at 80 columns; lines starting with '$ ' are commands, kept whole."""
+        """Prose wraps at 80 columns; commands ('$ ') and text to paste ('| ') stay whole."""
         for chunk in text.split("\n"):
-            if chunk.startswith("$ "):
+            if chunk.startswith(("$ ", "| ")):
                 self.line(indent + "  " + printable(chunk[2:]))
             else:
                 self.lines.extend(
@@ -1106,9 +1235,17 @@ def to_text(report: Report, colour: bool = False, show_all: bool = False) -> str
             _finding(out, finding, "  ")
         if not source.up or source.source == catalog.LOGS:
             continue
-        ranked = sorted(source.vms, key=lambda v: (-_RANK[v.verdict], v.guest))
+        for vm in source.vms:
+            if vm.not_a_vm:
+                out.line(
+                    printable(f"  {vm.guest}: ")
+                    + "not a VM (no hypervisor found): no balloon to judge"
+                )
+        vms_here = [v for v in source.vms if not v.not_a_vm]
+        ranked = sorted(vms_here, key=lambda v: (-_RANK[v.verdict], v.guest))
         shown = [v for v in ranked if v.findings or show_all]
-        healthy = len(source.vms) - sum(1 for v in source.vms if v.findings)
+        waiting = sum(1 for v in vms_here if v.pending and not v.findings)
+        healthy = len(vms_here) - sum(1 for v in vms_here if v.findings) - waiting
         if shown:
             rows = [
                 (
@@ -1133,6 +1270,8 @@ def to_text(report: Report, colour: bool = False, show_all: bool = False) -> str
             out.line("  no VMs")
         elif healthy and not show_all:
             out.line(f"  {healthy} VM(s) with nothing to act on (--all lists them)")
+        if waiting:
+            out.line(f"  {waiting} VM(s) not judged yet: see Not judged below")
         blocks.extend(v for v in ranked if v.findings)
 
     for vm in blocks:
@@ -1178,37 +1317,60 @@ def to_text(report: Report, colour: bool = False, show_all: bool = False) -> str
                 for finding in host.findings:
                     _finding(out, finding, "  ")
 
-    not_judged = sorted({(c, s.source) for s in report.sources for c in s.not_judged})
-    if not_judged:
+    parts = _not_judged_text(report)
+    if parts:
         out.line()
-        by_code: dict[str, list[str]] = {}
-        for code, kind in not_judged:
-            by_code.setdefault(code, []).append(kind)
-        parts = []
-        for code, kinds in by_code.items():
-            need = (
-                f"--watch {duration(DRIVER_GRACE)} or longer"
-                if code == "driver_not_loaded"
-                else "--watch"
-            )
-            parts.append(f"{code} ({', '.join(kinds)}: needs {need})")
         out.wrapped("Not judged: " + "; ".join(parts) + ".", "")
 
     findings = report.findings()
+    open_vms = report.pending()
     out.line()
     if findings:
         crit = sum(1 for f in findings if f.severity == CRITICAL)
         warn = len(findings) - crit
+        later = f"; {len(open_vms)} VM(s) not judged yet" if open_vms else ""
         out.line(
             f"{len(findings)} finding(s): "
             + out.paint(f"{crit} critical", CRITICAL if crit else OK)
             + ", "
             + out.paint(f"{warn} warning", WARNING if warn else OK)
-            + ". Exit 1."
+            + f"{later}. Exit 1."
+        )
+    elif open_vms:
+        out.line(
+            out.paint(f"No finding, but {len(open_vms)} VM(s) not judged yet", WARNING)
+            + ": watch for longer (see Not judged). Exit 1."
+        )
+    elif parts:
+        out.line(
+            out.paint("Nothing to act on", OK) + " in what this run could judge "
+            "(see Not judged). Exit 0."
         )
     else:
         out.line(out.paint("Nothing to act on.", OK) + " Exit 0.")
     return "\n".join(out.lines) + "\n"
+
+
+def _not_judged_text(report: Report) -> list[str]:
+    """One part per code and source kind: which VMs wait (by name, the first five), and the
+    watch that judges them (the longest any of them needs)."""
+    parts: list[str] = []
+    for code in sorted(FINDINGS, key=lambda c: c.code):
+        kinds: dict[str, list[VmReport]] = {}
+        for source in report.sources:
+            if code.code in source.not_judged:
+                waiting = [v for v in source.vms if any(p.code == code.code for p in v.pending)]
+                kinds.setdefault(source.source, []).extend(waiting)
+        for kind, vms in kinds.items():
+            if not vms:
+                parts.append(f"{code.code} ({kind}: needs --watch)")
+                continue
+            watch = max(p.watch for v in vms for p in v.pending if p.code == code.code)
+            names = sorted(printable(v.guest) for v in vms)
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            need = f"needs --watch {duration(watch)} or longer"
+            parts.append(f"{code.code} ({kind}: {shown}: {need})")
+    return parts
 
 
 def _finding(out: _Text, finding: Finding, indent: str) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pty
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,6 +36,7 @@ FIXTURES = REPO / "tests" / "fixtures" / "guest"
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 ESC = "\x1b"
+UUID = "9717e9b1-c7dd-49e0-80d7-4f5b7b3f822f"
 # A config needs a source; tests that pass their own sources only borrow its other sections.
 CONFIG_ONLY = FIXTURES / "vmware-4.20-current-below-target" / "root"
 
@@ -61,13 +64,16 @@ def explain_now(
     watch: Optional[float] = None,
     interval: float = explain.WATCH_INTERVAL,
     sleep: Any = time.sleep,
+    clock: Any = time.time,
 ) -> dict[str, Any]:
     """Run --explain in process on real sources (or the given ones); the JSON document."""
     config = load_text(toml, "test.toml")
     log = Log(io.StringIO())
     if sources is None:
         sources = build_sources(config, log)
-    report = explain.run(config, sources, log, "plugin-host", watch, interval, sleep=sleep)
+    report = explain.run(
+        config, sources, log, "plugin-host", watch, interval, clock=clock, sleep=sleep
+    )
     document: dict[str, Any] = json.loads(explain.to_json(report))
     document["_text"] = explain.to_text(report)
     document["_exit"] = report.exit_code
@@ -198,6 +204,19 @@ def test_device_without_driver() -> None:
     assert_found(doc, "driver_not_loaded", "warning", "modprobe virtio_balloon", "modules-load.d")
 
 
+def test_bare_metal_is_not_a_vm() -> None:
+    """The guest source on a KVM host itself (a sample config enables it everywhere): no
+    balloon to judge, no finding, exit 0; the text says why there is nothing."""
+    doc = explain_now(guest_toml(FIXTURES / "bare-metal-kvm-host/root"))
+    [vm] = doc["vms"]
+    assert vm["tags"]["hypervisor"] == "none" and vm["not_a_vm"] is True
+    assert vm["findings"] == [] and vm["verdict"] == "ok"
+    assert "inflation_blocked" not in vm["fields"]
+    assert "vm-under-test: not a VM (no hypervisor found): no balloon to judge" in doc["_text"]
+    assert "with nothing to act on" not in doc["_text"]  # not counted as a healthy VM
+    assert doc["_exit"] == 0
+
+
 def test_vmw_short_of_target_one_shot() -> None:
     """vmw balloon at 512 MiB of a 1 GiB target: 2.1% of 23.5 GiB short, above 1%."""
     doc = explain_now(
@@ -312,7 +331,13 @@ def test_hung_source_is_down_at_the_deadline_and_the_command_exits(tmp_path: Pat
 
 def test_vsphere_reservation_at_memory_blocks_inflation() -> None:
     vm = (
-        {"host": "esx1", "guest": "db 01", "hypervisor": "vmware", "source": "vsphere"},
+        {
+            "host": "esx1",
+            "guest": "db 01",
+            "hypervisor": "vmware",
+            "source": "vsphere",
+            "uuid": "5029c7e1-6a0e-4b52-9f3d-0c1b2a3d4e5f",
+        },
         {
             "memory_max_bytes": 4 * GIB,
             "balloon_actual_bytes": 0,
@@ -324,7 +349,10 @@ def test_vsphere_reservation_at_memory_blocks_inflation() -> None:
     doc = explain_now(guest_toml(CONFIG_ONLY), sources=[HandBuilt("vsphere", [vm])])
     assert codes(doc) == {"inflation_blocked"}
     finding = assert_found(doc, "inflation_blocked", "warning", "4.0 GiB")
-    assert "govc vm.change -vm 'db 01' -mem.reservation 2048" in finding["remedy"]
+    # by its instance UUID: a name can be shared by VMs in two folders
+    uuid = "5029c7e1-6a0e-4b52-9f3d-0c1b2a3d4e5f"
+    assert f"govc vm.change -vm.uuid={uuid} -mem.reservation 2048" in finding["remedy"]
+    assert "db 01" not in finding["remedy"]
     assert "Edit Settings > Memory > Reservation" in finding["remedy"]
 
 
@@ -355,8 +383,10 @@ def test_qmp_proxmox_balloon_zero_and_period_zero() -> None:
     assert '"execute": "qom-set"' in period["remedy"]
     assert "guest-stats-polling-interval" in period["remedy"]
     assert "/machine/peripheral/balloon0" in period["remedy"]
-    # driver_not_loaded needs history on qmp: one poll says so.
-    assert "driver_not_loaded" in doc["sources"][0]["not_judged"]
+    # driver_not_loaded is judged per VM: neither can have a silent driver (no device; a
+    # stats period of 0), so neither waits for a watch.
+    assert "driver_not_loaded" not in doc["sources"][0]["not_judged"]
+    assert all(vm["not_judged"] == [] for vm in doc["vms"])
 
 
 def test_libvirt_driver_never_reported_after_the_grace() -> None:
@@ -417,14 +447,222 @@ def test_a_thousand_vms_stay_readable() -> None:
 def test_hostile_names_reach_no_terminal() -> None:
     """A VM name with an escape sequence and a newline is shown escaped, never executed."""
     vm = (
-        {"host": "kvm1", "guest": "evil\x1b[2J\nname", "hypervisor": "kvm", "source": "libvirt"},
+        {
+            "host": "kvm1",
+            "guest": "evil\x1b[2J\nname",
+            "hypervisor": "kvm",
+            "source": "libvirt",
+            "uuid": UUID,
+        },
         {"memory_max_bytes": GIB, "memory_current_bytes": GIB, "inflation_blocked": True},
     )
     doc = explain_now(guest_toml(CONFIG_ONLY), sources=[HandBuilt("libvirt", [vm])])
     text = doc["_text"]
     assert ESC not in text and "evil\\x1b[2J\\nname" in text
     finding = assert_found(doc, "no_balloon_device", "warning")
-    assert "virsh edit 'evil" in finding["remedy"]  # shell-quoted in the command
+    assert f"$ virsh -c hand-built edit {UUID}" in finding["remedy"]  # by UUID, not by name
+    assert "evil" not in finding["remedy"]
+
+
+# --- remedies: the VM named unambiguously, every value shell-quoted --------------------------
+
+HOSTILE_NAMES = ["5", "web 01", "it's", 'say "hi"', "$(reboot)", "a;b", "two\nlines", "-h"]
+HOSTILE_INSTANCES = {
+    "guest": "/host root$(id)/",
+    "libvirt": "qemu+ssh://root@kvm1/system?keyfile=/k;$(id)&x='1' y",
+    "vsphere": "vc 1;$(id)",
+    "qmp": "/run/q s/*.qmp,/other;dir/*.qmp",
+    "logs": "/var/log/a b.log",
+}
+SOCKET = "/run/q s/101;$(id).qmp"
+
+
+def _template_keys(code: explain.Code) -> list[tuple[str, str, str]]:
+    """(kind, variant, template) for every remedy template of a code, "*" under every kind."""
+    out: list[tuple[str, str, str]] = []
+    for key, template in code.remedy.items():
+        kind, _, variant = key.partition(":")
+        kinds = list(HOSTILE_INSTANCES) if kind == "*" else [kind]
+        out.extend((k, variant, template) for k in kinds)
+    return out
+
+
+def _context(code: explain.Code, kind: str, variant: str, name: str, instance: str) -> Any:
+    """The judge's own context for a VM, host or source of this kind, as --explain builds it."""
+    from telegraf_balloon.runner import Runner, SourceBatch
+
+    config = load_text(guest_toml(CONFIG_ONLY), "t.toml")
+    judge = explain.Judge(config, Runner(config, [], io.BytesIO(), Log(io.StringIO()), "h"))
+    tags = {"host": "kvm 1", "guest": name, "hypervisor": variant or "kvm", "source": kind}
+    tags["uuid"] = UUID
+    if kind == "qmp" and variant == "proxmox":
+        tags["vmid"] = "101"
+    fields: Fields = {"memory_max_bytes": GIB, "memory_current_bytes": GIB // 2}
+    fields["balloon_actual_bytes"] = GIB // 2
+    key = SOCKET if kind == "qmp" else UUID
+    part = SourceBatch(kind, instance, "k", None, [], [], [], {}, {})
+    if code.scope == "source":
+        part.error = "refused"
+        return judge._source_context(part)
+    if code.scope == "host":
+        return judge._host_context(part, tags, fields)
+    return judge._vm_context(part, Sample(key, tags, fields), 1000.0, 0.0)
+
+
+def _intended_argv(line: str, values: Mapping[str, Any]) -> list[str]:
+    """The argv a `$ ` template line means: its own words, each placeholder one raw value
+    (a list placeholder standing alone: one word per item)."""
+    argv: list[str] = []
+    for word in shlex.split(line[2:]):
+        name = word[1:-1]
+        if word.startswith("{") and word.endswith("}") and isinstance(values.get(name), list):
+            argv.extend(values[name])
+        else:
+            argv.append(word.format_map(values))
+    return argv
+
+
+def test_every_remedy_command_parses_to_the_intended_argv_for_hostile_names() -> None:
+    """Every command of every remedy, for VMs named "5", "web 01", "$(reboot)", ... and
+    hostile source instances: shlex gives back the argv the template means, the VM is named
+    by what cannot match another VM (virsh: UUID, qm: vmid, govc: instance UUID), and the
+    VM's name is in no command."""
+    checked = 0
+    for code in explain.FINDINGS:
+        for kind, variant, template in _template_keys(code):
+            for name in HOSTILE_NAMES:
+                instance = HOSTILE_INSTANCES[kind]
+                ctx = _context(code, kind, variant, name, instance)
+                rendered = explain._render(template, ctx).split("\n")
+                lines = template.split("\n")
+                assert len(rendered) == len(lines)
+                for line, shown in zip(lines, rendered):
+                    if not line.startswith("$ "):
+                        assert not shown.startswith("$ "), (code.code, shown)
+                        continue
+                    where = (code.code, kind, variant, name, shown)
+                    assert shown.startswith("$ ") and shown.isprintable(), where
+                    argv = shlex.split(shown[2:])
+                    assert argv == _intended_argv(line, ctx), where
+                    assert name not in argv, where
+                    if argv[0] == "virsh":
+                        assert argv[1:3] == ["-c", instance], where
+                        assert argv[3] in ("list", "nodememstats") or argv[4] == UUID, where
+                    elif argv[0] == "qm":
+                        assert argv[1:3] == ["set", "101"], where
+                    elif argv[0] == "govc":
+                        assert f"-vm.uuid={UUID}" in argv, where
+                    elif argv[0] == "ls":
+                        assert argv[1:] == ["-l", "/other;dir", "/run/q s"], where
+                    checked += 1
+    assert checked > 100, checked
+
+
+def test_a_command_with_a_value_it_cannot_show_is_left_out() -> None:
+    """A newline in the URI (or a missing UUID) would make the printed command a different one:
+    the remedy says so instead of printing it."""
+    code = explain.BY_CODE["balloon_high"]
+    ctx = _context(code, "libvirt", "", "web", "qemu:///system\nx")
+    remedy = explain._render(code.remedy["libvirt"], ctx)
+    assert "$ " not in remedy and "No command" in remedy
+    del ctx["instance"]
+    ctx["instance"] = "qemu:///system"
+    del ctx["vm_uuid"]
+    remedy = explain._render(code.remedy["libvirt"], ctx)
+    assert "$ " not in remedy and "no UUID" in remedy
+
+
+def test_a_domain_named_5_is_resized_by_its_uuid() -> None:
+    """virsh looks `5` up as a domain ID first: the remedy must name the domain by UUID."""
+    vm = (
+        {"host": "kvm1", "guest": "5", "hypervisor": "kvm", "source": "libvirt", "uuid": UUID},
+        {
+            "memory_max_bytes": GIB,
+            "memory_current_bytes": GIB // 2,
+            "balloon_actual_bytes": GIB // 2,
+        },
+    )
+    doc = explain_now(
+        guest_toml(CONFIG_ONLY, extra=RATIO_RULE.format(for_="0s")),
+        sources=[HandBuilt("libvirt", [vm], instance="qemu:///system")],
+    )
+    finding = assert_found(doc, "balloon_high", "critical", "50.0%")
+    [command] = [line for line in finding["remedy"].split("\n") if line.startswith("$ ")]
+    assert shlex.split(command[2:]) == [
+        "virsh", "-c", "qemu:///system", "setmem", UUID, "1048576K", "--live",
+    ]  # fmt: skip
+    assert f"virsh -c qemu:///system setmem {UUID} 1048576K --live" in doc["_text"]
+
+
+# --- driver_not_loaded on libvirt/qmp: judged per VM, against its own period -----------------
+
+
+class Clock:
+    """A clock that sleep() moves: a watch of minutes in a moment."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _silent(period: int, name: str = "quiet") -> tuple[dict[str, str], dict[str, Any]]:
+    """A VM whose driver has not reported (yet): no stats_age_seconds, the balloon never moved,
+    and not (yet) inflation_blocked by its source."""
+    return (
+        {"host": "kvm1", "guest": name, "hypervisor": "kvm", "source": "libvirt", "uuid": UUID},
+        {
+            "memory_max_bytes": GIB,
+            "memory_current_bytes": GIB,
+            "balloon_actual_bytes": 0,
+            "stats_period_seconds": period,
+            "stats_disabled": False,
+            "inflation_blocked": False,
+        },
+    )
+
+
+@pytest.mark.parametrize(("period", "watch"), [(15, 31.0), (20, 60.0), (10, 0.0)])
+def test_a_watch_shorter_than_the_vms_grace_is_no_all_clear(period: int, watch: float) -> None:
+    """3 periods > the watch: driver_not_loaded cannot be judged yet for that VM. It is listed
+    as not judged, with the watch that would judge it, and the run does not exit 0."""
+    clock = Clock()
+    doc = explain_now(
+        guest_toml(CONFIG_ONLY),
+        sources=[HandBuilt("libvirt", [_silent(period)])],
+        watch=watch or None,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert codes(doc) == set()
+    [vm] = doc["vms"]
+    need = math.ceil(max(30.0, 3.0 * period)) + explain.WATCH_INTERVAL
+    assert vm["not_judged"] == [{"code": "driver_not_loaded", "needs_watch_seconds": need}]
+    assert "driver_not_loaded" in doc["sources"][0]["not_judged"]
+    assert doc["_exit"] == 1
+    text = doc["_text"]
+    wanted = f"driver_not_loaded (libvirt: quiet: needs --watch {explain.duration(need)} or longer)"
+    assert wanted in text.replace("\n", " ")
+    assert "1 VM(s) not judged yet" in text
+    assert "Nothing to act on" not in text and "Exit 1." in text
+
+
+def test_a_driver_that_reported_is_judged_at_once() -> None:
+    """A VM whose driver has reported (it has stats_age_seconds) needs no watch for it."""
+    tags, fields = _silent(60)
+    fields["stats_age_seconds"] = 5.0
+    doc = explain_now(guest_toml(CONFIG_ONLY), sources=[HandBuilt("libvirt", [(tags, fields)])])
+    assert doc["vms"][0]["not_judged"] == []
+    assert "driver_not_loaded" not in doc["sources"][0]["not_judged"]
+    assert codes(doc) == set() and doc["_exit"] == 0
+    # one poll cannot judge rates: said, and the all-clear says what it covers
+    assert (
+        "Nothing to act on in what this run could judge (see Not judged). Exit 0." in doc["_text"]
+    )
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -499,8 +737,11 @@ def test_cli_json_shape(tmp_path: Path) -> None:
         "fields",
         "verdict",
         "findings",
+        "not_judged",
+        "not_a_vm",
     }
     assert vm["verdict"] == "ok" and vm["findings"] == []
+    assert vm["not_judged"] == [] and vm["not_a_vm"] is False
     assert vm["source"] == "guest" and vm["guest"] == "vm-under-test"
     [source] = doc["sources"]
     assert {"source", "instance", "up", "error", "findings"} <= set(source)
@@ -581,12 +822,13 @@ def test_every_remedy_and_message_renders_for_every_kind() -> None:
 
 
 KNOWN_PLACEHOLDERS = {
-    "kind", "instance", "instance_q", "error", "guest", "guest_q", "vm_host", "vmid", "driver",
+    "kind", "instance", "socket_dirs", "error", "guest", "vm_uuid", "vm_host", "vmid", "driver",
     "module", "gap_limit", "stuck_for", "stuck_held", "seen_for", "age_note", "max", "actual",
     "target", "gap", "reservation", "max_bytes", "max_kib", "max_mib", "half_mib", "half_kib",
     "gap_pct", "ratio_pct", "age", "stale_after", "where", "unblacklist", "stuck_note",
     "limit_name", "limit_pct", "for_note", "swapped", "swap_rate", "oom_new", "host_free",
     "host_memory", "host", "promised", "physical", "reclaimed", "reclaimed_pct", "overcommit",
+    "socket",
 }  # fmt: skip
 
 
@@ -598,8 +840,11 @@ def test_readme_shows_a_real_explain_run_first() -> None:
     example = readme[run : readme.index("```", run)]
     shown = set(re.findall(r"^  (?:critical|warning) (\w+)$", example, re.M))
     assert shown and shown <= set(explain.BY_CODE)
-    assert "virsh dommemstat web-01 --period 10 --live --config" in example
+    command = r"virsh -c qemu:///system dommemstat [0-9a-f-]{36} --period 10 --live --config"
+    assert re.search(command, example)  # the domain by its UUID
+    assert "virsh setmem web-01" not in example  # never by name
     assert "Exit codes: **0** nothing to act on, **1** something to act on" in readme
+    assert "or a VM not judged yet" in readme
 
 
 def test_health_reports_the_raw_level_before_for_has_passed() -> None:

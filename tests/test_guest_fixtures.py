@@ -136,4 +136,4 @@ def test_every_driver_and_hypervisor_is_covered() -> None:
     drivers = {load(case).get("tags", {}).get("driver") for case in CASES}
     hypervisors = {load(case).get("tags", {}).get("hypervisor") for case in CASES}
     assert {"virtio_balloon", "vmw_balloon", "xen_balloon", "hv_balloon", "none"} <= drivers
-    assert {"kvm", "qemu", "xen", "vmware", "hyperv"} <= hypervisors
+    assert {"kvm", "qemu", "xen", "vmware", "hyperv", "none"} <= hypervisors

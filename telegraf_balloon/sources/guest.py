@@ -54,8 +54,9 @@ def _number(text: str) -> int:
     return int(text)
 
 
-def read_regular(path: str) -> str:
-    """A regular file's text, at most READ_LIMIT bytes of it.
+def read_regular(path: str, head: Optional[int] = None) -> str:
+    """A regular file's text, at most READ_LIMIT bytes of it (or its first `head` characters,
+    where only the start matters: /proc/cpuinfo grows with the CPUs).
 
     /proc, /sys and debugfs files are all regular files. Anything else is refused before it
     is opened: opening a FIFO without a writer blocks forever, and a device can do anything.
@@ -69,7 +70,7 @@ def read_regular(path: str) -> str:
             "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
         )
         raise NotRegular(f"{kind}, not a regular file")
-    if info.st_size > READ_LIMIT:
+    if info.st_size > READ_LIMIT and head is None:
         raise NotRegular(f"larger than {READ_LIMIT} bytes")
     # Read in small chunks: /proc and /sys files say size 0 whatever they hold, and one
     # read(READ_LIMIT) asks the allocator for a MiB each time, which fragments the heap.
@@ -81,6 +82,9 @@ def read_regular(path: str) -> str:
             if not chunk:
                 break
             size += len(chunk)
+            if head is not None and size >= head:
+                chunks.append(chunk)
+                break
             if size > READ_LIMIT:
                 raise NotRegular(f"larger than {READ_LIMIT} bytes")
             chunks.append(chunk)
@@ -210,6 +214,56 @@ def parse_ulong(text: str) -> int:
     return _number(text.strip())
 
 
+# processor	: 0
+# flags		: fpu vme de pse tsc msr pae mce cx8 ... hypervisor lahf_lm ...
+def parse_cpu_hypervisor(text: str) -> Optional[bool]:
+    """/proc/cpuinfo -> whether the CPU runs under a hypervisor: x86's `hypervisor` flag
+    (CPUID leaf 1, ECX bit 31, which every x86 hypervisor sets). None without a complete
+    `flags` line (other architectures have none): no answer, which is not a "no"."""
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()  # a line cut by a partial read could lack the flag only because it is cut
+    seen = False
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep and name.strip() == "flags":
+            if "hypervisor" in value.split():
+                return True
+            seen = True
+    return False if seen else None
+
+
+# Lower-case fragments of DMI strings (vendor, product, BIOS, board) that only virtual
+# hardware carries. "Virtual Machine" is Hyper-V's product name (Microsoft also makes laptops).
+HYPERVISOR_DMI = (
+    "qemu",
+    "kvm",
+    "bochs",
+    "seabios",
+    "ovmf",
+    "vmware",
+    "virtualbox",
+    "innotek",
+    "xen",
+    "parallels",
+    "bhyve",
+    "virtual machine",
+    "red hat",
+    "ovirt",
+    "openstack",
+    "google",
+    "amazon ec2",
+    "nutanix",
+    "cloud hypervisor",
+    "firecracker",
+    "digitalocean",
+    "hetzner",
+    "scaleway",
+    "apple virtualization",
+)
+DMI_FILES = ("sys_vendor", "product_name", "bios_vendor", "board_vendor")
+
+
 # 4c4c4544-0051-3510-8051-b4c04f564433
 def parse_uuid(text: str) -> str:
     """DMI product_uuid -> its canonical lower-case form."""
@@ -299,6 +353,9 @@ class GuestSource:
         self.log = log
         self.page_size = page_size or os.sysconf("SC_PAGE_SIZE")
         self._clock = clock
+        # The CPU's hypervisor flag, read once (it cannot change while the machine runs).
+        self._cpu_read = False
+        self._cpu_hypervisor: Optional[bool] = None
 
     def close(self) -> None:
         pass
@@ -386,6 +443,8 @@ class GuestSource:
         return None
 
     def _hypervisor(self, driver: Optional[_Driver]) -> str:
+        if driver is None and self._cpu_says_hypervisor() is False and not self._vm_hints():
+            return "none"
         xen_type = self._read("sys/hypervisor/type")
         if xen_type is not None and xen_type.strip() == "xen":
             return "xen"
@@ -411,6 +470,45 @@ class GuestSource:
                 "virtio_balloon": "kvm",
             }[driver.name]
         return "unknown"
+
+    def _cpu_says_hypervisor(self) -> Optional[bool]:
+        """The x86 `hypervisor` CPU flag; None where the CPU does not say (no x86 flags)."""
+        if not self._cpu_read:
+            try:
+                text = read_regular(self._path("proc/cpuinfo"), head=65536)
+            except OSError:
+                return None  # absent (not Linux's /proc, a partial tree): no answer
+            self._cpu_hypervisor = parse_cpu_hypervisor(text)
+            self._cpu_read = True
+        return self._cpu_hypervisor
+
+    def _vm_hints(self) -> list[str]:
+        """What says this is a VM although the CPU flag does not (a hypervisor can hide the
+        flag): virtual hardware in DMI, /sys/hypervisor entries, Xen, Hyper-V's VMBus, any
+        virtio device. One of them keeps the machine from being called bare metal."""
+        hints: list[str] = []
+        dmi = {n: (self._read(f"sys/class/dmi/id/{n}") or "").strip().lower() for n in DMI_FILES}
+        # An EC2 bare-metal instance: Amazon's hardware and strings, no hypervisor.
+        metal = dmi["product_name"].endswith(".metal")
+        for name, text in dmi.items():
+            found = [f for f in HYPERVISOR_DMI if f in text]
+            if metal and "amazon ec2" in found:
+                found.remove("amazon ec2")
+            if found:
+                hints.append(f"DMI {name} {text!r}")
+        clocks = self._read("sys/devices/system/clocksource/clocksource0/available_clocksource")
+        for clock in (clocks or "").split():
+            if clock in ("kvm-clock", "xen", "hyperv_clocksource_tsc_page", "hyperv_clocksource"):
+                hints.append(f"clocksource {clock}")
+        for folder in ("sys/hypervisor", "sys/bus/vmbus/devices", "sys/bus/virtio/devices"):
+            try:
+                if os.listdir(self._path(folder)):
+                    hints.append(folder)
+            except OSError:
+                pass
+        if self._exists("proc/xen"):
+            hints.append("proc/xen")
+        return hints
 
     def _debugfs_world_readable(self, driver: Optional[_Driver]) -> Optional[bool]:
         """The driver's debugfs file readable by every user (mode bits); None: no such file.
@@ -556,15 +654,19 @@ class GuestSource:
         if thp is not None:
             fields["thp_mode"] = thp
 
-        blacklist = self._blacklist()
-        if driver is not None:
-            fields["driver_loaded"] = driver.bound
-            fields["driver_blacklisted"] = driver.name in blacklist
-        else:
-            fields["driver_loaded"] = False
-            fields["driver_blacklisted"] = any(m in blacklist for m in BALLOON_MODULES)
-        fields["inflation_blocked"] = driver is None or not driver.bound
-        fields["virtio_console_blacklisted"] = VIRTIO_CONSOLE in blacklist
+        hypervisor = self._hypervisor(driver)
+        if hypervisor != "none":
+            # On a machine that is not a VM, there is no balloon to judge: its memory and
+            # swap figures stay (they are true), no driver or inflation judgement is made.
+            blacklist = self._blacklist()
+            if driver is not None:
+                fields["driver_loaded"] = driver.bound
+                fields["driver_blacklisted"] = driver.name in blacklist
+            else:
+                fields["driver_loaded"] = False
+                fields["driver_blacklisted"] = any(m in blacklist for m in BALLOON_MODULES)
+            fields["inflation_blocked"] = driver is None or not driver.bound
+            fields["virtio_console_blacklisted"] = VIRTIO_CONSOLE in blacklist
         readable = self._debugfs_world_readable(driver)
         if readable is not None:
             fields["debugfs_world_readable"] = readable
@@ -572,7 +674,7 @@ class GuestSource:
         tags = {
             "host": self.hostname,
             "guest": self.hostname,
-            "hypervisor": self._hypervisor(driver),
+            "hypervisor": hypervisor,
             "source": "guest",
             "driver": driver.name if driver is not None else "none",
         }

@@ -710,10 +710,12 @@ class LibvirtSource:
             value = stats.get(key)
             if value is not None:
                 fields[name] = int(value) * scale
-        last_update = int(stats.get("balloon.last-update", 0))
-        if last_update > 0:
-            fields["stats_age_seconds"] = max(0.0, now - last_update)
-        facts.last_update = max(facts.last_update, last_update)
+        # A poll without last-update (another client holds the domain's job: NOWAIT then
+        # gives only current and maximum) is no news of the driver: the age runs on from
+        # the last report this plugin saw of this domain start.
+        facts.last_update = max(facts.last_update, int(stats.get("balloon.last-update", 0)))
+        if facts.last_update > 0:
+            fields["stats_age_seconds"] = max(0.0, now - facts.last_update)
         if facts.reservation_bytes is not None:
             fields["reservation_bytes"] = facts.reservation_bytes
         if facts.limit_bytes is not None:
@@ -723,7 +725,7 @@ class LibvirtSource:
             fields["stats_period_seconds"] = period
             fields["stats_disabled"] = period == 0
         fields["inflation_blocked"] = facts.blocked_model or driver_silent(
-            period, last_update, current, maximum, now - facts.first_seen
+            period, facts.last_update > 0, current, maximum, now - facts.first_seen
         )
         return fields
 

@@ -67,6 +67,7 @@ class VmFacts:
         "first_seen",
         "hypervisor",
         "identity_read",
+        "last_update",
         "max_bytes",
         "memory_stale",
         "name",
@@ -83,6 +84,7 @@ class VmFacts:
         self.uuid: Optional[str] = None
         self.hypervisor = "unknown"
         self.identity_read = False  # name, UUID and KVM state answered
+        self.last_update = 0  # the guest's latest report seen: a poll without one is no news
         self.max_bytes: Optional[int] = None
         self.memory_stale = True  # query-memory-size-summary wanted (again: hotplug)
         self.balloon_path: Optional[str] = BALLOON_PATH  # None: no balloon object found
@@ -645,8 +647,9 @@ class QmpSource:
         rss = process_rss(poll.pid) if poll.pid else None
         if rss is not None:
             fields["rss_bytes"] = rss
-        if last_update > 0:
-            fields["stats_age_seconds"] = max(0.0, now - last_update)
+        facts.last_update = max(facts.last_update, last_update)
+        if facts.last_update > 0:
+            fields["stats_age_seconds"] = max(0.0, now - facts.last_update)
         reservation = None
         if pve is not None and pve.balloon_mib:
             reservation = pve.balloon_mib * MIB
@@ -657,10 +660,11 @@ class QmpSource:
             fields["stats_disabled"] = period == 0
         no_device = poll.no_device or (pve is not None and pve.balloon_mib == 0)
         floor_at_max = reservation is not None and maximum is not None and reservation >= maximum
+        reported = facts.last_update > 0
         fields["inflation_blocked"] = (
             no_device
             or floor_at_max
-            or driver_silent(period, last_update, current, maximum, now - facts.first_seen)
+            or driver_silent(period, reported, current, maximum, now - facts.first_seen)
         )
         return fields
 

@@ -7,14 +7,18 @@ produced by the real components, with the remedy of each source kind.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.test_explain_libvirt import explain_once
+from tests.stack.common import need_program, unavailable
+from tests.stack.execd import run_cli
 from tests.stack.fixtures import QMP_BOOTED, QMP_NO_BALLOON
-from tests.stack.qemu_stack import QemuHost
+from tests.stack.qemu_stack import QemuError, QemuHost
 from tests.stack.vcsim import Vcsim
 from tests.stack.vsphere_setup import all_vms, configure_vm, connect, disconnect, vm_by_name
 
@@ -46,8 +50,10 @@ def test_vsphere_reservation_and_short_balloon(vcsim_factory: Callable[..., Vcsi
     assert set(vms) == set(names)  # every powered-on VM of the inventory
     found = codes(vms[pinned])
     assert "inflation_blocked" in found
-    assert "govc vm.change" in found["inflation_blocked"]["remedy"]
-    assert pinned in found["inflation_blocked"]["remedy"]
+    remedy = found["inflation_blocked"]["remedy"]
+    # by its instance UUID: a name can be shared by VMs of two folders
+    assert f"$ govc vm.change -vm.uuid={vms[pinned]['tags']['uuid']} -mem.reservation" in remedy
+    assert pinned not in remedy
     found = codes(vms[short])
     assert "short_of_target" in found  # one poll: what holds now, not yet stuck
     assert "stuck" not in found
@@ -84,3 +90,59 @@ def test_qmp_no_balloon_device_names_the_proxmox_command(qmp_host: QemuHost) -> 
     assert "no_balloon_device" not in codes(booted)
     assert doc["_exit"] == 1
     assert doc["sources"][0]["source"] == "qmp" and doc["sources"][0]["up"] is True
+
+
+# --- driver_not_loaded under --watch: judged against the VM's own stats period -------------
+
+NO_DRIVER = 301
+PERIOD = 11  # 3 periods = 33 s: more than the 30 s floor of the grace
+
+
+@pytest.fixture()
+def no_driver_vm() -> Iterator[QemuHost]:
+    """A plain QEMU with a virtio balloon and no guest OS (-S: it never boots, so no balloon
+    driver ever reports), its stats period set to PERIOD seconds."""
+    if os.geteuid() != 0:
+        unavailable("QMP sockets are root-only: the qmp tests run as root")
+    host = QemuHost(need_program("qemu-system-x86_64"))
+    try:
+        host.start(NO_DRIVER, memory_mib=128, boot=False, name="no-driver")
+        host.monitor(NO_DRIVER).set_interval(PERIOD)
+    except (QemuError, OSError) as exc:
+        host.close()
+        unavailable(f"QEMU did not start: {exc}")
+    try:
+        yield host
+    finally:
+        host.close()
+
+
+def test_qmp_watch_shorter_than_the_grace_is_not_an_all_clear(
+    no_driver_vm: QemuHost, tmp_path: Path
+) -> None:
+    """`--explain --watch 31s` on a VM whose driver never loaded, with a 11 s stats period:
+    past 30 s but not past 3 periods (33 s), so the source has not judged it. The run lists
+    driver_not_loaded as not judged for that VM, names the watch that judges it, and does
+    not exit 0. That watch then finds it."""
+    config = tmp_path / "explain.toml"
+    config.write_text(f'[[sources.qmp]]\nsockets = ["{no_driver_vm.glob}"]\nproxmox_config = ""\n')
+    short = run_cli(
+        "--explain", "--config", str(config), "--watch", "31s", env={"NO_COLOR": "1"}, timeout=120
+    )
+    text = short.stdout
+    assert "driver_not_loaded (qmp: no-driver: needs --watch 35s or longer)" in text, text
+    assert "1 VM(s) not judged yet" in text
+    assert "Nothing to act on" not in text
+    assert text.rstrip().endswith("Exit 1."), text
+    assert short.returncode == 1, short.stderr
+
+    long = run_cli(
+        "--explain", "--config", str(config), "--watch", "35s", "--format", "json", timeout=120
+    )
+    assert long.returncode == 1, long.stderr
+    doc = json.loads(long.stdout)
+    [vm] = doc["vms"]
+    assert [f["code"] for f in vm["findings"]] == ["driver_not_loaded"]
+    assert "never reported" in vm["findings"][0]["message"]
+    assert vm["not_judged"] == [] and vm["fields"]["inflation_blocked"] is True
+    assert "driver_not_loaded" not in doc["sources"][0]["not_judged"]

@@ -260,3 +260,61 @@ uri = "{libvirt_stack.uri}"
         assert elapsed <= max(3 * period, 10), elapsed
     finally:
         plugin.close()
+
+
+def test_a_held_domain_job_is_not_a_silent_driver(
+    libvirt_stack: LibvirtStack, qemu_guest: str, domain: Any
+) -> None:
+    """The guest's driver reported for 35 s; then its QEMU stops answering (SIGSTOP). The
+    stats call that asked it holds the domain's job, so with NOWAIT libvirtd answers the next
+    calls with only balloon.current and balloon.maximum, exactly as when a backup, a
+    migration or another monitoring tool holds the job. One missing report says nothing of
+    the driver: never inflation_blocked; the guest figures are absent, and stats_age_seconds
+    keeps growing from the last report (so the VM goes stale, which is true)."""
+    import os
+    import signal
+
+    plugin = Plugin(
+        f"""
+[agent]
+timeout = "10s"
+[[sources.libvirt]]
+uri = "{libvirt_stack.uri}"
+[health]
+stale_after = "6s"
+"""
+    )
+    pid = libvirt_stack.guest_pid(qemu_guest)
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 35:  # past the 30 s driver grace
+            fields = plugin.vm(qemu_guest)
+            assert fields["inflation_blocked"] is False
+            time.sleep(1)
+        assert fields["stats_age_seconds"] < 6 and "guest_free_bytes" in fields
+        os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        seen: list[dict[str, Any]] = []
+        while time.monotonic() - stopped < 30:
+            seen.append(plugin.vm(qemu_guest))
+            time.sleep(1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        blocked = [f for f in seen if f["inflation_blocked"] is not False]
+        print(f"inflation_blocked in {len(blocked)} of {len(seen)} polls with the job held")
+        assert blocked == []
+        held = [f for f in seen if "guest_free_bytes" not in f]
+        assert len(held) >= len(seen) - 2, "the job was not held: the test did not test"
+        assert all(f["memory_max_bytes"] == 512 * MIB for f in held)  # current/max still come
+        ages = [f["stats_age_seconds"] for f in held]
+        assert ages == sorted(ages) and ages[-1] > 20, ages
+        assert held[-1]["stale"] is True
+        # and once QEMU runs again, fresh stats: the guest is left as found
+        wait_for(
+            lambda: plugin.vm(qemu_guest).get("stats_age_seconds", 99) < 6,
+            60,
+            "fresh stats after SIGCONT",
+        )
+    finally:
+        plugin.close()
