@@ -280,6 +280,7 @@ class Runner:
             if not chunk:
                 break
             self._send(lineprotocol.format_lines(chunk).encode("utf-8", "replace"))
+        lineprotocol.end_batch()  # heads of VMs no longer written may go
         self._send(b"", flush=True)
 
     def write(self, text: str) -> None:
