@@ -16,26 +16,36 @@ What is measured, side by side with a naive implementation written here:
 The naive implementation keeps every judged sample of every VM in a per-VM dataclass and
 recomputes rates, stuck and threshold clocks from that history on each poll. Its results are
 checked equal to the package's before anything is timed.
+
+The churn case: 100,000 VMs pass through one source, 1,000 alive at a time (100 new each
+poll, each living 10 polls, one poll in 50 missed by a busy monitor), with their hosts. Beside
+the package, the eviction rule of the previous release, copied here (`PreviousHealth`: a VM's
+state dropped on the first poll without it). Measured: the health stage's time per VM per poll,
+its state after the 100,000 (tracemalloc over the last polls: every VM alive then was born
+in them), the VM states it tracks, and the serializer's cached line heads, with `end_batch()`
+after each batch as the runner calls it, and without (the previous release's serializer).
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import random
 import sys
 import time
 import tracemalloc
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Protocol
 
-from benchlib import median, parser, verdict
+from benchlib import median, parser, table, verdict
 
 import telegraf_balloon
-from telegraf_balloon import catalog
+from telegraf_balloon import catalog, lineprotocol
 from telegraf_balloon.aggregate import host_lines
 from telegraf_balloon.config import HealthConfig, ThresholdRule, load_text
-from telegraf_balloon.health import Health
+from telegraf_balloon.health import GRACE_POLLS, Health, _deltas, _levels, _State
 from telegraf_balloon.model import Fields, FieldValue, HostInfo, Sample
 
 GiB = 1 << 30
@@ -48,6 +58,11 @@ TARGET_US_PER_VM = 5.0
 TARGET_STATE_BYTES = 20_000_000
 T0 = 1_700_000_000.0
 INSTANCE = "qemu+ssh://kvm/system"
+CHURN_KEYS = 100_000  # VMs passing through in the churn case
+CHURN_LIVE = 1_000  # alive at a time
+CHURN_NEW = 100  # new VMs each poll (as many leave)
+CHURN_SKIP = 0.02  # the share of VMs missing from a poll (a busy monitor)
+CHURN_TRACED = 30  # polls traced at the end of the churn: more than a VM lives plus the grace
 
 
 # --- input ------------------------------------------------------------------------------------
@@ -55,8 +70,13 @@ INSTANCE = "qemu+ssh://kvm/system"
 
 def make_poll(n: int, tick: int) -> tuple[list[Sample], list[HostInfo]]:
     """What a libvirt-like source hands over for one poll: fresh dicts every time."""
+    return make_vms(range(n), tick)
+
+
+def make_vms(indexes: Iterable[int], tick: int) -> tuple[list[Sample], list[HostInfo]]:
+    """VMs `indexes` at poll `tick`, and the hosts they run on (50 VMs a host)."""
     samples: list[Sample] = []
-    for i in range(n):
+    for i in indexes:
         maximum = (2 + i % 15) * GiB
         actual = (i * 7919 % 64) * maximum // 100  # 0..63% of the VM's memory
         current = maximum - actual
@@ -85,9 +105,9 @@ def make_poll(n: int, tick: int) -> tuple[list[Sample], list[HostInfo]]:
         host = f"kvm{i // VMS_PER_HOST:04d}"
         tags = {"host": host, "guest": f"vm{i:05d}", "hypervisor": "kvm", "source": "libvirt"}
         samples.append(Sample(f"{i:08x}-5eed-4000-8000-{i:012x}", tags, fields))
+    names = sorted({s.tags["host"] for s in samples})
     hosts = [
-        HostInfo({"host": f"kvm{h:04d}", "hypervisor": "kvm", "source": "libvirt"}, 512 * GiB)
-        for h in range((n + VMS_PER_HOST - 1) // VMS_PER_HOST)
+        HostInfo({"host": h, "hypervisor": "kvm", "source": "libvirt"}, 512 * GiB) for h in names
     ]
     return samples, hosts
 
@@ -222,6 +242,96 @@ class NaiveHealth:
             del self.hosts_seen[ident]
 
 
+# --- the previous release's eviction rule ------------------------------------------------------
+
+
+class PreviousHealth(Health):
+    """The package's judgement with the previous release's eviction, copied as it was.
+
+    Each poll built a new dict of the VMs it reported: a VM missing from one poll lost its
+    clocks and rate baselines.
+    """
+
+    def __init__(self, config: HealthConfig, thresholds: tuple[ThresholdRule, ...] = ()) -> None:
+        super().__init__(config, thresholds)
+        self._old_vms: dict[str, dict[str, _State]] = {}
+        self._old_hosts: dict[str, dict[str, _State]] = {}
+
+    def tracked(self) -> int:
+        tables = [*self._old_vms.values(), *self._old_hosts.values()]
+        return sum(len(table) for table in tables)
+
+    def vms(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
+        cfg = self.config
+        gap_limit = cfg.stuck_gap_ratio
+        stuck_for = cfg.stuck_for
+        stale_after = cfg.stale_after
+        rules = self.vm_rules
+        nrules = len(rules)
+        old = self._old_vms.get(instance, {})
+        new: dict[str, _State] = {}
+        for key, fields in items:
+            state = old.pop(key, None) or new.get(key) or _State(nrules)
+            new[key] = state
+            get = fields.get
+
+            maximum = get("memory_max_bytes")
+            actual = get("balloon_actual_bytes")
+            target = get("balloon_target_bytes")
+            if actual is not None and maximum:
+                fields["balloon_ratio"] = actual / maximum  # type: ignore[operator]
+            if target is not None and actual is not None:
+                gap = target - actual  # type: ignore[operator]
+                fields["balloon_gap_bytes"] = gap
+                if maximum and gap / maximum > gap_limit:  # type: ignore[operator]
+                    since = state.stuck_since
+                    if since is None:
+                        since = state.stuck_since = now
+                    fields["stuck"] = now - since >= stuck_for
+                else:
+                    state.stuck_since = None
+                    fields["stuck"] = False
+            else:
+                state.stuck_since = None
+
+            last = state.last_time
+            swap_in = get("swap_in_bytes_total")
+            swap_out = get("swap_out_bytes_total")
+            if last is not None and now > last:
+                elapsed = now - last
+                prev = state.swap_in
+                if prev is not None and swap_in is not None and swap_in >= prev:  # type: ignore[operator]
+                    fields["swap_in_bytes_per_second"] = (swap_in - prev) / elapsed  # type: ignore[operator]
+                prev = state.swap_out
+                if prev is not None and swap_out is not None and swap_out >= prev:  # type: ignore[operator]
+                    fields["swap_out_bytes_per_second"] = (swap_out - prev) / elapsed  # type: ignore[operator]
+            state.last_time = now
+            state.swap_in = swap_in  # type: ignore[assignment]
+            state.swap_out = swap_out  # type: ignore[assignment]
+
+            age = get("stats_age_seconds")
+            if age is not None and "stale" not in fields:
+                limit = stale_after
+                if limit is None:
+                    period = get("stats_period_seconds") or 0
+                    limit = max(60.0, 3.0 * period)  # type: ignore[operator]
+                fields["stale"] = age > limit  # type: ignore[operator]
+
+            fields["alert_level"] = _levels(rules, fields, state, now) if nrules else 0
+        self._old_vms[instance] = new
+
+    def hosts(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
+        rules = self.host_rules
+        old = self._old_hosts.get(instance, {})
+        new: dict[str, _State] = {}
+        for key, fields in items:
+            state = old.pop(key, None) or new.get(key) or _State(len(rules))
+            new[key] = state
+            _deltas(fields, state)
+            fields["alert_level"] = _levels(rules, fields, state, now) if rules else 0
+        self._old_hosts[instance] = new
+
+
 # --- measuring --------------------------------------------------------------------------------
 
 
@@ -317,6 +427,179 @@ def check_same(n: int, polls: int) -> int:
     return compared
 
 
+@dataclass
+class Churn:
+    """What one stage did with VMs passing through."""
+
+    us_per_vm: float  # median over the polls of the stage's time per VM
+    us_best: float
+    state_bytes: int  # held after the churn (tracemalloc over the last polls)
+    tracked: int  # VM and host states held after the churn
+    no_rate: int  # lines without a swap rate: first sightings, and baselines lost
+    polls: int
+    lines: int
+
+
+def churn_indexes(tick: int, live: int, new: int, rng: random.Random) -> list[int]:
+    """The VMs of poll `tick`: `live` from tick * new on, less those a busy monitor hides."""
+    first = tick * new
+    return [i for i in range(first, first + live) if rng.random() >= CHURN_SKIP]
+
+
+def churn_health(stage: Stage, keys: int, live: int, new: int) -> Churn:
+    """Pass `keys` VMs through the stage, `live` at a time, `new` new each poll."""
+    rng = random.Random(20240501)
+    polls = (keys - live) // new + 1
+    traced_from = max(1, polls - CHURN_TRACED)
+    per_vm: list[float] = []
+    no_rate = lines = 0
+    baseline = 0
+    try:
+        for tick in range(polls):
+            samples, hosts = make_vms(churn_indexes(tick, live, new, rng), tick)
+            if tick == traced_from:
+                gc.collect()
+                tracemalloc.start()
+                baseline = tracemalloc.get_traced_memory()[0]
+            gc.collect()
+            judged, _ = run_stage(stage, samples, hosts, T0 + tick * POLL_SECONDS)
+            if tick:
+                per_vm.append(judged / len(samples))
+            lines += len(samples)
+            no_rate += sum(1 for s in samples if "swap_out_bytes_per_second" not in s.fields)
+            del samples, hosts
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - baseline
+    finally:
+        tracemalloc.stop()
+    tracked = stage.tracked()  # type: ignore[attr-defined]
+    return Churn(median(per_vm) * 1e6, min(per_vm) * 1e6, held, tracked, no_rate, polls, lines)
+
+
+def deep_bytes(*containers: object) -> int:
+    """sys.getsizeof of containers and everything in them, each object once."""
+    seen: set[int] = set()
+    total = 0
+    todo = list(containers)
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        total += sys.getsizeof(item)
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, (tuple, list)):
+            todo.extend(item)
+    return total
+
+
+def churn_serializer(keys: int, live: int, new: int, end_batch: bool) -> tuple[int, int, float]:
+    """The VMs' lines through format_lines: (heads held, bytes held, µs per line)."""
+    rng = random.Random(20240501)
+    lineprotocol.clear_caches()
+    polls = (keys - live) // new + 1
+    seconds = 0.0
+    lines = 0
+    for tick in range(polls):
+        points = []
+        for i in churn_indexes(tick, live, new, rng):
+            tags = {
+                "host": f"kvm{i // VMS_PER_HOST:04d}",
+                "guest": f"vm{i:05d}",
+                "hypervisor": "kvm",
+                "source": "libvirt",
+                "uuid": f"{i:08x}-5eed-4000-8000-{i:012x}",
+            }
+            points.append((catalog.BALLOON, tags, {"balloon_actual_bytes": i}, 1))
+        started = time.perf_counter()
+        lineprotocol.format_lines(points)
+        if end_batch:
+            lineprotocol.end_batch()
+        seconds += time.perf_counter() - started
+        lines += len(points)
+    held = deep_bytes(
+        lineprotocol._head_cache, lineprotocol._head_older, lineprotocol._tag_value_cache
+    )
+    heads = lineprotocol.cached_heads()
+    lineprotocol.clear_caches()
+    return heads, held, seconds / lines * 1e6
+
+
+def print_churn(keys: int, live: int, new: int) -> None:
+    config, thresholds = rules()
+    # The live VMs and those gone within the grace, and the hosts they run on.
+    bound = (live + new * GRACE_POLLS) * (VMS_PER_HOST + 1) // VMS_PER_HOST + 2
+    ours = churn_health(Health(config, thresholds), keys, live, new)
+    before = churn_health(PreviousHealth(config, thresholds), keys, live, new)
+    heads, head_bytes, head_us = churn_serializer(keys, live, new, end_batch=True)
+    old_heads, old_head_bytes, old_head_us = churn_serializer(keys, live, new, end_batch=False)
+    print()
+    print(
+        f"churn: {keys:,} VMs pass through, {live:,} alive at a time, {new} new each poll "
+        f"({ours.polls:,} polls, {ours.lines:,} VM lines), {CHURN_SKIP:.0%} of VMs missing "
+        f"from each poll; state traced over the last {CHURN_TRACED} polls"
+    )
+    rows = [
+        [
+            "health µs per VM per poll",
+            f"{ours.us_per_vm:.2f} ({ours.us_best:.2f})",
+            f"{before.us_per_vm:.2f} ({before.us_best:.2f})",
+            f"<= {TARGET_US_PER_VM:g}",
+            verdict(ours.us_per_vm <= TARGET_US_PER_VM),
+        ],
+        [
+            "health state after the churn",
+            f"{ours.state_bytes / 1e3:,.0f} kB",
+            f"{before.state_bytes / 1e3:,.0f} kB",
+            "live VMs only",
+            verdict(ours.tracked <= bound),
+        ],
+        [
+            "VM and host states held",
+            f"{ours.tracked:,}",
+            f"{before.tracked:,}",
+            f"<= {bound:,}",
+            "(live + within the grace)",
+        ],
+        [
+            "lines without a swap rate",
+            f"{ours.no_rate:,}",
+            f"{before.no_rate:,}",
+            "-",
+            "first sightings (+ baselines lost)",
+        ],
+        [
+            "serializer heads held",
+            f"{heads:,} ({head_bytes / 1e6:.2f} MB)",
+            f"{old_heads:,} ({old_head_bytes / 1e6:.2f} MB)",
+            "live VMs only",
+            verdict(heads <= 4 * live + lineprotocol._HEAD_SLACK),
+        ],
+        [
+            "serializer µs per line",
+            f"{head_us:.2f}",
+            f"{old_head_us:.2f}",
+            "-",
+            "(5 tags, 1 field)",
+        ],
+    ]
+    print(
+        table(
+            ["", "package", "previous release", "target", "result"],
+            rows,
+            [False, True, True, True, False],
+        )
+    )
+    print(
+        f"health state per held VM: {ours.state_bytes / max(1, ours.tracked):.0f} bytes "
+        f"(previous: {before.state_bytes / max(1, before.tracked):.0f}); the previous "
+        f"serializer kept the head of every VM seen until {lineprotocol._CACHE_LIMIT:,} "
+        "then dropped them all"
+    )
+
+
 def main() -> int:
     global TIMED_POLLS, MEMORY_POLLS
     args = parser(__doc__).parse_args()
@@ -380,6 +663,10 @@ def main() -> int:
         f"number of polls; naive: {memory['naive'] / big / MEMORY_POLLS:.0f} bytes per VM "
         f"per poll, growing without bound"
     )
+    if args.quick:
+        print_churn(10_000, 200, 100)
+    else:
+        print_churn(CHURN_KEYS, CHURN_LIVE, CHURN_NEW)
     return 0
 
 

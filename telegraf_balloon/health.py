@@ -1,8 +1,15 @@
 """The judgement: ratios, rates, stuck, stale and threshold levels, with state across polls.
 
 Fed plain samples from any source; knows nothing of where they came from. State is kept
-per source instance and VM key and is dropped for a VM as soon as a poll of its source
-no longer reports it, so memory stays bounded by the VMs that exist.
+per source instance and VM (or host) key. A VM missing from a poll of its source (a busy
+monitor, a late slice, the source down) keeps its state for up to GRACE_POLLS polls, so its
+`for` clocks, `stuck` clock and rate baselines carry across a skipped poll; missing from one
+poll more, it is freed. Memory is bounded by the VMs seen in the last GRACE_POLLS + 1 polls.
+
+Across a skipped poll nothing is assumed: a rate is the counter's growth over the real
+time between the two polls that saw it; a `since` clock runs on, since no poll showed the
+condition clear (an absence is evidence neither way), and the level still needs a poll
+that shows the condition to rise.
 """
 
 from __future__ import annotations
@@ -15,6 +22,14 @@ from .config import HealthConfig, ThresholdRule
 from .model import Fields
 
 _WARN, _CRIT = 1, 2
+
+# Consecutive polls of its source a VM (or host) may be missing from and keep its state.
+# Counted in polls, not seconds: the plugin does not know Telegraf's interval, and a poll
+# the source did not answer counts too (Health.missed), so a long outage frees everything.
+# Three polls cover a QMP monitor held for a Proxmox status call or backup start, or a
+# libvirt slice that missed its deadline twice in a row, while any `for` window keeps a
+# sighting at least every four polls: a level never rests on one old sighting alone.
+GRACE_POLLS = 3
 
 
 class _Rule:
@@ -66,6 +81,7 @@ class _State:
         "counters",
         "crit_since",
         "last_time",
+        "seen",
         "stuck_since",
         "swap_in",
         "swap_out",
@@ -73,6 +89,7 @@ class _State:
     )
 
     def __init__(self, rules: int) -> None:
+        self.seen = 0  # the number of the last poll of its table that reported it
         self.last_time: Optional[float] = None
         self.swap_in: Optional[int] = None
         self.swap_out: Optional[int] = None
@@ -80,6 +97,26 @@ class _State:
         self.warn_since: list[Optional[float]] = [None] * rules
         self.crit_since: list[Optional[float]] = [None] * rules
         self.counters: Optional[dict[str, int]] = None  # host counters at the previous poll
+
+
+class _Table:
+    """The state of the VMs (or the hosts) of one source instance, and its poll count."""
+
+    __slots__ = ("grace", "polls", "states")
+
+    def __init__(self, grace: int) -> None:
+        self.grace = grace
+        self.polls = 0
+        self.states: dict[str, _State] = {}
+
+    def sweep(self, present: int) -> None:
+        """Free what has been missing for more than `grace` polls (`present` were seen now)."""
+        states = self.states
+        if len(states) <= present:
+            return
+        oldest = self.polls - self.grace  # seen at this poll or later: kept
+        for key in [key for key, state in states.items() if state.seen < oldest]:
+            del states[key]
 
 
 # Host counters whose growth since the previous poll is a field of its own: a rule on a
@@ -183,44 +220,75 @@ def _rule_states(rules: list[_Rule], state: Optional[_State], now: float) -> lis
 class Health:
     """One stage between the sources and the serializer; call once per source poll."""
 
-    def __init__(self, config: HealthConfig, thresholds: tuple[ThresholdRule, ...] = ()) -> None:
+    def __init__(
+        self,
+        config: HealthConfig,
+        thresholds: tuple[ThresholdRule, ...] = (),
+        grace_polls: int = GRACE_POLLS,
+    ) -> None:
         self.config = config
         self.vm_rules = _compile(thresholds, catalog.BALLOON)
         self.host_rules = _compile(thresholds, catalog.HOST)
-        self._vms: dict[str, dict[str, _State]] = {}
-        self._hosts: dict[str, dict[str, _State]] = {}
+        self.grace = grace_polls
+        self._vms: dict[str, _Table] = {}
+        self._hosts: dict[str, _Table] = {}
 
     def tracked(self) -> int:
-        """VMs and hosts with state (for tests and benchmarks)."""
-        return sum(len(v) for v in self._vms.values()) + sum(len(h) for h in self._hosts.values())
+        """VMs and hosts with state, those within their grace included (tests, benchmarks)."""
+        tables = [*self._vms.values(), *self._hosts.values()]
+        return sum(len(table.states) for table in tables)
+
+    def _table(self, tables: dict[str, _Table], instance: str) -> _Table:
+        table = tables.get(instance)
+        if table is None:
+            table = tables[instance] = _Table(self.grace)
+        return table
+
+    def _state(self, tables: dict[str, _Table], instance: str, key: str) -> Optional[_State]:
+        table = tables.get(instance)
+        return None if table is None else table.states.get(key)
 
     def vm_rules_now(self, instance: str, key: str, now: float) -> list[RuleState]:
         """Every balloon rule's standing for one VM after the last poll of its source."""
-        return _rule_states(self.vm_rules, self._vms.get(instance, {}).get(key), now)
+        return _rule_states(self.vm_rules, self._state(self._vms, instance, key), now)
 
     def host_rules_now(self, instance: str, key: str, now: float) -> list[RuleState]:
         """Every balloon_host rule's standing for one host after the last poll of its source."""
-        return _rule_states(self.host_rules, self._hosts.get(instance, {}).get(key), now)
+        return _rule_states(self.host_rules, self._state(self._hosts, instance, key), now)
 
     def stuck_held(self, instance: str, key: str, now: float) -> float:
         """Seconds the gap has been beyond stuck_gap_ratio for one VM (0 when it is not)."""
-        state = self._vms.get(instance, {}).get(key)
+        state = self._state(self._vms, instance, key)
         since = None if state is None else state.stuck_since
         return 0.0 if since is None else now - since
 
+    def missed(self, instance: str) -> None:
+        """A poll of `instance` that did not answer: every VM and host of it missed a poll."""
+        for tables in (self._vms, self._hosts):
+            table = tables.get(instance)
+            if table is not None:
+                table.polls += 1
+                table.sweep(0)
+
     def vms(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
-        """Judge every VM of one source poll in place; VMs not in `items` are forgotten."""
+        """Judge every VM of one source poll in place; state of VMs long missing is freed."""
         cfg = self.config
         gap_limit = cfg.stuck_gap_ratio
         stuck_for = cfg.stuck_for
         stale_after = cfg.stale_after
         rules = self.vm_rules
         nrules = len(rules)
-        old = self._vms.get(instance, {})
-        new: dict[str, _State] = {}
+        table = self._table(self._vms, instance)
+        table.polls = poll = table.polls + 1
+        states = table.states
+        present = 0
         for key, fields in items:
-            state = old.pop(key, None) or new.get(key) or _State(nrules)
-            new[key] = state
+            state = states.get(key)
+            if state is None:
+                state = states[key] = _State(nrules)
+            if state.seen != poll:
+                state.seen = poll
+                present += 1
             get = fields.get
 
             maximum = get("memory_max_bytes")
@@ -267,16 +335,22 @@ class Health:
                 fields["stale"] = age > limit  # type: ignore[operator]
 
             fields["alert_level"] = _levels(rules, fields, state, now) if nrules else 0
-        self._vms[instance] = new
+        table.sweep(present)
 
     def hosts(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
-        """Threshold levels for the host lines of one source poll."""
+        """Threshold levels for the host lines of one source poll (call it with [] too)."""
         rules = self.host_rules
-        old = self._hosts.get(instance, {})
-        new: dict[str, _State] = {}
+        table = self._table(self._hosts, instance)
+        table.polls = poll = table.polls + 1
+        states = table.states
+        present = 0
         for key, fields in items:
-            state = old.pop(key, None) or new.get(key) or _State(len(rules))
-            new[key] = state
+            state = states.get(key)
+            if state is None:
+                state = states[key] = _State(len(rules))
+            if state.seen != poll:
+                state.seen = poll
+                present += 1
             _deltas(fields, state)
             fields["alert_level"] = _levels(rules, fields, state, now) if rules else 0
-        self._hosts[instance] = new
+        table.sweep(present)

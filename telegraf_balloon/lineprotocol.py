@@ -20,6 +20,10 @@ What line protocol cannot carry is changed, never passed through to break a line
 - a point left with no field produces no line at all; in a batch, a point that cannot be
   written (a name that is no string, a timestamp outside InfluxDB's range) is left out.
 The escaped head of a line (measurement and tags) is cached: a VM's is the same every poll.
+The cache keeps the heads of the VMs still written: the runner calls end_batch() after each
+batch, and once the cache holds more heads than twice the lines of a batch (plus a little),
+it starts a new generation; heads written again move over, the others are dropped a batch
+later. VMs passing through (monitors coming and going) cost memory only while they are written.
 """
 
 from __future__ import annotations
@@ -38,14 +42,17 @@ _CONTROL = str.maketrans({"\n": " ", "\r": " ", "\t": " ", "\f": " ", "\x00": " 
 _AMBIGUOUS = ', ="'
 _TIME_MIN = -(2**63) + 2  # InfluxDB's own bounds for a timestamp
 _TIME_MAX = 2**63 - 2
-_CACHE_LIMIT = 65536
+_CACHE_LIMIT = 65536  # for callers that never end a batch, and names that are not VMs'
+_HEAD_SLACK = 256  # heads beyond twice a batch's lines before a new generation starts
 
 _measurement_cache: dict[str, str] = {}
 _key_cache: dict[str, str] = {}
 _tag_value_cache: dict[str, str] = {}
 _RUN_PATTERNS: dict[str, re.Pattern[str]] = {}
 _field_prefix_cache: dict[str, str] = {}
-_head_cache: dict[tuple[object, ...], str] = {}
+_head_cache: dict[tuple[object, ...], str] = {}  # this generation's heads
+_head_older: dict[tuple[object, ...], str] = {}  # the previous generation's, until a batch ends
+_batch_lines = 0  # lines formatted by format_lines since the last end_batch()
 
 
 def _fix_backslashes(text: str, specials: str) -> str:
@@ -88,6 +95,8 @@ def measurement(name: str) -> str:
     """The escaped measurement name (cached)."""
     cached = _measurement_cache.get(name)
     if cached is None:
+        if len(_measurement_cache) > _CACHE_LIMIT:
+            _measurement_cache.clear()
         cached = _measurement_cache[name] = _escape_measurement(name)
     return cached
 
@@ -217,10 +226,49 @@ def format_line(
     head_key: tuple[object, ...] = (name, *tags.items())
     head = _head_cache.get(head_key)
     if head is None:
+        head = _new_head(head_key, name, tags)
+    return f"{head} {','.join(parts)} {time_ns}"
+
+
+def _new_head(head_key: tuple[object, ...], name: str, tags: Mapping[str, str]) -> str:
+    """A head not in this generation: moved over from the previous one, or made."""
+    head = _head_older.pop(head_key, None)
+    if head is None:
         if len(_head_cache) > _CACHE_LIMIT:
             _head_cache.clear()
-        head = _head_cache[head_key] = _head(name, tags)
-    return f"{head} {','.join(parts)} {time_ns}"
+        head = _head(name, tags)
+    _head_cache[head_key] = head
+    return head
+
+
+def end_batch() -> None:
+    """One batch is written: drop the heads of lines no longer written (call once a batch).
+
+    Cheap when the VMs stay: a new generation starts only once the cache holds more heads
+    than twice the batch's lines plus _HEAD_SLACK, that is after as many VMs came and went
+    as are written; the next batch moves the heads still written over, one dict lookup each.
+    """
+    global _head_cache, _head_older, _batch_lines
+    _head_older = {}
+    if len(_head_cache) > 2 * _batch_lines + _HEAD_SLACK:
+        _head_older, _head_cache = _head_cache, {}
+        _tag_value_cache.clear()  # escaped names of VMs gone; those still here are in heads
+    _batch_lines = 0
+
+
+def clear_caches() -> None:
+    """Forget every cached escape (for benchmarks of a first poll)."""
+    global _batch_lines
+    for cache in (_measurement_cache, _key_cache, _tag_value_cache, _field_prefix_cache):
+        cache.clear()
+    _head_cache.clear()
+    _head_older.clear()
+    _batch_lines = 0
+
+
+def cached_heads() -> int:
+    """Line heads held now, both generations (for tests and benchmarks)."""
+    return len(_head_cache) + len(_head_older)
 
 
 def format_lines(points: Iterable[tuple[str, Mapping[str, str], Mapping[str, object], int]]) -> str:
@@ -229,6 +277,7 @@ def format_lines(points: Iterable[tuple[str, Mapping[str, str], Mapping[str, obj
     Points with no field are left out, and so is a point that cannot be written at all
     (a name that is no string, a timestamp out of range): one bad point never costs the batch.
     """
+    global _batch_lines
     out = []
     for name, tags, fields, time_ns in points:
         try:
@@ -238,4 +287,5 @@ def format_lines(points: Iterable[tuple[str, Mapping[str, str], Mapping[str, obj
         if line is not None:
             out.append(line)
             out.append("\n")
+    _batch_lines += len(out) >> 1
     return "".join(out)

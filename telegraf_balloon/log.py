@@ -8,6 +8,10 @@ import threading
 from typing import Optional, TextIO
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+# Faults remembered at once. Sources clear a VM's faults when it goes; this bounds what a
+# source forgets to clear (a VM that left mid-fault): the oldest is dropped, and logged again
+# if it is still going on.
+MAX_FAULTS = 4096
 
 
 class Log:
@@ -51,10 +55,17 @@ class Log:
         """
         shape = _NUMBER.sub("#", message)
         with self._lock:
-            if self._faults.get(key) == shape:
+            faults = self._faults
+            if faults.get(key) == shape:
                 return
-            self._faults[key] = shape
+            if key not in faults and len(faults) >= MAX_FAULTS:
+                del faults[next(iter(faults))]
+            faults[key] = shape
         self._write(level + "! ", message)
+
+    def faults(self) -> int:
+        """Faults logged and not cleared (for tests)."""
+        return len(self._faults)
 
     def clear(self, key: str, message: Optional[str] = None) -> None:
         """The fault under `key` is over: say so once."""

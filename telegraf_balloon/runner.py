@@ -217,10 +217,10 @@ class Runner:
                 items = [(s.key, s.fields) for s in result.samples]
                 self.health.vms(worker.key, items, now)
                 hosts = host_lines(result.samples, result.hosts)
-                if hosts:
-                    self.health.hosts(worker.key, [(t.get("host", ""), f) for t, f in hosts], now)
+                self.health.hosts(worker.key, [(t.get("host", ""), f) for t, f in hosts], now)
             else:
                 worker.errors_total += 1
+                self.health.missed(worker.key)  # its VMs keep their state for a few polls
                 self.log.fault(
                     worker.key, f"{source.kind} {source.instance}: {result.error}", level="E"
                 )
@@ -280,6 +280,7 @@ class Runner:
             if not chunk:
                 break
             self._send(lineprotocol.format_lines(chunk).encode("utf-8", "replace"))
+        lineprotocol.end_batch()  # heads of VMs no longer written may go
         self._send(b"", flush=True)
 
     def write(self, text: str) -> None:

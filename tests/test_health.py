@@ -28,7 +28,7 @@ import telegraf_balloon
 from telegraf_balloon import catalog
 from telegraf_balloon.aggregate import host_lines
 from telegraf_balloon.config import Config, HealthConfig, ThresholdRule, load_text
-from telegraf_balloon.health import Health
+from telegraf_balloon.health import GRACE_POLLS, Health
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import Fields, FieldValue, HostInfo, PollResult, Sample
 from telegraf_balloon.runner import Runner
@@ -847,37 +847,103 @@ def test_two_rules_on_one_field_alert_level_matches_the_levels_on_the_line() -> 
 
 
 # --- state ------------------------------------------------------------------------------------
+#
+# A VM missing from a poll (a busy QMP monitor, a late libvirt slice) keeps its state for up
+# to GRACE_POLLS polls of its source; missing from one more, it is freed. Across a skipped
+# poll a rate is the growth over the real time between the polls that saw the VM, and a
+# `since` clock runs on: nothing showed the condition clear.
+
+GRACE = GRACE_POLLS
+EVERY = 60.0  # seconds between polls in the cases below
+
+
+def skipping(
+    name: str,
+    skipped: Sequence[float],
+    level_from: float,
+    fresh: Sequence[float] = (0.0,),
+    until: float = 1200.0,
+) -> Case:
+    """VM `a` at 30% ballooned, swapping out 100 B/s, polled every minute but at `skipped`.
+
+    `b` keeps the source answering when `a` is missing. Expected on each line of `a`:
+    balloon_ratio_level 1 from `level_from` on (RATIO_RULE: 10 minutes), a rate but at `fresh`
+    (a first sighting: no baseline).
+    """
+    steps = []
+    t = 0.0
+    while t <= until:
+        if t in skipped:
+            steps.append(Step(t, {"b": ratio(0.0)}))
+        else:
+            level = 1 if t >= level_from else 0
+            rate: Expected = ABSENT if t in fresh else 100.0
+            steps.append(
+                Step(
+                    t,
+                    {"a": ratio(0.3) | swaps(0, int(100 * t)), "b": ratio(0.0)},
+                    {"a": {"balloon_ratio_level": level, OUT: rate}},
+                )
+            )
+        t += EVERY
+    return Case(name, steps, rules=(RATIO_RULE,))
+
 
 STATE_CASES = [
+    skipping("never-skipped-level-at-10-minutes", (), level_from=600),
+    skipping("skipped-once-level-still-at-10-minutes-rate-across-the-gap", (300,), 600),
+    skipping("skipped-twice-level-still-at-10-minutes", (300, 360), 600),
+    skipping("skipped-every-other-poll-level-still-at-10-minutes", (60, 180, 300, 420, 540), 600),
+    skipping("skipped-at-the-due-poll-level-on-the-next-line", (600,), 660),
+    skipping(
+        "skipped-for-the-whole-grace-still-kept", tuple(300 + EVERY * i for i in range(GRACE)), 600
+    ),
+    skipping(
+        "skipped-beyond-the-grace-forgotten-clocks-and-rates-restart",
+        tuple(300 + EVERY * i for i in range(GRACE + 1)),
+        level_from=300 + EVERY * (GRACE + 1) + 600,
+        fresh=(0.0, 300 + EVERY * (GRACE + 1)),
+        until=1800.0,
+    ),
     Case(
-        "vm-that-leaves-is-forgotten-its-clocks-and-rates-restart",
+        "a-clear-seen-after-a-skip-restarts-the-clock",
         [
-            Step(0, {"a": ratio(0.3) | swaps(0, 0), "b": ratio(0.0)}),
-            Step(
-                600,
-                {"a": ratio(0.3) | swaps(0, 6000), "b": ratio(0.0)},
-                {"a": {"balloon_ratio_level": 1, OUT: 10.0}},
-            ),
-            Step(700, {"b": ratio(0.0)}),  # a is gone
-            Step(
-                800,
-                {"a": ratio(0.3) | swaps(0, 7000), "b": ratio(0.0)},
-                {"a": {"balloon_ratio_level": 0, OUT: ABSENT, IN: ABSENT}},
-            ),
-            Step(1399, {"a": ratio(0.3) | swaps(0, 7000)}, {"a": {"balloon_ratio_level": 0}}),
-            Step(
-                1400,
-                {"a": ratio(0.3) | swaps(0, 8000)},
-                {"a": {"balloon_ratio_level": 1, OUT: 1000.0}},
-            ),
+            one(0, ratio(0.3), balloon_ratio_level=0),
+            Step(60, {}),
+            one(120, ratio(0.1), balloon_ratio_level=0),
+            one(180, ratio(0.3), balloon_ratio_level=0),
+            Step(240, {}),
+            one(779, ratio(0.3), balloon_ratio_level=0),
+            one(780, ratio(0.3), balloon_ratio_level=1),
         ],
         rules=(RATIO_RULE,),
     ),
     Case(
-        "stuck-clock-restarts-for-a-returning-vm",
+        "a-missing-field-on-a-line-is-no-skip-it-clears",
+        [
+            one(0, ratio(0.3), balloon_ratio_level=0),
+            one(60, vm(), balloon_ratio_level=ABSENT),
+            one(600, ratio(0.3), balloon_ratio_level=0),
+            one(1200, ratio(0.3), balloon_ratio_level=1),
+        ],
+        rules=(RATIO_RULE,),
+    ),
+    Case(
+        "stuck-clock-runs-on-across-a-skipped-poll",
         [
             one(0, gap(10), stuck=False),
+            Step(100, {}),
             Step(200, {}),
+            one(299, gap(10), stuck=False),
+            one(300, gap(10), stuck=True),
+        ],
+        STUCK,
+    ),
+    Case(
+        "stuck-clock-restarts-for-a-vm-back-after-the-grace",
+        [
+            one(0, gap(10), stuck=False),
+            *(Step(10 + i, {}) for i in range(GRACE + 1)),
             one(300, gap(10), stuck=False),
             one(599, gap(10), stuck=False),
             one(600, gap(10), stuck=True),
@@ -891,7 +957,8 @@ STATE_CASES = [
             Step(0, {"vm": swaps(0, 50_000)}, instance="b"),
             Step(10, {"vm": swaps(0, 1000)}, {"vm": {OUT: 100.0}}, instance="a"),
             Step(10, {"vm": swaps(0, 50_500)}, {"vm": {OUT: 50.0}}, instance="b"),
-            Step(20, {}, instance="b"),  # b's VM leaves; a's must not be forgotten
+            # b's VM leaves for longer than the grace; a's must not be forgotten
+            *(Step(20 + i, {}, instance="b") for i in range(GRACE + 1)),
             Step(30, {"vm": swaps(0, 3000)}, {"vm": {OUT: 100.0}}, instance="a"),
             Step(30, {"vm": swaps(0, 50_600)}, {"vm": {OUT: ABSENT}}, instance="b"),
         ],
@@ -915,17 +982,59 @@ def test_state(case: Case) -> None:
     run_case(case)
 
 
-def test_tracked_follows_the_vms_present() -> None:
+def test_tracked_frees_a_vm_missing_beyond_the_grace() -> None:
     health = Health(HealthConfig(), (RATIO_RULE,))
     health.vms("a", [("1", ratio(0.3)), ("2", ratio(0.3))], T0)
     health.vms("b", [("1", ratio(0.3))], T0)
     assert health.tracked() == 3
-    health.vms("a", [("2", ratio(0.3))], T0 + 10)
-    assert health.tracked() == 2
-    health.vms("b", [], T0 + 10)
+    for n in range(GRACE):  # a's VM 1 and b's VM 1 missing, within the grace: kept
+        health.vms("a", [("2", ratio(0.3))], T0 + 10 * (n + 1))
+        health.vms("b", [], T0 + 10 * (n + 1))
+        assert health.tracked() == 3
+    health.vms("a", [("2", ratio(0.3))], T0 + 100)
+    assert health.tracked() == 2  # a's VM 1: one poll beyond the grace
+    health.vms("b", [], T0 + 100)
     assert health.tracked() == 1
-    health.vms("a", [], T0 + 20)
+    for n in range(GRACE + 1):
+        health.vms("a", [], T0 + 200 + n)
     assert health.tracked() == 0
+
+
+def test_a_poll_the_source_did_not_answer_counts_toward_the_grace() -> None:
+    """Health.missed: the runner's word for a source that did not answer (VMs and hosts)."""
+    rules = (
+        RATIO_RULE,
+        rule("reclaimed_ratio", warn=0.2, for_seconds=600, measurement="balloon_host"),
+    )
+    health = Health(HealthConfig(), rules)
+    health.vms("a", [("vm", ratio(0.3) | swaps(0, 0))], T0)
+    health.hosts("a", [("kvm1", {"reclaimed_ratio": 0.3})], T0)
+    for n in range(GRACE):
+        health.missed("a")
+        assert health.tracked() == 2, n
+    line = ratio(0.3) | swaps(0, 60_000)
+    health.vms("a", [("vm", line)], T0 + 600)  # back within the grace: on time, rate across
+    host: Fields = {"reclaimed_ratio": 0.3}
+    health.hosts("a", [("kvm1", host)], T0 + 600)
+    assert line["balloon_ratio_level"] == 1 and line[OUT] == 100.0
+    assert host["reclaimed_ratio_level"] == 1
+    for _ in range(GRACE + 1):
+        health.missed("a")
+    assert health.tracked() == 0  # an outage longer than the grace frees everything
+    line = ratio(0.3) | swaps(0, 90_000)
+    health.vms("a", [("vm", line)], T0 + 1200)
+    assert line["balloon_ratio_level"] == 0 and OUT not in line
+    health.missed("never-polled")  # no state, nothing to count: no error
+
+
+def test_explain_reads_the_state_of_a_vm_within_its_grace() -> None:
+    health = Health(STUCK, (RATIO_RULE,))
+    health.vms(INSTANCE, [("vm", gap(10))], T0)
+    health.vms(INSTANCE, [], T0 + 100)
+    assert health.stuck_held(INSTANCE, "vm", T0 + 200) == 200.0
+    (standing,) = health.vm_rules_now(INSTANCE, "vm", T0 + 200)
+    assert standing.raw == 0 and standing.level == 0
+    assert health.stuck_held("other", "vm", T0) == 0.0
 
 
 def libvirt_like(i: int, rng: random.Random, tick: int = 0) -> Fields:
@@ -944,31 +1053,145 @@ def libvirt_like(i: int, rng: random.Random, tick: int = 0) -> Fields:
     }
 
 
-def test_state_is_bounded_by_the_vms_present() -> None:
-    """10,000 VMs, then 10 polls with a random half: no state for VMs that left."""
+def test_state_is_bounded_by_the_vms_seen_within_the_grace() -> None:
+    """10,000 VMs, then 12 polls with a random half: state only for VMs seen lately."""
     rng = random.Random(20240501)
     config = load_text(SAMPLE_TOML.read_text(encoding="utf-8"), str(SAMPLE_TOML), environ={})
     health = Health(config.health, config.thresholds)
     sizes = {"big": 10_000, "small": 300}
     everyone = {inst: [f"{inst}-{i}" for i in range(n)] for inst, n in sizes.items()}
-    last: dict[str, set[str]] = {}
+    last_seen: dict[tuple[str, str], int] = {}
     now = T0
     for inst, keys in everyone.items():
         health.vms(inst, [(k, libvirt_like(i, rng)) for i, k in enumerate(keys)], now)
-        last[inst] = set(keys)
+        last_seen.update(((inst, k), 0) for k in keys)
     assert health.tracked() == sum(sizes.values())
-    for tick in range(1, 11):
+    for tick in range(1, 13):
         now += 10.0
+        chance = 0.5 if tick < 8 else 0.1  # then most VMs miss more polls than the grace
         for inst, keys in everyone.items():
-            present = {k for k in keys if rng.random() < 0.5}
+            present = {k for k in keys if rng.random() < chance}
             items = [(k, libvirt_like(i, rng, tick)) for i, k in enumerate(keys) if k in present]
             health.vms(inst, items, now)
             for key, fields in items:
-                # A VM back after missing the previous poll starts afresh: no rate yet.
-                assert (OUT in fields) == (key in last[inst]), key
-            last[inst] = present
-            assert health.tracked() <= sum(len(p) for p in last.values())
-        assert health.tracked() == sum(len(p) for p in last.values())
+                seen = last_seen.get((inst, key))
+                # Back within the grace: a rate across the gap; beyond it: afresh, no rate.
+                assert (OUT in fields) == (seen is not None and tick - seen <= GRACE + 1), key
+                last_seen[inst, key] = tick
+        for ident in [i for i, seen in last_seen.items() if tick - seen > GRACE]:
+            del last_seen[ident]
+        assert health.tracked() == len(last_seen)
+
+
+# --- state: a property over random poll sequences ---------------------------------------------
+#
+# What "held continuously" means across skipped polls, as health.py defines it: a condition
+# holds at a poll that saw the VM and showed it; it has held continuously since the first
+# poll of a run of such polls in which no poll that saw the VM showed it clear and no two
+# were further apart than GRACE missed polls (beyond that the state is freed). A level rises
+# on the first line at least `for` after that first poll, and is on every line after.
+
+SEEN, SKIPPED, DOWN = "seen", "skipped", "down"  # the VM on the line; missing; source down
+
+poll_steps = st.lists(
+    st.tuples(
+        st.sampled_from([SEEN, SEEN, SEEN, SKIPPED, DOWN]),
+        st.sampled_from([0.1, 0.2, 0.3, 0.4, 0.5]),  # balloon_ratio: warn 0.2, crit 0.4
+        st.sampled_from([0.0, 0.05, 0.1]),  # gap / max: stuck beyond 0.05
+        st.integers(0, 10**6),  # swap-out bytes since the previous poll
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+def held_since(polls: Sequence[tuple[str, bool]], k: int) -> Optional[int]:
+    """The first poll of the run the condition has held continuously in up to poll k.
+
+    `polls`: (presence, condition) per poll. None when it does not hold at k.
+    """
+    presence, holds = polls[k]
+    if presence != SEEN or not holds:
+        return None
+    since, missed = k, 0
+    for j in range(k - 1, -1, -1):
+        presence, holds = polls[j]
+        if presence != SEEN:
+            missed += 1
+            continue
+        if missed > GRACE or not holds:
+            break
+        since, missed = j, 0
+    return since
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=poll_steps,
+    interval=st.sampled_from([1.0, 10.0, 30.0, 60.0]),
+    for_polls=st.sampled_from([0.0, 1.0, 2.5, 5.0, 10.0]),
+)
+def test_levels_rise_for_after_the_condition_began_holding_across_skipped_polls(
+    steps: list[tuple[str, float, float, int]], interval: float, for_polls: float
+) -> None:
+    for_seconds = for_polls * interval
+    stuck_for = 3 * interval
+    config = HealthConfig(stuck_gap_ratio=0.05, stuck_for=stuck_for)
+    health = Health(config, (rule("balloon_ratio", warn=0.2, crit=0.4, for_seconds=for_seconds),))
+    times = [T0 + k * interval for k in range(len(steps))]
+    counter = 0
+    seen_at: list[Optional[dict[str, FieldValue]]] = []
+    for k, (presence, value, gap_ratio, growth) in enumerate(steps):
+        counter += growth
+        fields = vm(actual=pct(value * 100), target=pct(value * 100 + gap_ratio * 100))
+        fields["swap_out_bytes_total"] = counter
+        if presence == SEEN:
+            health.vms(INSTANCE, [("vm", fields), ("other", vm())], times[k])
+            seen_at.append(fields)
+        elif presence == SKIPPED:
+            health.vms(INSTANCE, [("other", vm())], times[k])
+            seen_at.append(None)
+        else:
+            health.missed(INSTANCE)
+            seen_at.append(None)
+
+    warn = [(p, v >= 0.2) for p, v, _, _ in steps]
+    crit = [(p, v >= 0.4) for p, v, _, _ in steps]
+    stuck = [(p, g > 0.05) for p, _, g, _ in steps]
+    previous: Optional[int] = None  # the last poll that saw the VM, while its state is kept
+    for k, line in enumerate(seen_at):
+        if line is None:
+            continue
+        now = times[k]
+        expected = 0
+        for level, polls in ((1, warn), (2, crit)):
+            since = held_since(polls, k)
+            # Never earlier than `for` after the poll the condition began holding at, and on
+            # every line once `for` has passed (at most one interval after it truly began).
+            if since is not None and now - times[since] >= for_seconds:
+                expected = level
+        assert line["balloon_ratio_level"] == expected, (k, steps)
+        since = held_since(stuck, k)
+        assert line["stuck"] is (since is not None and now - times[since] >= stuck_for), k
+        # A rate across skipped polls is the growth over the real time since the VM was seen.
+        if previous is not None and k - previous - 1 > GRACE:
+            previous = None  # its state was freed: no baseline
+        if previous is None:
+            assert OUT not in line, k
+        else:
+            grown = sum(g for _, _, _, g in steps[previous + 1 : k + 1])
+            assert line[OUT] == pytest.approx(grown / (now - times[previous]), rel=1e-12), k
+        previous = k
+
+
+def test_the_definition_of_held_continuously() -> None:
+    """The test's own model, on hand-made sequences (GRACE missed polls are no break)."""
+    s, x, d = SEEN, SKIPPED, DOWN
+    assert held_since([(s, True), (x, False), (s, True)], 2) == 0  # an absence is no clear
+    assert held_since([(s, True), (s, False), (s, True)], 2) == 2  # a clear seen is
+    assert held_since([(s, True), *[(d, True)] * GRACE, (s, True)], GRACE + 1) == 0
+    assert held_since([(s, True), *[(x, True)] * (GRACE + 1), (s, True)], GRACE + 2) == GRACE + 2
+    assert held_since([(s, True), (x, True)], 1) is None  # no line, no level
 
 
 # --- host lines -------------------------------------------------------------------------------
@@ -1421,12 +1644,15 @@ class ToySource:
         self.gap_bytes = gap_bytes
         self.polls = 0
         self.present = True
+        self.down = False
         self.lock = threading.Lock()
 
     def poll(self, now: float) -> PollResult:
         with self.lock:
             self.polls += 1
             n = self.polls
+        if self.down:
+            return PollResult(error="connection refused")
         if not self.present:
             return PollResult(hosts=[HostInfo({"host": "toyhost", "source": "toy"}, 16 * GiB)])
         fields: Fields = {
@@ -1515,7 +1741,7 @@ def test_a_new_source_kind_gets_rates_stuck_and_levels_through_the_runner() -> N
     assert by_t[600.0][1]["reclaimed_ratio_level"] == 0  # 6.25% < 20%
 
 
-def test_a_new_source_kind_vm_that_leaves_is_forgotten() -> None:
+def test_a_new_source_kind_vm_that_leaves_is_forgotten_after_the_grace() -> None:
     clock = FakeClock(T0)
     toy = ToySource("toy://one")
     runner, out = make_runner([toy], clock, toy_config())
@@ -1525,13 +1751,65 @@ def test_a_new_source_kind_vm_that_leaves_is_forgotten() -> None:
             (vm_line,) = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
         assert vm_line["fields"]["stuck"] is True
         toy.present = False
-        clock.t = T0 + 310
-        lines = parsed_poll(runner, out)
-        assert by_measurement(lines, catalog.BALLOON) == []
-        assert by_measurement(lines, catalog.HOST)[0]["fields"]["vms_total"] == 0
-        assert runner.health.tracked() == 1  # the host only
+        for n in range(GRACE + 1):
+            clock.t = T0 + 310 + n
+            lines = parsed_poll(runner, out)
+            assert by_measurement(lines, catalog.BALLOON) == []
+            assert by_measurement(lines, catalog.HOST)[0]["fields"]["vms_total"] == 0
+            # the VM and the host within the grace; the host only once it is over
+            assert runner.health.tracked() == (2 if n < GRACE else 1), n
         toy.present = True
         clock.t = T0 + 320
+        (vm_line,) = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
+        assert vm_line["fields"]["stuck"] is False and OUT not in vm_line["fields"]
+    finally:
+        runner.close()
+
+
+def test_a_vm_missing_from_one_poll_keeps_its_stuck_clock_through_the_runner() -> None:
+    clock = FakeClock(T0)
+    toy = ToySource("toy://one")
+    runner, out = make_runner([toy], clock, toy_config())
+    try:
+        clock.t = T0
+        parsed_poll(runner, out)
+        toy.present = False
+        clock.t = T0 + 150
+        parsed_poll(runner, out)
+        toy.present = True
+        clock.t = T0 + 300
+        (vm_line,) = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
+        assert vm_line["fields"]["stuck"] is True  # on time: 5 min after it was first seen
+        assert vm_line["fields"][OUT] == 2 * 10 * MiB / 300  # two polls' growth over 300 s
+    finally:
+        runner.close()
+
+
+def test_a_source_down_for_a_few_polls_keeps_its_state_a_long_outage_frees_it() -> None:
+    """The runner does not judge a source that did not answer; it tells the stage it missed."""
+    clock = FakeClock(T0)
+    toy = ToySource("toy://one")
+    runner, out = make_runner([toy], clock, toy_config())
+    try:
+        clock.t = T0
+        parsed_poll(runner, out)
+        toy.down = True
+        for n in range(GRACE):
+            clock.t = T0 + 60 * (n + 1)
+            assert not runner.poll()
+            assert runner.health.tracked() == 2  # the VM and its host
+        toy.down = False
+        clock.t = T0 + 300
+        (vm_line,) = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
+        assert vm_line["fields"]["stuck"] is True  # the outage did not restart its clock
+        assert OUT in vm_line["fields"]
+        toy.down = True
+        for n in range(GRACE + 1):
+            clock.t = T0 + 400 + n
+            assert not runner.poll()
+        assert runner.health.tracked() == 0
+        toy.down = False
+        clock.t = T0 + 700
         (vm_line,) = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
         assert vm_line["fields"]["stuck"] is False and OUT not in vm_line["fields"]
     finally:

@@ -546,9 +546,7 @@ def test_timestamp_bounds() -> None:
 
 
 def _clear_caches() -> None:
-    lineprotocol._measurement_cache.clear()
-    lineprotocol._key_cache.clear()
-    lineprotocol._tag_value_cache.clear()
+    lineprotocol.clear_caches()
 
 
 def test_cached_output_equals_fresh_output(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -562,6 +560,75 @@ def test_cached_output_equals_fresh_output(monkeypatch: pytest.MonkeyPatch) -> N
     for name in names * 2:
         assert format_line("m", {"vm": name}, {"v": 1}, 1) == f"m,vm={name[:-2]}\\ x v=1i 1"
     assert len(lineprotocol._tag_value_cache) <= 3
+
+
+def test_measurement_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_caches()
+    monkeypatch.setattr(lineprotocol, "_CACHE_LIMIT", 2)
+    for i in range(10):
+        assert format_line(f"m{i}", {}, {"v": 1}, 1) == f"m{i} v=1i 1"
+    assert len(lineprotocol._measurement_cache) <= 3
+
+
+def vm_point(i: int) -> Point:
+    tags = {"host": "kvm1", "guest": f"vm {i}", "uuid": f"{i:08x}-0000", "source": "qmp"}
+    return ("balloon", tags, {"balloon_actual_bytes": i, "stuck": False}, 1)
+
+
+def test_heads_of_vms_passing_through_are_dropped_after_they_are_no_longer_written() -> None:
+    """50 VMs written at a time, 10 new per batch, 20,000 in all: the heads stay few."""
+    _clear_caches()
+    live, churn, slack = 50, 10, lineprotocol._HEAD_SLACK
+    most = 0
+    for batch in range(2_000):
+        first = batch * churn
+        text = format_lines([vm_point(i) for i in range(first, first + live)])
+        assert text.count("\n") == live
+        lineprotocol.end_batch()
+        most = max(most, lineprotocol.cached_heads())
+        assert lineprotocol.cached_heads() <= 4 * live + slack, batch
+        assert len(lineprotocol._tag_value_cache) <= 4 * (4 * live + slack), batch
+    assert most > 2 * live  # the cache did keep heads across batches
+
+
+def test_heads_still_written_move_to_the_new_generation_unmade(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _clear_caches()
+    made: list[str] = []
+    real = lineprotocol._head
+
+    def counting(name: str, tags: Mapping[str, str]) -> str:
+        made.append(tags["guest"])
+        return real(name, tags)
+
+    monkeypatch.setattr(lineprotocol, "_head", counting)
+    staying = [vm_point(i) for i in range(100)]
+    expected = format_lines(staying)
+    lineprotocol.end_batch()
+    generations = 0
+    for batch in range(20):  # 100 staying, 100 new ones each batch: new generations start
+        passing = [vm_point(1000 + 100 * batch + i) for i in range(100)]
+        made.clear()
+        text = format_lines(staying + passing)
+        assert text.startswith(expected)
+        assert sorted(made) == sorted(tags["guest"] for _, tags, _, _ in passing), batch
+        lineprotocol.end_batch()
+        generations += not lineprotocol._head_cache
+    assert generations >= 2
+    assert lineprotocol.cached_heads() <= 4 * 200 + lineprotocol._HEAD_SLACK
+
+
+def test_end_batch_keeps_every_head_while_the_vms_stay(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_caches()
+    points = [vm_point(i) for i in range(5_000)]
+    first = format_lines(points)
+    lineprotocol.end_batch()
+    monkeypatch.setattr(lineprotocol, "_head", lambda *a: pytest.fail("a head made again"))
+    for _ in range(5):
+        assert format_lines(points) == first
+        lineprotocol.end_batch()
+        assert lineprotocol.cached_heads() == 5_000
 
 
 # --------------------------------------------------------------------------------------------

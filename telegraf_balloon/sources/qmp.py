@@ -558,6 +558,10 @@ class QmpSource:
                 self.log.clear(f"qmp:{path}")  # the VM is gone: forget its fault quietly
         for gone in set(self._facts) - set(paths):
             del self._facts[gone]
+        stems = {os.path.basename(path).rsplit(".", 1)[0] for path in paths}
+        for gone in [c for c in self._pve if os.path.basename(c)[: -len(".conf")] not in stems]:
+            del self._pve[gone]  # its VM's socket is gone: the config may stay on disk for ever
+            self.log.clear(f"qmp-pve:{gone}")
         denied_key = f"qmp-denied:{self.instance}"
         if denied:
             message = (
@@ -582,7 +586,8 @@ class QmpSource:
         try:
             info = os.stat(path)
         except OSError:
-            self._pve.pop(path, None)
+            if self._pve.pop(path, None) is not None:
+                self.log.clear(f"qmp-pve:{path}")
             return None
         stamp = (info.st_mtime_ns, info.st_size)
         cached = self._pve.get(path)
@@ -591,6 +596,8 @@ class QmpSource:
         config = read_config(path)
         if config is not None and config.problems:
             self.log.fault(f"qmp-pve:{path}", f"qmp: {path}: {'; '.join(config.problems)}")
+        else:
+            self.log.clear(f"qmp-pve:{path}")
         self._pve[path] = (stamp, config)
         return config
 
