@@ -4,6 +4,9 @@ QMP serves one client at a time, and Proxmox's own daemons use the same sockets.
 poll connects to every VM side by side from one thread (a selector, no thread per VM), sends
 all of its commands in one write once greeted, reads the replies, and closes: nothing is held
 between polls, and a VM whose monitor is busy costs at most `connect_timeout` and is skipped.
+A socket whose peer answers what QEMU never would (a wrong type, a number out of range, a
+line or a stream of events without end) is skipped the same way, at once: one peer's
+replies never cost another VM its line.
 """
 
 from __future__ import annotations
