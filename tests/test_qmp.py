@@ -376,3 +376,28 @@ def test_malformed_lines_are_protocol_errors(line: bytes, fragment: str) -> None
     dialogue = _dialogue()
     with pytest.raises(ProtocolError, match=fragment):
         dialogue.feed(line + b"\r\n")
+
+
+def test_no_socket_no_host_line(tmp_path: Path) -> None:
+    """A qmp source that sees no VM writes no balloon_host line (the contract: one per host
+    per source poll that saw a VM there), but reports itself up with vms=0."""
+    from tests.stack.execd import run_cli
+
+    config = tmp_path / "qmp.toml"
+    config.write_text(
+        f'[agent]\nhostname = "pve-1"\n[[sources.qmp]]\nsockets = ["{tmp_path}/run/*.qmp"]\n'
+        f'proxmox_config = ""\nhost_root = "{tmp_path}"\n'
+    )
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "meminfo").write_text("MemTotal: 1024 kB\nMemFree: 512 kB\n")
+    done = run_cli("--once", "--config", str(config), timeout=30)
+    assert done.returncode == 0, done.stderr
+    measurements = [line.split(",", 1)[0] for line in done.stdout.splitlines()]
+    assert measurements == [catalog.COLLECTOR], done.stdout
+    assert "up=true" in done.stdout and "vms=0i" in done.stdout
+    assert (
+        QmpSource(QmpConfig(sockets=(f"{tmp_path}/run/*.qmp",)), "pve-1", Log(io.StringIO()))
+        .poll(0.0)
+        .hosts
+        == []
+    )  # not even read: nothing to sum it with

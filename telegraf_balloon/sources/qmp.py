@@ -756,6 +756,8 @@ class QmpSource:
             self.log.fault(denied_key, f"qmp {self.instance}: {message}", level="E")
         else:
             self.log.clear(denied_key)
+        if not samples:  # no VM here: no host line (aggregate.host_lines), nothing to read
+            return PollResult(api_latency_seconds=latency)
         kinds = {s.tags["hypervisor"] for s in samples}
         hypervisor = kinds.pop() if len(kinds) == 1 else ("kvm" if "kvm" in kinds else "qemu")
         host = local_host({**host_tags, "hypervisor": hypervisor}, self.config.host_root)

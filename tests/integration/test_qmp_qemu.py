@@ -32,6 +32,8 @@ from telegraf_balloon.model import PollResult, Sample
 from telegraf_balloon.sources.qmp import QmpSource
 from tests.stack.common import need_program, unavailable
 from tests.stack.fixtures import QMP_BOOTED, QMP_NO_BALLOON, QMP_PLAIN, QMP_UUID
+from tests.stack.inprocess import Plugin
+from tests.stack.libvirt_stack import LibvirtStack
 from tests.stack.qemu_stack import QemuError, QemuHost
 
 pytestmark = pytest.mark.integration
@@ -638,3 +640,35 @@ def test_hostile_peer_in_the_glob_costs_only_itself(qmp_host: QemuHost, case: Ho
     assert len(hostile[0]) < 400, hostile  # a short line, whatever the peer sent
     assert "no reply within" not in hostile[0]  # cut off on what it sent, not by the deadline
     assert [line for line in logged if line[:3] in ("W! ", "E! ")] == hostile
+
+
+# --- one machine, one host series ---------------------------------------------------------------
+
+
+def test_one_machine_one_host_series(
+    libvirt_stack: LibvirtStack, qemu_guest: str, qmp_host: QemuHost, tmp_path: Path
+) -> None:
+    """examples/all.toml on one machine: libvirt and qmp both describe this host, but only a
+    source that saw a VM there writes its balloon_host line, so sums count the machine once."""
+    empty = tmp_path / "no-qmp"
+    empty.mkdir()
+
+    def host_lines(libvirt_domains: str, qmp_glob: Path) -> list[dict[str, Any]]:
+        plugin = Plugin(
+            f'[[sources.libvirt]]\nuri = "{libvirt_stack.uri}"\ndomains = [{libvirt_domains}]\n'
+            f'[[sources.qmp]]\nsockets = ["{qmp_glob}"]\nproxmox_config = ""\n'
+        )
+        try:
+            lines = plugin.poll()
+        finally:
+            plugin.close()
+        collectors = [x for x in lines if x["measurement"] == catalog.COLLECTOR]
+        assert len(collectors) == 2 and all(c["fields"]["up"] for c in collectors), lines
+        return [x for x in lines if x["measurement"] == catalog.HOST]
+
+    [libvirt_only] = host_lines(f'"{qemu_guest}"', empty / "*.qmp")  # libvirt has the VM
+    assert libvirt_only["tags"]["source"] == "libvirt"
+    assert libvirt_only["fields"]["vms_total"] == 1
+    [qmp_only] = host_lines('"no-such-domain-*"', Path(qmp_host.glob))  # qmp has the VMs
+    assert qmp_only["tags"]["source"] == "qmp"
+    assert qmp_only["fields"]["vms_total"] >= 3
