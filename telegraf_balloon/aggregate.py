@@ -1,4 +1,10 @@
-"""balloon_host: per-hypervisor-host sums of the judged VM lines of one source poll."""
+"""balloon_host: per-hypervisor-host sums of the judged VM lines of one source poll.
+
+One line per host per source poll that saw a VM there. A source that sees no VM on a host
+writes no line for it: on a machine that two sources describe (libvirt and qmp, as the
+all-sources example runs them), only the one with VMs speaks for it, so every sum over
+`balloon_host` counts a machine once. Host-level figures (memory, ECC) ride on that line.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,12 @@ from .model import Fields, HostInfo, Sample, Tags
 
 
 def host_lines(samples: list[Sample], hosts: list[HostInfo]) -> list[tuple[Tags, Fields]]:
-    """One (tags, fields) per host the source described; sums come from its VMs' lines.
+    """One (tags, fields) per host the source described and saw a VM on; sums come from its
+    VMs' lines.
 
     Run after the health stage, so stuck/stale flags are those on the VM lines.
-    A source that describes no host (the guest source) gets no host line.
+    A source that describes no host (the guest source) gets no host line, and neither does a
+    described host with no VM on it this poll.
     """
     if not hosts:
         return []
@@ -18,7 +26,9 @@ def host_lines(samples: list[Sample], hosts: list[HostInfo]) -> list[tuple[Tags,
         by_host.setdefault(sample.tags.get("host", ""), []).append(sample.fields)
     out: list[tuple[Tags, Fields]] = []
     for info in hosts:
-        vms = by_host.get(info.tags.get("host", ""), [])
+        vms = by_host.get(info.tags.get("host", ""))
+        if not vms:
+            continue
         promised = ballooned = targets = with_target = 0
         counts = {"vms_ballooned": 0, "vms_stuck": 0, "vms_stale": 0, "vms_blocked": 0}
         for fields in vms:
@@ -40,7 +50,7 @@ def host_lines(samples: list[Sample], hosts: list[HostInfo]) -> list[tuple[Tags,
         result: Fields = {"vms_total": len(vms), **counts}
         result["memory_max_bytes"] = promised
         result["balloon_actual_bytes"] = ballooned
-        if vms and with_target == len(vms):
+        if with_target == len(vms):
             result["balloon_target_bytes"] = targets
         if info.memory_bytes is not None:
             result["host_memory_bytes"] = info.memory_bytes

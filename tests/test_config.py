@@ -444,6 +444,86 @@ def test_env_expansion(root: str, environ: dict[str, str], expected: str) -> Non
     assert loaded.guest[0].root == expected
 
 
+NESTED_ENV = {**ENV, "B": "/from-b", "C": "/from-c", "SECRET": "s3cret"}
+
+
+@pytest.mark.parametrize(
+    ("root", "expected"),
+    [
+        ("${UNSET_A:-${B:-/x}}", "/from-b"),
+        ("${UNSET_A:-${UNSET_B:-/x}}", "/x"),
+        ("${SET_ROOT:-${B:-/x}}", "/srv/guest"),
+        ("${EMPTY:-${B}}/sub", "/from-b/sub"),
+        ("${UNSET_A:-${UNSET_B:-${C}}}", "/from-c"),
+        ("${UNSET_A:-/a/${B}/b}", "/a//from-b/b"),
+        ("${SET_ROOT:-${UNSET_B}}", "/srv/guest"),  # a default not used is not expanded
+        ("${EMPTY-/x}/sub", "/sub"),  # without the colon: only an unset one takes the default
+        ("${UNSET_A-/x}", "/x"),
+        ("${SET_ROOT:?set it}", "/srv/guest"),
+        ("$${B}", "${B}"),  # $${ is a literal ${, as in Telegraf
+        ("/a/$${UNSET_A:-x}", "/a/${UNSET_A:-x}"),
+        ("$$${B}", "$/from-b"),
+        ("$$$${B}", "$${B}"),
+        ("${UNSET_A:-$${B}}", "${B}"),  # a literal ${ in a default
+        ("pa$$word$", "pa$$word$"),  # a $ not before { is literal, doubled or not
+        ("{}$", "{}$"),
+    ],
+)
+def test_env_nested_defaults_and_literal_dollar_brace(root: str, expected: str) -> None:
+    loaded = load_text(f'[[sources.guest]]\nroot = "{root}"\n', "test.toml", NESTED_ENV)
+    assert loaded.guest[0].root == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("${UNSET_A:-${UNSET_B}}", "UNSET_B is not set"),
+        ("${UNSET_A:?the root of the guest}", "UNSET_A is not set: the root of the guest"),
+        ("${EMPTY:?give one}", "EMPTY is empty: give one"),
+        ("${B:-${C}", "not closed"),
+        ("${B", "not closed"),
+        ("${}", "no variable name"),
+        ("${1}", "no variable name"),
+        ("a${ B}", "no variable name"),
+        ("${B:=x}", "expected"),
+        ("${B/x/y}", "expected"),
+        ("${UNSET_A:-${}}", "no variable name"),  # an unused default is still checked
+    ],
+)
+def test_env_expression_errors_name_the_key(value: str, fragment: str) -> None:
+    """Nothing is silently literal: a `${` that expands to nothing sensible is an error."""
+    text = VSPHERE + f'password = "{value}"\n'
+    with pytest.raises(ConfigError) as caught:
+        load_text(text, "test.toml", NESTED_ENV)
+    assert caught.value.key == "sources.vsphere[0].password"
+    assert fragment in caught.value.message, caught.value.message
+    assert "$${" in caught.value.message or "environment variable" in caught.value.message
+    assert "s3cret" not in str(caught.value)
+
+
+def test_env_expression_error_in_a_list_names_the_key() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_text(LIBVIRT + 'domains = ["web", "${A:-${B}"]\n', "test.toml", NESTED_ENV)
+    assert caught.value.key == "sources.libvirt[0].domains"
+    assert "not closed" in caught.value.message
+
+
+def test_check_config_exits_2_naming_the_key_of_a_bad_expression(tmp_path: Path) -> None:
+    """The command line: --check-config refuses an unclosed nested default (exit 2)."""
+    from tests.stack.execd import run_cli
+
+    config = tmp_path / "bad.toml"
+    config.write_text('[[sources.guest]]\nroot = "${GUEST_ROOT:-${FALLBACK:-/}"\n')
+    done = run_cli("--check-config", "--config", str(config), env={}, timeout=30)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"E! {config}: sources.guest[0].root: "), line
+    assert "not closed" in line and "$${" in line
+    good = tmp_path / "good.toml"
+    good.write_text('[[sources.guest]]\nroot = "${GUEST_ROOT:-${FALLBACK:-/}}"\n')
+    assert run_cli("--check-config", "--config", str(good), env={}, timeout=30).returncode == 0
+
+
 def test_env_expansion_in_lists_and_passwords() -> None:
     environ = {**ENV, "DOM": "web-1", "VSPHERE_PASSWORD": "s3cret-Pa55"}
     text = (

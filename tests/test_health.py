@@ -1248,7 +1248,8 @@ def test_host_sums_equal_the_vm_lines(
         for h in described
     ]
     lines = host_lines(samples, infos)
-    assert [tags["host"] for tags, _ in lines] == described
+    seen = {host for host, _ in vms}  # a described host with no VM gets no line
+    assert [tags["host"] for tags, _ in lines] == [h for h in described if h in seen]
     for tags, fields in lines:
         mine = [f for h, f in vms if h == tags["host"]]
         want = expected_sums(mine)
@@ -1332,19 +1333,13 @@ def test_host_without_physical_memory_has_no_ratios() -> None:
     assert "overcommit_ratio" not in zero and "reclaimed_ratio" not in zero
 
 
-def test_host_with_no_vms() -> None:
-    fields = single_host([host_vm("other", GiB, 1)], HostInfo({"host": "k"}, GiB))
-    check_fields(
-        "empty host",
-        fields,
-        {
-            "vms_total": 0,
-            "memory_max_bytes": 0,
-            "balloon_actual_bytes": 0,
-            "overcommit_ratio": 0.0,
-            "balloon_target_bytes": ABSENT,
-        },
-    )
+def test_host_with_no_vms_has_no_line() -> None:
+    """One line per host per source poll that saw a VM there: another source on the same
+    machine that sees its VMs speaks for it, and sums count the machine once."""
+    info = HostInfo({"host": "k"}, GiB, GiB // 2)
+    info.ecc_uncorrected_total = 3  # host facts alone make no line either
+    assert host_lines([host_vm("other", GiB, 1)], [info]) == []
+    assert host_lines([], [info]) == []
 
 
 def test_no_host_line_without_host_info() -> None:
@@ -1388,9 +1383,10 @@ def test_host_alert_level_zero_without_host_rules() -> None:
 def poll_ecc(
     health: Health, t: float, corrected: Optional[int], uncorrected: Optional[int]
 ) -> Fields:
-    """One source poll of one host whose EDAC counters read these totals (None: no EDAC)."""
+    """One source poll of one host (one VM on it) whose EDAC counters read these totals
+    (None: no EDAC)."""
     info = HostInfo({"host": "kvm1"}, 64 * GiB, None, corrected, uncorrected)
-    lines = host_lines([], [info])
+    lines = host_lines([host_vm("kvm1", GiB, 0)], [info])
     health.hosts(INSTANCE, [(tags["host"], fields) for tags, fields in lines], T0 + t)
     return lines[0][1]
 
@@ -1755,9 +1751,9 @@ def test_a_new_source_kind_vm_that_leaves_is_forgotten_after_the_grace() -> None
             clock.t = T0 + 310 + n
             lines = parsed_poll(runner, out)
             assert by_measurement(lines, catalog.BALLOON) == []
-            assert by_measurement(lines, catalog.HOST)[0]["fields"]["vms_total"] == 0
-            # the VM and the host within the grace; the host only once it is over
-            assert runner.health.tracked() == (2 if n < GRACE else 1), n
+            assert by_measurement(lines, catalog.HOST) == []  # no VM there: no host line
+            # the VM and its host keep their state within the grace, and are freed after it
+            assert runner.health.tracked() == (2 if n < GRACE else 0), n
         toy.present = True
         clock.t = T0 + 320
         (vm_line,) = by_measurement(parsed_poll(runner, out), catalog.BALLOON)

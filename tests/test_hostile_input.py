@@ -4,6 +4,8 @@ Every case must give: no exception, every output line accepted by line_protocol_
 the field catalog, every stderr line one short `W! `/`E! ` line, and a `W! ` line naming each
 file (or XML element) that was skipped.
 
+QMP replies (the qmp source's reply handling) are any JSON at all, QMP-shaped or not.
+
 Guest trees start from captured fixtures (tests/fixtures/guest) and have files replaced by
 binary junk, huge and negative numbers, truncated text, NUL bytes, 1 MB lines, files over
 the read limit, FIFOs, directories (root reads any file, so a directory stands in for an
@@ -13,6 +15,7 @@ unreadable one) or nothing at all.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -294,3 +297,178 @@ def guest_sample(tags: dict[str, str], fields: Fields) -> Any:
     from telegraf_balloon.model import Sample
 
     return Sample("k", {"host": "h", "guest": "vm", "source": "libvirt", **tags}, fields)
+
+
+# --- QMP replies ------------------------------------------------------------------------------
+
+# Every member name the qmp source reads, so that generated objects hit its checks.
+QMP_KEYS = [
+    "QMP", "return", "error", "id", "event", "class", "desc",
+    "name", "UUID", "enabled", "present", "base-memory", "plugged-memory",
+    "actual", "max_mem", "last_update", "total_mem", "free_mem", "mem_swapped_in",
+    "mem_swapped_out", "major_page_faults", "minor_page_faults",
+    "stats", "last-update", "stat-total-memory", "stat-free-memory", "stat-available-memory",
+    "stat-disk-caches", "stat-swap-in", "stat-swap-out", "stat-major-faults",
+    "stat-minor-faults", "type",
+]  # fmt: skip
+QMP_INTS = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([0, 1, 2**30, 2**52, 2**52 + 1, 2**63 - 1, 2**63, 2**64 - 1, 2**64]),
+)
+QMP_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    QMP_INTS,
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(["child<virtio-balloon-pci>", "DeviceNotFound", "DeviceNotActive"]),
+)
+JSON_VALUES = st.recursive(
+    QMP_SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(
+            st.one_of(st.sampled_from(QMP_KEYS), st.text(max_size=6)), inner, max_size=6
+        ),
+    ),
+    max_leaves=16,
+)
+
+
+def _member(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """A member's value: mostly what QEMU sends, else anything."""
+    return st.one_of(good, good, good, QMP_SCALARS, JSON_VALUES)
+
+
+def _members(**members: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({}, optional={k.replace("_", "-"): v for k, v in members.items()})
+
+
+SIZES = st.integers(min_value=0, max_value=2**40)
+PVE_MEMBERS = {
+    key: _member(st.one_of(SIZES, st.just(2**64 - 1)))
+    for key in ("max_mem", "last_update", "total_mem", "free_mem", "mem_swapped_in")
+}
+# What each command returns, QMP-shaped, with hostile members now and then.
+QMP_SHAPED: dict[str, st.SearchStrategy[Any]] = {
+    "capabilities": st.just({}),
+    "name": _members(name=_member(st.text(max_size=12))),
+    "uuid": st.fixed_dictionaries({"UUID": _member(st.uuids().map(str))}),
+    "kvm": st.fixed_dictionaries({"enabled": _member(st.booleans())}),
+    "memory": _members(base_memory=_member(SIZES), plugged_memory=_member(SIZES)),
+    "balloon": st.fixed_dictionaries({"actual": _member(SIZES)}, optional=PVE_MEMBERS),
+    "stats": _members(
+        stats=_member(
+            _members(
+                stat_total_memory=_member(SIZES),
+                stat_free_memory=_member(st.one_of(SIZES, st.just(2**64 - 1))),
+                stat_swap_in=_member(st.integers(min_value=0, max_value=2**64 - 1)),
+            )
+        ),
+        last_update=_member(st.integers(min_value=0, max_value=2**31)),
+    ),
+    "period": _member(st.integers(min_value=0, max_value=10)),
+    "arm": st.just({}),
+    "list-peripheral": _member(
+        st.lists(
+            _members(
+                name=_member(st.text(max_size=8)),
+                type=_member(st.sampled_from(["child<virtio-balloon-pci>", "child<e1000>"])),
+            ),
+            max_size=3,
+        )
+    ),
+}
+QMP_SHAPED["list-anon"] = QMP_SHAPED["list-peripheral"]
+
+QMP_ERRORS = st.fixed_dictionaries(
+    {"class": st.sampled_from(["DeviceNotFound", "DeviceNotActive", "GenericError"])},
+    optional={"desc": st.text(max_size=10)},
+)
+
+
+@st.composite
+def qmp_reply(draw: st.DrawFn, ident: int, name: str) -> bytes:
+    """One line in answer to command `ident` (`name`): mostly QMP-shaped, hostile members."""
+    kind = draw(st.integers(0, 11))
+    if kind == 0:
+        return draw(st.binary(max_size=40)).replace(b"\n", b" ")
+    if kind == 1:
+        depth = draw(st.integers(1, 5000))
+        return b'{"return": ' + b"[" * depth + b"]" * depth + b', "id": %d}' % ident
+    if kind == 2:
+        message: Any = draw(JSON_VALUES)
+    elif kind <= 4:
+        message = {"error": draw(st.one_of(QMP_ERRORS, JSON_VALUES))}
+    elif kind == 5:
+        message = {"return": draw(JSON_VALUES)}
+    else:
+        message = {"return": draw(QMP_SHAPED[name])}
+    if isinstance(message, dict) and draw(st.integers(0, 9)):
+        message["id"] = ident if draw(st.integers(0, 9)) else draw(JSON_VALUES)
+    return json.dumps(message).encode()
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_hostile_qmp_replies(data: st.DataObject) -> None:
+    """Whatever a QMP peer answers, the qmp source's reply handling raises its ProtocolError
+    (that VM is skipped) or takes it; nothing else escapes, and a VM it takes makes a valid line."""
+    from telegraf_balloon.config import QmpConfig
+    from telegraf_balloon.sources.qmp import Dialogue, ProtocolError, QmpSource, VmFacts, VmPoll
+
+    facts = VmFacts((1, 1), 1_700_000_000.0)
+    facts.identity_read = data.draw(st.booleans())
+    facts.memory_stale = data.draw(st.booleans())
+    facts.no_device = data.draw(st.booleans())
+    facts.pve_stats = data.draw(st.booleans())
+    poll = VmPoll("/run/qemu-server/150.qmp", data.draw(st.sampled_from([0, 2])))
+    dialogue = Dialogue(poll, lambda p, pid: facts)
+    try:
+        dialogue.feed(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
+        for _ in range(40):  # a device search, stats and arming are follow-ups
+            if not dialogue.pending:
+                break
+            ident = data.draw(st.sampled_from(sorted(dialogue.pending)))
+            line = data.draw(qmp_reply(ident, dialogue.pending[ident]))
+            if data.draw(st.integers(0, 9)) == 0:  # an event in between
+                dialogue.feed(b'{"event": "BALLOON_CHANGE", "data": {"actual": 1}}\r\n')
+            dialogue.feed(line + b"\r\n")
+    except ProtocolError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 300, str(exc)
+        return
+    stream = io.StringIO()
+    source = QmpSource(QmpConfig(sockets=()), "node", Log(stream))
+    sample = source._sample(poll, {"host": "node", "source": "qmp"}, None, 1_700_000_100.0)
+    _check_output(PollResult(samples=[sample]), stream.getvalue())
+
+
+QMP_NAMES = [
+    "capabilities", "name", "uuid", "kvm", "memory", "balloon", "stats", "period", "arm",
+    "list-peripheral", "list-anon",
+]  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=st.data(), name=st.sampled_from(QMP_NAMES))
+def test_hostile_qmp_reply_values(data: st.DataObject, name: str) -> None:
+    """VmPoll.reply on any JSON object: its ProtocolError or follow-up commands, nothing else."""
+    from telegraf_balloon.sources.qmp import ProtocolError, VmFacts, VmPoll
+
+    message = data.draw(
+        st.one_of(
+            st.fixed_dictionaries({"return": QMP_SHAPED[name]}),
+            st.fixed_dictionaries({"return": JSON_VALUES}),
+            st.fixed_dictionaries({"error": st.one_of(QMP_ERRORS, JSON_VALUES)}),
+            st.dictionaries(st.sampled_from(["return", "error", "id"]), JSON_VALUES),
+        )
+    )
+
+    poll = VmPoll("/run/qemu-server/150.qmp", 2)
+    poll.first(VmFacts((1, 1), 0.0))
+    try:
+        follow = poll.reply(name, message)
+    except ProtocolError:
+        return
+    for command, arguments in follow:
+        assert command in QMP_NAMES and isinstance(arguments, dict)

@@ -1,4 +1,5 @@
-"""The qmp source's pure parts: Proxmox configs, and Proxmox's query-balloon replies.
+"""The qmp source's pure parts: Proxmox configs, Proxmox's query-balloon replies, and the
+bounds on what any peer may send.
 
 Both are written from Proxmox's documentation and published source (tests/fixtures/proxmox/
 SOURCE.md): no Proxmox host or Proxmox-patched QEMU runs here. Everything a stock QEMU can
@@ -22,7 +23,17 @@ from telegraf_balloon import catalog
 from telegraf_balloon.config import QmpConfig
 from telegraf_balloon.log import Log
 from telegraf_balloon.sources import proxmox
-from telegraf_balloon.sources.qmp import NOT_REPORTED, QmpSource
+from telegraf_balloon.sources.qmp import (
+    MAX_EVENTS,
+    MAX_EXCHANGE,
+    MAX_LINE,
+    NOT_REPORTED,
+    Dialogue,
+    ProtocolError,
+    QmpSource,
+    VmFacts,
+    VmPoll,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "proxmox"
 MIB = 1024 * 1024
@@ -309,3 +320,84 @@ def test_proxmox_example_config_loads() -> None:
     loaded = load(str(Path(__file__).parent.parent / "examples" / "proxmox.toml"), {})
     assert loaded.qmp == (QmpConfig(set_stats_period=2),)
     assert {r.field for r in loaded.thresholds} >= {"balloon_ratio", "inflation_blocked"}
+
+
+# --- what a peer may send: bounded, and one VM's fault --------------------------------------
+
+
+def _dialogue() -> Dialogue:
+    poll = VmPoll("/run/qemu-server/150.qmp", 0)
+    dialogue = Dialogue(poll, lambda p, pid: VmFacts((pid, 0), 0.0))
+    out = dialogue.feed(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
+    assert out.startswith(b'{"execute":"qmp_capabilities","id":0}\n')
+    return dialogue
+
+
+def test_a_reply_line_that_never_ends_is_cut_at_max_line() -> None:
+    dialogue = _dialogue()
+    dialogue.feed(b'{"return": "')
+    chunk = b"a" * 65536
+    with pytest.raises(ProtocolError, match="longer than"):
+        for _ in range(MAX_LINE // len(chunk) + 1):
+            dialogue.feed(chunk)
+    assert len(dialogue.buffer) <= MAX_LINE + len(chunk)
+
+
+def test_endless_events_are_cut_at_max_events() -> None:
+    dialogue = _dialogue()
+    event = b'{"event": "BALLOON_CHANGE", "data": {"actual": 1}}\r\n'
+    dialogue.feed(event * MAX_EVENTS)  # many, but not endless: still listening
+    with pytest.raises(ProtocolError, match="events"):
+        dialogue.feed(event)
+
+
+def test_a_peer_sends_at_most_max_exchange_bytes() -> None:
+    dialogue = _dialogue()
+    blank = b" " * 65535 + b"\n"  # blank lines: no line too long, no event, no reply
+    with pytest.raises(ProtocolError, match="bytes in one exchange"):
+        for _ in range(MAX_EXCHANGE // len(blank) + 1):
+            dialogue.feed(blank)
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        (b'{"return": ' + b"[" * 50000 + b"]" * 50000 + b', "id": 0}', "nested too deeply"),
+        (b'{"return": {}, "id": [0]}', "id"),
+        (b'{"return": {}, "id": true}', "id"),  # True == 1 == a pending id: still not ours
+        (b'{"return": {}, "id": 0.0}', "id"),
+        (b'{"return": {}, "id": 99}', "id"),
+        (b"\xff\xfe not utf-8", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"return": {}, "id": 0, "error": {"class": 7}}', "not a QMP error"),
+    ],
+)
+def test_malformed_lines_are_protocol_errors(line: bytes, fragment: str) -> None:
+    dialogue = _dialogue()
+    with pytest.raises(ProtocolError, match=fragment):
+        dialogue.feed(line + b"\r\n")
+
+
+def test_no_socket_no_host_line(tmp_path: Path) -> None:
+    """A qmp source that sees no VM writes no balloon_host line (the contract: one per host
+    per source poll that saw a VM there), but reports itself up with vms=0."""
+    from tests.stack.execd import run_cli
+
+    config = tmp_path / "qmp.toml"
+    config.write_text(
+        f'[agent]\nhostname = "pve-1"\n[[sources.qmp]]\nsockets = ["{tmp_path}/run/*.qmp"]\n'
+        f'proxmox_config = ""\nhost_root = "{tmp_path}"\n'
+    )
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "meminfo").write_text("MemTotal: 1024 kB\nMemFree: 512 kB\n")
+    done = run_cli("--once", "--config", str(config), timeout=30)
+    assert done.returncode == 0, done.stderr
+    measurements = [line.split(",", 1)[0] for line in done.stdout.splitlines()]
+    assert measurements == [catalog.COLLECTOR], done.stdout
+    assert "up=true" in done.stdout and "vms=0i" in done.stdout
+    assert (
+        QmpSource(QmpConfig(sockets=(f"{tmp_path}/run/*.qmp",)), "pve-1", Log(io.StringIO()))
+        .poll(0.0)
+        .hosts
+        == []
+    )  # not even read: nothing to sum it with

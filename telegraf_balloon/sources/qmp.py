@@ -4,6 +4,9 @@ QMP serves one client at a time, and Proxmox's own daemons use the same sockets.
 poll connects to every VM side by side from one thread (a selector, no thread per VM), sends
 all of its commands in one write once greeted, reads the replies, and closes: nothing is held
 between polls, and a VM whose monitor is busy costs at most `connect_timeout` and is skipped.
+A socket whose peer answers what QEMU never would (a wrong type, a number out of range, a
+line or a stream of events without end) is skipped the same way, at once: one peer's
+replies never cost another VM its line.
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ BALLOON_PATH = "/machine/peripheral/balloon0"  # libvirt's and Proxmox's device 
 MAX_IN_FLIGHT = 128  # sockets open at once: under any fd limit; busy VMs wait side by side
 _PEERCRED = struct.Struct("3i")
 _RECV = 65536
+
+# What a reply may hold. A peer that says otherwise is not QEMU (or not a sane one): that VM
+# is skipped for the poll with one W!, the other VMs are not affected.
+MAX_MEMORY = 2**52  # bytes: no machine addresses more (52-bit physical addresses at most)
+MAX_INT64 = 2**63 - 1  # QAPI's `int`; also the largest integer a line-protocol field holds
+MAX_PERIOD = 2**32 - 1  # QEMU refuses a guest-stats-polling-interval above UINT32_MAX
+MAX_LINE = 1 << 20  # bytes of one reply line; QEMU's longest here (qom-list) is a few KiB
+MAX_EXCHANGE = 8 << 20  # bytes from one VM in one poll
+MAX_EVENTS = 1000  # events between replies in one poll; QEMU rate-limits BALLOON_CHANGE to 1/s
 
 # qom-get guest-stats: {"stats": {"stat-total-memory": 492847104, ...}, "last-update": 1795848260}
 # Memory and swap in bytes, faults in counts; 2^64-1 = not reported.
@@ -135,41 +147,54 @@ class VmPoll:
     # -- what came back --
 
     def reply(self, name: str, message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-        """Take one reply; return follow-up commands (device search, stats, arming)."""
+        """Take one reply; return follow-up commands (device search, stats, arming).
+
+        ProtocolError when the reply is not what QEMU sends: a wrong type, a number out of
+        range, neither `return` nor `error`. Nothing else escapes, whatever the peer sent.
+        """
         facts = self.facts
         assert facts is not None
-        error = message.get("error")
+        command = _command(name)
+        error = _error(message, command)
         value = message.get("return")
         if name == "capabilities":
             if error is not None:
-                raise _ProtocolError(f"qmp_capabilities refused: {_desc(error)}")
+                raise ProtocolError(f"qmp_capabilities refused: {_desc(error)}")
             return []
         if name == "name":
-            if isinstance(value, dict) and isinstance(value.get("name"), str):
-                facts.name = value["name"] or None
+            if error is None:
+                facts.name = _string(_object(value, command), "name", command) or None
         elif name == "uuid":
-            uuid = value.get("UUID") if isinstance(value, dict) else None
-            if isinstance(uuid, str) and uuid.strip("0-"):
+            uuid = _string(_object(value, command), "UUID", command) if error is None else None
+            if uuid is not None and uuid.strip("0-"):
                 facts.uuid = uuid
         elif name == "kvm":
-            if isinstance(value, dict):
-                facts.hypervisor = "kvm" if value.get("enabled") is True else "qemu"
+            if error is None:
+                enabled = _object(value, command).get("enabled")
+                if not isinstance(enabled, bool):
+                    raise ProtocolError(f"{command}: enabled is {_shown(enabled)}")
+                facts.hypervisor = "kvm" if enabled else "qemu"
             facts.identity_read = True  # the last of name, uuid, kvm: all three answered
         elif name == "memory":
-            if isinstance(value, dict) and isinstance(value.get("base-memory"), int):
-                facts.max_bytes = value["base-memory"] + int(value.get("plugged-memory") or 0)
+            if error is None:  # CommandNotFound before QEMU 2.11: the size stays unknown
+                info = _object(value, command)
+                base = _integer(info, "base-memory", command, MAX_MEMORY, required=True)
+                plugged = _integer(info, "plugged-memory", command, MAX_MEMORY)
+                assert base is not None
+                facts.max_bytes = base + (plugged or 0)
                 facts.memory_stale = False
         elif name == "balloon":
             return self._balloon(error, value)
         elif name == "stats":
-            if error is None and isinstance(value, dict):
-                self.stats = value
+            if error is None:
+                self.stats = _guest_stats(_object(value, "qom-get guest-stats"))
             elif _error_class(error) == "DeviceNotFound" and not self.no_device:
                 return self._search()
         elif name == "period":
-            if error is None and isinstance(value, int) and not isinstance(value, bool):
-                self.period = value
-                if value == 0 and self.set_period > 0 and not facts.arm_failed:
+            if error is None:
+                period = _bounded(value, "qom-get guest-stats-polling-interval", MAX_PERIOD)
+                self.period = period
+                if period == 0 and self.set_period > 0 and not facts.arm_failed:
                     assert facts.balloon_path is not None
                     return [
                         (
@@ -189,30 +214,37 @@ class VmPoll:
                 self.arm_error = _desc(error)
                 facts.arm_failed = True  # not again until the VM restarts
         elif name in ("list-peripheral", "list-anon"):
-            return self._found(name, value)
+            return self._found(name, _devices(value if error is None else []))
         return []
 
-    def _balloon(self, error: object, value: object) -> list[tuple[str, dict[str, Any]]]:
+    def _balloon(
+        self, error: Optional[dict[str, Any]], value: object
+    ) -> list[tuple[str, dict[str, Any]]]:
         facts = self.facts
         assert facts is not None
         if error is not None:
             if _error_class(error) == "DeviceNotActive":
                 self.no_device = facts.no_device = True  # no balloon device at all
             return []
-        if not isinstance(value, dict) or not isinstance(value.get("actual"), int):
-            return []
-        self.balloon = value
+        info = _object(value, "query-balloon")
+        actual = _integer(info, "actual", "query-balloon", MAX_MEMORY, required=True)
+        assert actual is not None
+        _integer(info, "max_mem", "query-balloon", MAX_MEMORY)
+        _integer(info, "last_update", "query-balloon", MAX_INT64)
+        for key, _ in _PVE_BALLOON:  # the guest's figures: any int64 (junk is left out later)
+            _integer(info, key, "query-balloon", MAX_INT64, minimum=-MAX_INT64 - 1)
+        self.balloon = info
         if facts.no_device:  # a balloon device was hot-plugged: ask for its stats now
             facts.no_device = False
             if facts.balloon_path is not None:
                 return self._stats_commands(facts.balloon_path, True)
-        if "max_mem" in value:
+        if "max_mem" in info:
             # Proxmox's QEMU: the guest figures come with query-balloon while they flow.
             was = facts.pve_stats
-            facts.pve_stats = "last_update" in value
+            facts.pve_stats = "last_update" in info
             if was and not facts.pve_stats and facts.balloon_path is not None:
                 return [("stats", {"path": facts.balloon_path, "property": "guest-stats"})]
-        elif facts.max_bytes is not None and value["actual"] > facts.max_bytes:
+        elif facts.max_bytes is not None and actual > facts.max_bytes:
             facts.memory_stale = True  # memory was hotplugged: read the size again next poll
         return []
 
@@ -223,32 +255,137 @@ class VmPoll:
         facts.balloon_path = None
         return [("list-peripheral", {"path": "/machine/peripheral"})]
 
-    def _found(self, name: str, value: object) -> list[tuple[str, dict[str, Any]]]:
+    def _found(self, name: str, devices: list[tuple[str, str]]) -> list[tuple[str, dict[str, Any]]]:
         facts = self.facts
         assert facts is not None
         base = "/machine/peripheral" if name == "list-peripheral" else "/machine/peripheral-anon"
-        for item in value if isinstance(value, list) else []:
-            kind = item.get("type", "") if isinstance(item, dict) else ""
-            if isinstance(kind, str) and kind.startswith("child<virtio-balloon"):
-                facts.balloon_path = f"{base}/{item.get('name')}"
+        for device, kind in devices:
+            if kind.startswith("child<virtio-balloon"):
+                facts.balloon_path = f"{base}/{device}"
                 return self._stats_commands(facts.balloon_path, True)
         if name == "list-peripheral":
             return [("list-anon", {"path": "/machine/peripheral-anon"})]
         return []
 
 
-class _ProtocolError(Exception):
-    """The peer said something that is not QMP."""
+class ProtocolError(Exception):
+    """The peer said something that is not QMP, or not what QEMU answers."""
 
 
-def _error_class(error: object) -> str:
-    return str(error.get("class", "")) if isinstance(error, dict) else ""
+def _command(name: str) -> str:
+    """The QMP command behind one of our names, as the W! line shows it."""
+    execute = _EXECUTE[name]
+    if name == "stats":
+        return "qom-get guest-stats"
+    if name in ("period", "arm"):
+        return f"{execute} guest-stats-polling-interval"
+    return execute
 
 
-def _desc(error: object) -> str:
-    if isinstance(error, dict):
-        return f"{error.get('class', 'error')}: {error.get('desc', '')}"
-    return str(error)
+def _shown(value: object) -> str:
+    """A short description of a JSON value for a log line (never the whole of it)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value) if -(10**30) < value < 10**30 else f"a {value.bit_length()}-bit number"
+    if isinstance(value, str) and len(value) > 40:
+        return repr(value[:37]) + "..."
+    return repr(value)
+
+
+def _object(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what}: returned {_shown(value)}, not an object")
+    return value
+
+
+def _string(info: dict[str, Any], key: str, what: str) -> Optional[str]:
+    if key not in info:
+        return None
+    value = info[key]
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what}: {key} is {_shown(value)}, not a string")
+    return value
+
+
+def _integer(
+    info: dict[str, Any],
+    key: str,
+    what: str,
+    maximum: int,
+    required: bool = False,
+    minimum: int = 0,
+) -> Optional[int]:
+    """The integer member `key` in [minimum, maximum]; None when absent and not required."""
+    if key not in info:
+        if required:
+            raise ProtocolError(f"{what}: no {key}")
+        return None
+    return _bounded(info[key], f"{what} {key}", maximum, minimum)
+
+
+def _bounded(value: object, what: str, maximum: int, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{what} is {_shown(value)}, not an integer")
+    if not minimum <= value <= maximum:
+        raise ProtocolError(f"{what} is {_shown(value)}, out of range")
+    return value
+
+
+def _guest_stats(info: dict[str, Any]) -> dict[str, Any]:
+    """qom-get guest-stats: {"stats": {name: uint64}, "last-update": int}."""
+    what = "qom-get guest-stats"
+    stats = info.get("stats", {})
+    if not isinstance(stats, dict):
+        raise ProtocolError(f"{what}: stats is {_shown(stats)}, not an object")
+    for key, _ in _GUEST_STATS:
+        _integer(stats, key, what, NOT_REPORTED)  # QEMU's uint64; junk is left out later
+    _integer(info, "last-update", what, MAX_INT64)
+    return info
+
+
+def _devices(value: object) -> list[tuple[str, str]]:
+    """qom-list: [{"name": str, "type": str, ...}] as (name, type) pairs."""
+    if not isinstance(value, list):
+        raise ProtocolError(f"qom-list: returned {_shown(value)}, not an array")
+    out = []
+    for item in value:
+        info = _object(item, "qom-list")
+        name = _string(info, "name", "qom-list")
+        kind = _string(info, "type", "qom-list")
+        if name is None or kind is None:
+            raise ProtocolError("qom-list: a property without name or type")
+        out.append((name, kind))
+    return out
+
+
+def _error(message: dict[str, Any], command: str) -> Optional[dict[str, Any]]:
+    """The reply's `error` member (None if it succeeded); ProtocolError if it is neither."""
+    if "error" in message:
+        error = message["error"]
+        if not isinstance(error, dict) or not isinstance(error.get("class"), str):
+            raise ProtocolError(f"{command}: error is {_shown(error)}, not a QMP error")
+        if not isinstance(error.get("desc", ""), str):
+            raise ProtocolError(f"{command}: error desc is {_shown(error['desc'])}")
+        return error
+    if "return" not in message:
+        raise ProtocolError(f"{command}: a reply with neither return nor error")
+    return None
+
+
+def _error_class(error: Optional[dict[str, Any]]) -> str:
+    return str(error.get("class", "")) if error is not None else ""
+
+
+def _desc(error: dict[str, Any]) -> str:
+    text = f"{error.get('class', 'error')}: {error.get('desc', '')}"
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 _EXECUTE = {
@@ -266,22 +403,82 @@ _EXECUTE = {
 }
 
 
-class _Conversation:
-    """The socket side of one VmPoll: bytes out, lines in, a deadline over all of it."""
+class Dialogue:
+    """One VM's side of a poll's QMP exchange, without the socket: bytes in, bytes out.
 
-    __slots__ = ("buffer", "deadline", "greeted", "next_id", "out", "pending", "poll", "sock")
+    `feed` takes what the peer sent and returns what to send next; ProtocolError when the
+    peer is not speaking QMP as QEMU does. Nothing it is fed raises anything else, and what
+    it keeps is bounded (MAX_LINE, MAX_EXCHANGE, MAX_EVENTS) whatever the peer sends.
+    """
 
-    def __init__(self, poll: VmPoll, sock: socket.socket, deadline: float) -> None:
+    __slots__ = ("buffer", "events", "facts_for", "greeted", "next_id", "pending", "poll", "size")
+
+    def __init__(self, poll: VmPoll, facts_for: Callable[[VmPoll, int], VmFacts]) -> None:
         self.poll = poll
-        self.sock = sock
-        self.deadline = deadline
-        self.buffer = b""
-        self.out = b""
+        self.facts_for = facts_for
+        self.buffer = bytearray()
         self.greeted = False
         self.pending: dict[int, str] = {}
         self.next_id = 0
+        self.size = 0  # bytes received
+        self.events = 0
 
-    def queue(self, commands: list[tuple[str, dict[str, Any]]]) -> None:
+    @property
+    def done(self) -> bool:
+        """Greeted, and every command answered."""
+        return self.greeted and not self.pending
+
+    def feed(self, data: bytes) -> bytes:
+        self.size += len(data)
+        if self.size > MAX_EXCHANGE:
+            raise ProtocolError(f"more than {MAX_EXCHANGE} bytes in one exchange")
+        self.buffer += data
+        if b"\n" not in data:
+            if len(self.buffer) > MAX_LINE:
+                raise ProtocolError(f"a reply line longer than {MAX_LINE} bytes")
+            return b""
+        *lines, rest = self.buffer.split(b"\n")
+        self.buffer = rest
+        if len(rest) > MAX_LINE:
+            raise ProtocolError(f"a reply line longer than {MAX_LINE} bytes")
+        follow: list[tuple[str, dict[str, Any]]] = []
+        for line in lines:
+            if len(line) > MAX_LINE:
+                raise ProtocolError(f"a reply line longer than {MAX_LINE} bytes")
+            if line.strip():
+                follow += self._message(bytes(line))
+        return self.queue(follow)
+
+    def _message(self, line: bytes) -> list[tuple[str, dict[str, Any]]]:
+        try:
+            message = json.loads(line)
+        except RecursionError:
+            raise ProtocolError(f"a reply nested too deeply: {_head(line)}") from None
+        except ValueError:  # UnicodeDecodeError too
+            raise ProtocolError(f"not JSON: {_head(line)}") from None
+        if not isinstance(message, dict):
+            raise ProtocolError(f"not a JSON object: {_head(line)}")
+        poll = self.poll
+        if not self.greeted:
+            if "QMP" not in message:
+                raise ProtocolError(f"no QMP greeting: {_head(line)}")
+            self.greeted = True
+            return poll.first(self.facts_for(poll, poll.pid))
+        if "event" in message:
+            self.events += 1
+            if self.events > MAX_EVENTS:
+                raise ProtocolError(f"more than {MAX_EVENTS} events and no reply")
+            return []  # BALLOON_CHANGE and friends: not ours to read
+        ident = message.get("id")
+        name = None
+        if type(ident) is int:  # not a bool, not a float: the ids we sent
+            name = self.pending.pop(ident, None)
+        if name is None:
+            raise ProtocolError(f"a reply whose id is none we sent: {_head(line)}")
+        return poll.reply(name, message)
+
+    def queue(self, commands: list[tuple[str, dict[str, Any]]]) -> bytes:
+        """The commands as bytes to send, each remembered under its id."""
         parts = []
         for name, arguments in commands:
             message: dict[str, Any] = {"execute": _EXECUTE[name], "id": self.next_id}
@@ -290,7 +487,24 @@ class _Conversation:
             self.pending[self.next_id] = name
             self.next_id += 1
             parts.append(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-        self.out += b"".join(parts)
+        return b"".join(parts)
+
+
+def _head(line: bytes) -> str:
+    return repr(line[:60]) + ("..." if len(line) > 60 else "")
+
+
+class _Conversation:
+    """The socket side of one Dialogue: bytes out, bytes in, a deadline over all of it."""
+
+    __slots__ = ("deadline", "dialogue", "out", "poll", "sock")
+
+    def __init__(self, dialogue: Dialogue, sock: socket.socket, deadline: float) -> None:
+        self.dialogue = dialogue
+        self.poll = dialogue.poll
+        self.sock = sock
+        self.deadline = deadline
+        self.out = b""
 
 
 def peer_pid(sock: socket.socket) -> int:
@@ -347,7 +561,7 @@ def exchange(
                 poll = waiting.pop()
                 sock = _connect(poll)
                 if sock is not None:
-                    conv = _Conversation(poll, sock, clock() + timeout)
+                    conv = _Conversation(Dialogue(poll, facts_for), sock, clock() + timeout)
                     live[sock.fileno()] = conv
                     selector.register(sock, selectors.EVENT_READ, conv)
             if not live:
@@ -359,15 +573,18 @@ def exchange(
                 try:
                     if events & selectors.EVENT_WRITE:
                         _send(conv, selector)
-                    if events & selectors.EVENT_READ and _receive(conv, selector, facts_for):
+                    if events & selectors.EVENT_READ and _receive(conv, selector):
                         _close(conv, selector, live)
-                except _ProtocolError as exc:
+                except ProtocolError as exc:
                     _fail(conv, "protocol", str(exc), selector, live)
                 except OSError as exc:
                     _fail(conv, "gone", f"connection lost: {exc.strerror or exc}", selector, live)
+                except Exception as exc:  # a reply no check foresaw: still this VM's alone
+                    message = f"unreadable reply ({type(exc).__name__}: {str(exc)[:120]})"
+                    _fail(conv, "protocol", message, selector, live)
             now = clock()
             for conv in [c for c in live.values() if c.deadline <= now]:
-                if conv.greeted:
+                if conv.dialogue.greeted:
                     _fail(conv, "busy", f"no reply within {timeout:g}s", selector, live)
                 else:
                     message = f"no greeting within {timeout:g}s (another client holds the monitor)"
@@ -415,11 +632,7 @@ def _send(conv: _Conversation, selector: selectors.BaseSelector) -> None:
     selector.modify(conv.sock, events, conv)
 
 
-def _receive(
-    conv: _Conversation,
-    selector: selectors.BaseSelector,
-    facts_for: Callable[[VmPoll, int], VmFacts],
-) -> bool:
+def _receive(conv: _Conversation, selector: selectors.BaseSelector) -> bool:
     """Read what arrived; True when the exchange is complete."""
     try:
         data = conv.sock.recv(_RECV)
@@ -427,35 +640,11 @@ def _receive(
         return False
     if not data:
         raise ConnectionResetError(0, "QEMU closed the connection (the VM stopped)")
-    buffer = conv.buffer + data
-    *lines, conv.buffer = buffer.split(b"\n")
-    follow: list[tuple[str, dict[str, Any]]] = []
-    poll = conv.poll
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            message = json.loads(line)
-        except ValueError:
-            raise _ProtocolError(f"not JSON: {line[:80]!r}") from None
-        if not isinstance(message, dict):
-            raise _ProtocolError(f"not a JSON object: {line[:80]!r}")
-        if not conv.greeted:
-            if "QMP" not in message:
-                raise _ProtocolError(f"no QMP greeting: {line[:80]!r}")
-            conv.greeted = True
-            follow += poll.first(facts_for(poll, poll.pid))
-            continue
-        if "event" in message:
-            continue  # BALLOON_CHANGE and friends: not ours to read
-        name = conv.pending.pop(message.get("id", -1), None)
-        if name is None:
-            raise _ProtocolError(f"a reply to nothing asked: {line[:80]!r}")
-        follow += poll.reply(name, message)
-    if follow:
-        conv.queue(follow)
+    out = conv.dialogue.feed(data)
+    if out:
+        conv.out += out
         _send(conv, selector)
-    return conv.greeted and not conv.pending
+    return conv.dialogue.done
 
 
 def _close(
@@ -573,6 +762,8 @@ class QmpSource:
             self.log.fault(denied_key, f"qmp {self.instance}: {message}", level="E")
         else:
             self.log.clear(denied_key)
+        if not samples:  # no VM here: no host line (aggregate.host_lines), nothing to read
+            return PollResult(api_latency_seconds=latency)
         kinds = {s.tags["hypervisor"] for s in samples}
         hypervisor = kinds.pop() if len(kinds) == 1 else ("kvm" if "kvm" in kinds else "qemu")
         host = local_host({**host_tags, "hypervisor": hypervisor}, self.config.host_root)
@@ -677,7 +868,11 @@ class QmpSource:
 
 
 def _count(value: object) -> Optional[int]:
-    """A reported figure: a non-negative int that is not QEMU's 'not reported' marker."""
+    """A reported figure: a non-negative int64 (not QEMU's 'not reported' marker, 2^64-1).
+
+    The guest's figures pass through QEMU unchecked: a guest can send any uint64, and one
+    beyond int64 is junk no line-protocol integer holds, so it is left out like a missing one.
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         return None
-    return value if 0 <= value < NOT_REPORTED else None
+    return value if 0 <= value <= MAX_INT64 else None

@@ -4,6 +4,9 @@ The daemon's `qemu+unix:///system?socket=...` URI has no host part, so the sourc
 facts from `host_root`: here an EDAC tree written as drivers/edac/edac_mc_sysfs.c lays it out
 (one mcN per memory controller, `ce_count` and `ue_count` as "%u\\n"), whose counters the test
 moves between polls. The machine's own /sys has no EDAC controllers to move.
+
+A host line is written only for a host where the source saw a VM (`balloon_host`: one line per
+host per source poll that saw a VM there), so these tests run with the session's QEMU guest.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def _edac(root: Path, controller: int, corrected: int, uncorrected: int) -> None
     (folder / "ue_count").write_text(f"{uncorrected}\n")
 
 
-def _plugin(stack: LibvirtStack, host_root: Path) -> Plugin:
+def _plugin(stack: LibvirtStack, host_root: Path, domains: str) -> Plugin:
     return Plugin(
         f"""
 [agent]
@@ -38,6 +41,7 @@ timeout = "10s"
 [[sources.libvirt]]
 uri = "{stack.uri}"
 host_root = "{host_root}"
+domains = ["{domains}"]
 {ECC_RULE}
 """
     )
@@ -51,11 +55,11 @@ def _host(plugin: Plugin) -> dict[str, Any]:
 
 
 def test_ecc_counters_and_the_new_uncorrected_rule(
-    libvirt_stack: LibvirtStack, tmp_path: Path
+    libvirt_stack: LibvirtStack, qemu_guest: str, tmp_path: Path
 ) -> None:
     _edac(tmp_path, 0, 3, 0)
     _edac(tmp_path, 1, 1, 0)
-    plugin = _plugin(libvirt_stack, tmp_path)
+    plugin = _plugin(libvirt_stack, tmp_path, qemu_guest)
     try:
         first = _host(plugin)
         assert (first["ecc_corrected_total"], first["ecc_uncorrected_total"]) == (4, 0)
@@ -76,14 +80,30 @@ def test_ecc_counters_and_the_new_uncorrected_rule(
         plugin.close()
 
 
-def test_no_edac_no_ecc_fields(libvirt_stack: LibvirtStack, tmp_path: Path) -> None:
+def test_no_edac_no_ecc_fields(
+    libvirt_stack: LibvirtStack, qemu_guest: str, tmp_path: Path
+) -> None:
     (tmp_path / "sys/devices/system").mkdir(parents=True)  # a host without EDAC drivers
-    plugin = _plugin(libvirt_stack, tmp_path)
+    plugin = _plugin(libvirt_stack, tmp_path, qemu_guest)
     try:
         for _ in range(2):
             fields = _host(plugin)
             assert not [name for name in fields if name.startswith("ecc_")], fields
             assert fields["host_memory_bytes"] > 0  # libvirt's figure: no meminfo there
             assert fields["alert_level"] == 0
+    finally:
+        plugin.close()
+
+
+def test_no_domain_no_host_line(libvirt_stack: LibvirtStack, tmp_path: Path) -> None:
+    """No running domain the source reports: no balloon_host line, EDAC or not; the source is
+    up with vms=0. (Another source on this machine that sees VMs writes the host's line.)"""
+    _edac(tmp_path, 0, 1, 1)
+    plugin = _plugin(libvirt_stack, tmp_path, "no-such-domain-*")
+    try:
+        for _ in range(2):
+            lines = plugin.poll()
+            assert [x["measurement"] for x in lines] == ["balloon_collector"], lines
+            assert lines[0]["fields"]["up"] is True and lines[0]["fields"]["vms"] == 0
     finally:
         plugin.close()

@@ -8,6 +8,7 @@ Tests that need other VMs start and stop their own in the same directory.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,8 +16,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -29,6 +32,8 @@ from telegraf_balloon.model import PollResult, Sample
 from telegraf_balloon.sources.qmp import QmpSource
 from tests.stack.common import need_program, unavailable
 from tests.stack.fixtures import QMP_BOOTED, QMP_NO_BALLOON, QMP_PLAIN, QMP_UUID
+from tests.stack.inprocess import Plugin
+from tests.stack.libvirt_stack import LibvirtStack
 from tests.stack.qemu_stack import QemuError, QemuHost
 
 pytestmark = pytest.mark.integration
@@ -448,3 +453,222 @@ def test_fifty_paused_vms_in_one_poll(fifty_paused: QemuHost) -> None:
         assert sample.fields["reservation_bytes"] == 64 * MIB
     assert result.api_latency_seconds is not None and result.api_latency_seconds < 2.0
     assert stream.getvalue() == ""
+
+
+# --- a hostile peer among real QEMUs ------------------------------------------------------------
+
+HOSTILE_VMID = 199
+
+
+def _deep(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def _normal_reply(command: str, arguments: dict[str, Any]) -> Any:
+    """What a stock QEMU with a balloon device answers (the peer's replies when well-behaved)."""
+    prop = arguments.get("property")
+    replies: dict[str, Any] = {
+        "qmp_capabilities": {},
+        "query-name": {"name": "hostile"},
+        "query-uuid": {"UUID": "00000000-0000-0000-0000-000000000000"},
+        "query-kvm": {"enabled": False, "present": False},
+        "query-memory-size-summary": {"base-memory": 256 * MIB},
+        "query-balloon": {"actual": 256 * MIB},
+        "qom-get guest-stats": {"stats": {}, "last-update": 0},
+        "qom-get guest-stats-polling-interval": 0,
+    }
+    return replies.get(f"{command} {prop}" if prop else command, {})
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """One malformed answer: to `command`, `reply(id)` instead of QEMU's; `fragment` is what
+    the W! line must say. A `flood` peer sends `reply(id)` again and again, never a reply."""
+
+    name: str
+    command: str
+    reply: Callable[[int], bytes]
+    fragment: str
+    flood: bool = False
+
+
+def _json(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode() + b"\r\n"
+
+
+HOSTILE = [
+    Hostile(
+        "deeply-nested-reply",
+        "query-balloon",
+        lambda i: b'{"return": ' + _deep(100_000) + b', "id": %d}\r\n' % i,
+        "nested too deeply",
+    ),
+    Hostile("id-is-a-list", "query-balloon", lambda i: _json({"return": {}, "id": [i]}), "id"),
+    Hostile(
+        "plugged-memory-string",
+        "query-memory-size-summary",
+        lambda i: _json({"return": {"base-memory": 256 * MIB, "plugged-memory": "x"}, "id": i}),
+        "plugged-memory",
+    ),
+    Hostile(
+        "actual-beyond-any-memory",
+        "query-balloon",
+        lambda i: _json({"return": {"actual": 10**30}, "id": i}),
+        "actual",
+    ),
+    Hostile(
+        "actual-nan",
+        "query-balloon",
+        lambda i: b'{"return": {"actual": NaN}, "id": %d}\r\n' % i,
+        "actual",
+    ),
+    Hostile(
+        "stats-period-negative",
+        "qom-get guest-stats-polling-interval",
+        lambda i: _json({"return": -5, "id": i}),
+        "guest-stats-polling-interval",
+    ),
+    Hostile(
+        "guest-stat-not-a-number",
+        "qom-get guest-stats",
+        lambda i: _json({"return": {"stats": {"stat-free-memory": "lots"}}, "id": i}),
+        "stat-free-memory",
+    ),
+    Hostile(
+        "error-not-an-object",
+        "query-balloon",
+        lambda i: _json({"error": "no", "id": i}),
+        "error",
+    ),
+    Hostile(
+        "neither-return-nor-error",
+        "query-balloon",
+        lambda i: _json({"id": i}),
+        "neither",
+    ),
+    Hostile(
+        "reply-line-without-end",
+        "query-balloon",
+        lambda i: b'{"return": "' + b"a" * 65536,
+        "longer than",
+        flood=True,
+    ),
+    Hostile(
+        "endless-events",
+        "query-balloon",
+        lambda i: _json({"event": "BALLOON_CHANGE", "data": {"actual": 1}, "timestamp": {}}),
+        "events",
+        flood=True,
+    ),
+]
+
+
+class HostilePeer:
+    """Not QEMU, on purpose: a QMP-shaped peer in the same glob as the real VMs, answering one
+    command with a reply no QEMU sends (a real QEMU cannot be made to send any of these).
+    Every other command gets a stock QEMU's answer."""
+
+    def __init__(self, path: Path, case: Hostile) -> None:
+        self.path = path
+        self.case = case
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(4)
+        self.server.settimeout(0.05)  # to see `stopping` soon: close() does not wake accept()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):  # the source hung up: the point
+                self._session(conn)
+
+    def _session(self, conn: socket.socket) -> None:
+        conn.settimeout(10)  # blocking, bounded
+        conn.sendall(_json({"QMP": {"version": {}, "capabilities": []}}))
+        for line in conn.makefile("rb"):
+            message = json.loads(line)
+            arguments = message.get("arguments", {})
+            command = message["execute"]
+            prop = arguments.get("property")
+            name = f"{command} {prop}" if prop else command
+            ident = message["id"]
+            if name != self.case.command:
+                conn.sendall(_json({"return": _normal_reply(command, arguments), "id": ident}))
+            elif self.case.flood:
+                while True:  # until the source hangs up (sendall then fails)
+                    conn.sendall(self.case.reply(ident))
+            else:
+                conn.sendall(self.case.reply(ident))
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+        self.server.close()
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[c.name for c in HOSTILE])
+def test_hostile_peer_in_the_glob_costs_only_itself(qmp_host: QemuHost, case: Hostile) -> None:
+    """The real VMs are reported on every poll; the hostile socket is skipped with one W!."""
+    path = qmp_host.run_dir / f"{HOSTILE_VMID}.qmp"
+    peer = HostilePeer(path, case)
+    try:
+        stream = io.StringIO()
+        source = source_for(qmp_host, stream, connect_timeout=5.0)
+        for _ in range(3):
+            result = source.poll(time.time())
+            vms = by_vmid(result)
+            assert {QMP_BOOTED, QMP_NO_BALLOON, QMP_PLAIN} <= set(vms), stream.getvalue()
+            assert HOSTILE_VMID not in vms
+            [host] = result.hosts
+            assert host.tags["host"] == "node-1"
+    finally:
+        peer.close()
+    logged = stream.getvalue().splitlines()
+    hostile = [line for line in logged if f"{HOSTILE_VMID}.qmp" in line]
+    assert len(hostile) == 1, logged  # said once, not every poll
+    assert hostile[0].startswith(f"W! qmp: {path}: skipped this poll: "), hostile
+    assert case.fragment in hostile[0], hostile
+    assert len(hostile[0]) < 400, hostile  # a short line, whatever the peer sent
+    assert "no reply within" not in hostile[0]  # cut off on what it sent, not by the deadline
+    assert [line for line in logged if line[:3] in ("W! ", "E! ")] == hostile
+
+
+# --- one machine, one host series ---------------------------------------------------------------
+
+
+def test_one_machine_one_host_series(
+    libvirt_stack: LibvirtStack, qemu_guest: str, qmp_host: QemuHost, tmp_path: Path
+) -> None:
+    """examples/all.toml on one machine: libvirt and qmp both describe this host, but only a
+    source that saw a VM there writes its balloon_host line, so sums count the machine once."""
+    empty = tmp_path / "no-qmp"
+    empty.mkdir()
+
+    def host_lines(libvirt_domains: str, qmp_glob: Path) -> list[dict[str, Any]]:
+        plugin = Plugin(
+            f'[[sources.libvirt]]\nuri = "{libvirt_stack.uri}"\ndomains = [{libvirt_domains}]\n'
+            f'[[sources.qmp]]\nsockets = ["{qmp_glob}"]\nproxmox_config = ""\n'
+        )
+        try:
+            lines = plugin.poll()
+        finally:
+            plugin.close()
+        collectors = [x for x in lines if x["measurement"] == catalog.COLLECTOR]
+        assert len(collectors) == 2 and all(c["fields"]["up"] for c in collectors), lines
+        return [x for x in lines if x["measurement"] == catalog.HOST]
+
+    [libvirt_only] = host_lines(f'"{qemu_guest}"', empty / "*.qmp")  # libvirt has the VM
+    assert libvirt_only["tags"]["source"] == "libvirt"
+    assert libvirt_only["fields"]["vms_total"] == 1
+    [qmp_only] = host_lines('"no-such-domain-*"', Path(qmp_host.glob))  # qmp has the VMs
+    assert qmp_only["tags"]["source"] == "qmp"
+    assert qmp_only["fields"]["vms_total"] >= 3
