@@ -769,7 +769,7 @@ class Judge:
         if kind == catalog.GUEST:
             blacklisted = fields.get("driver_blacklisted") is True
             if blacklisted:
-                self._blacklist_context(part, tags, ctx)
+                self._blacklist_context(sample, ctx)
                 add("driver_blacklisted")
             elif tags.get("driver") == "none":
                 add("no_balloon_device")
@@ -938,13 +938,13 @@ class Judge:
         ctx["stale_after"] = duration(stale_after)
         return ctx
 
-    def _blacklist_context(self, part: SourceBatch, tags: Tags, ctx: _Context) -> None:
-        from .sources.guest import BALLOON_MODULES, blacklist_origins
-
-        origins = blacklist_origins(part.instance)
-        module = tags.get("driver", "none")
+    @staticmethod
+    def _blacklist_context(sample: Sample, ctx: _Context) -> None:
+        """The driver and where it is blacklisted, as the guest source saw them at its poll."""
+        origins = sample.detail.blacklist_origins if sample.detail is not None else {}
+        module = sample.tags.get("driver", "none")
         if module == "none" or module not in origins:
-            module = next((m for m in BALLOON_MODULES if m in origins), module)
+            module = next(iter(origins), module)  # the source's first balloon driver
         where = origins.get(module, [])
         ctx["module"] = module
         ctx["where"] = (

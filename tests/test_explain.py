@@ -27,7 +27,8 @@ import pytest
 from telegraf_balloon import explain
 from telegraf_balloon.config import load_text
 from telegraf_balloon.log import Log
-from telegraf_balloon.model import Fields, HostInfo, PollResult, Sample, Source
+from telegraf_balloon.model import Detail, Fields, HostInfo, PollResult, Sample, Source
+from telegraf_balloon.runner import Runner
 from telegraf_balloon.sources import build_sources
 from tests.stack.common import unavailable
 from tests.stack.execd import REPO, Lease, child_env, run_cli
@@ -190,6 +191,97 @@ def test_blacklisted_on_the_kernel_command_line() -> None:
     doc = explain_now(guest_toml(FIXTURES / "virtio-blacklisted-cmdline/root"))
     finding = assert_found(doc, "driver_blacklisted", "warning", "kernel command line")
     assert "GRUB_CMDLINE_LINUX" in finding["remedy"]
+
+
+class OneSample:
+    """A source that hands over one sample as built, `detail` included."""
+
+    def __init__(self, kind: str, instance: str, sample: Sample) -> None:
+        self.kind = kind
+        self.instance = instance
+        self.sample = sample
+
+    def poll(self, now: float) -> PollResult:
+        return PollResult(samples=[self.sample])
+
+    def close(self) -> None:
+        pass
+
+
+def _blacklisted_sample(detail: Optional[Detail]) -> Sample:
+    tags = {"host": "g", "guest": "g", "hypervisor": "kvm", "source": "guest"}
+    tags["driver"] = "virtio_balloon"
+    fields: Fields = {"memory_max_bytes": GIB, "driver_loaded": False, "driver_blacklisted": True}
+    fields["inflation_blocked"] = True
+    return Sample("g", tags, fields, detail)
+
+
+def test_blacklisted_driver_is_named_from_the_sample_alone(tmp_path: Path) -> None:
+    """The judge reads where the driver is blacklisted from the sample the guest source handed
+    over, not from files: its instance here is a directory with no modprobe.d at all."""
+    detail = Detail({"virtio_balloon": ["/etc/modprobe.d/from-the-sample.conf"]})
+    source = OneSample("guest", str(tmp_path), _blacklisted_sample(detail))
+    doc = explain_now(guest_toml(CONFIG_ONLY), sources=[source])
+    finding = assert_found(doc, "driver_blacklisted", "warning")
+    assert "/etc/modprobe.d/from-the-sample.conf" in finding["message"]
+    assert "in /etc/modprobe.d/from-the-sample.conf." in finding["remedy"]
+    assert "detail" not in doc["vms"][0] and "blacklist_origins" not in doc["_text"]
+    # Without the detail, the message says where to look instead of naming a file.
+    source = OneSample("guest", str(tmp_path), _blacklisted_sample(None))
+    doc = explain_now(guest_toml(CONFIG_ONLY), sources=[source])
+    finding = assert_found(doc, "driver_blacklisted", "warning", "virtio_balloon")
+    assert "in a modprobe.d file or the kernel command line" in finding["message"]
+
+
+def test_the_guest_source_hands_over_where_its_driver_is_blacklisted() -> None:
+    """On the blacklisted trees the sample carries the places; elsewhere no detail at all."""
+    config = load_text(guest_toml(FIXTURES / "virtio-blacklisted-modprobe/root"), "t.toml")
+    [source] = build_sources(config, Log(io.StringIO()))
+    [sample] = source.poll(time.time()).samples
+    assert sample.detail == Detail({"virtio_balloon": ["/etc/modprobe.d/no-balloon.conf"]})
+    config = load_text(guest_toml(FIXTURES / "virtio-blacklisted-cmdline/root"), "t.toml")
+    [source] = build_sources(config, Log(io.StringIO()))
+    [sample] = source.poll(time.time()).samples
+    assert sample.detail == Detail({"virtio_balloon": ["the kernel command line"]})
+    config = load_text(guest_toml(FIXTURES / "virtio-6.1-inflated/root"), "t.toml")
+    [source] = build_sources(config, Log(io.StringIO()))
+    [sample] = source.poll(time.time()).samples
+    assert sample.detail is None
+
+
+def test_a_sample_detail_never_reaches_the_lines() -> None:
+    """The plugin writes the same lines whether a sample carries a detail or not."""
+    config = load_text(guest_toml(CONFIG_ONLY), "t.toml")
+    written = []
+    for detail in (None, Detail({"virtio_balloon": ["/etc/modprobe.d/x.conf"]})):
+        out = io.BytesIO()
+        source = OneSample("guest", "/r", _blacklisted_sample(detail))
+        runner = Runner(config, [source], out, Log(io.StringIO()), "h", clock=lambda: 1000.0)
+        assert runner.poll()
+        runner.close()
+        # the poll's own duration is the only figure that differs from run to run
+        written.append(
+            re.sub(rb"duration_seconds=[-+.0-9e]+", b"duration_seconds=D", out.getvalue())
+        )
+    assert written[0] == written[1] and b"virtio_balloon" in written[0]
+    assert b"modprobe.d" not in written[1] and b"detail" not in written[1]
+
+
+def test_a_fifo_in_modprobe_d_does_not_block(tmp_path: Path) -> None:
+    """The guest source names the file at every poll where the driver is blacklisted: a FIFO
+    among the modprobe.d files is skipped there, as everywhere else, and the real file named."""
+    root = tree(tmp_path, "virtio-blacklisted-modprobe")
+    os.mkfifo(root / "etc" / "modprobe.d" / "zz-pipe.conf")
+    config = tmp_path / "c.toml"
+    config.write_text(guest_toml(root))
+    done = run_cli("--explain", "--format", "json", "--config", str(config), timeout=30)
+    assert done.returncode == 1, done.stderr
+    [vm] = json.loads(done.stdout)["vms"]
+    [finding] = vm["findings"]
+    assert "in /etc/modprobe.d/no-balloon.conf:" in finding["message"], finding
+    assert "zz-pipe.conf: a FIFO, not a regular file" in done.stderr
+    done = run_cli("--once", "--config", str(config), timeout=30)
+    assert done.returncode == 0 and "driver_blacklisted=true" in done.stdout, done.stderr
 
 
 def test_no_balloon_device() -> None:
