@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from telegraf_balloon import catalog, explain  # noqa: E402
+from telegraf_balloon import catalog, findings  # noqa: E402
 from telegraf_balloon.cli import sample_config  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def sections() -> dict[str, str]:
     return {
         "SAMPLE CONFIG": "```toml\n" + sample_config() + "```",
         "METRICS": catalog.markdown_tables().rstrip(),
-        "FINDINGS": explain.markdown_table(),
+        "FINDINGS": findings.markdown_table(),
         "SOURCE FIELDS": source_fields(),
     }
 

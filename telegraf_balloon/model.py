@@ -10,19 +10,36 @@ Fields = dict[str, FieldValue]
 Tags = dict[str, str]
 
 
+@dataclass(frozen=True)
+class Detail:
+    """What a source knows of a VM beyond its fields, for --explain's messages only.
+
+    Not a line-protocol field: the serializer and the health stage never read it, and no
+    finding rests on it (the fields decide; this names the place to act on).
+    """
+
+    # balloon driver -> where it is blacklisted ("/etc/modprobe.d/x.conf", "the kernel
+    # command line"), drivers in the guest source's order of preference
+    blacklist_origins: dict[str, list[str]] = field(default_factory=dict)
+
+
 class Sample:
     """One VM seen by one source at one poll: tags and the fields the source knows.
 
     `key` identifies the VM within its source instance across polls (UUID, else name).
-    Fields a source cannot know are absent, never zero-filled.
+    Fields a source cannot know are absent, never zero-filled. `detail` is None unless the
+    source has something to say for --explain (see Detail).
     """
 
-    __slots__ = ("fields", "key", "tags")
+    __slots__ = ("detail", "fields", "key", "tags")
 
-    def __init__(self, key: str, tags: Tags, fields: Fields) -> None:
+    def __init__(
+        self, key: str, tags: Tags, fields: Fields, detail: Optional[Detail] = None
+    ) -> None:
         self.key = key
         self.tags = tags
         self.fields = fields
+        self.detail = detail
 
     def __repr__(self) -> str:
         return f"Sample({self.key!r}, {self.tags!r}, {self.fields!r})"

@@ -24,10 +24,16 @@ from typing import Any, Optional, cast
 
 import pytest
 
-from telegraf_balloon import explain
+from telegraf_balloon import findings
 from telegraf_balloon.config import load_text
+from telegraf_balloon.explain.figures import duration
+from telegraf_balloon.explain.judge import WATCH_INTERVAL, Judge, severity
+from telegraf_balloon.explain.poll import run
+from telegraf_balloon.explain.render import to_json, to_text
+from telegraf_balloon.explain.templates import render_template
 from telegraf_balloon.log import Log
-from telegraf_balloon.model import Fields, HostInfo, PollResult, Sample, Source
+from telegraf_balloon.model import Detail, Fields, HostInfo, PollResult, Sample, Source
+from telegraf_balloon.runner import Runner
 from telegraf_balloon.sources import build_sources
 from tests.stack.common import unavailable
 from tests.stack.execd import REPO, Lease, child_env, run_cli
@@ -62,7 +68,7 @@ def explain_now(
     toml: str,
     sources: Optional[list[Source]] = None,
     watch: Optional[float] = None,
-    interval: float = explain.WATCH_INTERVAL,
+    interval: float = WATCH_INTERVAL,
     sleep: Any = time.sleep,
     clock: Any = time.time,
 ) -> dict[str, Any]:
@@ -71,11 +77,9 @@ def explain_now(
     log = Log(io.StringIO())
     if sources is None:
         sources = build_sources(config, log)
-    report = explain.run(
-        config, sources, log, "plugin-host", watch, interval, clock=clock, sleep=sleep
-    )
-    document: dict[str, Any] = json.loads(explain.to_json(report))
-    document["_text"] = explain.to_text(report)
+    report = run(config, sources, log, "plugin-host", watch, interval, clock=clock, sleep=sleep)
+    document: dict[str, Any] = json.loads(to_json(report))
+    document["_text"] = to_text(report)
     document["_exit"] = report.exit_code
     return document
 
@@ -190,6 +194,97 @@ def test_blacklisted_on_the_kernel_command_line() -> None:
     doc = explain_now(guest_toml(FIXTURES / "virtio-blacklisted-cmdline/root"))
     finding = assert_found(doc, "driver_blacklisted", "warning", "kernel command line")
     assert "GRUB_CMDLINE_LINUX" in finding["remedy"]
+
+
+class OneSample:
+    """A source that hands over one sample as built, `detail` included."""
+
+    def __init__(self, kind: str, instance: str, sample: Sample) -> None:
+        self.kind = kind
+        self.instance = instance
+        self.sample = sample
+
+    def poll(self, now: float) -> PollResult:
+        return PollResult(samples=[self.sample])
+
+    def close(self) -> None:
+        pass
+
+
+def _blacklisted_sample(detail: Optional[Detail]) -> Sample:
+    tags = {"host": "g", "guest": "g", "hypervisor": "kvm", "source": "guest"}
+    tags["driver"] = "virtio_balloon"
+    fields: Fields = {"memory_max_bytes": GIB, "driver_loaded": False, "driver_blacklisted": True}
+    fields["inflation_blocked"] = True
+    return Sample("g", tags, fields, detail)
+
+
+def test_blacklisted_driver_is_named_from_the_sample_alone(tmp_path: Path) -> None:
+    """The judge reads where the driver is blacklisted from the sample the guest source handed
+    over, not from files: its instance here is a directory with no modprobe.d at all."""
+    detail = Detail({"virtio_balloon": ["/etc/modprobe.d/from-the-sample.conf"]})
+    source = OneSample("guest", str(tmp_path), _blacklisted_sample(detail))
+    doc = explain_now(guest_toml(CONFIG_ONLY), sources=[source])
+    finding = assert_found(doc, "driver_blacklisted", "warning")
+    assert "/etc/modprobe.d/from-the-sample.conf" in finding["message"]
+    assert "in /etc/modprobe.d/from-the-sample.conf." in finding["remedy"]
+    assert "detail" not in doc["vms"][0] and "blacklist_origins" not in doc["_text"]
+    # Without the detail, the message says where to look instead of naming a file.
+    source = OneSample("guest", str(tmp_path), _blacklisted_sample(None))
+    doc = explain_now(guest_toml(CONFIG_ONLY), sources=[source])
+    finding = assert_found(doc, "driver_blacklisted", "warning", "virtio_balloon")
+    assert "in a modprobe.d file or the kernel command line" in finding["message"]
+
+
+def test_the_guest_source_hands_over_where_its_driver_is_blacklisted() -> None:
+    """On the blacklisted trees the sample carries the places; elsewhere no detail at all."""
+    config = load_text(guest_toml(FIXTURES / "virtio-blacklisted-modprobe/root"), "t.toml")
+    [source] = build_sources(config, Log(io.StringIO()))
+    [sample] = source.poll(time.time()).samples
+    assert sample.detail == Detail({"virtio_balloon": ["/etc/modprobe.d/no-balloon.conf"]})
+    config = load_text(guest_toml(FIXTURES / "virtio-blacklisted-cmdline/root"), "t.toml")
+    [source] = build_sources(config, Log(io.StringIO()))
+    [sample] = source.poll(time.time()).samples
+    assert sample.detail == Detail({"virtio_balloon": ["the kernel command line"]})
+    config = load_text(guest_toml(FIXTURES / "virtio-6.1-inflated/root"), "t.toml")
+    [source] = build_sources(config, Log(io.StringIO()))
+    [sample] = source.poll(time.time()).samples
+    assert sample.detail is None
+
+
+def test_a_sample_detail_never_reaches_the_lines() -> None:
+    """The plugin writes the same lines whether a sample carries a detail or not."""
+    config = load_text(guest_toml(CONFIG_ONLY), "t.toml")
+    written = []
+    for detail in (None, Detail({"virtio_balloon": ["/etc/modprobe.d/x.conf"]})):
+        out = io.BytesIO()
+        source = OneSample("guest", "/r", _blacklisted_sample(detail))
+        runner = Runner(config, [source], out, Log(io.StringIO()), "h", clock=lambda: 1000.0)
+        assert runner.poll()
+        runner.close()
+        # the poll's own duration is the only figure that differs from run to run
+        written.append(
+            re.sub(rb"duration_seconds=[-+.0-9e]+", b"duration_seconds=D", out.getvalue())
+        )
+    assert written[0] == written[1] and b"virtio_balloon" in written[0]
+    assert b"modprobe.d" not in written[1] and b"detail" not in written[1]
+
+
+def test_a_fifo_in_modprobe_d_does_not_block(tmp_path: Path) -> None:
+    """The guest source names the file at every poll where the driver is blacklisted: a FIFO
+    among the modprobe.d files is skipped there, as everywhere else, and the real file named."""
+    root = tree(tmp_path, "virtio-blacklisted-modprobe")
+    os.mkfifo(root / "etc" / "modprobe.d" / "zz-pipe.conf")
+    config = tmp_path / "c.toml"
+    config.write_text(guest_toml(root))
+    done = run_cli("--explain", "--format", "json", "--config", str(config), timeout=30)
+    assert done.returncode == 1, done.stderr
+    [vm] = json.loads(done.stdout)["vms"]
+    [finding] = vm["findings"]
+    assert "in /etc/modprobe.d/no-balloon.conf:" in finding["message"], finding
+    assert "zz-pipe.conf: a FIFO, not a regular file" in done.stderr
+    done = run_cli("--once", "--config", str(config), timeout=30)
+    assert done.returncode == 0 and "driver_blacklisted=true" in done.stdout, done.stderr
 
 
 def test_no_balloon_device() -> None:
@@ -438,8 +533,8 @@ def test_a_thousand_vms_stay_readable() -> None:
     assert "balloon_high" in text and ESC not in text
     # --all lists every VM, findings first.
     config = load_text(toml, "t.toml")
-    report = explain.run(config, [HandBuilt("vsphere", samples, hosts)], Log(io.StringIO()), "h")
-    full = explain.to_text(report, show_all=True).splitlines()
+    report = run(config, [HandBuilt("vsphere", samples, hosts)], Log(io.StringIO()), "h")
+    full = to_text(report, show_all=True).splitlines()
     rows = [line for line in full if line.startswith("  vm-")]
     assert len(rows) == 1000 and rows[0].split()[0] == "vm-0017"
 
@@ -477,7 +572,7 @@ HOSTILE_INSTANCES = {
 SOCKET = "/run/q s/101;$(id).qmp"
 
 
-def _template_keys(code: explain.Code) -> list[tuple[str, str, str]]:
+def _template_keys(code: findings.Code) -> list[tuple[str, str, str]]:
     """(kind, variant, template) for every remedy template of a code, "*" under every kind."""
     out: list[tuple[str, str, str]] = []
     for key, template in code.remedy.items():
@@ -487,12 +582,12 @@ def _template_keys(code: explain.Code) -> list[tuple[str, str, str]]:
     return out
 
 
-def _context(code: explain.Code, kind: str, variant: str, name: str, instance: str) -> Any:
+def _context(code: findings.Code, kind: str, variant: str, name: str, instance: str) -> Any:
     """The judge's own context for a VM, host or source of this kind, as --explain builds it."""
     from telegraf_balloon.runner import Runner, SourceBatch
 
     config = load_text(guest_toml(CONFIG_ONLY), "t.toml")
-    judge = explain.Judge(config, Runner(config, [], io.BytesIO(), Log(io.StringIO()), "h"))
+    judge = Judge(config, Runner(config, [], io.BytesIO(), Log(io.StringIO()), "h"))
     tags = {"host": "kvm 1", "guest": name, "hypervisor": variant or "kvm", "source": kind}
     tags["uuid"] = UUID
     if kind == "qmp" and variant == "proxmox":
@@ -528,12 +623,12 @@ def test_every_remedy_command_parses_to_the_intended_argv_for_hostile_names() ->
     by what cannot match another VM (virsh: UUID, qm: vmid, govc: instance UUID), and the
     VM's name is in no command."""
     checked = 0
-    for code in explain.FINDINGS:
+    for code in findings.FINDINGS:
         for kind, variant, template in _template_keys(code):
             for name in HOSTILE_NAMES:
                 instance = HOSTILE_INSTANCES[kind]
                 ctx = _context(code, kind, variant, name, instance)
-                rendered = explain._render(template, ctx).split("\n")
+                rendered = render_template(template, ctx).split("\n")
                 lines = template.split("\n")
                 assert len(rendered) == len(lines)
                 for line, shown in zip(lines, rendered):
@@ -561,14 +656,14 @@ def test_every_remedy_command_parses_to_the_intended_argv_for_hostile_names() ->
 def test_a_command_with_a_value_it_cannot_show_is_left_out() -> None:
     """A newline in the URI (or a missing UUID) would make the printed command a different one:
     the remedy says so instead of printing it."""
-    code = explain.BY_CODE["balloon_high"]
+    code = findings.BY_CODE["balloon_high"]
     ctx = _context(code, "libvirt", "", "web", "qemu:///system\nx")
-    remedy = explain._render(code.remedy["libvirt"], ctx)
+    remedy = render_template(code.remedy["libvirt"], ctx)
     assert "$ " not in remedy and "No command" in remedy
     del ctx["instance"]
     ctx["instance"] = "qemu:///system"
     del ctx["vm_uuid"]
-    remedy = explain._render(code.remedy["libvirt"], ctx)
+    remedy = render_template(code.remedy["libvirt"], ctx)
     assert "$ " not in remedy and "no UUID" in remedy
 
 
@@ -640,12 +735,12 @@ def test_a_watch_shorter_than_the_vms_grace_is_no_all_clear(period: int, watch: 
     )
     assert codes(doc) == set()
     [vm] = doc["vms"]
-    need = math.ceil(max(30.0, 3.0 * period)) + explain.WATCH_INTERVAL
+    need = math.ceil(max(30.0, 3.0 * period)) + WATCH_INTERVAL
     assert vm["not_judged"] == [{"code": "driver_not_loaded", "needs_watch_seconds": need}]
     assert "driver_not_loaded" in doc["sources"][0]["not_judged"]
     assert doc["_exit"] == 1
     text = doc["_text"]
-    wanted = f"driver_not_loaded (libvirt: quiet: needs --watch {explain.duration(need)} or longer)"
+    wanted = f"driver_not_loaded (libvirt: quiet: needs --watch {duration(need)} or longer)"
     assert wanted in text.replace("\n", " ")
     assert "1 VM(s) not judged yet" in text
     assert "Nothing to act on" not in text and "Exit 1." in text
@@ -795,10 +890,33 @@ def test_config_error_exits_2(tmp_path: Path) -> None:
 def test_every_code_is_documented_in_the_readme() -> None:
     readme = (REPO / "README.md").read_text()
     section = readme.split("<!-- BEGIN FINDINGS -->", 1)[1].split("<!-- END FINDINGS -->", 1)[0]
-    assert section.strip() == explain.markdown_table()
-    for code in explain.FINDINGS:
+    assert section.strip() == findings.markdown_table()
+    for code in findings.FINDINGS:
         assert f"| `{code.code}` |" in section
-    assert len(explain.FINDINGS) == len(explain.BY_CODE)  # no code twice
+    assert len(findings.FINDINGS) == len(findings.BY_CODE)  # no code twice
+
+
+def test_a_findings_severity_is_the_level_of_its_table_rule() -> None:
+    """The table's `rule` alone sets a finding's severity: the level that [[thresholds]] rule
+    reaches now; warning below it, for a rule on another field, or for a code without one."""
+    from telegraf_balloon.health import RuleState
+
+    def state(field: str, raw: int) -> RuleState:
+        return RuleState(field, 0.2, 0.4, 0.0, raw, raw, 0.0)
+
+    ruled = [c for c in findings.FINDINGS if c.rule]
+    assert {c.code for c in ruled} == {
+        "stale", "stuck", "balloon_high", "swapping", "host_reclaiming"
+    }  # fmt: skip
+    for code in findings.FINDINGS:
+        other = state("some_other_field", 2)
+        assert severity(code.code, [other]) == "warning", code.code
+        assert severity(code.code, []) == "warning", code.code
+        if code.rule:
+            assert severity(code.code, [other, state(code.rule, 1)]) == "warning"
+            assert severity(code.code, [state(code.rule, 2), other]) == "critical", code.code
+        else:
+            assert severity(code.code, [state("balloon_ratio", 2)]) == "warning", code.code
 
 
 def test_every_code_is_produced_by_some_test() -> None:
@@ -810,12 +928,12 @@ def test_every_code_is_produced_by_some_test() -> None:
     produced = set()
     for text in texts:
         produced |= set(re.findall(r'assert_found\(\s*\w+,\s*"(\w+)"', text))
-    assert produced == set(explain.BY_CODE), set(explain.BY_CODE) ^ produced
+    assert produced == set(findings.BY_CODE), set(findings.BY_CODE) ^ produced
 
 
 def test_every_remedy_and_message_renders_for_every_kind() -> None:
     """No template refers to a value the judge never provides (an unknown one shows as '?')."""
-    for code in explain.FINDINGS:
+    for code in findings.FINDINGS:
         for template in [*code.message.values(), *code.remedy.values()]:
             for name in re.findall(r"(?<!\{)\{(\w+)\}(?!\})", template):
                 assert name in KNOWN_PLACEHOLDERS, (code.code, name)
@@ -835,11 +953,11 @@ KNOWN_PLACEHOLDERS = {
 def test_readme_shows_a_real_explain_run_first() -> None:
     """Near the top, before the feature tables: a run on a QEMU guest, its remedies and exit."""
     readme = (REPO / "README.md").read_text()
-    run = readme.index("$ telegraf-balloon --explain")
-    assert run < readme.index("## What it reports")
-    example = readme[run : readme.index("```", run)]
+    start = readme.index("$ telegraf-balloon --explain")
+    assert start < readme.index("## What it reports")
+    example = readme[start : readme.index("```", start)]
     shown = set(re.findall(r"^  (?:critical|warning) (\w+)$", example, re.M))
-    assert shown and shown <= set(explain.BY_CODE)
+    assert shown and shown <= set(findings.BY_CODE)
     command = r"virsh -c qemu:///system dommemstat [0-9a-f-]{36} --period 10 --live --config"
     assert re.search(command, example)  # the domain by its UUID
     assert "virsh setmem web-01" not in example  # never by name

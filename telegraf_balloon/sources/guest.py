@@ -13,7 +13,7 @@ from typing import Callable, Optional, TypeVar
 
 from ..config import GuestConfig
 from ..log import Log
-from ..model import Fields, PollResult, Sample
+from ..model import Detail, Fields, PollResult, Sample
 
 T = TypeVar("T")
 
@@ -308,16 +308,15 @@ def blacklist_origins(root: str) -> dict[str, list[str]]:
     texts: list[tuple[str, str, str]] = []
     for folder in MODPROBE_DIRS:
         for path in sorted(glob.glob(os.path.join(root, folder, "*.conf"))):
-            try:
-                with open(path, encoding="utf-8", errors="replace") as handle:
-                    texts.append(("/" + os.path.relpath(path, root), handle.read(), ""))
+            try:  # read_regular: a FIFO here would block the poll
+                texts.append(("/" + os.path.relpath(path, root), read_regular(path), ""))
             except OSError:
                 continue
     try:
-        with open(os.path.join(root, "proc", "cmdline"), encoding="utf-8", errors="replace") as h:
-            texts.append(("the kernel command line", "", h.read()))
+        cmdline = read_regular(os.path.join(root, "proc", "cmdline"))
     except OSError:
-        pass
+        cmdline = ""  # an empty one blacklists nothing
+    texts.append(("the kernel command line", "", cmdline))
     for where, conf, cmdline in texts:
         for module in sorted(blacklisted_modules([conf] if conf else [], cmdline)):
             out.setdefault(module, []).append(where)
@@ -692,4 +691,8 @@ class GuestSource:
                     f"guest source: {name} under {self.root} is out of range, skipped",
                 )
         sample = Sample(tags.get("uuid", self.hostname), tags, fields)
+        if fields.get("driver_blacklisted") is True:
+            # Where it is blacklisted, for --explain to name the file (not a field).
+            origins = blacklist_origins(self.root)
+            sample.detail = Detail({m: origins[m] for m in BALLOON_MODULES if m in origins})
         return PollResult(samples=[sample], api_latency_seconds=self._clock() - started)

@@ -18,8 +18,9 @@ from typing import Any, Optional
 
 import pytest
 
-from telegraf_balloon import explain
 from telegraf_balloon.config import load_text
+from telegraf_balloon.explain.poll import run
+from telegraf_balloon.explain.render import to_json, to_text
 from telegraf_balloon.log import Log
 from telegraf_balloon.sources import build_sources
 from tests.stack.common import unavailable
@@ -37,9 +38,9 @@ FULL_KIB = 512 * 1024
 def explain_once(toml: str) -> dict[str, Any]:
     config = load_text(toml, "test.toml")
     log = Log(io.StringIO())
-    report = explain.run(config, build_sources(config, log), log, "plugin-host")
-    document: dict[str, Any] = json.loads(explain.to_json(report))
-    document["_text"] = explain.to_text(report)
+    report = run(config, build_sources(config, log), log, "plugin-host")
+    document: dict[str, Any] = json.loads(to_json(report))
+    document["_text"] = to_text(report)
     document["_exit"] = report.exit_code
     return document
 
