@@ -21,7 +21,7 @@ from telegraf_balloon import catalog
 from telegraf_balloon.config import GuestConfig
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import Fields
-from telegraf_balloon.sources.guest import GuestSource
+from telegraf_balloon.sources.guest.source import GuestSource
 
 FIXTURES = Path(__file__).parent / "fixtures" / "guest"
 LOG = FIXTURES / "qemu-debian-6.1-virtio-inflate-deflate.console.log"

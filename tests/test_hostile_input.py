@@ -31,7 +31,9 @@ from telegraf_balloon import catalog, lineprotocol
 from telegraf_balloon.config import GuestConfig
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import Fields, PollResult
-from telegraf_balloon.sources import guest
+from telegraf_balloon.sources.guest import parsers
+from telegraf_balloon.sources.guest.files import READ_LIMIT, read_regular
+from telegraf_balloon.sources.guest.source import GuestSource
 from telegraf_balloon.sources.qmp import protocol as qmp
 from telegraf_balloon.sources.qmp.replies import ProtocolError
 from telegraf_balloon.sources.qmp.source import QmpSource
@@ -49,16 +51,16 @@ BASES = {  # fixture -> (its driver, the driver's own file)
 }
 # Files every poll reads, with the parser that judges them (None: read, not parsed).
 ALWAYS_READ: dict[str, Optional[Callable[[str], Any]]] = {
-    "proc/meminfo": guest.parse_meminfo,
-    "proc/vmstat": guest.parse_vmstat,
-    "sys/kernel/mm/transparent_hugepage/enabled": guest.parse_thp,
-    "sys/class/dmi/id/product_uuid": guest.parse_uuid,
+    "proc/meminfo": parsers.parse_meminfo,
+    "proc/vmstat": parsers.parse_vmstat,
+    "sys/kernel/mm/transparent_hugepage/enabled": parsers.parse_thp,
+    "sys/class/dmi/id/product_uuid": parsers.parse_uuid,
 }
 DRIVER_PARSERS: dict[str, Callable[[str], Any]] = {
-    "sys/bus/virtio/devices/virtio0/features": guest.parse_features,
-    "sys/kernel/debug/vmmemctl": guest.parse_vmmemctl,
-    "sys/kernel/debug/hv-balloon": guest.parse_hv_balloon,
-    "sys/devices/system/xen_memory/xen_memory0/target_kb": guest.parse_ulong,
+    "sys/bus/virtio/devices/virtio0/features": parsers.parse_features,
+    "sys/kernel/debug/vmmemctl": parsers.parse_vmmemctl,
+    "sys/kernel/debug/hv-balloon": parsers.parse_hv_balloon,
+    "sys/devices/system/xen_memory/xen_memory0/target_kb": parsers.parse_ulong,
 }
 OTHER_FILES = [
     "proc/modules",
@@ -69,7 +71,6 @@ OTHER_FILES = [
     "sys/devices/system/xen_memory/xen_memory0/info/current_kb",
 ]
 ALL_FILES = sorted({*ALWAYS_READ, *DRIVER_PARSERS, *OTHER_FILES})
-READ_LIMIT = guest.READ_LIMIT
 
 
 def _numbers() -> st.SearchStrategy[str]:
@@ -140,14 +141,14 @@ def _judged_bad(path: Path, parser: Optional[Callable[[str], Any]]) -> bool:
     if not os.path.lexists(path):
         return False  # missing is normal and silent
     try:
-        text = guest.read_regular(str(path))
+        text = read_regular(str(path))
     except OSError:
         return True
-    if parser is None or (parser is guest.parse_uuid and not text.strip()):
+    if parser is None or (parser is parsers.parse_uuid and not text.strip()):
         return False
     try:
         parser(text)
-    except guest.Malformed:
+    except parsers.Malformed:
         return True
     return False
 
@@ -180,7 +181,7 @@ def test_hostile_guest_tree(base: str, mutations: dict[str, tuple[str, Any]]) ->
         for rel, mutation in mutations.items():
             _apply(root, rel, mutation)
         stream = io.StringIO()
-        source = guest.GuestSource(GuestConfig(root=str(root)), "vm", Log(stream), 4096)
+        source = GuestSource(GuestConfig(root=str(root)), "vm", Log(stream), 4096)
         result = source.poll(1_700_000_000.0)
         log = stream.getvalue()
         _check_output(result, log)

@@ -412,8 +412,8 @@ def test_malformed_lines_are_protocol_errors(line: bytes, fragment: str) -> None
 
 
 def test_no_socket_no_host_line(tmp_path: Path) -> None:
-    """A qmp source that sees no VM writes no balloon_host line (the contract: one per host
-    per source poll that saw a VM there), but reports itself up with vms=0."""
+    """A qmp source that sees no VM writes no balloon_host line (there is one per host and
+    source poll that saw a VM there), but reports itself up with vms=0."""
     from tests.stack.execd import run_cli
 
     config = tmp_path / "qmp.toml"
