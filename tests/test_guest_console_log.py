@@ -139,7 +139,8 @@ def polled(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Snapshot, Fie
     return out
 
 
-def test_log_is_what_the_notes_say() -> None:
+def test_log_is_what_its_source_md_says() -> None:
+    """The capture as its .SOURCE.md describes it: the device, its features, 42 snapshots."""
     assert CAPTURE.device == "virtio0"
     assert CAPTURE.device_id == "0x0005"
     assert [i for i, c in enumerate(CAPTURE.features) if c == "1"] == [1, 29, 32, 40]

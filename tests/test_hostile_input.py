@@ -451,9 +451,9 @@ def test_hostile_qmp_replies(data: st.DataObject) -> None:
 
 QMP_REQUESTS = [
     qmp.CAPABILITIES, qmp.QUERY_NAME, qmp.QUERY_UUID, qmp.QUERY_KVM, qmp.QUERY_MEMORY,
-    qmp.QUERY_BALLOON, qmp.get_stats(qmp.BALLOON_PATH), qmp.get_period(qmp.BALLOON_PATH),
-    qmp.set_period(qmp.BALLOON_PATH, 2), qmp.list_devices(qmp.PERIPHERAL),
-    qmp.list_devices(qmp.PERIPHERAL_ANON),
+    qmp.QUERY_BALLOON, qmp.qom_get_stats(qmp.BALLOON_PATH),
+    qmp.qom_get_period(qmp.BALLOON_PATH), qmp.qom_set_period(qmp.BALLOON_PATH, 2),
+    qmp.qom_list(qmp.PERIPHERAL), qmp.qom_list(qmp.PERIPHERAL_ANON),
 ]  # fmt: skip
 
 

@@ -75,19 +75,19 @@ QUERY_BALLOON = Request("query-balloon")
 IDENTITY = (QUERY_NAME, QUERY_UUID, QUERY_KVM)  # asked once per QEMU process start
 
 
-def get_stats(balloon: str) -> Request:
+def qom_get_stats(balloon: str) -> Request:
     return Request("qom-get", balloon, STATS)
 
 
-def get_period(balloon: str) -> Request:
+def qom_get_period(balloon: str) -> Request:
     return Request("qom-get", balloon, PERIOD)
 
 
-def set_period(balloon: str, seconds: int) -> Request:
+def qom_set_period(balloon: str, seconds: int) -> Request:
     return Request("qom-set", balloon, PERIOD, seconds)
 
 
-def list_devices(container: str) -> Request:
+def qom_list(container: str) -> Request:
     return Request("qom-list", container)
 
 
@@ -164,7 +164,9 @@ class VmPoll:
         return requests
 
     def _stats_requests(self, balloon: str, stats: bool) -> list[Request]:
-        return [get_stats(balloon), get_period(balloon)] if stats else [get_period(balloon)]
+        """The balloon's stats period, and its guest-stats unless `stats` is False."""
+        period = qom_get_period(balloon)
+        return [qom_get_stats(balloon), period] if stats else [period]
 
     # -- what came back --
 
@@ -252,31 +254,31 @@ class VmPoll:
             was = facts.pve_stats
             facts.pve_stats = "last_update" in info
             if was and not facts.pve_stats and facts.balloon_path is not None:
-                return [get_stats(facts.balloon_path)]
+                return [qom_get_stats(facts.balloon_path)]
         elif facts.max_bytes is not None and actual > facts.max_bytes:
             facts.memory_stale = True  # memory was hotplugged: read the size again next poll
         return []
 
-    def _get_stats(self, request: Request, error: Error, value: object) -> list[Request]:
+    def _qom_get_stats(self, request: Request, error: Error, value: object) -> list[Request]:
         if error is None:
             self.stats = guest_stats(as_object(value, str(request)))
         elif error_class(error) == "DeviceNotFound" and not self.no_device:
             # The balloon has no id `balloon0`: look for it among the devices, once per start.
             self._facts().balloon_path = None
-            return [list_devices(PERIPHERAL)]
+            return [qom_list(PERIPHERAL)]
         return []
 
-    def _get_period(self, request: Request, error: Error, value: object) -> list[Request]:
+    def _qom_get_period(self, request: Request, error: Error, value: object) -> list[Request]:
         if error is None:
             facts = self._facts()
             period = bounded(value, str(request), MAX_PERIOD)
             self.period = period
             if period == 0 and self.set_period > 0 and not facts.arm_failed:
                 assert facts.balloon_path is not None
-                return [set_period(facts.balloon_path, self.set_period)]
+                return [qom_set_period(facts.balloon_path, self.set_period)]
         return []
 
-    def _set_period(self, request: Request, error: Error, value: object) -> list[Request]:
+    def _qom_set_period(self, request: Request, error: Error, value: object) -> list[Request]:
         if error is None:
             self.armed = True
             self.period = self.set_period
@@ -285,7 +287,7 @@ class VmPoll:
             self._facts().arm_failed = True  # not again until the VM restarts
         return []
 
-    def _list_devices(self, request: Request, error: Error, value: object) -> list[Request]:
+    def _qom_list(self, request: Request, error: Error, value: object) -> list[Request]:
         """qom-list of PERIPHERAL, then of PERIPHERAL_ANON: the first virtio balloon found."""
         facts = self._facts()
         for device, kind in devices(value if error is None else []):
@@ -293,7 +295,7 @@ class VmPoll:
                 facts.balloon_path = f"{request.path}/{device}"
                 return self._stats_requests(facts.balloon_path, True)
         if request.path == PERIPHERAL:
-            return [list_devices(PERIPHERAL_ANON)]
+            return [qom_list(PERIPHERAL_ANON)]
         return []
 
 
@@ -306,10 +308,10 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("query-kvm", ""): VmPoll._query_kvm,
     ("query-memory-size-summary", ""): VmPoll._query_memory,
     ("query-balloon", ""): VmPoll._query_balloon,
-    ("qom-get", STATS): VmPoll._get_stats,
-    ("qom-get", PERIOD): VmPoll._get_period,
-    ("qom-set", PERIOD): VmPoll._set_period,
-    ("qom-list", ""): VmPoll._list_devices,
+    ("qom-get", STATS): VmPoll._qom_get_stats,
+    ("qom-get", PERIOD): VmPoll._qom_get_period,
+    ("qom-set", PERIOD): VmPoll._qom_set_period,
+    ("qom-list", ""): VmPoll._qom_list,
 }
 
 
