@@ -40,8 +40,9 @@ from benchlib import median, parser, spread, table, timed
 
 from telegraf_balloon.config import load_text
 from telegraf_balloon.log import Log
-from telegraf_balloon.sources import logs
-from telegraf_balloon.sources.logs import BUILTIN_EVENTS, LogsSource
+from telegraf_balloon.sources.logs.events import BUILTIN_EVENTS
+from telegraf_balloon.sources.logs.files import READ_LIMIT
+from telegraf_balloon.sources.logs.source import LogsSource
 
 
 def make_lines(size: int) -> bytes:
@@ -231,7 +232,7 @@ def raised_nofile(wanted: int) -> tuple[int, int]:
 def main() -> int:
     args = parser(__doc__).parse_args()
     runs = 3 if args.quick else 9
-    size = logs.READ_LIMIT
+    size = READ_LIMIT
     data = make_lines(size)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "messages"

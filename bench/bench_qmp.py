@@ -44,7 +44,7 @@ from benchlib import fmt_ms, median, parser, table, verdict  # noqa: E402
 
 from telegraf_balloon.config import QmpConfig  # noqa: E402
 from telegraf_balloon.log import Log  # noqa: E402
-from telegraf_balloon.sources.qmp import QmpSource  # noqa: E402
+from telegraf_balloon.sources.qmp.source import QmpSource  # noqa: E402
 from tests.stack.common import need_program  # noqa: E402
 from tests.stack.qemu_stack import QemuHost  # noqa: E402
 

@@ -21,7 +21,7 @@ from telegraf_balloon import catalog
 from telegraf_balloon.config import GuestConfig
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import Fields
-from telegraf_balloon.sources.guest import GuestSource
+from telegraf_balloon.sources.guest.source import GuestSource
 
 FIXTURES = Path(__file__).parent / "fixtures" / "guest"
 LOG = FIXTURES / "qemu-debian-6.1-virtio-inflate-deflate.console.log"
@@ -139,7 +139,8 @@ def polled(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Snapshot, Fie
     return out
 
 
-def test_log_is_what_the_notes_say() -> None:
+def test_log_is_what_its_source_md_says() -> None:
+    """The capture as its .SOURCE.md describes it: the device, its features, 42 snapshots."""
     assert CAPTURE.device == "virtio0"
     assert CAPTURE.device_id == "0x0005"
     assert [i for i, c in enumerate(CAPTURE.features) if c == "1"] == [1, 29, 32, 40]

@@ -29,7 +29,7 @@ from telegraf_balloon import catalog
 from telegraf_balloon.config import GuestConfig
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import PollResult
-from telegraf_balloon.sources.guest import GuestSource
+from telegraf_balloon.sources.guest.source import GuestSource
 
 FIXTURES = Path(__file__).parent / "fixtures" / "guest"
 CASES = sorted(p.parent.name for p in FIXTURES.glob("*/expected.json"))

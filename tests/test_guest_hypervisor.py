@@ -18,7 +18,10 @@ import pytest
 from telegraf_balloon.config import GuestConfig
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import Sample
-from telegraf_balloon.sources.guest import GuestSource, parse_cpu_hypervisor, read_regular
+from telegraf_balloon.sources.guest.detect import vm_hints
+from telegraf_balloon.sources.guest.files import GuestFiles, read_regular
+from telegraf_balloon.sources.guest.parsers import parse_cpu_hypervisor
+from telegraf_balloon.sources.guest.source import GuestSource
 
 FIXTURES = Path(__file__).parent / "fixtures" / "guest"
 BARE = FIXTURES / "bare-metal-kvm-host" / "root"
@@ -152,5 +155,5 @@ def test_this_machine_a_vm_stays_a_guest() -> None:
         assert sample.tags["hypervisor"] != "none", sample.tags
         assert "inflation_blocked" in sample.fields and "driver_loaded" in sample.fields
     else:  # run on bare metal: "none" unless another sign of a VM is there
-        source = GuestSource(GuestConfig(root="/"), "h", Log(stream=io.StringIO()))
-        assert (sample.tags["hypervisor"] == "none") != bool(source._vm_hints())
+        hints = vm_hints(GuestFiles("/", Log(stream=io.StringIO())))
+        assert (sample.tags["hypervisor"] == "none") != bool(hints)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from telegraf_balloon.sources.guest import (
+from telegraf_balloon.sources.guest.parsers import (
     Malformed,
     blacklisted_modules,
     parse_features,

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from telegraf_balloon.sources.hostfacts import edac_counts, host_memory, local_host
+from telegraf_balloon.sources.hostfacts import (
+    edac_counts,
+    host_memory,
+    local_host,
+    process_rss,
+    process_start,
+)
 from telegraf_balloon.sources.libvirt import is_local
 
 # The layout and format of drivers/edac/edac_mc_sysfs.c: one mcN per memory controller,
@@ -79,6 +85,33 @@ def test_this_machine_meminfo_is_read() -> None:
     assert total is not None and free is not None
     assert 0 < free <= total
     assert total == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_process_facts_of_this_process() -> None:
+    """The start time (field 22 of /proc/<pid>/stat) and resident memory of a live process."""
+    pid = os.getpid()
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    assert process_start(pid, "/") == int(stat[stat.rfind(b")") + 2 :].split()[19]) > 0
+    rss = process_rss(pid, "/")
+    assert rss is not None and rss % 1024 == 0 and rss > 1 << 20
+
+
+def test_process_facts_are_read_under_the_root(tmp_path: Path) -> None:
+    """A process seen through another root (the host's /proc mounted elsewhere): its own
+    files there, each copied from this process's and then changed, are the ones read."""
+    pid = os.getpid()
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    head, _, rest = stat.rpartition(b") ")
+    fields = rest.split(b" ")
+    fields[19] = b"987654321"  # another start time: another process
+    _write(tmp_path, f"proc/{pid}/stat", (head + b") " + b" ".join(fields)).decode())
+    status = Path(f"/proc/{pid}/status").read_text()
+    lines = ["VmRSS:\t  123456 kB" if s.startswith("VmRSS:") else s for s in status.split("\n")]
+    _write(tmp_path, f"proc/{pid}/status", "\n".join(lines))
+    assert process_start(pid, str(tmp_path)) == 987654321
+    assert process_rss(pid, str(tmp_path)) == 123456 * 1024
+    assert process_start(pid + 1, str(tmp_path)) == 0  # not under this root: unknown
+    assert process_rss(pid + 1, str(tmp_path)) is None
 
 
 @pytest.mark.parametrize(

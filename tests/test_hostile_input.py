@@ -31,7 +31,12 @@ from telegraf_balloon import catalog, lineprotocol
 from telegraf_balloon.config import GuestConfig
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import Fields, PollResult
-from telegraf_balloon.sources import guest
+from telegraf_balloon.sources.guest import parsers
+from telegraf_balloon.sources.guest.files import READ_LIMIT, read_regular
+from telegraf_balloon.sources.guest.source import GuestSource
+from telegraf_balloon.sources.qmp import protocol as qmp
+from telegraf_balloon.sources.qmp.replies import ProtocolError
+from telegraf_balloon.sources.qmp.source import QmpSource
 from tests.stack.execd import copy_guest_root
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "guest"
@@ -46,16 +51,16 @@ BASES = {  # fixture -> (its driver, the driver's own file)
 }
 # Files every poll reads, with the parser that judges them (None: read, not parsed).
 ALWAYS_READ: dict[str, Optional[Callable[[str], Any]]] = {
-    "proc/meminfo": guest.parse_meminfo,
-    "proc/vmstat": guest.parse_vmstat,
-    "sys/kernel/mm/transparent_hugepage/enabled": guest.parse_thp,
-    "sys/class/dmi/id/product_uuid": guest.parse_uuid,
+    "proc/meminfo": parsers.parse_meminfo,
+    "proc/vmstat": parsers.parse_vmstat,
+    "sys/kernel/mm/transparent_hugepage/enabled": parsers.parse_thp,
+    "sys/class/dmi/id/product_uuid": parsers.parse_uuid,
 }
 DRIVER_PARSERS: dict[str, Callable[[str], Any]] = {
-    "sys/bus/virtio/devices/virtio0/features": guest.parse_features,
-    "sys/kernel/debug/vmmemctl": guest.parse_vmmemctl,
-    "sys/kernel/debug/hv-balloon": guest.parse_hv_balloon,
-    "sys/devices/system/xen_memory/xen_memory0/target_kb": guest.parse_ulong,
+    "sys/bus/virtio/devices/virtio0/features": parsers.parse_features,
+    "sys/kernel/debug/vmmemctl": parsers.parse_vmmemctl,
+    "sys/kernel/debug/hv-balloon": parsers.parse_hv_balloon,
+    "sys/devices/system/xen_memory/xen_memory0/target_kb": parsers.parse_ulong,
 }
 OTHER_FILES = [
     "proc/modules",
@@ -66,7 +71,6 @@ OTHER_FILES = [
     "sys/devices/system/xen_memory/xen_memory0/info/current_kb",
 ]
 ALL_FILES = sorted({*ALWAYS_READ, *DRIVER_PARSERS, *OTHER_FILES})
-READ_LIMIT = guest.READ_LIMIT
 
 
 def _numbers() -> st.SearchStrategy[str]:
@@ -137,14 +141,14 @@ def _judged_bad(path: Path, parser: Optional[Callable[[str], Any]]) -> bool:
     if not os.path.lexists(path):
         return False  # missing is normal and silent
     try:
-        text = guest.read_regular(str(path))
+        text = read_regular(str(path))
     except OSError:
         return True
-    if parser is None or (parser is guest.parse_uuid and not text.strip()):
+    if parser is None or (parser is parsers.parse_uuid and not text.strip()):
         return False
     try:
         parser(text)
-    except guest.Malformed:
+    except parsers.Malformed:
         return True
     return False
 
@@ -177,7 +181,7 @@ def test_hostile_guest_tree(base: str, mutations: dict[str, tuple[str, Any]]) ->
         for rel, mutation in mutations.items():
             _apply(root, rel, mutation)
         stream = io.StringIO()
-        source = guest.GuestSource(GuestConfig(root=str(root)), "vm", Log(stream), 4096)
+        source = GuestSource(GuestConfig(root=str(root)), "vm", Log(stream), 4096)
         result = source.poll(1_700_000_000.0)
         log = stream.getvalue()
         _check_output(result, log)
@@ -349,15 +353,18 @@ PVE_MEMBERS = {
     key: _member(st.one_of(SIZES, st.just(2**64 - 1)))
     for key in ("max_mem", "last_update", "total_mem", "free_mem", "mem_swapped_in")
 }
-# What each command returns, QMP-shaped, with hostile members now and then.
+# What each command returns (by its name in log lines), QMP-shaped, with hostile members now
+# and then.
 QMP_SHAPED: dict[str, st.SearchStrategy[Any]] = {
-    "capabilities": st.just({}),
-    "name": _members(name=_member(st.text(max_size=12))),
-    "uuid": st.fixed_dictionaries({"UUID": _member(st.uuids().map(str))}),
-    "kvm": st.fixed_dictionaries({"enabled": _member(st.booleans())}),
-    "memory": _members(base_memory=_member(SIZES), plugged_memory=_member(SIZES)),
-    "balloon": st.fixed_dictionaries({"actual": _member(SIZES)}, optional=PVE_MEMBERS),
-    "stats": _members(
+    "qmp_capabilities": st.just({}),
+    "query-name": _members(name=_member(st.text(max_size=12))),
+    "query-uuid": st.fixed_dictionaries({"UUID": _member(st.uuids().map(str))}),
+    "query-kvm": st.fixed_dictionaries({"enabled": _member(st.booleans())}),
+    "query-memory-size-summary": _members(
+        base_memory=_member(SIZES), plugged_memory=_member(SIZES)
+    ),
+    "query-balloon": st.fixed_dictionaries({"actual": _member(SIZES)}, optional=PVE_MEMBERS),
+    "qom-get guest-stats": _members(
         stats=_member(
             _members(
                 stat_total_memory=_member(SIZES),
@@ -367,9 +374,9 @@ QMP_SHAPED: dict[str, st.SearchStrategy[Any]] = {
         ),
         last_update=_member(st.integers(min_value=0, max_value=2**31)),
     ),
-    "period": _member(st.integers(min_value=0, max_value=10)),
-    "arm": st.just({}),
-    "list-peripheral": _member(
+    "qom-get guest-stats-polling-interval": _member(st.integers(min_value=0, max_value=10)),
+    "qom-set guest-stats-polling-interval": st.just({}),
+    "qom-list": _member(
         st.lists(
             _members(
                 name=_member(st.text(max_size=8)),
@@ -379,7 +386,6 @@ QMP_SHAPED: dict[str, st.SearchStrategy[Any]] = {
         )
     ),
 }
-QMP_SHAPED["list-anon"] = QMP_SHAPED["list-peripheral"]
 
 QMP_ERRORS = st.fixed_dictionaries(
     {"class": st.sampled_from(["DeviceNotFound", "DeviceNotActive", "GenericError"])},
@@ -389,7 +395,8 @@ QMP_ERRORS = st.fixed_dictionaries(
 
 @st.composite
 def qmp_reply(draw: st.DrawFn, ident: int, name: str) -> bytes:
-    """One line in answer to command `ident` (`name`): mostly QMP-shaped, hostile members."""
+    """One line in answer to command `ident` (`name`, as in QMP_SHAPED): mostly QMP-shaped,
+    hostile members."""
     kind = draw(st.integers(0, 11))
     if kind == 0:
         return draw(st.binary(max_size=40)).replace(b"\n", b" ")
@@ -415,22 +422,21 @@ def test_hostile_qmp_replies(data: st.DataObject) -> None:
     """Whatever a QMP peer answers, the qmp source's reply handling raises its ProtocolError
     (that VM is skipped) or takes it; nothing else escapes, and a VM it takes makes a valid line."""
     from telegraf_balloon.config import QmpConfig
-    from telegraf_balloon.sources.qmp import Dialogue, ProtocolError, QmpSource, VmFacts, VmPoll
 
-    facts = VmFacts((1, 1), 1_700_000_000.0)
+    facts = qmp.VmFacts((1, 1), 1_700_000_000.0)
     facts.identity_read = data.draw(st.booleans())
     facts.memory_stale = data.draw(st.booleans())
     facts.no_device = data.draw(st.booleans())
     facts.pve_stats = data.draw(st.booleans())
-    poll = VmPoll("/run/qemu-server/150.qmp", data.draw(st.sampled_from([0, 2])))
-    dialogue = Dialogue(poll, lambda p, pid: facts)
+    poll = qmp.VmPoll("/run/qemu-server/150.qmp", data.draw(st.sampled_from([0, 2])))
+    dialogue = qmp.Dialogue(poll, lambda p, pid: facts)
     try:
         dialogue.feed(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
         for _ in range(40):  # a device search, stats and arming are follow-ups
             if not dialogue.pending:
                 break
             ident = data.draw(st.sampled_from(sorted(dialogue.pending)))
-            line = data.draw(qmp_reply(ident, dialogue.pending[ident]))
+            line = data.draw(qmp_reply(ident, str(dialogue.pending[ident])))
             if data.draw(st.integers(0, 9)) == 0:  # an event in between
                 dialogue.feed(b'{"event": "BALLOON_CHANGE", "data": {"actual": 1}}\r\n')
             dialogue.feed(line + b"\r\n")
@@ -443,32 +449,32 @@ def test_hostile_qmp_replies(data: st.DataObject) -> None:
     _check_output(PollResult(samples=[sample]), stream.getvalue())
 
 
-QMP_NAMES = [
-    "capabilities", "name", "uuid", "kvm", "memory", "balloon", "stats", "period", "arm",
-    "list-peripheral", "list-anon",
+QMP_REQUESTS = [
+    qmp.CAPABILITIES, qmp.QUERY_NAME, qmp.QUERY_UUID, qmp.QUERY_KVM, qmp.QUERY_MEMORY,
+    qmp.QUERY_BALLOON, qmp.qom_get_stats(qmp.BALLOON_PATH),
+    qmp.qom_get_period(qmp.BALLOON_PATH), qmp.qom_set_period(qmp.BALLOON_PATH, 2),
+    qmp.qom_list(qmp.PERIPHERAL), qmp.qom_list(qmp.PERIPHERAL_ANON),
 ]  # fmt: skip
 
 
 @settings(max_examples=1000, deadline=None)
-@given(data=st.data(), name=st.sampled_from(QMP_NAMES))
-def test_hostile_qmp_reply_values(data: st.DataObject, name: str) -> None:
+@given(data=st.data(), request=st.sampled_from(QMP_REQUESTS))
+def test_hostile_qmp_reply_values(data: st.DataObject, request: qmp.Request) -> None:
     """VmPoll.reply on any JSON object: its ProtocolError or follow-up commands, nothing else."""
-    from telegraf_balloon.sources.qmp import ProtocolError, VmFacts, VmPoll
-
     message = data.draw(
         st.one_of(
-            st.fixed_dictionaries({"return": QMP_SHAPED[name]}),
+            st.fixed_dictionaries({"return": QMP_SHAPED[str(request)]}),
             st.fixed_dictionaries({"return": JSON_VALUES}),
             st.fixed_dictionaries({"error": st.one_of(QMP_ERRORS, JSON_VALUES)}),
             st.dictionaries(st.sampled_from(["return", "error", "id"]), JSON_VALUES),
         )
     )
 
-    poll = VmPoll("/run/qemu-server/150.qmp", 2)
-    poll.first(VmFacts((1, 1), 0.0))
+    poll = qmp.VmPoll("/run/qemu-server/150.qmp", 2)
+    poll.first(qmp.VmFacts((1, 1), 0.0))
     try:
-        follow = poll.reply(name, message)
+        follow = poll.reply(request, message)
     except ProtocolError:
         return
-    for command, arguments in follow:
-        assert command in QMP_NAMES and isinstance(arguments, dict)
+    for command in follow:
+        assert str(command) in QMP_SHAPED and isinstance(command.arguments(), dict)

@@ -21,8 +21,8 @@ from typing import Optional
 from telegraf_balloon import catalog
 from telegraf_balloon.config import load_text
 from telegraf_balloon.log import Log
-from telegraf_balloon.sources import logs
-from telegraf_balloon.sources.logs import LogsSource
+from telegraf_balloon.sources.logs.files import OPEN_FILES, READ_LIMIT, open_bound
+from telegraf_balloon.sources.logs.source import LogsSource
 from tests.stack.execd import run_cli
 
 Counts = dict[tuple[str, str], tuple[int, int]]
@@ -117,10 +117,10 @@ def test_1100_logs_with_the_usual_1024_descriptors(tmp_path: Path) -> None:
         with soft_nofile(1024):
             counts = _counts(source)
             _another_source_opens_a_socket_and_a_file(tmp_path)
-            bound = logs.open_bound()
+            bound = open_bound()
         assert counts == {(n, "virtio_out_of_puff"): (2, 3) for n in grown}
         assert _warnings(stream) == []
-        assert len(_held(tmp_path)) <= bound == logs.OPEN_FILES
+        assert len(_held(tmp_path)) <= bound == OPEN_FILES
     finally:
         source.close()
     assert _held(tmp_path) == {}
@@ -207,7 +207,7 @@ def _copytruncate(log: Path, then: str) -> None:
 
 def test_copytruncate_closed_or_open_counts_what_went_into_the_copy(tmp_path: Path) -> None:
     """What was written between the last poll and the copy is read from the copy."""
-    for open_files in (1, logs.OPEN_FILES):
+    for open_files in (1, OPEN_FILES):
         folder = tmp_path / f"open{open_files}"
         folder.mkdir()
         log = folder / "a.log"
@@ -276,7 +276,7 @@ def test_deleted_file_not_read_to_its_end_stays_open_and_the_wait_is_said(
     _counts(source)  # big.log now the one held
     assert set(_held(tmp_path)) == {"big.log"}
     with big.open("a") as handle:  # 2 polls' worth (a hole), then an event
-        handle.truncate(handle.tell() + 2 * logs.READ_LIMIT)
+        handle.truncate(handle.tell() + 2 * READ_LIMIT)
         handle.seek(0, os.SEEK_END)
         handle.write("\n" + PUFF)
     _counts(source)  # the first READ_LIMIT bytes
@@ -308,7 +308,7 @@ def test_out_of_descriptors_the_source_gives_its_own_back(tmp_path: Path) -> Non
         source, stream = _source(tmp_path)
         try:
             _counts(source)
-            assert 0 < len(_held(tmp_path)) <= logs.open_bound() < 20
+            assert 0 < len(_held(tmp_path)) <= open_bound() < 20
             while True:  # the other source
                 try:
                     hog.append(os.open("/dev/null", os.O_RDONLY))

@@ -21,7 +21,8 @@ import pytest
 from telegraf_balloon import catalog
 from telegraf_balloon.config import load_text
 from telegraf_balloon.log import Log
-from telegraf_balloon.sources.logs import KMSG_PATH, KMSG_TAG, LogsSource
+from telegraf_balloon.sources.logs.kmsg import KMSG_PATH, KMSG_TAG
+from telegraf_balloon.sources.logs.source import LogsSource
 
 Counts = dict[tuple[str, str], tuple[int, int]]
 

@@ -11,8 +11,10 @@ from pathlib import Path
 from telegraf_balloon import catalog
 from telegraf_balloon.config import load_text
 from telegraf_balloon.log import Log
-from telegraf_balloon.sources import logs
-from telegraf_balloon.sources.logs import LogsSource
+from telegraf_balloon.sources.logs.events import matching_lines
+from telegraf_balloon.sources.logs.files import POLL_BUDGET, READ_LIMIT
+from telegraf_balloon.sources.logs.lines import MAX_LINE, Lines
+from telegraf_balloon.sources.logs.source import LogsSource
 
 # What a kernel >= 4.19 logs for one OOM kill: both lines, which must count once.
 OOM = (
@@ -180,7 +182,7 @@ def test_burst_of_100000_lines_counted_exactly_over_bounded_polls(tmp_path: Path
     source, stream = _source(tmp_path)
     _counts(source)
     burst = "".join(_line(n) for n in range(1, 100_001))
-    assert len(burst) > logs.READ_LIMIT  # more than one poll's worth
+    assert len(burst) > READ_LIMIT  # more than one poll's worth
     with log.open("a") as handle:
         handle.write(burst)
     totals: dict[str, int] = {}
@@ -194,7 +196,7 @@ def test_burst_of_100000_lines_counted_exactly_over_bounded_polls(tmp_path: Path
             totals[event] = totals.get(event, 0) + count
             assert total == totals[event]
     assert totals == {"vmmemctl_pin_failed": 9_900, "oom_kill": 100}
-    assert polls == -(-len(burst) // logs.READ_LIMIT)  # each poll read at most READ_LIMIT
+    assert polls == -(-len(burst) // READ_LIMIT)  # each poll read at most READ_LIMIT
     assert "behind" in stream.getvalue() and "caught up" in stream.getvalue()
 
 
@@ -216,7 +218,7 @@ def test_growth_of_1_gib_is_read_in_bounded_chunks_and_said(tmp_path: Path) -> N
     size = log.stat().st_size
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     seen: list[dict[tuple[str, str], tuple[int, int]]] = []
-    for _ in range(size // logs.READ_LIMIT + 2):
+    for _ in range(size // READ_LIMIT + 2):
         counts = _counts(source)
         if counts:
             seen.append(counts)
@@ -228,16 +230,16 @@ def test_growth_of_1_gib_is_read_in_bounded_chunks_and_said(tmp_path: Path) -> N
         },
     ]
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) * 1024
-    assert grown < 4 * logs.READ_LIMIT, grown  # a few chunks at most, never the 1 GiB line
+    assert grown < 4 * READ_LIMIT, grown  # a few chunks at most, never the 1 GiB line
     warnings = [x for x in stream.getvalue().splitlines() if x.startswith("W! ")]
-    behind = (size - logs.READ_LIMIT) >> 20  # said after the first chunk, once
+    behind = (size - READ_LIMIT) >> 20  # said after the first chunk, once
     assert len(warnings) == 1 and f"{behind} MiB behind" in warnings[0], warnings
     assert stream.getvalue().count("caught up") == 1
 
 
 def test_every_poll_reads_within_the_budget_and_no_file_starves(tmp_path: Path) -> None:
-    per_file = logs.READ_LIMIT  # each file as much as one poll may read of it
-    names = [f"vm{i}.log" for i in range(logs.POLL_BUDGET // per_file + 2)]
+    per_file = READ_LIMIT  # each file as much as one poll may read of it
+    names = [f"vm{i}.log" for i in range(POLL_BUDGET // per_file + 2)]
     for name in names:
         (tmp_path / name).write_text("")
     source, _ = _source(tmp_path)
@@ -250,24 +252,24 @@ def test_every_poll_reads_within_the_budget_and_no_file_starves(tmp_path: Path) 
     for _ in range(3):
         counts = _counts(source)
         read = sum(count for count, _ in counts.values()) * len(line)
-        assert read <= logs.POLL_BUDGET
+        assert read <= POLL_BUDGET
         for (name, _), (count, _) in counts.items():
             done[name] = done.get(name, 0) + count
     assert done == {name: per_file // len(line) for name in names}  # all caught up, once
 
 
 def test_long_lines_are_matched_on_their_head_and_never_kept_whole() -> None:
-    lines = logs._Lines()
+    lines = Lines()
     head = b"vmmemctl: G_FREEZE " + b"y" * 100
-    pieces = [head, b"z" * logs.MAX_LINE, b"z" * logs.MAX_LINE, b"Out of puff! tail\nnext line\n"]
+    pieces = [head, b"z" * MAX_LINE, b"z" * MAX_LINE, b"Out of puff! tail\nnext line\n"]
     out = b""
     for piece in pieces:
         out += lines.feed(piece)
-        assert len(lines.partial) < logs.MAX_LINE
+        assert len(lines.partial) < MAX_LINE
     assert out.startswith(head) and out.count(b"\n") == 2  # the head, then "next line"
     assert b"Out of puff" not in out  # the rest of the long line was skipped
     assert out.endswith(b"\nnext line\n")
-    assert len(out) <= logs.MAX_LINE + len(b"\nnext line\n")
+    assert len(out) <= MAX_LINE + len(b"\nnext line\n")
 
 
 def test_something_unreadable_replacing_a_rotated_file(tmp_path: Path) -> None:
@@ -326,7 +328,7 @@ def test_events_count_matching_lines_and_anchors_are_line_ends(tmp_path: Path) -
 def test_a_line_matches_alone_where_a_match_would_run_into_the_next() -> None:
     """matching_lines on its own: a search that crosses a newline gives way to the line's
     own match, and `$` holds at the end of every line, the last one included."""
-    count = logs.matching_lines
+    count = matching_lines
     spaced = re.compile(r"a\s*b", re.M)
     assert count(spaced, "xa \nb a b\n") == 1  # "a \nb" crosses; "a b" on line 2 counts
     assert count(spaced, "a \t\nb\n") == 0

@@ -9,6 +9,7 @@ show is tested against real QEMU processes in tests/integration/test_qmp_qemu.py
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import socket
@@ -23,17 +24,16 @@ from telegraf_balloon import catalog
 from telegraf_balloon.config import QmpConfig
 from telegraf_balloon.log import Log
 from telegraf_balloon.sources import proxmox
-from telegraf_balloon.sources.qmp import (
+from telegraf_balloon.sources.qmp.protocol import (
     MAX_EVENTS,
     MAX_EXCHANGE,
     MAX_LINE,
-    NOT_REPORTED,
     Dialogue,
-    ProtocolError,
-    QmpSource,
     VmFacts,
     VmPoll,
 )
+from telegraf_balloon.sources.qmp.replies import NOT_REPORTED, ProtocolError
+from telegraf_balloon.sources.qmp.source import QmpSource
 
 FIXTURES = Path(__file__).parent / "fixtures" / "proxmox"
 MIB = 1024 * 1024
@@ -308,6 +308,39 @@ def test_malformed_config_is_logged_once_and_polled(
     assert first.samples[0].fields["memory_max_bytes"] == pve_replies["stats_flowing"]["max_mem"]
 
 
+def _process_files(root: Path, pid: int, start: int, rss_kib: int) -> None:
+    """proc/<pid>/stat and status under `root`, as the kernel writes them (fields elided)."""
+    folder = root / "proc" / str(pid)
+    folder.mkdir(parents=True, exist_ok=True)
+    after = " ".join(["S"] + ["0"] * 18 + [str(start)] + ["0"] * 30)
+    (folder / "stat").write_text(f"{pid} (qemu-system-x86) {after}\n")
+    (folder / "status").write_text(f"Name:\tqemu-system-x86\nVmRSS:\t  {rss_kib} kB\n")
+
+
+def test_qemu_process_is_read_under_host_root(
+    pve_host: tuple[Path, Path], pve_replies: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The QEMU process's start time and resident memory come from host_root's proc, like
+    every other host figure: here a tree for the stand-in's process (this one, the socket's
+    peer), whose start time changes as a restarted QEMU's would."""
+    run, conf = pve_host
+    root = tmp_path / "host"
+    _process_files(root, os.getpid(), start=1000, rss_kib=4321)
+    server = PveQmp(str(run / "101.qmp"), pve_replies["stats_flowing"])
+    config = QmpConfig(sockets=(f"{run}/*.qmp",), proxmox_config="auto", host_root=str(root))
+    source = QmpSource(config, "pve-1", Log(io.StringIO()), pve_dir=str(conf))
+    try:
+        first = source.poll(1795848265.0)
+        source.poll(1795848275.0)
+        _process_files(root, os.getpid(), start=2000, rss_kib=4321)
+        source.poll(1795848285.0)
+    finally:
+        server.close()
+    assert first.samples[0].fields["rss_bytes"] == 4321 * 1024
+    asked = ["query-name" in commands for commands in server.commands]
+    assert asked == [True, False, True]  # the identity again after the "restart" only
+
+
 def test_not_reported_marker() -> None:
     assert NOT_REPORTED == 18446744073709551615
     path = os.path.join("/", "nonexistent")
@@ -379,8 +412,8 @@ def test_malformed_lines_are_protocol_errors(line: bytes, fragment: str) -> None
 
 
 def test_no_socket_no_host_line(tmp_path: Path) -> None:
-    """A qmp source that sees no VM writes no balloon_host line (the contract: one per host
-    per source poll that saw a VM there), but reports itself up with vms=0."""
+    """A qmp source that sees no VM writes no balloon_host line (there is one per host and
+    source poll that saw a VM there), but reports itself up with vms=0."""
     from tests.stack.execd import run_cli
 
     config = tmp_path / "qmp.toml"
@@ -401,3 +434,93 @@ def test_no_socket_no_host_line(tmp_path: Path) -> None:
         .hosts
         == []
     )  # not even read: nothing to sum it with
+
+
+# --- a VM's identity: read once all three replies are in, whatever their order --------------
+
+IDENTITY_REPLIES: dict[str, Any] = {
+    "query-name": {"name": "web-01"},
+    "query-uuid": {"UUID": "5a1c8ef0-0d5c-4f5e-9c59-2d3b4b1c2a10"},
+    "query-kvm": {"enabled": True, "present": True},
+    "query-balloon": {"actual": 2048 * MIB},
+}
+IDENTITY = {"query-name", "query-uuid", "query-kvm"}
+
+
+def _sent(data: bytes) -> dict[str, int]:
+    """The commands in bytes the dialogue wrote, by their name in log lines, with their ids."""
+    out = {}
+    for line in data.splitlines():
+        message = json.loads(line)
+        prop = message.get("arguments", {}).get("property", "")
+        out[f"{message['execute']} {prop}".strip()] = message["id"]
+    return out
+
+
+GREETING = b'{"QMP": {"version": {}, "capabilities": []}}\r\n'
+
+
+def _greeted(facts: VmFacts) -> tuple[Dialogue, dict[str, int]]:
+    """A VM's dialogue past the greeting and qmp_capabilities, with the ids of what it sent."""
+    dialogue = Dialogue(VmPoll("/run/qemu-server/101.qmp", 0), lambda p, pid: facts)
+    ids = _sent(dialogue.feed(GREETING))
+    dialogue.feed(b'{"return": {}, "id": %d}\r\n' % ids["qmp_capabilities"])
+    return dialogue, ids
+
+
+def _answer(dialogue: Dialogue, ids: dict[str, int], name: str) -> None:
+    reply = {"return": IDENTITY_REPLIES[name], "id": ids[name]}
+    dialogue.feed(json.dumps(reply).encode() + b"\r\n")
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(IDENTITY_REPLIES)))
+def test_identity_is_read_when_its_three_replies_are_in(order: tuple[str, ...]) -> None:
+    """query-name, query-uuid and query-kvm answered in any order, query-balloon's reply
+    anywhere among them: the identity counts as read after the last of the three, not before,
+    and is not asked again while the QEMU process runs."""
+    facts = VmFacts((4242, 1), 0.0)
+    dialogue, ids = _greeted(facts)
+    assert set(ids) >= IDENTITY
+    answered: set[str] = set()
+    for name in order:
+        _answer(dialogue, ids, name)
+        answered.add(name)
+        assert facts.identity_read is (answered >= IDENTITY), sorted(answered)
+    assert (facts.name, facts.uuid, facts.hypervisor) == (
+        "web-01",
+        "5a1c8ef0-0d5c-4f5e-9c59-2d3b4b1c2a10",
+        "kvm",
+    )
+    _, again = _greeted(facts)
+    assert not IDENTITY & set(again)
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(sorted(IDENTITY), 2)))
+def test_a_poll_cut_before_the_third_identity_reply_asks_again(order: tuple[str, ...]) -> None:
+    """Two of the three identity replies in, then the poll ends (a timeout, a lost VM): the
+    identity is not read, and the next poll asks all three again."""
+    facts = VmFacts((4242, 1), 0.0)
+    dialogue, ids = _greeted(facts)
+    for name in order:
+        _answer(dialogue, ids, name)
+    assert not facts.identity_read
+    _, again = _greeted(facts)
+    assert set(again) >= IDENTITY
+
+
+def test_identity_read_with_an_identity_command_refused() -> None:
+    """A refused identity command (an error reply) answers it all the same: the identity is
+    read once the other two are in, with what they said."""
+    facts = VmFacts((4242, 1), 0.0)
+    dialogue, ids = _greeted(facts)
+    refused = {"class": "CommandNotFound", "desc": "The command query-uuid has not been found"}
+    replies: dict[str, dict[str, Any]] = {
+        "query-kvm": {"return": {"enabled": False}},
+        "query-uuid": {"error": refused},
+        "query-name": {"return": {}},
+    }
+    for name, reply in replies.items():
+        assert not facts.identity_read
+        dialogue.feed(json.dumps({**reply, "id": ids[name]}).encode() + b"\r\n")
+    assert facts.identity_read
+    assert (facts.name, facts.uuid, facts.hypervisor) == (None, None, "qemu")

@@ -1,4 +1,9 @@
-"""What a hypervisor host says of itself in its own /proc and /sys (local sources only)."""
+"""What a hypervisor host says of itself in its own /proc and /sys (local sources only).
+
+The one module that reads the host's files: each reader takes the root they are under
+(`host_root`, "/" unless the plugin runs with the host's tree mounted elsewhere). The
+libvirt and qmp sources ask here and never open a host file themselves.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +62,34 @@ def _read_count(path: str) -> Optional[int]:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+# /proc/<pid>/stat: "1234 (qemu-system-x86) S 1 ... <starttime, field 22> ..."
+def process_start(pid: int, root: str) -> int:
+    """A process's start time in clock ticks since boot (0 if unreadable): with its pid,
+    what tells a restarted QEMU from the one seen before."""
+    try:
+        with open(os.path.join(root, "proc", str(pid), "stat"), "rb") as handle:
+            text = handle.read(4096)
+    except OSError:
+        return 0
+    fields = text[text.rfind(b")") + 2 :].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else 0
+
+
+# /proc/<pid>/status: "VmRSS:\t  123456 kB"
+def process_rss(pid: int, root: str) -> Optional[int]:
+    """Resident memory of a process in bytes (None if unreadable)."""
+    try:
+        with open(os.path.join(root, "proc", str(pid), "status"), "rb") as handle:
+            text = handle.read(8192)
+    except OSError:
+        return None
+    at = text.find(b"\nVmRSS:")
+    if at < 0:
+        return None
+    parts = text[at + 7 : text.find(b"\n", at + 1)].split()
+    return int(parts[0]) * 1024 if parts and parts[0].isdigit() else None
 
 
 def local_host(tags: Tags, root: str) -> HostInfo:

@@ -29,7 +29,7 @@ from telegraf_balloon import catalog
 from telegraf_balloon.config import QmpConfig
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import PollResult, Sample
-from telegraf_balloon.sources.qmp import QmpSource
+from telegraf_balloon.sources.qmp.source import QmpSource
 from tests.stack.common import need_program, unavailable
 from tests.stack.fixtures import QMP_BOOTED, QMP_NO_BALLOON, QMP_PLAIN, QMP_UUID
 from tests.stack.inprocess import Plugin

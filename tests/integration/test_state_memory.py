@@ -30,7 +30,7 @@ from telegraf_balloon.config import load_text
 from telegraf_balloon.health import GRACE_POLLS
 from telegraf_balloon.log import Log
 from telegraf_balloon.runner import Runner
-from telegraf_balloon.sources.qmp import QmpSource
+from telegraf_balloon.sources.qmp.source import QmpSource
 from tests.stack.common import need_program, unavailable
 from tests.stack.qemu_stack import QemuError, QemuHost
 

@@ -1,4 +1,4 @@
-"""Count balloon troubleshooting events in log files and the kernel log: balloon_log lines."""
+"""Followed log files: rotation, truncation and copytruncate, a bound on files held open."""
 
 from __future__ import annotations
 
@@ -9,32 +9,16 @@ import glob
 import os
 import re
 import resource
-import time
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from stat import S_ISREG
-from typing import Callable, Optional
+from typing import Optional
 
-from .. import catalog
-from ..config import LogsConfig
-from ..log import Log
-from ..model import PollResult, Tags
+from ...log import Log
+from .lines import Lines
 
-# The strings operators grep for (hypervisor logs, guest kernel and VMware Tools logs).
-BUILTIN_EVENTS: tuple[tuple[str, str], ...] = (
-    ("balloon_extend_failed", re.escape("Failed to extend balloon")),
-    ("host_pin_failed", re.escape("Insufficient host resources to pin memory")),
-    ("vmmemctl_freeze", re.escape("vmmemctl: G_FREEZE")),
-    ("vmmemctl_pin_failed", re.escape("vmmemctl: PIN_FAILED")),
-    ("virtio_out_of_puff", re.escape("Out of puff!")),
-    # One match per kill: since Linux 4.19 a kill also logs an "oom-kill:" line, which would
-    # count it twice; "Kill process" is the wording of older kernels, "Memory cgroup out of
-    # memory" that of a cgroup limit. Starting with a literal (not [Oo]) lets the regex engine
-    # skip ahead by it: 15x faster on a file of log lines.
-    ("oom_kill", r"ut of memory: Kill(?:ed)? process"),
-)
 READ_LIMIT = 8 << 20  # bytes read from one file per poll; the rest waits for the next poll
 POLL_BUDGET = 32 << 20  # bytes read from all files together per poll
-MAX_LINE = 64 << 10  # an unfinished line kept up to this; beyond, its head is matched alone
 MARK = 64  # bytes before the offset remembered to notice a file rewritten in place
 # Followed files kept open at once, the least recently grown closed first (and opened again,
 # by inode and offset, when they grow). A glob such as /var/log/libvirt/qemu/*.log matches one
@@ -47,64 +31,8 @@ MARK = 64  # bytes before the offset remembered to notice a file rewritten in pl
 OPEN_FILES = 64
 OPEN_SHARE = 8
 
-KMSG_PATH = "/dev/kmsg"
-KMSG_TAG = "kmsg"  # the `file` tag of kernel log events
-KMSG_RECORDS = 20000  # records read from the kernel log per poll
-KMSG_READ = 16384  # one record per read(); the kernel refuses (EINVAL) a buffer too small
 
-
-class _Lines:
-    """Cuts a byte stream into whole lines without keeping a long line whole in memory.
-
-    An unfinished line is kept up to MAX_LINE bytes. A longer one is matched on its first
-    MAX_LINE bytes (where a syslog line carries its message) and the rest is skipped.
-    """
-
-    __slots__ = ("partial", "skipping")
-
-    def __init__(self) -> None:
-        self.partial = b""
-        self.skipping = False
-
-    def feed(self, data: bytes) -> bytes:
-        """The complete lines that `data` ends, newline-terminated; keeps the unfinished rest."""
-        out: list[bytes] = []
-        start = 0
-        if self.skipping or self.partial:
-            newline = data.find(b"\n")
-            if newline < 0:
-                if self.skipping:
-                    return b""
-                room = MAX_LINE - len(self.partial)
-                if len(data) < room:
-                    self.partial += data
-                    return b""
-                head, self.partial, self.skipping = self.partial + data[:room], b"", True
-                return head + b"\n"
-            if not self.skipping:
-                out.append(self.partial + data[: newline + 1])
-            self.partial, self.skipping = b"", False
-            start = newline + 1
-        cut = data.rfind(b"\n", start) + 1
-        if cut > start:
-            out.append(data[start:cut])
-        else:
-            cut = start
-        rest = data[cut:]
-        if len(rest) >= MAX_LINE:
-            out.append(rest[:MAX_LINE] + b"\n")
-            self.skipping = True
-        else:
-            self.partial = rest
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        """The file ended (rotated away and read to its end): its unfinished line counts."""
-        rest, self.partial, self.skipping = self.partial, b"", False
-        return rest + b"\n" if rest else b""
-
-
-class _Tail:
+class Tail:
     """One followed path: its file (open or not), where we are in it, its event totals."""
 
     __slots__ = (
@@ -127,7 +55,7 @@ class _Tail:
         self.mark = b""  # the last bytes read, which must still be there next time
         self.mtime = -1  # st_mtime_ns when `offset` was reached (-1: look at it next poll)
         self.moved: Optional[str] = None  # where the file was last found after a rename
-        self.lines = _Lines()
+        self.lines = Lines()
         self.totals: dict[str, int] = {}
 
     def close(self) -> None:
@@ -205,112 +133,8 @@ def open_bound(wanted: int = OPEN_FILES) -> int:
     return max(1, min(wanted, soft // OPEN_SHARE))
 
 
-def matching_lines(regex: re.Pattern[str], text: str) -> int:
-    """How many lines of `text` (each ending with a newline) `regex` matches.
-
-    A line counts once however many matches it holds, and a match never spans a newline.
-    The regex (compiled with re.MULTILINE: `^` and `$` are each line's start and end) scans
-    the whole text, as fast as one search can; only a match that runs into the next line
-    makes its line be searched again alone (`endpos` at its end, where `$` matches).
-    """
-    count = pos = 0
-    end = len(text)
-    search, find = regex.search, text.find
-    while pos < end:
-        found = search(text, pos)
-        if found is None:
-            break
-        start = found.start()
-        if start >= end:
-            break  # an empty match after the last newline: no line there
-        eol = find("\n", start)
-        if eol < 0:
-            eol = end
-        if found.end() > eol:  # ran over the line's end: does the line match on its own?
-            bol = text.rfind("\n", 0, start) + 1
-            if search(text, bol, eol) is None:
-                pos = eol + 1
-                continue
-        count += 1
-        pos = eol + 1
-    return count
-
-
-# /dev/kmsg, one record per read() (Documentation/ABI/testing/dev-kmsg):
-# 6,1234,5678901,-;virtio_balloon virtio0: Out of puff! Can't get 256 pages
-#  SUBSYSTEM=virtio          <- continuation lines (the record's dictionary) start with a space
-class _Kmsg:
-    """The kernel log from its end: records since start, never blocking, overruns counted."""
-
-    def __init__(self, path: str, read: Callable[[int, int], bytes]) -> None:
-        self.path = path
-        self._read = read
-        self.fd = -1
-        self.next_seq: Optional[int] = None  # the sequence number the next record should have
-        self.partial = b""
-        self.totals: dict[str, int] = {}
-        self.lost_total = 0
-        self.malformed_total = 0
-
-    def open(self) -> None:
-        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            os.lseek(fd, 0, os.SEEK_END)  # only what the kernel logs from now on
-        except OSError as exc:
-            if exc.errno != errno.ESPIPE:  # a FIFO (a stand-in) cannot seek: it has no past
-                os.close(fd)
-                raise
-        self.fd = fd
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def read(self) -> tuple[list[bytes], int]:
-        """(messages of the new records, records lost to overruns) since the last call."""
-        messages: list[bytes] = []
-        lost = 0
-        for _ in range(KMSG_RECORDS):
-            try:
-                chunk = self._read(self.fd, KMSG_READ)
-            except BlockingIOError:
-                break  # EAGAIN: nothing new
-            except InterruptedError:
-                continue
-            except BrokenPipeError:
-                # EPIPE: the ring buffer overwrote the records we had not read yet. The next
-                # read returns the oldest record left; its sequence number says how many went.
-                continue
-            if not chunk:
-                break  # EOF: only a stand-in FIFO without a writer says that
-            data = self.partial + chunk
-            cut = data.rfind(b"\n") + 1
-            self.partial = data[cut:][-KMSG_READ:]
-            for line in data[:cut].split(b"\n"):
-                if not line or line.startswith(b" "):
-                    continue  # dictionary lines (" KEY=value") belong to the record above
-                message, gap = self._record(line)
-                lost += gap
-                if message is not None:
-                    messages.append(message)
-        self.lost_total += lost
-        return messages, lost
-
-    def _record(self, line: bytes) -> tuple[Optional[bytes], int]:
-        header, sep, message = line.partition(b";")
-        parts = header.split(b",")
-        if not sep or len(parts) < 3 or not parts[1].isdigit():
-            self.malformed_total += 1
-            return None, 0
-        seq = int(parts[1])
-        gap = seq - self.next_seq if self.next_seq is not None and seq > self.next_seq else 0
-        self.next_seq = seq + 1
-        return message, gap
-
-
-class LogsSource:
-    """Follows files like `tail -F` (and the kernel log): new lines only, bounded work per poll.
+class FollowedFiles:
+    """The files the globs match, followed like `tail -F`: new lines only, bounded work per poll.
 
     A file rotated by rename is read to its end before the new file at the path is followed
     (until one appears, the renamed file is followed: its writer may not have reopened yet);
@@ -325,28 +149,14 @@ class LogsSource:
     only when they changed.
     """
 
-    kind = "logs"
-
     def __init__(
-        self,
-        config: LogsConfig,
-        hostname: str,
-        log: Log,
-        clock: Callable[[], float] = time.perf_counter,
-        kmsg_path: str = KMSG_PATH,
-        kmsg_read: Callable[[int, int], bytes] = os.read,
-        open_files: int = OPEN_FILES,
+        self, patterns: Sequence[str], instance: str, log: Log, open_files: int = OPEN_FILES
     ) -> None:
-        self.config = config
-        self.instance = ",".join([*config.files, KMSG_TAG] if config.kmsg else config.files)
-        self.hostname = hostname
+        self.patterns = patterns
+        self.instance = instance  # the source's, in the key of its descriptor fault
         self.log = log
-        self._clock = clock
-        # MULTILINE: `^` and `$` are a line's start and end (see matching_lines).
-        self.events = [(name, re.compile(regex, re.M)) for name, regex in BUILTIN_EVENTS]
-        self.events += [(name, re.compile(regex, re.M)) for name, regex in config.patterns]
-        self._tails: dict[str, _Tail] = {}
-        self._held: OrderedDict[str, _Tail] = OrderedDict()  # open, least recently grown first
+        self._tails: dict[str, Tail] = {}
+        self._held: OrderedDict[str, Tail] = OrderedDict()  # open, least recently grown first
         self._open_files = open_files
         self._bound = open_bound(open_files)
         self._changed: set[str] = set()  # held files that changed since the last poll
@@ -355,15 +165,12 @@ class LogsSource:
         self._unlisted = False  # the globs could not be listed in this poll (no descriptor)
         self._started = False
         self._turn = 0  # which file reads first, so a busy one cannot starve the others
-        self._kmsg = _Kmsg(kmsg_path, kmsg_read) if config.kmsg else None
 
     def close(self) -> None:
         for tail in self._tails.values():
             tail.close()
         self._tails.clear()
         self._held.clear()
-        if self._kmsg is not None:
-            self._kmsg.close()
 
     def _files(self) -> Optional[dict[str, os.stat_result]]:
         """The regular files the globs match now, with their stat (one per file and poll).
@@ -379,15 +186,15 @@ class LogsSource:
                 if not self._evict():
                     return None
         found: dict[str, os.stat_result] = {}
-        for pattern in self.config.files:
+        for pattern in self.patterns:
             for path, stat in _matches(pattern):
                 if S_ISREG(stat.st_mode):
                     found.setdefault(path, stat)
         return found
 
-    def poll(self, now: float) -> PollResult:
-        started = self._clock()
-        result = PollResult()
+    def read(self) -> Iterator[tuple[str, bytes, dict[str, int]]]:
+        """Each followed path's new complete lines, as they are read: (path, lines, the
+        path's event totals). Faults are said on the log, once each."""
         self._bound = open_bound(self._open_files)  # the limit may have been changed
         while len(self._held) > self._bound and self._evict():
             pass
@@ -436,12 +243,8 @@ class LogsSource:
                 self.log.fault(f"logs:{path}", f"logs source: cannot read {path}: {error}")
             budget -= used
             if text:
-                self._count(text, path, totals, result)
+                yield path, text, totals
         self._say_waiting()
-        if self._kmsg is not None:
-            self._poll_kmsg(result)
-        result.api_latency_seconds = self._clock() - started
-        return result
 
     def _say_waiting(self) -> None:
         key = f"logs-open:{self.instance}"
@@ -467,11 +270,11 @@ class LogsSource:
 
     # --- descriptors: at most self._bound held, the least recently grown given back first --
 
-    def _hold(self, tail: _Tail, fd: int) -> None:
+    def _hold(self, tail: Tail, fd: int) -> None:
         tail.fd = fd
         self._held[tail.path] = tail
 
-    def _release(self, tail: _Tail) -> None:
+    def _release(self, tail: Tail) -> None:
         tail.close()
         self._held.pop(tail.path, None)
 
@@ -510,7 +313,7 @@ class LogsSource:
         self._waiting += 1
         return None
 
-    def _attach(self, tail: _Tail, where: str) -> bool:
+    def _attach(self, tail: Tail, where: str) -> bool:
         """Open `where`, which should be the tail's file, and hold it; False: not now."""
         opened = self._acquire(where)
         if opened is None:
@@ -538,7 +341,7 @@ class LogsSource:
             if stat is None:
                 return b"", 0, {}, None
             # Files there before the plugin started: only what is written from now on counts.
-            tail = _Tail(path, _identity(stat), stat.st_size if first else 0)
+            tail = Tail(path, _identity(stat), stat.st_size if first else 0)
             if first:
                 tail.mtime = stat.st_mtime_ns
             # An error: not followed yet, tried again next poll as a file that appeared.
@@ -564,9 +367,7 @@ class LogsSource:
                 return b"".join(out), 0, tail.totals, exc.strerror or str(exc)
         return self._read_open(tail, out, budget)
 
-    def _where(
-        self, tail: _Tail, stat: Optional[os.stat_result], out: list[bytes]
-    ) -> Optional[str]:
+    def _where(self, tail: Tail, stat: Optional[os.stat_result], out: list[bytes]) -> Optional[str]:
         """Where a tail not held open is to be opened again; None: nothing to read now.
 
         Unchanged (same inode, size and mtime as when last read): nothing. Another file at
@@ -600,10 +401,10 @@ class LogsSource:
             "after the last poll is not counted"
         )
         tail.inode, tail.offset, tail.mark, tail.mtime = _identity(stat), 0, b"", -1
-        tail.lines, tail.moved = _Lines(), None
+        tail.lines, tail.moved = Lines(), None
         return path
 
-    def _find(self, tail: _Tail) -> Optional[tuple[str, os.stat_result]]:
+    def _find(self, tail: Tail) -> Optional[tuple[str, os.stat_result]]:
         """The tail's file (by inode) where rotation put it, with its stat; None: gone."""
         if tail.moved is not None:  # where it was last time: one stat, no directory listing
             with contextlib.suppress(OSError):
@@ -619,7 +420,7 @@ class LogsSource:
                 return candidate, stat
         return None
 
-    def _copy_of(self, tail: _Tail) -> Optional[tuple[int, os.stat_result]]:
+    def _copy_of(self, tail: Tail) -> Optional[tuple[int, os.stat_result]]:
         """copytruncate's copy of the tail's file, opened, if it lies beside it uncompressed:
         a file named after it holding our offset, with the last bytes we read (the mark)
         just before it."""
@@ -646,7 +447,7 @@ class LogsSource:
         return None
 
     def _read_open(
-        self, tail: _Tail, out: list[bytes], budget: int
+        self, tail: Tail, out: list[bytes], budget: int
     ) -> tuple[bytes, int, dict[str, int], Optional[str]]:
         """Read the held tail on (see _read_path); follow it to the next file at its path."""
         path = tail.path
@@ -669,7 +470,7 @@ class LogsSource:
                     self._hold(tail, fd)
                     tail.inode, tail.moved, copied = _identity(stat), None, True
                     continue
-                tail.offset, tail.mark, tail.lines = 0, b"", _Lines()
+                tail.offset, tail.mark, tail.lines = 0, b"", Lines()
             want = min(READ_LIMIT - used, budget - used, size - tail.offset)
             if want > 0:
                 data = os.pread(tail.fd, want, tail.offset)
@@ -715,42 +516,3 @@ class LogsSource:
             if used:
                 self._held.move_to_end(path)  # grew: the last to be closed
         return b"".join(out), used, tail.totals, None
-
-    def _poll_kmsg(self, result: PollResult) -> None:
-        kmsg = self._kmsg
-        assert kmsg is not None
-        key = f"logs:{kmsg.path}"
-        try:
-            if kmsg.fd < 0:
-                kmsg.open()
-            messages, lost = kmsg.read()
-        except OSError as exc:
-            kmsg.close()
-            hint = ""
-            if exc.errno in (errno.EPERM, errno.EACCES):
-                hint = " (with kernel.dmesg_restrict = 1 only root or CAP_SYSLOG may read it)"
-            self.log.fault(key, f"logs source: cannot read {kmsg.path}: {exc.strerror}{hint}")
-            return
-        self.log.clear(key, f"logs source: {kmsg.path} is readable again")
-        if lost:
-            self.log.fault(
-                f"logs-lost:{kmsg.path}",
-                f"logs source: {kmsg.path}: {lost} kernel log records were overwritten before "
-                f"they could be read ({kmsg.lost_total} since start): events in them are not "
-                "counted; poll more often or enlarge the ring (log_buf_len=)",
-            )
-        else:
-            self.log.clear(f"logs-lost:{kmsg.path}")
-        if messages:
-            self._count(b"\n".join(messages) + b"\n", KMSG_TAG, kmsg.totals, result)
-
-    def _count(self, data: bytes, file: str, totals: dict[str, int], result: PollResult) -> None:
-        text = data.decode("utf-8", "replace")
-        for name, regex in self.events:
-            count = matching_lines(regex, text)
-            if count:
-                totals[name] = totals.get(name, 0) + count
-                tags: Tags = {"host": self.hostname, "file": file, "event": name}
-                result.points.append(
-                    (catalog.LOG, tags, {"count": count, "count_total": totals[name]})
-                )

@@ -1,0 +1,239 @@
+"""QEMU without libvirt (Proxmox VE, plain QEMU): each VM's QMP socket, briefly, every poll.
+
+QMP serves one client at a time, and Proxmox's own daemons use the same sockets. So every
+poll connects to every VM side by side from one thread (exchange.py), sends all of its
+commands in one write once greeted, reads the replies, and closes: nothing is held between
+polls, and a VM whose monitor is busy costs at most `connect_timeout` and is skipped. A
+socket whose peer answers what QEMU never would (a wrong type, a number out of range, a line
+or a stream of events without end) is skipped the same way, at once: one peer's replies
+never cost another VM its line. This module turns what each VM answered into its sample.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from typing import Callable, Optional
+
+from ...config import QmpConfig
+from ...log import Log
+from ...model import Fields, PollResult, Sample, Tags
+from ..hostfacts import local_host, process_rss, process_start
+from ..kvm import driver_silent
+from ..proxmox import MIB, PVE_DIR, PveConfig, read_config, resolve_dir
+from .exchange import exchange
+from .protocol import VmFacts, VmPoll
+from .replies import GUEST_STATS, MAX_INT64, PVE_BALLOON
+
+
+class QmpSource:
+    """Every QMP socket matching the configured globs, re-globbed each poll."""
+
+    kind = "qmp"
+
+    def __init__(
+        self,
+        config: QmpConfig,
+        hostname: str,
+        log: Log,
+        pve_dir: str = PVE_DIR,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.instance = ",".join(config.sockets)
+        self.hostname = hostname
+        self._pve_dir = pve_dir
+        self._clock = clock
+        self._facts: dict[str, VmFacts] = {}
+        self._pve: dict[str, tuple[tuple[int, int], Optional[PveConfig]]] = {}
+        self._now = 0.0
+        self._faulted: set[str] = set()  # paths with a fault logged and not yet cleared
+
+    def close(self) -> None:
+        """Nothing is held between polls."""
+
+    def _paths(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for pattern in self.config.sockets:
+            for path in sorted(glob.glob(pattern)):
+                seen.setdefault(path)
+        return list(seen)
+
+    def _facts_for(self, poll: VmPoll, pid: int) -> VmFacts:
+        """The VM's facts of this start; new ones when its QEMU process changed."""
+        start = (pid, process_start(pid, self.config.host_root) if pid else 0)
+        facts = self._facts.get(poll.path)
+        if facts is None or facts.start != start or not pid:
+            facts = self._facts[poll.path] = VmFacts(start, self._now)
+        return facts
+
+    def poll(self, now: float) -> PollResult:
+        self._now = now
+        paths = self._paths()
+        polls = [VmPoll(path, self.config.set_stats_period) for path in paths]
+        started = self._clock()
+        exchange(polls, self.config.connect_timeout, self._facts_for)
+        latency = self._clock() - started
+        pve_dir = resolve_dir(self.config.proxmox_config, self._pve_dir)
+        host_tags: Tags = {"host": self.hostname, "source": "qmp"}
+        samples: list[Sample] = []
+        denied = 0
+        for poll in polls:
+            key = f"qmp:{poll.path}"
+            if poll.error is not None:
+                if poll.error_kind == "denied":
+                    denied += 1
+                elif poll.error_kind != "gone":
+                    self.log.fault(key, f"qmp: {poll.path}: skipped this poll: {poll.error}")
+                    self._faulted.add(poll.path)
+                else:
+                    self.log.debug(f"qmp: {poll.path}: {poll.error}")
+                continue
+            self.log.clear(key, f"qmp: {poll.path}: answering again")
+            if poll.armed:
+                self.log.info(
+                    f"qmp: {poll.path}: set guest-stats-polling-interval to "
+                    f"{poll.set_period}s (it was 0)"
+                )
+            elif poll.arm_error is not None:
+                self.log.warn(
+                    f"qmp: {poll.path}: cannot set guest-stats-polling-interval: {poll.arm_error}"
+                )
+            samples.append(self._sample(poll, host_tags, pve_dir, now))
+        for path in self._faulted - {p.path for p in polls if p.error is not None}:
+            self._faulted.discard(path)
+            if path not in paths:
+                self.log.clear(f"qmp:{path}")  # the VM is gone: forget its fault quietly
+        for gone in set(self._facts) - set(paths):
+            del self._facts[gone]
+        stems = {os.path.basename(path).rsplit(".", 1)[0] for path in paths}
+        for gone in [c for c in self._pve if os.path.basename(c)[: -len(".conf")] not in stems]:
+            del self._pve[gone]  # its VM's socket is gone: the config may stay on disk for ever
+            self.log.clear(f"qmp-pve:{gone}")
+        denied_key = f"qmp-denied:{self.instance}"
+        if denied:
+            message = (
+                f"permission denied on {denied} QMP socket(s): QEMU's sockets are root-only "
+                "(srwxr-xr-x) and connecting needs write access; run telegraf-balloon as root"
+            )
+            if not samples:  # the runner logs a source that is down, once
+                return PollResult(error=message, api_latency_seconds=latency)
+            self.log.fault(denied_key, f"qmp {self.instance}: {message}", level="E")
+        else:
+            self.log.clear(denied_key)
+        if not samples:  # no VM here: no host line (aggregate.host_lines), nothing to read
+            return PollResult(api_latency_seconds=latency)
+        kinds = {s.tags["hypervisor"] for s in samples}
+        hypervisor = kinds.pop() if len(kinds) == 1 else ("kvm" if "kvm" in kinds else "qemu")
+        host = local_host({**host_tags, "hypervisor": hypervisor}, self.config.host_root)
+        return PollResult(samples=samples, hosts=[host], api_latency_seconds=latency)
+
+    def _proxmox(self, pve_dir: Optional[str], vmid: Optional[str]) -> Optional[PveConfig]:
+        """The VM's Proxmox config, re-read only when the file changed."""
+        if pve_dir is None or vmid is None:
+            return None
+        path = os.path.join(pve_dir, f"{vmid}.conf")
+        try:
+            info = os.stat(path)
+        except OSError:
+            if self._pve.pop(path, None) is not None:
+                self.log.clear(f"qmp-pve:{path}")
+            return None
+        stamp = (info.st_mtime_ns, info.st_size)
+        cached = self._pve.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        config = read_config(path)
+        if config is not None and config.problems:
+            self.log.fault(f"qmp-pve:{path}", f"qmp: {path}: {'; '.join(config.problems)}")
+        else:
+            self.log.clear(f"qmp-pve:{path}")
+        self._pve[path] = (stamp, config)
+        return config
+
+    def _sample(self, poll: VmPoll, host_tags: Tags, pve_dir: Optional[str], now: float) -> Sample:
+        facts = poll.facts
+        assert facts is not None
+        stem = os.path.basename(poll.path).rsplit(".", 1)[0]
+        vmid = stem if pve_dir is not None and stem.isdigit() else None
+        pve = self._proxmox(pve_dir, vmid)
+        tags: Tags = dict(host_tags)
+        if pve is not None:
+            tags["guest"] = pve.name or f"vm{vmid}"  # QEMU's -name goes stale after a rename
+        else:
+            tags["guest"] = facts.name or stem
+        tags["hypervisor"] = facts.hypervisor
+        if facts.uuid:
+            tags["uuid"] = facts.uuid
+        if vmid is not None:
+            tags["vmid"] = vmid
+        return Sample(poll.path, tags, self._fields(poll, facts, pve, now))
+
+    def _fields(self, poll: VmPoll, facts: VmFacts, pve: Optional[PveConfig], now: float) -> Fields:
+        fields: Fields = {}
+        balloon = poll.balloon
+        maximum = facts.max_bytes
+        if balloon is not None and _count(balloon.get("max_mem")) is not None:
+            maximum = int(balloon["max_mem"])
+        if maximum is None and pve is not None:
+            maximum = pve.memory_bytes
+        current = _count(balloon.get("actual")) if balloon is not None else None
+        if maximum is not None:
+            fields["memory_max_bytes"] = maximum
+            if current is None and poll.no_device:
+                current = maximum  # no balloon: the guest has all of its memory
+        if current is not None:
+            fields["memory_current_bytes"] = current
+            if maximum is not None:
+                fields["balloon_actual_bytes"] = max(0, maximum - current)
+        last_update = 0
+        if poll.stats is not None:
+            stats = poll.stats.get("stats")
+            if isinstance(stats, dict):
+                for key, name in GUEST_STATS:
+                    value = _count(stats.get(key))
+                    if value is not None:
+                        fields[name] = value
+            last_update = _count(poll.stats.get("last-update")) or 0
+        if balloon is not None and "last_update" in balloon:
+            for key, name in PVE_BALLOON:
+                value = _count(balloon.get(key))
+                if value is not None:
+                    fields.setdefault(name, value)
+            last_update = max(last_update, _count(balloon.get("last_update")) or 0)
+        rss = process_rss(poll.pid, self.config.host_root) if poll.pid else None
+        if rss is not None:
+            fields["rss_bytes"] = rss
+        facts.last_update = max(facts.last_update, last_update)
+        if facts.last_update > 0:
+            fields["stats_age_seconds"] = max(0.0, now - facts.last_update)
+        reservation = None
+        if pve is not None and pve.balloon_mib:
+            reservation = pve.balloon_mib * MIB
+            fields["reservation_bytes"] = reservation
+        period = poll.period
+        if period is not None:
+            fields["stats_period_seconds"] = period
+            fields["stats_disabled"] = period == 0
+        no_device = poll.no_device or (pve is not None and pve.balloon_mib == 0)
+        floor_at_max = reservation is not None and maximum is not None and reservation >= maximum
+        reported = facts.last_update > 0
+        fields["inflation_blocked"] = (
+            no_device
+            or floor_at_max
+            or driver_silent(period, reported, current, maximum, now - facts.first_seen)
+        )
+        return fields
+
+
+def _count(value: object) -> Optional[int]:
+    """A reported figure: a non-negative int64 (not QEMU's 'not reported' marker, 2^64-1).
+
+    The guest's figures pass through QEMU unchecked: a guest can send any uint64, and one
+    beyond int64 is junk no line-protocol integer holds, so it is left out like a missing one.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value <= MAX_INT64 else None
