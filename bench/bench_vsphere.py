@@ -57,7 +57,27 @@ from benchlib import fmt_ms, fmt_us, median, parser, table, timed, verdict  # no
 from telegraf_balloon.config import VsphereConfig  # noqa: E402
 from telegraf_balloon.log import Log  # noqa: E402
 from telegraf_balloon.model import PollResult  # noqa: E402
-from telegraf_balloon.sources import vsphere as V  # noqa: E402
+from telegraf_balloon.sources.vsphere.fields import (  # noqa: E402
+    COMPRESSED,
+    COUNTERS,
+    HOST_PATHS,
+    QUICKSTATS,
+    SWAPPED,
+    VM_PATHS,
+    VMMEMCTL,
+    VMMEMCTLTARGET,
+    ZERO_WHEN_MISSING,
+)
+from telegraf_balloon.sources.vsphere.inventory import INVENTORY_TYPES  # noqa: E402
+from telegraf_balloon.sources.vsphere.perf import batches  # noqa: E402
+from telegraf_balloon.sources.vsphere.session import DEFAULT_MAX_QUERY_METRICS  # noqa: E402
+from telegraf_balloon.sources.vsphere.soap import (  # noqa: E402
+    CHUNK,
+    REALTIME_INTERVAL,
+    continue_request,
+    retrieve_request,
+)
+from telegraf_balloon.sources.vsphere.source import VsphereSource  # noqa: E402
 from tests.stack.vcsim import Vcsim, VcsimError, launcher_available  # noqa: E402
 from tests.stack.vsphere_setup import (  # noqa: E402
     all_vms,
@@ -201,14 +221,14 @@ class Plugin:
     def __init__(self, sim: Vcsim) -> None:
         self.clock = Clock()
         self.log = io.StringIO()
-        self.source = V.VsphereSource(
+        self.source = VsphereSource(
             plugin_config(sim), Log(self.log), timeout=120, clock=self.clock
         )
         self.result = PollResult()
         self.cpu: list[float] = []
 
     def __call__(self) -> None:
-        self.clock.now += V.REALTIME_INTERVAL  # a new realtime sample: QueryPerf every round
+        self.clock.now += REALTIME_INTERVAL  # a new realtime sample: QueryPerf every round
         cpu = time.process_time()
         result = self.source.poll(time.time())
         self.cpu.append(time.process_time() - cpu)
@@ -222,18 +242,19 @@ class Plugin:
     def perf_requests(self) -> list[bytes]:
         """The QueryPerf bodies one poll sends (recorded from the plugin itself)."""
         bodies: list[bytes] = []
-        call = self.source._call
+        client = self.source.client
+        call = client.call
 
         def recording(session: Any, body: bytes, *rest: Any) -> list[Any]:
             if b"<QueryPerf " in body:
                 bodies.append(body)
             return call(session, body, *rest)
 
-        setattr(self.source, "_call", recording)  # noqa: B010 (an instance override)
+        setattr(client, "call", recording)  # noqa: B010 (an instance override)
         try:
             self()
         finally:
-            delattr(self.source, "_call")
+            delattr(client, "call")
         return bodies
 
     def close(self) -> None:
@@ -248,13 +269,13 @@ class Plugin:
 def _lookup(si: Any) -> tuple[dict[str, int], int]:
     """Counter ids (group.name.rollup) and maxQueryMetrics, looked up once as the plugin does."""
     content = si.RetrieveContent()
-    wanted = set(V.COUNTERS)
+    wanted = set(COUNTERS)
     ids = {}
     for info in content.perfManager.perfCounter:
         name = f"{info.groupInfo.key}.{info.nameInfo.key}.{info.rollupType}"
         if name in wanted:
             ids[name] = int(info.key)
-    limit = V.DEFAULT_MAX_QUERY_METRICS
+    limit = DEFAULT_MAX_QUERY_METRICS
     for option in content.setting.QueryOptions("config.vpxd.stats.maxQueryMetrics") or ():
         limit = max(0, int(option.value))
     return ids, limit
@@ -306,11 +327,11 @@ class Pyvmomi:
 
     def __call__(self) -> None:
         specs: list[tuple[str, Sequence[str]]] = [
-            (k, ("name", "parent")) for k in V.INVENTORY_TYPES if k != "HostSystem"
+            (k, ("name", "parent")) for k in INVENTORY_TYPES if k != "HostSystem"
         ]
-        specs.append(("HostSystem", ("name", "parent", *V.HOST_PATHS)))
+        specs.append(("HostSystem", ("name", "parent", *HOST_PATHS)))
         entities: dict[str, tuple[str, str, str]] = {}
-        for obj, props in self._retrieve(V.INVENTORY_TYPES, specs):
+        for obj, props in self._retrieve(INVENTORY_TYPES, specs):
             parent = props.get("parent")
             entities[obj._moId] = (
                 obj._wsdlName,
@@ -333,7 +354,7 @@ class Pyvmomi:
 
         figures: Figures = {}
         chosen: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
-        for obj, props in self._retrieve(["VirtualMachine"], [("VirtualMachine", V.VM_PATHS)]):
+        for obj, props in self._retrieve(["VirtualMachine"], [("VirtualMachine", VM_PATHS)]):
             if props.get("config.template") or props.get("runtime.powerState") != "poweredOn":
                 continue
             host_ref = props.get("runtime.host")
@@ -359,21 +380,21 @@ class Pyvmomi:
         queries: list[tuple[str, list[int]]] = []
         by_moid = {}
         for obj, props, fields in chosen:
-            names = [V.VMMEMCTL, V.VMMEMCTLTARGET]
+            names = [VMMEMCTL, VMMEMCTLTARGET]
             if "summary.quickStats.swappedMemory" not in props:
-                names.append(V.SWAPPED)
+                names.append(SWAPPED)
             if "summary.quickStats.compressedMemory" not in props:
-                names.append(V.COMPRESSED)
+                names.append(COMPRESSED)
             queries.append((obj._moId, [self.ids[n] for n in names if n in self.ids]))
             by_moid[obj._moId] = (obj, props, fields)
         pm = vim.PerformanceManager
         perf = self.content.perfManager
-        for batch in V._batches(queries, self.max_metrics):
+        for batch in batches(queries, self.max_metrics):
             specs_ = [
                 pm.QuerySpec(
                     entity=by_moid[moid][0],
                     maxSample=1,
-                    intervalId=V.REALTIME_INTERVAL,
+                    intervalId=REALTIME_INTERVAL,
                     metricId=[pm.MetricId(counterId=c, instance="") for c in ids],
                 )
                 for moid, ids in batch
@@ -398,9 +419,9 @@ def quickstats_fields(props: dict[str, Any]) -> dict[str, Any]:
     fields["balloon_actual_bytes"] = ballooned * MIB
     if memory is not None:
         fields["memory_current_bytes"] = max(0, memory - ballooned) * MIB
-    for path, name, scale in V._QUICKSTATS:
+    for path, name, scale in QUICKSTATS:
         value = props.get(path)
-        if value is None and path in V._ZERO_WHEN_MISSING:
+        if value is None and path in ZERO_WHEN_MISSING:
             value = 0
         if value is not None and value >= 0:
             fields[name] = value * scale
@@ -417,18 +438,18 @@ def quickstats_fields(props: dict[str, Any]) -> dict[str, Any]:
 
 
 def counter_fields(values: dict[str, int], props: dict[str, Any], fields: dict[str, Any]) -> None:
-    actual = values.get(V.VMMEMCTL)
+    actual = values.get(VMMEMCTL)
     if actual is not None:
         fields["balloon_actual_bytes"] = actual * KIB
         if "memory_max_bytes" in fields:
             fields["memory_current_bytes"] = max(0, fields["memory_max_bytes"] - actual * KIB)
-    target = values.get(V.VMMEMCTLTARGET)
+    target = values.get(VMMEMCTLTARGET)
     if target is not None:
         fields["balloon_target_bytes"] = target * KIB
-    if V.SWAPPED in values and "summary.quickStats.swappedMemory" not in props:
-        fields["host_swapped_bytes"] = values[V.SWAPPED] * KIB
-    if V.COMPRESSED in values and "summary.quickStats.compressedMemory" not in props:
-        fields["compressed_bytes"] = values[V.COMPRESSED] * KIB
+    if SWAPPED in values and "summary.quickStats.swappedMemory" not in props:
+        fields["host_swapped_bytes"] = values[SWAPPED] * KIB
+    if COMPRESSED in values and "summary.quickStats.compressedMemory" not in props:
+        fields["compressed_bytes"] = values[COMPRESSED] * KIB
 
 
 def compare(ours: Figures, theirs: Figures) -> list[str]:
@@ -462,7 +483,7 @@ class Naive:
         self.content = si.RetrieveContent()
         ids, _ = _lookup(si)
         pm = vim.PerformanceManager
-        self.metrics = [pm.MetricId(counterId=ids[n], instance="") for n in V.COUNTERS[:2]]
+        self.metrics = [pm.MetricId(counterId=ids[n], instance="") for n in COUNTERS[:2]]
         self.sample = sample
         self.scale = 1.0
         self.vms = 0
@@ -620,12 +641,12 @@ class Raw:
         self.perf_bodies = perf_bodies
         self.bytes = 0
         inventory: list[tuple[str, Sequence[str]]] = [
-            (k, ("name", "parent")) for k in V.INVENTORY_TYPES if k != "HostSystem"
+            (k, ("name", "parent")) for k in INVENTORY_TYPES if k != "HostSystem"
         ]
-        inventory.append(("HostSystem", ("name", "parent", *V.HOST_PATHS)))
+        inventory.append(("HostSystem", ("name", "parent", *HOST_PATHS)))
         self.retrievals: list[tuple[Sequence[str], list[tuple[str, Sequence[str]]]]] = [
-            (V.INVENTORY_TYPES, inventory),
-            (["VirtualMachine"], [("VirtualMachine", V.VM_PATHS)]),
+            (INVENTORY_TYPES, inventory),
+            (["VirtualMachine"], [("VirtualMachine", VM_PATHS)]),
         ]
 
     def _post(self, body: bytes) -> bytes:
@@ -644,7 +665,7 @@ class Raw:
         resp = conn.getresponse()
         head = tail = b""
         while True:  # read as the plugin reads (64 KiB at a time), keep only both ends
-            chunk = resp.read(V.CHUNK)
+            chunk = resp.read(CHUNK)
             if not chunk:
                 break
             self.bytes += len(chunk)
@@ -662,14 +683,14 @@ class Raw:
                 content.rootFolder, [getattr(vim, k) for k in kinds], True
             )
             try:
-                body = V.retrieve_request(self.collector, view._moId, specs, self.page)
+                body = retrieve_request(self.collector, view._moId, specs, self.page)
                 while True:
                     data = self._post(body)  # its ends: the token leads the result
                     at = data.find(b"<token>")
                     if at < 0:
                         break
                     token = data[at + 7 : data.index(b"</token>", at)].decode()
-                    body = V.continue_request(self.collector, token)
+                    body = continue_request(self.collector, token)
             finally:
                 view.Destroy()
         for body in self.perf_bodies:
@@ -691,7 +712,8 @@ spec = json.loads(sys.argv[1])
 sys.path.insert(0, spec["root"])
 from telegraf_balloon.config import VsphereConfig
 from telegraf_balloon.log import Log
-from telegraf_balloon.sources import vsphere
+from telegraf_balloon.sources.vsphere.soap import REALTIME_INTERVAL
+from telegraf_balloon.sources.vsphere.source import VsphereSource
 
 
 def status_kb(key):
@@ -708,7 +730,7 @@ config = VsphereConfig(
     url=spec["url"], username=spec["username"], password=spec["password"],
     ca_file=spec["ca_file"], page_size=spec["page"],
 )
-source = vsphere.VsphereSource(config, Log(io.StringIO()), timeout=120, clock=lambda: now[0])
+source = VsphereSource(config, Log(io.StringIO()), timeout=120, clock=lambda: now[0])
 samples = 0
 if spec["runner"]:
     from telegraf_balloon.config import AgentConfig, Config
@@ -724,14 +746,14 @@ if spec["runner"]:
     plugin = Config(path="bench", agent=AgentConfig(timeout=120.0), vsphere=(config,))
     runner = Runner(plugin, [source], Null(), Log(io.StringIO()), "bench")
     for _ in range(spec["rounds"]):
-        now[0] += vsphere.REALTIME_INTERVAL
+        now[0] += REALTIME_INTERVAL
         if not runner.poll():
             raise SystemExit("the vSphere source was down")
     samples = -1
     runner.close()
 else:
     for _ in range(spec["rounds"]):
-        now[0] += vsphere.REALTIME_INTERVAL
+        now[0] += REALTIME_INTERVAL
         result = source.poll(time.time())
         if result.error is not None:
             raise SystemExit(result.error)

@@ -22,7 +22,8 @@ from telegraf_balloon.config import VsphereConfig, load_text
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import PollResult
 from telegraf_balloon.runner import Runner
-from telegraf_balloon.sources.vsphere import VM_PATHS, VsphereSource
+from telegraf_balloon.sources.vsphere.fields import VM_PATHS
+from telegraf_balloon.sources.vsphere.source import VsphereSource
 from tests.stack.execd import Execd
 from tests.stack.fixtures import _start_vcsim
 from tests.stack.vcsim import Vcsim

@@ -23,7 +23,7 @@ from telegraf_balloon import catalog
 from telegraf_balloon.config import VsphereConfig, load_text
 from telegraf_balloon.log import Log
 from telegraf_balloon.runner import Runner
-from telegraf_balloon.sources.vsphere import VsphereSource
+from telegraf_balloon.sources.vsphere.source import VsphereSource
 from tests.stack.fixtures import _start_vcsim
 from tests.stack.vcsim import Vcsim
 from tests.stack.vsphere_setup import (
