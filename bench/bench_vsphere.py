@@ -48,30 +48,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from benchlib import REPO_ROOT, fmt_ms, fmt_us, median, parser, table, timed, verdict
 
-from benchlib import fmt_ms, fmt_us, median, parser, table, timed, verdict  # noqa: E402
-
-from telegraf_balloon.config import VsphereConfig  # noqa: E402
-from telegraf_balloon.log import Log  # noqa: E402
-from telegraf_balloon.model import PollResult  # noqa: E402
-from telegraf_balloon.sources.vsphere.fields import COUNTERS, VM_PATHS, counters_for  # noqa: E402
-from telegraf_balloon.sources.vsphere.inventory import INVENTORY_TYPES, inventory_specs  # noqa: E402
-from telegraf_balloon.sources.vsphere.perf import batches  # noqa: E402
-from telegraf_balloon.sources.vsphere.session import DEFAULT_MAX_QUERY_METRICS  # noqa: E402
-from telegraf_balloon.sources.vsphere.soap import (  # noqa: E402
+from telegraf_balloon.config import VsphereConfig
+from telegraf_balloon.log import Log
+from telegraf_balloon.model import PollResult
+from telegraf_balloon.sources.vsphere.fields import COUNTERS, VM_PATHS, counters_for
+from telegraf_balloon.sources.vsphere.inventory import INVENTORY_TYPES, inventory_specs
+from telegraf_balloon.sources.vsphere.perf import batches
+from telegraf_balloon.sources.vsphere.session import DEFAULT_MAX_QUERY_METRICS
+from telegraf_balloon.sources.vsphere.soap import (
     CHUNK,
     REALTIME_INTERVAL,
     continue_request,
     retrieve_request,
 )
-from telegraf_balloon.sources.vsphere.source import VsphereSource  # noqa: E402
-from tests.stack.clock import Clock  # noqa: E402
-from tests.stack.vcsim import Vcsim, VcsimError, launcher_available  # noqa: E402
-from tests.stack.vsphere_oracle import apply_sample, expected_fields, reported  # noqa: E402
-from tests.stack.vsphere_setup import (  # noqa: E402
+from telegraf_balloon.sources.vsphere.source import VsphereSource
+from tests.stack.clock import Clock
+from tests.stack.vcsim import Vcsim, VcsimError, launcher_available
+from tests.stack.vsphere_oracle import apply_sample, expected_fields, reported
+from tests.stack.vsphere_setup import (
     all_vms,
     configure_vms,
     connect,

@@ -22,38 +22,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT))  # the tests' stack is not installed with the package
 
-from telegraf_balloon.sources.vsphere.fields import (  # noqa: E402
-    COMPRESSED,
-    SWAPPED,
-    VM_PATHS,
-    VMMEMCTL,
-    VMMEMCTLTARGET,
-)
-from telegraf_balloon.sources.vsphere.inventory import (  # noqa: E402
-    INVENTORY_TYPES,
-    inventory_specs,
-)
-from telegraf_balloon.sources.vsphere.soap import (  # noqa: E402
-    OBJECT_TAGS,
-    Stream,
-    continue_request,
-    parse_objects,
-    query_perf_request,
-    retrieve_request,
-)
-from tests.stack.vcsim import Vcsim, launcher_available, launcher_versions  # noqa: E402
-from tests.stack.vsphere_setup import (  # noqa: E402
-    configure_vm,
-    connect,
-    container_view,
-    counter_ids,
-    disconnect,
-    vim,
-    vm_by_name,
-)
+from telegraf_balloon.sources.vsphere import fields, inventory, soap  # noqa: E402
+from tests.stack import vcsim, vsphere_setup  # noqa: E402
 
 OUT = REPO_ROOT / "tests" / "fixtures" / "vsphere"
 INVENTORY: dict[str, Any] = {
@@ -109,14 +81,15 @@ class Poster:
 def token_of(reply: bytes) -> str:
     """The continuation token of a RetrievePropertiesEx reply ('' on its last page)."""
     token: list[str] = []
-    for _ in parse_objects(Stream(io.BytesIO(reply).read, OBJECT_TAGS), token):
+    for _ in soap.parse_objects(soap.Stream(io.BytesIO(reply).read, soap.OBJECT_TAGS), token):
         pass
     return token[0] if token else ""
 
 
 def capture(out: Path) -> list[tuple[str, int, str]]:
     """Write every reply into `out`; (file, HTTP status, how it was made) per reply."""
-    sim = Vcsim(**INVENTORY).start()
+    setup, vim = vsphere_setup, vsphere_setup.vim
+    sim = vcsim.Vcsim(**INVENTORY).start()
     made: list[tuple[str, int, str]] = []
 
     def keep(name: str, reply: tuple[int, bytes], how: str) -> bytes:
@@ -125,30 +98,31 @@ def capture(out: Path) -> list[tuple[str, int, str]]:
         made.append((name, status, how))
         return data
 
-    si = connect(sim)
+    si = setup.connect(sim)
     try:
-        configure_vm(vm_by_name(si, VALUED), **VALUES)
-        valued, other = vm_by_name(si, VALUED)._moId, vm_by_name(si, OTHER)._moId
+        setup.configure_vm(setup.vm_by_name(si, VALUED), **VALUES)
+        valued, other = (setup.vm_by_name(si, name)._moId for name in (VALUED, OTHER))
         content = si.RetrieveContent()
         collector = content.propertyCollector._moId
         post = Poster(si)
-        with container_view(content, [vim.VirtualMachine]) as view:
-            vms = retrieve_request(collector, view._moId, [("VirtualMachine", VM_PATHS)], PAGE)
+        with setup.container_view(content, [vim.VirtualMachine]) as view:
+            specs = [("VirtualMachine", fields.VM_PATHS)]
+            vms = soap.retrieve_request(collector, view._moId, specs, PAGE)
             first = keep(
                 "retrieve-page1.xml",
                 post(vms),
                 f"RetrievePropertiesEx of the VMs (VM_PATHS), maxObjects {PAGE}: the first page, "
                 "with a token",
             )
-            token = token_of(first)
+            again = soap.continue_request(collector, token_of(first))
             keep(
                 "retrieve-page2.xml",
-                post(continue_request(collector, token)),
+                post(again),
                 "ContinueRetrievePropertiesEx with that token: the last page, without one",
             )
             keep(
                 "fault-invalid-token.xml",
-                post(continue_request(collector, token)),
+                post(again),
                 "the same token used a second time: InvalidArgument",
             )
             keep(
@@ -157,35 +131,33 @@ def capture(out: Path) -> list[tuple[str, int, str]]:
                 "the first request again with a session cookie the server does not know: "
                 "NotAuthenticated",
             )
-        types = [getattr(vim, kind) for kind in INVENTORY_TYPES]
-        with container_view(content, types) as view:
+        types = [getattr(vim, kind) for kind in inventory.INVENTORY_TYPES]
+        with setup.container_view(content, types) as view:
+            above = inventory.inventory_specs()
             keep(
                 "retrieve-inventory.xml",
-                post(retrieve_request(collector, view._moId, inventory_specs(), INVENTORY_PAGE)),
+                post(soap.retrieve_request(collector, view._moId, above, INVENTORY_PAGE)),
                 "RetrievePropertiesEx of the inventory above the VMs (folders, datacenter, "
                 f"compute resources, hosts), maxObjects {INVENTORY_PAGE}: the first page",
             )
-        ids = counter_ids(si)
-        queries = [
-            (valued, [ids[n] for n in (VMMEMCTL, VMMEMCTLTARGET, SWAPPED, COMPRESSED)]),
-            (other, [ids[VMMEMCTL]]),
-        ]
-        perf_manager = content.perfManager._moId
+        ids = setup.counter_ids(si)
+        four = (fields.VMMEMCTL, fields.VMMEMCTLTARGET, fields.SWAPPED, fields.COMPRESSED)
+        queries = [(valued, [ids[n] for n in four]), (other, [ids[fields.VMMEMCTL]])]
         keep(
             "queryperf.xml",
-            post(query_perf_request(perf_manager, queries)),
-            f"QueryPerf of {VALUED} ({valued}: {VMMEMCTL}, {VMMEMCTLTARGET}, {SWAPPED}, "
-            f"{COMPRESSED}) and {OTHER} ({other}: {VMMEMCTL} only)",
+            post(soap.query_perf_request(content.perfManager._moId, queries)),
+            f"QueryPerf of {VALUED} ({valued}: {', '.join(four)}) and {OTHER} ({other}: "
+            f"{fields.VMMEMCTL} only)",
         )
     finally:
-        disconnect(si)
+        setup.disconnect(si)
         sim.stop()
     return made
 
 
 def note(made: Sequence[tuple[str, int, str]]) -> str:
     """SOURCE.md: the command, the simulator's version and how each reply was made."""
-    versions = launcher_versions()
+    versions = vcsim.launcher_versions()
     client = importlib.metadata.version("pyvmomi")
     values = ", ".join(f"{k} {v}" for k, v in VALUES.items())
     inventory = ", ".join(f"{k} {v}" for k, v in INVENTORY.items())
@@ -216,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").strip().split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=OUT, help=f"where to write (default {OUT})")
     args = parser.parse_args(argv)
-    reason = launcher_available()
+    reason = vcsim.launcher_available()
     if reason is not None:
         print(f"capture_vsphere_fixtures: the simulator cannot be built: {reason}", file=sys.stderr)
         return 1

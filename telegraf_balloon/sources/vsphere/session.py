@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import ssl
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Optional
@@ -42,6 +41,7 @@ from .soap import (
     retrieve_request,
 )
 
+Clock = Callable[[], float]
 DEFAULT_MAX_QUERY_METRICS = 64  # when the server does not say (the most cautious common value)
 
 _pyvim: Any = _connect  # pyVim's functions carry no annotations
@@ -78,13 +78,8 @@ class Session:
 class Client:
     """One vCenter (or ESXi host) by its URL: a session kept across polls, re-made when lost."""
 
-    def __init__(
-        self,
-        config: VsphereConfig,
-        log: Log,
-        timeout: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, config: VsphereConfig, log: Log, timeout: float, clock: Clock) -> None:
+        """`timeout`: seconds for each connection's socket; `clock`: monotonic seconds."""
         self.config = config
         self.log = log
         self.timeout = timeout

@@ -36,10 +36,8 @@ class VsphereSource:
         timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.config = config
-        self.log = log
-        self.timeout = timeout
         self.client = Client(config, log, timeout, clock)
+        self.config, self.log, self.timeout = config, log, timeout
         self.instance = self.client.instance
         self._filter = tuple(config.vm_include) != ("*",)
         self._targets = RealtimeTargets(self.client, log, self.instance, clock)
