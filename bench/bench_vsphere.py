@@ -48,28 +48,36 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from benchlib import REPO_ROOT, fmt_ms, fmt_us, median, parser, table, timed, verdict
 
-from benchlib import fmt_ms, fmt_us, median, parser, table, timed, verdict  # noqa: E402
-
-from telegraf_balloon.config import VsphereConfig  # noqa: E402
-from telegraf_balloon.log import Log  # noqa: E402
-from telegraf_balloon.model import PollResult  # noqa: E402
-from telegraf_balloon.sources import vsphere as V  # noqa: E402
-from tests.stack.vcsim import Vcsim, VcsimError, launcher_available  # noqa: E402
-from tests.stack.vsphere_setup import (  # noqa: E402
+from telegraf_balloon.config import VsphereConfig
+from telegraf_balloon.log import Log
+from telegraf_balloon.model import PollResult
+from telegraf_balloon.sources.vsphere.fields import COUNTERS, VM_PATHS, counters_for
+from telegraf_balloon.sources.vsphere.inventory import INVENTORY_TYPES, inventory_specs
+from telegraf_balloon.sources.vsphere.perf import batches
+from telegraf_balloon.sources.vsphere.session import DEFAULT_MAX_QUERY_METRICS
+from telegraf_balloon.sources.vsphere.soap import (
+    CHUNK,
+    REALTIME_INTERVAL,
+    continue_request,
+    retrieve_request,
+)
+from telegraf_balloon.sources.vsphere.source import VsphereSource
+from tests.stack.clock import Clock
+from tests.stack.vcsim import Vcsim, VcsimError, launcher_available
+from tests.stack.vsphere_oracle import apply_sample, expected_fields, reported
+from tests.stack.vsphere_setup import (
     all_vms,
     configure_vms,
     connect,
+    container_view,
     disconnect,
+    retrieve_pages,
+    view_objects,
     vim,
-    vmodl,
 )
 
-MIB = 1024 * 1024
-KIB = 1024
 PAGE = 500  # the simulator's page and the plugin's page_size (50 for the --quick inventory)
 MAX_QUERY_METRICS = 64
 # size -> the simulator's inventory (one datacenter, clusters of hosts, VMs per cluster)
@@ -80,7 +88,8 @@ SHAPES: dict[int, dict[str, Any]] = {
 }
 NAIVE_SAMPLE = 2000  # VMs the naive loop is timed on when the inventory is larger
 
-# Targets (issue 7): at the large size, and against the naive loop and the peer at 2,000.
+# The vSphere source's performance targets (the last table's verdicts): at the large size, and
+# against the naive loop and the peer at 2,000.
 TARGET_VS_FLOOR = 2.0  # a within this many times e
 TARGET_VS_PYVMOMI = 3.5  # a at least this many times faster than b
 TARGET_CPU_US = 80.0  # the plugin's CPU per VM
@@ -177,16 +186,6 @@ def prepare(si: Any, seed: int = 7) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-class Clock:
-    """The plugin's monotonic clock, advanced one realtime sample (20 s) per round."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def plugin_config(sim: Vcsim) -> VsphereConfig:
     return VsphereConfig(
         url=sim.url,
@@ -199,16 +198,16 @@ def plugin_config(sim: Vcsim) -> VsphereConfig:
 
 class Plugin:
     def __init__(self, sim: Vcsim) -> None:
-        self.clock = Clock()
+        self.clock = Clock(1_000_000.0)  # the plugin's monotonic clock: 20 s more per round
         self.log = io.StringIO()
-        self.source = V.VsphereSource(
+        self.source = VsphereSource(
             plugin_config(sim), Log(self.log), timeout=120, clock=self.clock
         )
         self.result = PollResult()
         self.cpu: list[float] = []
 
     def __call__(self) -> None:
-        self.clock.now += V.REALTIME_INTERVAL  # a new realtime sample: QueryPerf every round
+        self.clock.now += REALTIME_INTERVAL  # a new realtime sample: QueryPerf every round
         cpu = time.process_time()
         result = self.source.poll(time.time())
         self.cpu.append(time.process_time() - cpu)
@@ -222,18 +221,19 @@ class Plugin:
     def perf_requests(self) -> list[bytes]:
         """The QueryPerf bodies one poll sends (recorded from the plugin itself)."""
         bodies: list[bytes] = []
-        call = self.source._call
+        client = self.source.client
+        call = client.call
 
         def recording(session: Any, body: bytes, *rest: Any) -> list[Any]:
             if b"<QueryPerf " in body:
                 bodies.append(body)
             return call(session, body, *rest)
 
-        setattr(self.source, "_call", recording)  # noqa: B010 (an instance override)
+        setattr(client, "call", recording)  # noqa: B010 (an instance override)
         try:
             self()
         finally:
-            delattr(self.source, "_call")
+            delattr(client, "call")
         return bodies
 
     def close(self) -> None:
@@ -248,13 +248,13 @@ class Plugin:
 def _lookup(si: Any) -> tuple[dict[str, int], int]:
     """Counter ids (group.name.rollup) and maxQueryMetrics, looked up once as the plugin does."""
     content = si.RetrieveContent()
-    wanted = set(V.COUNTERS)
+    wanted = set(COUNTERS)
     ids = {}
     for info in content.perfManager.perfCounter:
         name = f"{info.groupInfo.key}.{info.nameInfo.key}.{info.rollupType}"
         if name in wanted:
             ids[name] = int(info.key)
-    limit = V.DEFAULT_MAX_QUERY_METRICS
+    limit = DEFAULT_MAX_QUERY_METRICS
     for option in content.setting.QueryOptions("config.vpxd.stats.maxQueryMetrics") or ():
         limit = max(0, int(option.value))
     return ids, limit
@@ -272,45 +272,18 @@ class Pyvmomi:
         self.names = {v: k for k, v in self.ids.items()}
         self.figures: Figures = {}
 
-    def _retrieve(self, kinds: Sequence[str], specs: Sequence[tuple[str, Sequence[str]]]) -> Any:
-        content = self.content
-        pc = vmodl.query.PropertyCollector
-        view = content.viewManager.CreateContainerView(
-            content.rootFolder, [getattr(vim, k) for k in kinds], True
-        )
-        try:
-            spec = pc.FilterSpec(
-                objectSet=[
-                    pc.ObjectSpec(
-                        obj=view,
-                        skip=True,
-                        selectSet=[
-                            pc.TraversalSpec(
-                                name="view", path="view", skip=False, type=vim.view.ContainerView
-                            )
-                        ],
-                    )
-                ],
-                propSet=[pc.PropertySpec(type=getattr(vim, k), pathSet=list(p)) for k, p in specs],
-            )
-            out = []
-            collector = content.propertyCollector
-            res = collector.RetrievePropertiesEx([spec], pc.RetrieveOptions(maxObjects=self.page))
-            while res is not None:
-                for oc in res.objects:
-                    out.append((oc.obj, {p.name: p.val for p in oc.propSet}))
-                res = collector.ContinueRetrievePropertiesEx(res.token) if res.token else None
-            return out
-        finally:
-            view.Destroy()
+    def _retrieve(self, specs: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[Any, Any]]:
+        """(object, {path: value}) of every object of the specs' types, in pages as a's."""
+        out = []
+        typed = [(getattr(vim, kind), paths) for kind, paths in specs]
+        for res in retrieve_pages(self.content, typed, max_objects=self.page):
+            for oc in res.objects:
+                out.append((oc.obj, {p.name: p.val for p in oc.propSet}))
+        return out
 
     def __call__(self) -> None:
-        specs: list[tuple[str, Sequence[str]]] = [
-            (k, ("name", "parent")) for k in V.INVENTORY_TYPES if k != "HostSystem"
-        ]
-        specs.append(("HostSystem", ("name", "parent", *V.HOST_PATHS)))
         entities: dict[str, tuple[str, str, str]] = {}
-        for obj, props in self._retrieve(V.INVENTORY_TYPES, specs):
+        for obj, props in self._retrieve(inventory_specs()):
             parent = props.get("parent")
             entities[obj._moId] = (
                 obj._wsdlName,
@@ -333,8 +306,8 @@ class Pyvmomi:
 
         figures: Figures = {}
         chosen: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
-        for obj, props in self._retrieve(["VirtualMachine"], [("VirtualMachine", V.VM_PATHS)]):
-            if props.get("config.template") or props.get("runtime.powerState") != "poweredOn":
+        for obj, props in self._retrieve([("VirtualMachine", VM_PATHS)]):
+            if not reported(props):
                 continue
             host_ref = props.get("runtime.host")
             host = hosts.get(host_ref._moId) if host_ref is not None else None
@@ -352,28 +325,24 @@ class Pyvmomi:
                 tags["datacenter"] = host[2]
             if host and host[1]:
                 tags["cluster"] = host[1]
-            fields = quickstats_fields(props)
+            fields = expected_fields(props)
             figures[uuid or obj._moId] = (tags, fields)
             chosen.append((obj, props, fields))
 
         queries: list[tuple[str, list[int]]] = []
         by_moid = {}
-        for obj, props, fields in chosen:
-            names = [V.VMMEMCTL, V.VMMEMCTLTARGET]
-            if "summary.quickStats.swappedMemory" not in props:
-                names.append(V.SWAPPED)
-            if "summary.quickStats.compressedMemory" not in props:
-                names.append(V.COMPRESSED)
+        for obj, props, fields in chosen:  # the counters the plugin asks for (its own choice)
+            names = counters_for(props)
             queries.append((obj._moId, [self.ids[n] for n in names if n in self.ids]))
             by_moid[obj._moId] = (obj, props, fields)
         pm = vim.PerformanceManager
         perf = self.content.perfManager
-        for batch in V._batches(queries, self.max_metrics):
+        for batch in batches(queries, self.max_metrics):
             specs_ = [
                 pm.QuerySpec(
                     entity=by_moid[moid][0],
                     maxSample=1,
-                    intervalId=V.REALTIME_INTERVAL,
+                    intervalId=REALTIME_INTERVAL,
                     metricId=[pm.MetricId(counterId=c, instance="") for c in ids],
                 )
                 for moid, ids in batch
@@ -384,51 +353,8 @@ class Pyvmomi:
                     if series.value and series.value[-1] >= 0:
                         values[self.names.get(series.id.counterId, "")] = int(series.value[-1])
                 _, props, fields = by_moid[em.entity._moId]
-                counter_fields(values, props, fields)
+                apply_sample(values, props, fields)
         self.figures = figures
-
-
-def quickstats_fields(props: dict[str, Any]) -> dict[str, Any]:
-    """The plugin's fields from pyVmomi's typed values (sizes to bytes)."""
-    fields: dict[str, Any] = {}
-    memory = props.get("config.hardware.memoryMB")
-    if memory is not None:
-        fields["memory_max_bytes"] = memory * MIB
-    ballooned = props.get("summary.quickStats.balloonedMemory") or 0
-    fields["balloon_actual_bytes"] = ballooned * MIB
-    if memory is not None:
-        fields["memory_current_bytes"] = max(0, memory - ballooned) * MIB
-    for path, name, scale in V._QUICKSTATS:
-        value = props.get(path)
-        if value is None and path in V._ZERO_WHEN_MISSING:
-            value = 0
-        if value is not None and value >= 0:
-            fields[name] = value * scale
-    reservation = props.get("config.memoryAllocation.reservation")
-    if reservation is not None and reservation >= 0:
-        fields["reservation_bytes"] = reservation * MIB
-    limit = props.get("config.memoryAllocation.limit")
-    if limit is not None and limit >= 0:
-        fields["limit_bytes"] = limit * MIB
-    fields["inflation_blocked"] = (
-        reservation is not None and memory is not None and reservation >= memory > 0
-    )
-    return fields
-
-
-def counter_fields(values: dict[str, int], props: dict[str, Any], fields: dict[str, Any]) -> None:
-    actual = values.get(V.VMMEMCTL)
-    if actual is not None:
-        fields["balloon_actual_bytes"] = actual * KIB
-        if "memory_max_bytes" in fields:
-            fields["memory_current_bytes"] = max(0, fields["memory_max_bytes"] - actual * KIB)
-    target = values.get(V.VMMEMCTLTARGET)
-    if target is not None:
-        fields["balloon_target_bytes"] = target * KIB
-    if V.SWAPPED in values and "summary.quickStats.swappedMemory" not in props:
-        fields["host_swapped_bytes"] = values[V.SWAPPED] * KIB
-    if V.COMPRESSED in values and "summary.quickStats.compressedMemory" not in props:
-        fields["compressed_bytes"] = values[V.COMPRESSED] * KIB
 
 
 def compare(ours: Figures, theirs: Figures) -> list[str]:
@@ -462,7 +388,7 @@ class Naive:
         self.content = si.RetrieveContent()
         ids, _ = _lookup(si)
         pm = vim.PerformanceManager
-        self.metrics = [pm.MetricId(counterId=ids[n], instance="") for n in V.COUNTERS[:2]]
+        self.metrics = [pm.MetricId(counterId=ids[n], instance="") for n in COUNTERS[:2]]
         self.sample = sample
         self.scale = 1.0
         self.vms = 0
@@ -471,13 +397,7 @@ class Naive:
         """Seconds of one poll of every VM (the per-VM part scaled from the sample)."""
         content = self.content
         started = time.perf_counter()
-        view = content.viewManager.CreateContainerView(
-            content.rootFolder, [vim.VirtualMachine], True
-        )
-        try:
-            vms = list(view.view)
-        finally:
-            view.Destroy()
+        vms = view_objects(content, vim.VirtualMachine)
         listed = time.perf_counter() - started
         subset = vms[: self.sample] if self.sample < len(vms) else vms
         self.vms, self.scale = len(vms), len(vms) / len(subset)
@@ -619,13 +539,9 @@ class Raw:
         self.collector = self.content.propertyCollector._moId
         self.perf_bodies = perf_bodies
         self.bytes = 0
-        inventory: list[tuple[str, Sequence[str]]] = [
-            (k, ("name", "parent")) for k in V.INVENTORY_TYPES if k != "HostSystem"
-        ]
-        inventory.append(("HostSystem", ("name", "parent", *V.HOST_PATHS)))
         self.retrievals: list[tuple[Sequence[str], list[tuple[str, Sequence[str]]]]] = [
-            (V.INVENTORY_TYPES, inventory),
-            (["VirtualMachine"], [("VirtualMachine", V.VM_PATHS)]),
+            (INVENTORY_TYPES, inventory_specs()),
+            (["VirtualMachine"], [("VirtualMachine", VM_PATHS)]),
         ]
 
     def _post(self, body: bytes) -> bytes:
@@ -644,7 +560,7 @@ class Raw:
         resp = conn.getresponse()
         head = tail = b""
         while True:  # read as the plugin reads (64 KiB at a time), keep only both ends
-            chunk = resp.read(V.CHUNK)
+            chunk = resp.read(CHUNK)
             if not chunk:
                 break
             self.bytes += len(chunk)
@@ -658,20 +574,15 @@ class Raw:
         content = self.content
         self.bytes = 0
         for kinds, specs in self.retrievals:
-            view = content.viewManager.CreateContainerView(
-                content.rootFolder, [getattr(vim, k) for k in kinds], True
-            )
-            try:
-                body = V.retrieve_request(self.collector, view._moId, specs, self.page)
+            with container_view(content, [getattr(vim, k) for k in kinds]) as view:
+                body = retrieve_request(self.collector, view._moId, specs, self.page)
                 while True:
                     data = self._post(body)  # its ends: the token leads the result
                     at = data.find(b"<token>")
                     if at < 0:
                         break
                     token = data[at + 7 : data.index(b"</token>", at)].decode()
-                    body = V.continue_request(self.collector, token)
-            finally:
-                view.Destroy()
+                    body = continue_request(self.collector, token)
         for body in self.perf_bodies:
             self._post(body)
 
@@ -691,7 +602,8 @@ spec = json.loads(sys.argv[1])
 sys.path.insert(0, spec["root"])
 from telegraf_balloon.config import VsphereConfig
 from telegraf_balloon.log import Log
-from telegraf_balloon.sources import vsphere
+from telegraf_balloon.sources.vsphere.soap import REALTIME_INTERVAL
+from telegraf_balloon.sources.vsphere.source import VsphereSource
 
 
 def status_kb(key):
@@ -708,7 +620,7 @@ config = VsphereConfig(
     url=spec["url"], username=spec["username"], password=spec["password"],
     ca_file=spec["ca_file"], page_size=spec["page"],
 )
-source = vsphere.VsphereSource(config, Log(io.StringIO()), timeout=120, clock=lambda: now[0])
+source = VsphereSource(config, Log(io.StringIO()), timeout=120, clock=lambda: now[0])
 samples = 0
 if spec["runner"]:
     from telegraf_balloon.config import AgentConfig, Config
@@ -724,14 +636,14 @@ if spec["runner"]:
     plugin = Config(path="bench", agent=AgentConfig(timeout=120.0), vsphere=(config,))
     runner = Runner(plugin, [source], Null(), Log(io.StringIO()), "bench")
     for _ in range(spec["rounds"]):
-        now[0] += vsphere.REALTIME_INTERVAL
+        now[0] += REALTIME_INTERVAL
         if not runner.poll():
             raise SystemExit("the vSphere source was down")
     samples = -1
     runner.close()
 else:
     for _ in range(spec["rounds"]):
-        now[0] += vsphere.REALTIME_INTERVAL
+        now[0] += REALTIME_INTERVAL
         result = source.poll(time.time())
         if result.error is not None:
             raise SystemExit(result.error)

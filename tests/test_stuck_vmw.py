@@ -11,6 +11,7 @@ from telegraf_balloon.config import load_text
 from telegraf_balloon.log import Log
 from telegraf_balloon.runner import Runner
 from telegraf_balloon.sources import build_sources
+from tests.stack.clock import Clock
 
 # drivers/misc/vmw_balloon.c (4.20+) writes "%-22s: %16llu\n"; target and current in 4 KiB pages.
 VMMEMCTL = """balloon capabilities  :             0x3e
@@ -37,14 +38,6 @@ def _tree(root: Path, target: int, current: int) -> None:
     (dmi / "sys_vendor").write_text("VMware, Inc.\n")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_vmw_balloon_below_target_becomes_stuck(tmp_path: Path) -> None:
     root = tmp_path / "guest"
     # the host asks for 262144 pages (1 GiB); the balloon holds 131072 (512 MiB): gap 12.7%
@@ -64,7 +57,7 @@ crit = 1
     )
     log = Log(io.StringIO())
     out = io.BytesIO()
-    clock = Clock()
+    clock = Clock(1_800_000_000.0)
     runner = Runner(config, build_sources(config, log), out, log, "h", clock=clock)
 
     def balloon() -> dict[str, object]:

@@ -1,12 +1,16 @@
 """The vSphere hot path without a server: requests, and replies captured from the simulator.
 
-The replies in tests/fixtures/vsphere/ are real (SOURCE.md there says how they were made);
-the end-to-end behaviour against the running simulator is in tests/integration/test_vsphere.py.
+The replies in tests/fixtures/vsphere/ are the simulator's own (SOURCE.md there says how
+scripts/capture_vsphere_fixtures.py made them); the end-to-end behaviour against the running
+simulator is in tests/integration/test_vsphere.py. Only the source's plain modules are imported
+here: these tests run without pyVmomi (test_the_plain_modules_import_no_pyvmomi checks it).
 """
 
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -15,18 +19,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telegraf_balloon.model import Fields
-from telegraf_balloon.sources import vsphere as V
+from telegraf_balloon.sources.vsphere import fields as F
+from telegraf_balloon.sources.vsphere import inventory as I
+from telegraf_balloon.sources.vsphere import perf as P
+from telegraf_balloon.sources.vsphere import soap as S
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vsphere"
 MIB = 1024 * 1024
 
 
-def _objects(name: str, chunk: int = V.CHUNK) -> tuple[list[tuple[str, str, V.Props]], list[str]]:
+def _objects(name: str, chunk: int = S.CHUNK) -> tuple[list[tuple[str, str, S.Props]], list[str]]:
     data = (FIXTURES / name).read_bytes()
     stream = io.BytesIO(data)
     token: list[str] = []
     items = list(
-        V.parse_objects(V._Stream(lambda n: stream.read(min(n, chunk)), V._OBJECT_TAGS), token)
+        S.parse_objects(S.Stream(lambda n: stream.read(min(n, chunk)), S.OBJECT_TAGS), token)
     )
     return items, token
 
@@ -34,7 +41,7 @@ def _objects(name: str, chunk: int = V.CHUNK) -> tuple[list[tuple[str, str, V.Pr
 def test_pages_give_every_vm_once_and_a_token_until_the_last() -> None:
     first, token1 = _objects("retrieve-page1.xml")
     second, token2 = _objects("retrieve-page2.xml")
-    assert token1 == ["1-18ec283522bb9a86"]
+    assert token1 == ["1"]  # the simulator numbers its page tokens
     assert token2 == []
     moids = [m for _, m, _ in first + second]
     assert moids == ["vm-48", "vm-51", "vm-54", "vm-57"]
@@ -46,7 +53,7 @@ def test_configured_vm_fields_in_bytes() -> None:
     props = {m: p for _, m, p in items}["vm-54"]
     assert props["runtime.host"] == ("HostSystem", "host-42")
     assert props["config.instanceUuid"]
-    assert V._fields(props) == {
+    assert F.vm_fields(props) == {
         "memory_max_bytes": 4096 * MIB,
         "balloon_actual_bytes": 1024 * MIB,
         "memory_current_bytes": 3072 * MIB,
@@ -67,7 +74,7 @@ def test_unlimited_limit_is_absent() -> None:
     items, _ = _objects("retrieve-page1.xml")
     props = items[0][2]
     assert props["config.memoryAllocation.limit"] == "-1"
-    assert "limit_bytes" not in V._fields(props)
+    assert "limit_bytes" not in F.vm_fields(props)
 
 
 @settings(max_examples=40, deadline=None)
@@ -79,13 +86,13 @@ def test_parse_does_not_depend_on_chunking(chunk: int) -> None:
 def test_queryperf_reply() -> None:
     data = (FIXTURES / "queryperf.xml").read_bytes()
     stream = io.BytesIO(data)
-    got = list(V.parse_perf(V._Stream(stream.read, V._PERF_TAGS)))
+    got = list(S.parse_perf(S.Stream(stream.read, S.PERF_TAGS)))
     assert [(m, v) for m, _, v in got] == [
         ("vm-54", {70: 12 * 1024, 90: 1024 * 1024, 94: 2 * 1024 * 1024, 105: 2048}),
         ("vm-51", {90: 0}),
     ]
     stamps = {s for _, s, _ in got}
-    assert len(stamps) == 1 and stamps.pop() % V.REALTIME_INTERVAL == 0
+    assert len(stamps) == 1 and stamps.pop() % S.REALTIME_INTERVAL == 0
 
 
 @pytest.mark.parametrize(
@@ -96,17 +103,17 @@ def test_queryperf_reply() -> None:
     ],
 )
 def test_faults(name: str, fault: str, text: str) -> None:
-    with pytest.raises(V.VsphereFault) as caught:
+    with pytest.raises(S.VsphereFault) as caught:
         _objects(name)
     assert caught.value.fault == fault
     assert text in str(caught.value)
 
 
 def test_counter_fields_take_actual_and_target_from_one_sample() -> None:
-    props: V.Props = {"summary.quickStats.swappedMemory": "0"}
+    props: S.Props = {"summary.quickStats.swappedMemory": "0"}
     fields: dict[str, object] = {"memory_max_bytes": 4096 * MIB, "balloon_actual_bytes": 1 * MIB}
-    values = {V.VMMEMCTL: 1000, V.VMMEMCTLTARGET: 2000, V.SWAPPED: 5, V.COMPRESSED: 7}
-    V._counter_fields(values, props, fields)  # type: ignore[arg-type]
+    values = {F.VMMEMCTL: 1000, F.VMMEMCTLTARGET: 2000, F.SWAPPED: 5, F.COMPRESSED: 7}
+    F.counter_fields(values, props, fields)  # type: ignore[arg-type]
     assert fields["balloon_actual_bytes"] == 1000 * 1024
     assert fields["balloon_target_bytes"] == 2000 * 1024
     assert fields["memory_current_bytes"] == 4096 * MIB - 1000 * 1024
@@ -122,7 +129,7 @@ def test_reservation_at_memory_blocks_inflation(
     memory: str, reservation: str, blocked: bool
 ) -> None:
     props = {"config.hardware.memoryMB": memory, "config.memoryAllocation.reservation": reservation}
-    assert V._fields(props)["inflation_blocked"] is blocked
+    assert F.vm_fields(props)["inflation_blocked"] is blocked
 
 
 def test_hostile_values_are_skipped_not_fatal() -> None:
@@ -132,7 +139,7 @@ def test_hostile_values_are_skipped_not_fatal() -> None:
         "summary.quickStats.grantedMemory": "-1",
         "config.memoryAllocation.reservation": "",
     }
-    fields = V._fields(props)
+    fields = F.vm_fields(props)
     assert "memory_max_bytes" not in fields and "balloon_actual_bytes" not in fields
     assert "granted_bytes" not in fields and "reservation_bytes" not in fields
     assert fields["inflation_blocked"] is False
@@ -140,15 +147,15 @@ def test_hostile_values_are_skipped_not_fatal() -> None:
 
 def test_requests_escape_what_they_quote() -> None:
     hostile = 'vm-1"&<x>'
-    body = V.query_perf_request("PerfMgr", [(hostile, [1, 2])])
+    body = S.query_perf_request("PerfMgr", [(hostile, [1, 2])])
     root = ET.fromstring(body)
     entity = root.find(".//{urn:vim25}entity")
     assert entity is not None and entity.text == hostile
-    body = V.continue_request("propertyCollector", hostile)
+    body = S.continue_request("propertyCollector", hostile)
     assert ET.fromstring(body).find(".//{urn:vim25}token").text == hostile  # type: ignore[union-attr]
-    body = V.retrieve_request("pc", "session[x]&", [("VirtualMachine", V.VM_PATHS)], 7)
+    body = S.retrieve_request("pc", "session[x]&", [("VirtualMachine", F.VM_PATHS)], 7)
     paths = [e.text for e in ET.fromstring(body).iter("{urn:vim25}pathSet")]
-    assert paths == list(V.VM_PATHS)
+    assert paths == list(F.VM_PATHS)
     assert ET.fromstring(body).find(".//{urn:vim25}maxObjects").text == "7"  # type: ignore[union-attr]
 
 
@@ -160,7 +167,7 @@ def _queries(draw_counts: list[int]) -> list[tuple[str, list[int]]]:
 @given(st.lists(st.integers(min_value=0, max_value=4), max_size=300), st.integers(0, 300))
 def test_batches_respect_the_limit_and_keep_every_vm_once(counts: list[int], limit: int) -> None:
     queries = _queries(counts)
-    batches = list(V._batches(queries, limit))
+    batches = list(P.batches(queries, limit))
     assert [q for b in batches for q in b] == queries
     for batch in batches:
         metrics = sum(max(1, len(ids)) for _, ids in batch)
@@ -170,15 +177,15 @@ def test_batches_respect_the_limit_and_keep_every_vm_once(counts: list[int], lim
 
 def test_batches_bound_the_reply_size() -> None:
     queries = [(f"vm-{i}", [1, 2, 3, 4]) for i in range(20_000)]
-    batches = list(V._batches(queries, 0))  # 0: the server sets no metric limit
+    batches = list(P.batches(queries, 0))  # 0: the server sets no metric limit
     assert len(batches) > 1
-    assert all(sum(8 + 8 * len(ids) for _, ids in b) <= V.REPLY_ELEMENTS for b in batches)
+    assert all(sum(8 + 8 * len(ids) for _, ids in b) <= P.REPLY_ELEMENTS for b in batches)
 
 
-def _inventory(entities: list[tuple[str, str, str, str]]) -> V._Inventory:
-    inv = V._Inventory()
+def _inventory(entities: list[tuple[str, str, str, str]]) -> I.Inventory:
+    inv = I.Inventory()
     for kind, moid, name, parent in entities:
-        props: V.Props = {"name": name}
+        props: S.Props = {"name": name}
         if parent:
             props["parent"] = ("Folder", parent)
         inv.add(kind, moid, props)
@@ -212,35 +219,16 @@ def test_inventory_parent_loop_ends() -> None:
     assert inv.path("a").count("/") == 64
 
 
-def test_gc_paused_during_a_poll_and_restored_after() -> None:
-    import gc
-
-    assert gc.isenabled()
-    with V._gc_paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
-    with pytest.raises(RuntimeError), V._gc_paused():
-        raise RuntimeError("a failed poll")
-    assert gc.isenabled()  # back on after a failure too
-    gc.disable()
-    try:
-        with V._gc_paused():
-            assert not gc.isenabled()
-        assert not gc.isenabled()  # off before (by the program): left off
-    finally:
-        gc.enable()
-
-
 def test_counter_fields_with_the_shared_presence_sets() -> None:
     # what a poll keeps per VM instead of its properties: which quickStats the reply carried
     fields: Fields = {"memory_max_bytes": 4096 * MIB}
-    values = {V.SWAPPED: 5, V.COMPRESSED: 7, V.VMMEMCTL: 1024}
-    V._counter_fields(values, V._QUICK_PRESENT[True, False], fields)
+    values = {F.SWAPPED: 5, F.COMPRESSED: 7, F.VMMEMCTL: 1024}
+    F.counter_fields(values, F.QUICK_PRESENT[True, False], fields)
     assert "host_swapped_bytes" not in fields  # quickStats had it
     assert fields["compressed_bytes"] == 7 * 1024  # quickStats lacked it: the counter's
     assert fields["memory_current_bytes"] == 4095 * MIB
-    assert V._QUICK_PRESENT[False, False] == frozenset()
-    assert V._QUICK_PRESENT[True, True] == {V._SWAPPED_QS, V._COMPRESSED_QS}
+    assert F.QUICK_PRESENT[False, False] == frozenset()
+    assert F.QUICK_PRESENT[True, True] == {F.SWAPPED_QS, F.COMPRESSED_QS}
 
 
 @pytest.mark.parametrize(
@@ -258,4 +246,25 @@ def test_counter_fields_with_the_shared_presence_sets() -> None:
 def test_reply_date_the_sample_ages_are_measured_on(
     header: str | None, epoch: float | None
 ) -> None:
-    assert V._http_date(header) == epoch
+    assert S.http_date(header) == epoch
+
+
+def test_the_plain_modules_import_no_pyvmomi() -> None:
+    """soap, fields, inventory and perf load with pyVmomi unimportable; the source says why not."""
+    code = """
+import sys
+sys.modules["pyVmomi"] = sys.modules["pyVim"] = None  # import of either raises ImportError
+from telegraf_balloon.sources.vsphere import fields, inventory, perf, soap
+try:
+    from telegraf_balloon.sources.vsphere import VsphereSource
+except ImportError as exc:
+    print("ImportError:", exc)
+print(sorted(m for m in sys.modules if m.startswith(("pyVmomi", "pyVim")) and sys.modules[m]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    refused, loaded = done.stdout.splitlines()
+    assert refused.startswith("ImportError:") and "pyVim" in refused
+    assert loaded == "[]"

@@ -37,12 +37,15 @@ from tests.stack.vsphere_setup import (  # noqa: E402
     configure_vm,
     configure_vms,
     connect,
+    container_view,
     counter_ids,
     disconnect,
     query_perf,
     retrieve,
     set_max_query_metrics,
     terminate_other_sessions,
+    view_filter_spec,
+    view_objects,
     vim,
     vm_by_name,
     vmodl,
@@ -66,39 +69,18 @@ def si(vcsim: Vcsim) -> Iterator[Any]:
         disconnect(conn)
 
 
-def _vm_filter(content: Any, paths: list[str]) -> tuple[Any, Any]:
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
-    spec = PC.FilterSpec(
-        objectSet=[
-            PC.ObjectSpec(
-                obj=view,
-                skip=True,
-                selectSet=[
-                    PC.TraversalSpec(name="v", path="view", skip=False, type=vim.view.ContainerView)
-                ],
-            )
-        ],
-        propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=paths)],
-    )
-    return view, spec
-
-
 def test_inventory_multiplies_as_documented(vcsim: Vcsim, si: Any) -> None:
     vms = all_vms(si)
     # (2 clusters + 1 standalone host) x 4 VMs
     assert len(vms) == vcsim.vms == 12
-    hosts = si.RetrieveContent().viewManager.CreateContainerView(
-        si.RetrieveContent().rootFolder, [vim.HostSystem], True
-    )
-    assert len(hosts.view) == 2 * 2 + 1
-    hosts.Destroy()
+    assert len(view_objects(si.RetrieveContent(), vim.HostSystem)) == 2 * 2 + 1
 
 
 def test_paging_returns_every_vm_once_and_tokens_work_once(si: Any) -> None:
     content = si.RetrieveContent()
     pc = content.propertyCollector
-    view, spec = _vm_filter(content, ["name"])
-    try:
+    with container_view(content, [vim.VirtualMachine]) as view:
+        spec = view_filter_spec(view, [(vim.VirtualMachine, ["name"])])
         # maxObjects below the page size wins
         first = pc.RetrievePropertiesEx([spec], PC.RetrieveOptions(maxObjects=5))
         assert len(first.objects) == 5 and first.token
@@ -129,23 +111,21 @@ def test_paging_returns_every_vm_once_and_tokens_work_once(si: Any) -> None:
         assert len(res.objects) == 7
         rest = pc.ContinueRetrievePropertiesEx(res.token)
         assert len(rest.objects) == 5 and not rest.token
-    finally:
-        view.Destroy()
 
 
 def test_token_belongs_to_its_session(vcsim: Vcsim, si: Any) -> None:
     content = si.RetrieveContent()
-    view, spec = _vm_filter(content, ["name"])
     other = connect(vcsim)
     try:
-        res = content.propertyCollector.RetrievePropertiesEx(
-            [spec], PC.RetrieveOptions(maxObjects=3)
-        )
-        with pytest.raises(vmodl.fault.InvalidArgument):
-            other.RetrieveContent().propertyCollector.ContinueRetrievePropertiesEx(res.token)
-        content.propertyCollector.CancelRetrievePropertiesEx(res.token)
+        with container_view(content, [vim.VirtualMachine]) as view:
+            spec = view_filter_spec(view, [(vim.VirtualMachine, ["name"])])
+            res = content.propertyCollector.RetrievePropertiesEx(
+                [spec], PC.RetrieveOptions(maxObjects=3)
+            )
+            with pytest.raises(vmodl.fault.InvalidArgument):
+                other.RetrieveContent().propertyCollector.ContinueRetrievePropertiesEx(res.token)
+            content.propertyCollector.CancelRetrievePropertiesEx(res.token)
     finally:
-        view.Destroy()
         disconnect(other)
 
 
@@ -349,12 +329,10 @@ def test_terminate_session_kills_another_session(vcsim: Vcsim, si: Any) -> None:
     with pytest.raises(vim.fault.NotAuthenticated):
         all_vms(victim)
     content = victim.RetrieveContent()
-    view, spec = _vm_filter(si.RetrieveContent(), ["name"])
-    try:
+    with container_view(si.RetrieveContent(), [vim.VirtualMachine]) as view:
+        spec = view_filter_spec(view, [(vim.VirtualMachine, ["name"])])
         with pytest.raises(vim.fault.NotAuthenticated):
             content.propertyCollector.RetrievePropertiesEx([spec], PC.RetrieveOptions())
-    finally:
-        view.Destroy()
     assert content.sessionManager.currentSession is None
     # the same through RetrievePropertiesEx: unset, not a NotAuthenticated missingSet
     probe = PC.FilterSpec(

@@ -2,7 +2,8 @@
 
 The simulator is govmomi's (tests/vcsim/, tests/stack/vcsim.py). Values are set through the
 ordinary API (ReconfigVM_Task) and read back two ways: by the plugin's own streamed SOAP and
-by pyVmomi; the bytes must agree exactly.
+by pyVmomi, whose values tests/stack/vsphere_oracle.py turns into the fields the plugin must
+report; the bytes must agree exactly.
 """
 
 from __future__ import annotations
@@ -22,10 +23,19 @@ from telegraf_balloon.config import VsphereConfig, load_text
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import PollResult
 from telegraf_balloon.runner import Runner
-from telegraf_balloon.sources.vsphere import VM_PATHS, VsphereSource
+from telegraf_balloon.sources.vsphere.fields import VM_PATHS
+from telegraf_balloon.sources.vsphere.source import VsphereSource
+from tests.stack.clock import Clock
 from tests.stack.execd import Execd
 from tests.stack.fixtures import _start_vcsim
 from tests.stack.vcsim import Vcsim
+from tests.stack.vsphere_oracle import (
+    VMMEMCTL,
+    VMMEMCTLTARGET,
+    apply_sample,
+    expected_fields,
+    reported,
+)
 from tests.stack.vsphere_setup import (
     all_vms,
     configure_vm,
@@ -34,18 +44,14 @@ from tests.stack.vsphere_setup import (
     query_perf,
     retrieve,
     terminate_other_sessions,
+    view_objects,
+    vim,
     vm_by_name,
 )
 
 pytestmark = pytest.mark.integration
 
 MIB = 1024 * 1024
-# The plugin's own leaf paths (the simulator leaves zero ints out of a whole quickStats object,
-# which pyVmomi then reads as None, but sends them for a leaf path), and memoryAllocation whole.
-ORACLE_PATHS = [
-    *(p for p in VM_PATHS if not p.startswith("config.memoryAllocation.")),
-    "config.memoryAllocation",
-]
 # Our own simulator for this module: the tests here change VMs. 2 datacenters, each with
 # 2 clusters of 2 hosts and a standalone host, 3 VMs per cluster and standalone host: 18 VMs,
 # pages of 5 (smaller than the inventory, so the continuation loop runs).
@@ -93,8 +99,12 @@ def poll_ok(source: VsphereSource) -> PollResult:
 
 
 def oracle(si: Any) -> dict[str, dict[str, Any]]:
-    """pyVmomi's view of every VM: {name: {path: value}} plus the host's name."""
-    props, _ = retrieve(si, ORACLE_PATHS)
+    """pyVmomi's view of every VM: {name: {path: value}} plus the host's name.
+
+    The plugin's own leaf paths: the simulator leaves zero ints out of a whole quickStats
+    object (which pyVmomi then reads as None), but sends them for a leaf path.
+    """
+    props, _ = retrieve(si, VM_PATHS)
     hosts = {h._moId: h.name for h in _hosts(si)}
     out = {}
     for moid, values in props.items():
@@ -106,18 +116,7 @@ def oracle(si: Any) -> dict[str, dict[str, Any]]:
 
 
 def _hosts(si: Any) -> list[Any]:
-    from pyVmomi import vim
-
-    content = si.RetrieveContent()
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
-    try:
-        return list(view.view)
-    finally:
-        view.Destroy()
-
-
-def reported(values: dict[str, Any]) -> bool:
-    return values["runtime.powerState"] == "poweredOn" and not values["config.template"]
+    return view_objects(si.RetrieveContent(), vim.HostSystem)
 
 
 # --- exact figures ------------------------------------------------------------------------------
@@ -153,43 +152,15 @@ def test_every_vm_equals_what_pyvmomi_reads(sim: Vcsim, si: Any) -> None:
     assert set(by_name) == expected
     assert len(result.samples) == len(expected)  # each VM once across the pages
 
-    perf = query_perf(
-        si,
-        [vm_by_name(si, n) for n in expected],
-        ["mem.vmmemctl.average", "mem.vmmemctltarget.average"],
-    )
+    # the counters the plugin asks for these VMs: their quickStats carry swapped and compressed
+    perf = query_perf(si, [vm_by_name(si, n) for n in expected], [VMMEMCTL, VMMEMCTLTARGET])
     for name in expected:
         want = truth[name]
         got = by_name[name]
-        quick = {k.rsplit(".", 1)[1]: v for k, v in want.items() if "quickStats" in k}
-        alloc = want["config.memoryAllocation"]
-        memory = want["config.hardware.memoryMB"] * MIB
-        series = perf[want["moid"]]
-        actual = series["mem.vmmemctl.average"][-1] * 1024
-        assert got.fields["memory_max_bytes"] == memory, name
-        assert got.fields["balloon_actual_bytes"] == actual, name
-        assert got.fields["memory_current_bytes"] == memory - actual, name
-        assert got.fields["balloon_target_bytes"] == series["mem.vmmemctltarget.average"][-1] * 1024
-        assert got.fields["host_swapped_bytes"] == quick.get("swappedMemory", 0) * MIB, name
-        assert got.fields["compressed_bytes"] == quick.get("compressedMemory", 0) * 1024, name
-        for field, attr in (
-            ("granted_bytes", "grantedMemory"),
-            ("consumed_bytes", "hostMemoryUsage"),
-            ("active_bytes", "guestMemoryUsage"),
-            ("shared_bytes", "sharedMemory"),
-            ("overhead_bytes", "consumedOverheadMemory"),
-        ):
-            value = quick.get(attr)
-            if value is None:
-                assert field not in got.fields, (name, field)
-            else:
-                assert got.fields[field] == value * MIB, (name, field)
-        assert got.fields["reservation_bytes"] == (alloc.reservation or 0) * MIB
-        if alloc.limit is None or alloc.limit == -1:
-            assert "limit_bytes" not in got.fields
-        else:
-            assert got.fields["limit_bytes"] == alloc.limit * MIB
-        assert got.fields["inflation_blocked"] is ((alloc.reservation or 0) >= memory // MIB)
+        fields = expected_fields(want)
+        apply_sample({c: series[-1] for c, series in perf[want["moid"]].items()}, want, fields)
+        assert "balloon_target_bytes" in fields, name
+        assert got.fields == fields, name
         assert got.tags["uuid"] == want["config.instanceUuid"] == got.key
         assert got.tags["host"] == want["host_name"]
         assert got.tags["hypervisor"] == "vmware" and got.tags["source"] == "vsphere"
@@ -249,16 +220,8 @@ def all_vms_of(sim: Vcsim) -> list[Any]:
         disconnect(client)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_targets_asked_once_per_realtime_sample(sim: Vcsim) -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     source = VsphereSource(config_for(sim), Log(io.StringIO()), timeout=10, clock=clock)
     sim.reset_calls()
     first = poll_ok(source)
@@ -334,7 +297,7 @@ def test_templates_and_powered_off_vms_get_no_line(sim: Vcsim, si: Any) -> None:
 
 def _run_polls(config_text: str, source: VsphereSource, times: list[float]) -> list[dict[str, Any]]:
     config = load_text(config_text, "test.toml")
-    clock = Clock()
+    clock = Clock(1000.0)
     out = io.BytesIO()
     runner = Runner(config, [source], out, Log(io.StringIO()), "plugin-host", clock=clock)
     try:

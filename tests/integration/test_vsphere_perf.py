@@ -23,7 +23,8 @@ from telegraf_balloon import catalog
 from telegraf_balloon.config import VsphereConfig, load_text
 from telegraf_balloon.log import Log
 from telegraf_balloon.runner import Runner
-from telegraf_balloon.sources.vsphere import VsphereSource
+from telegraf_balloon.sources.vsphere.source import VsphereSource
+from tests.stack.clock import Clock
 from tests.stack.fixtures import _start_vcsim
 from tests.stack.vcsim import Vcsim
 from tests.stack.vsphere_setup import (
@@ -73,21 +74,11 @@ def si(sim: Vcsim) -> Iterator[Any]:
         disconnect(client)
 
 
-class Clock:
-    """The source's monotonic clock and the runner's wall clock, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Harness:
     """The real runner and a real vSphere source (as "monitor"), on one test clock."""
 
     def __init__(self, sim: Vcsim, health: str = "") -> None:
-        self.clock = Clock()
+        self.clock = Clock(1000.0)  # the source's monotonic clock and the runner's wall clock
         self.log_stream = io.StringIO()
         log = Log(self.log_stream)
         config = VsphereConfig(

@@ -78,6 +78,7 @@ __all__ = [
     "build_launcher",
     "govmomi_version",
     "launcher_available",
+    "launcher_versions",
     "vm_count",
 ]
 
@@ -167,6 +168,16 @@ def launcher_available() -> Optional[str]:
             "(scripts/install-system-deps.sh installs golang-github-vmware-govmomi-dev)"
         )
     return None
+
+
+def launcher_versions() -> Dict[str, str]:
+    """What a launcher build is made of: govmomi's and Go's versions and main.go's hash."""
+    go = find_go()
+    return {
+        "govmomi": govmomi_version() or "not installed",
+        "go": _go_version(go) if go is not None else "not installed",
+        "main.go sha256": hashlib.sha256(LAUNCHER_SOURCE.read_bytes()).hexdigest()[:16],
+    }
 
 
 def build_launcher(cache_dir: Path = DEFAULT_CACHE_DIR, *, timeout: float = 600.0) -> Path:

@@ -3,7 +3,10 @@
 Everything goes through the ordinary vSphere API, as a test would against a real vCenter:
 
 * :func:`connect` logs in (verifying the simulator's certificate by default);
-* :func:`all_vms` lists every VM through a container view;
+* :func:`container_view`, :func:`view_objects`, :func:`view_filter_spec` and
+  :func:`retrieve_pages` are the one way tests and benches list objects and retrieve their
+  properties through a container view (the view destroyed after); :func:`all_vms` lists every
+  VM, :func:`retrieve` reads property paths of every object of a type;
 * :func:`configure_vm` sets memory, reservation/limit, quickStats and per-VM performance
   counter values with one ``ReconfigVM_Task``, using the simulator's ``SET.<property path>``
   extraConfig keys and the launcher's ``sim.perf.<group>.<name>.<rollup>`` keys, then powers the
@@ -18,12 +21,13 @@ from __future__ import annotations
 import contextlib
 import ssl
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import pyVim.connect as _pyvim_connect
 import pyVmomi as _pyvmomi
 
 from tests.stack.vcsim import Vcsim, VcsimError
+from tests.stack.vsphere_oracle import QUICKSTATS
 
 # pyVmomi's partial annotations do not help mypy --strict here: treat the API as dynamic.
 vim: Any = _pyvmomi.vim
@@ -38,14 +42,18 @@ __all__ = [
     "configure_vm",
     "configure_vms",
     "connect",
+    "container_view",
     "counter_ids",
     "disconnect",
     "mark_template",
     "query_perf",
     "reconfigure_spec",
     "retrieve",
+    "retrieve_pages",
     "set_max_query_metrics",
     "terminate_other_sessions",
+    "view_filter_spec",
+    "view_objects",
     "vm_by_name",
     "wait_task",
 ]
@@ -54,17 +62,7 @@ PERF_KEY_PREFIX = "sim.perf."
 _INT = VmomiSupport.vmodlTypes["int"]
 
 # configure_vm keyword -> summary.quickStats field (all MB except compressedMemory, KB)
-_QUICKSTATS = {
-    "ballooned_mb": "balloonedMemory",
-    "swapped_mb": "swappedMemory",
-    "compressed_kb": "compressedMemory",
-    "consumed_mb": "hostMemoryUsage",
-    "active_mb": "guestMemoryUsage",
-    "granted_mb": "grantedMemory",
-    "shared_mb": "sharedMemory",
-    "private_mb": "privateMemory",
-    "overhead_mb": "consumedOverheadMemory",
-}
+_QUICKSTATS = {keyword: attr for attr, keyword, _, _ in QUICKSTATS}
 
 
 def connect(
@@ -92,14 +90,66 @@ def disconnect(si: Any) -> None:
         Disconnect(si)
 
 
-def all_vms(si: Any) -> List[Any]:
-    """Every VirtualMachine in the inventory (templates included)."""
-    content = si.RetrieveContent()
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+@contextlib.contextmanager
+def container_view(content: Any, types: Sequence[Any]) -> Iterator[Any]:
+    """A ContainerView of every object of ``types`` below the root folder, destroyed on exit.
+
+    ``content`` is the ServiceContent (``si.RetrieveContent()``, a round trip: callers that
+    loop keep theirs).
+    """
+    view = content.viewManager.CreateContainerView(content.rootFolder, list(types), True)
     try:
-        return list(view.view)
+        yield view
     finally:
         view.Destroy()
+
+
+def view_objects(content: Any, obj_type: Any) -> List[Any]:
+    """Every object of one type (``vim.HostSystem``, ...) in the inventory."""
+    with container_view(content, [obj_type]) as view:
+        return list(view.view)
+
+
+def view_filter_spec(view: Any, specs: Sequence[Tuple[Any, Sequence[str]]]) -> Any:
+    """A PropertyCollector FilterSpec for the objects of ``view``: ``[(type, paths)]``."""
+    PC = vmodl.query.PropertyCollector
+    return PC.FilterSpec(
+        objectSet=[
+            PC.ObjectSpec(
+                obj=view,
+                skip=True,
+                selectSet=[
+                    PC.TraversalSpec(
+                        name="view", path="view", skip=False, type=vim.view.ContainerView
+                    )
+                ],
+            )
+        ],
+        propSet=[PC.PropertySpec(type=kind, pathSet=list(paths)) for kind, paths in specs],
+    )
+
+
+def retrieve_pages(
+    content: Any, specs: Sequence[Tuple[Any, Sequence[str]]], *, max_objects: int = 0
+) -> Iterator[Any]:
+    """Each RetrievePropertiesEx page (a RetrieveResult) for every object of ``specs``' types,
+    ``[(type, paths)]``, through one container view, following the tokens to the last page.
+
+    ``max_objects`` 0 leaves the page size to the server.
+    """
+    PC = vmodl.query.PropertyCollector
+    pc = content.propertyCollector
+    with container_view(content, [kind for kind, _ in specs]) as view:
+        opts = PC.RetrieveOptions(maxObjects=max_objects) if max_objects else PC.RetrieveOptions()
+        res = pc.RetrievePropertiesEx([view_filter_spec(view, specs)], opts)
+        while res is not None:
+            yield res
+            res = pc.ContinueRetrievePropertiesEx(res.token) if res.token else None
+
+
+def all_vms(si: Any) -> List[Any]:
+    """Every VirtualMachine in the inventory (templates included)."""
+    return view_objects(si.RetrieveContent(), vim.VirtualMachine)
 
 
 def vm_by_name(si: Any, name: str) -> Any:
@@ -113,34 +163,12 @@ def retrieve(
     si: Any, paths: Sequence[str], *, obj_type: Any = vim.VirtualMachine, max_objects: int = 0
 ) -> Tuple[Dict[str, Dict[str, Any]], int]:
     """``({moid: {path: value}}, pages)`` for every object of a type, following tokens."""
-    content = si.RetrieveContent()
-    view = content.viewManager.CreateContainerView(content.rootFolder, [obj_type], True)
-    PC = vmodl.query.PropertyCollector
-    spec = PC.FilterSpec(
-        objectSet=[
-            PC.ObjectSpec(
-                obj=view,
-                skip=True,
-                selectSet=[
-                    PC.TraversalSpec(name="v", path="view", skip=False, type=vim.view.ContainerView)
-                ],
-            )
-        ],
-        propSet=[PC.PropertySpec(type=obj_type, pathSet=list(paths))],
-    )
-    pc = content.propertyCollector
     out: Dict[str, Dict[str, Any]] = {}
     pages = 0
-    try:
-        opts = PC.RetrieveOptions(maxObjects=max_objects) if max_objects else PC.RetrieveOptions()
-        res = pc.RetrievePropertiesEx([spec], opts)
-        while res is not None:
-            pages += 1
-            for oc in res.objects:
-                out[oc.obj._moId] = {p.name: p.val for p in oc.propSet}
-            res = pc.ContinueRetrievePropertiesEx(res.token) if res.token else None
-    finally:
-        view.Destroy()
+    for res in retrieve_pages(si.RetrieveContent(), [(obj_type, paths)], max_objects=max_objects):
+        pages += 1
+        for oc in res.objects:
+            out[oc.obj._moId] = {p.name: p.val for p in oc.propSet}
     return out, pages
 
 

@@ -1,0 +1,156 @@
+"""Balloon targets from realtime performance counters, used only while their sample is fresh.
+
+QueryPerf is asked at most once per realtime sample (20 s) for every VM, and at once for a VM
+never sampled; in between each VM's last sample is reused. Its queries are split under the
+server's metric limit and a reply-size bound (:func:`batches`). A sample is used only while it
+is at most MAX_SAMPLE_AGE old: its age when it came, by the server's clock (the reply's Date
+minus the sample's timestamp), plus the time since, by ours. Otherwise, and for a VM the last
+answer left out, the VM keeps its quickStats and gets no target, so a QueryPerf that stops
+answering freezes nothing.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Container, Iterator
+from typing import TYPE_CHECKING, Callable
+
+from ...log import Log
+from ...model import Fields
+from .fields import counter_fields, counters_for
+from .soap import (
+    PERF_TAGS,
+    REALTIME_INTERVAL,
+    VsphereFault,
+    error_text,
+    parse_perf,
+    query_perf_request,
+)
+
+if TYPE_CHECKING:
+    from .session import Client, Session
+
+# A counter sample older than this (two realtime intervals) is never used: the VM then reports
+# its quickStats and no balloon target.
+MAX_SAMPLE_AGE = 2 * REALTIME_INTERVAL
+REPLY_ELEMENTS = 200_000  # keep each QueryPerf reply well under vCenter's 500,000 elements
+
+# One polled VM as the targets step sees it: its moid, which quickStats its reply carried
+# (fields.QUICK_PRESENT), and its fields, which the step completes in place.
+Chosen = tuple[str, Container[str], Fields]
+
+
+def batches(
+    queries: list[tuple[str, list[int]]], max_metrics: int
+) -> Iterator[list[tuple[str, list[int]]]]:
+    """Split per-VM queries under the server's metric limit and a reply-size bound."""
+    batch: list[tuple[str, list[int]]] = []
+    metrics = elements = 0
+    for moid, ids in queries:
+        cost = max(1, len(ids))
+        size = 8 + 8 * cost  # reply elements per VM: entity, sampleInfo, one series per counter
+        if batch and (
+            (max_metrics and metrics + cost > max_metrics) or elements + size > REPLY_ELEMENTS
+        ):
+            yield batch
+            batch, metrics, elements = [], 0, 0
+        batch.append((moid, ids))
+        metrics += cost
+        elements += size
+    if batch:
+        yield batch
+
+
+class RealtimeTargets:
+    """The last realtime sample of each VM, asked again once per sample, used while fresh."""
+
+    def __init__(self, client: Client, log: Log, instance: str, clock: Callable[[], float]) -> None:
+        self._client = client
+        self.log = log
+        self.instance = instance
+        self._clock = clock
+        # The last realtime sample per VM moid: (its age when it came, by the server's clock;
+        # our clock then; {counter name: KB}). Its age now is the first plus the time since.
+        self._perf: dict[str, tuple[float, float, dict[str, int]]] = {}
+        self._perf_asked = -float(REALTIME_INTERVAL)  # monotonic time of the last full query
+
+    def fill(self, session: Session, chosen: list[Chosen], now: float) -> None:
+        """Fill target (and swapped/compressed where quickStats lack them) from counters."""
+        ids = session.counter_ids
+        due_all = self._clock() - self._perf_asked >= REALTIME_INTERVAL
+        queries: list[tuple[str, list[int]]] = []
+        for moid, present, _ in chosen:
+            if not due_all and moid in self._perf:
+                continue
+            queries.append((moid, [ids[n] for n in counters_for(present) if n in ids]))
+        key = f"vsphere-perf:{self.instance}"
+        if queries:
+            try:
+                self._query_perf(session, queries, now)
+            except (VsphereFault, ET.ParseError) as exc:
+                self.log.fault(
+                    key,
+                    f"vsphere {self.instance}: QueryPerf failed: {error_text(exc)}; balloon "
+                    f"targets absent (quickStats used) for VMs without a sample from the last "
+                    f"{MAX_SAMPLE_AGE} s, until it answers again",
+                )
+            else:
+                self.log.clear(
+                    key, f"vsphere {self.instance}: QueryPerf answering again; balloon targets back"
+                )
+                if due_all:
+                    self._perf_asked = self._clock()
+        present_vms = {moid for moid, _, _ in chosen}
+        for gone in set(self._perf) - present_vms:
+            del self._perf[gone]
+        clock = self._clock()
+        late = 0
+        oldest = 0.0
+        for moid, present, fields in chosen:
+            held = self._perf.get(moid)
+            if held is None or not held[2]:
+                continue
+            came_age, came_at, values = held
+            if came_age > MAX_SAMPLE_AGE:  # old already when vCenter answered with it
+                late += 1
+                oldest = max(oldest, came_age)
+                continue
+            if came_age + (clock - came_at) <= MAX_SAMPLE_AGE:
+                counter_fields(values, present, fields)
+        late_key = f"vsphere-perf-age:{self.instance}"
+        if late:
+            self.log.fault(
+                late_key,
+                f"vsphere {self.instance}: the newest realtime sample of {late} VM(s) is over "
+                f"{MAX_SAMPLE_AGE} s old (up to {oldest:.0f} s): their balloon targets absent "
+                "(quickStats used) until their hosts report again",
+            )
+        else:
+            self.log.clear(
+                late_key, f"vsphere {self.instance}: every VM's realtime sample is recent again"
+            )
+
+    def _query_perf(
+        self, session: Session, queries: list[tuple[str, list[int]]], now: float
+    ) -> None:
+        names = {v: k for k, v in session.counter_ids.items()}
+        client = self._client
+        for batch in batches(queries, session.max_query_metrics):
+            body = query_perf_request(session.perf_manager, batch)
+            answer = client.call(session, body, PERF_TAGS, parse_perf)
+            came_at = self._clock()
+            # The samples' ages by the server's own clock (its reply's Date), so a skewed clock
+            # here neither ages nor rejuvenates them; the poll's time when it sends no Date.
+            server_now = client.reply_date if client.reply_date is not None else now
+            asked = {moid for moid, _ in batch}
+            for moid, stamp, values in answer:
+                age = max(0.0, server_now - stamp) if stamp > 0 else 0.0
+                named = {names[c]: v for c, v in values.items() if c in names}
+                self._perf[moid] = (age, came_at, named)
+                asked.discard(moid)
+            for moid in asked:  # asked, left out of the answer: no sample (not asked again
+                self._perf[moid] = (0.0, came_at, {})  # until the next 20 s), no target
+            if asked:
+                self.log.debug(
+                    f"vsphere {self.instance}: no realtime sample for {len(asked)} VM(s)"
+                )

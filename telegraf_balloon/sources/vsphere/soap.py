@@ -1,0 +1,259 @@
+"""The SOAP of the hot path: the requests written here, their replies parsed while they stream.
+
+Three requests (RetrievePropertiesEx over a container view, its continuation, and a realtime
+QueryPerf) and their replies: each ``ObjectContent`` becomes ``(type, moid, {path: value})``
+and each ``PerfEntityMetric`` ``(moid, sample time, {counter id: value})`` as soon as its end
+tag arrives, then is dropped. A SOAP fault in a reply raises :class:`VsphereFault`.
+
+Nothing here sends anything or knows pyVmomi: the session module posts these bodies on
+pyVmomi's connection, and the unit tests feed these parsers replies captured from the
+simulator (tests/fixtures/vsphere/).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import socket
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+from xml.sax.saxutils import escape
+
+REALTIME_INTERVAL = 20  # seconds: vCenter's realtime performance sample
+CHUNK = 64 * 1024  # bytes read from a reply at a time
+
+_NS = "urn:vim25"
+_SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
+_XSI = "http://www.w3.org/2001/XMLSchema-instance"
+_T_OBJECTS = f"{{{_NS}}}objects"
+_T_OBJ = f"{{{_NS}}}obj"
+_T_PROPSET = f"{{{_NS}}}propSet"
+_T_NAME = f"{{{_NS}}}name"
+_T_VAL = f"{{{_NS}}}val"
+_T_TOKEN = f"{{{_NS}}}token"
+_T_RETURNVAL = f"{{{_NS}}}returnval"
+_T_ENTITY = f"{{{_NS}}}entity"
+_T_SAMPLEINFO = f"{{{_NS}}}sampleInfo"
+_T_TIMESTAMP = f"{{{_NS}}}timestamp"
+_T_VALUE = f"{{{_NS}}}value"
+_T_ID = f"{{{_NS}}}id"
+_T_COUNTER = f"{{{_NS}}}counterId"
+_T_FAULT = f"{{{_SOAP}}}Fault"
+_XSI_TYPE = f"{{{_XSI}}}type"
+
+# The elements each parser is handed (everything else streams past).
+OBJECT_TAGS = frozenset((_T_OBJECTS, _T_TOKEN, _T_FAULT))
+PERF_TAGS = frozenset((_T_RETURNVAL, _T_FAULT))
+
+Props = dict[str, Any]  # property path -> str, or (type, moid) for a reference
+
+
+class VsphereFault(Exception):
+    """A SOAP fault from the server: its type name (NotAuthenticated, ...) and message."""
+
+    def __init__(self, fault: str, message: str) -> None:
+        self.fault = fault
+        super().__init__(f"{fault}: {message}" if message else fault)
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+_ENVELOPE = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    f'<soapenv:Envelope xmlns:soapenv="{_SOAP}" '
+    'xmlns:xsd="http://www.w3.org/2001/XMLSchema" '
+    f'xmlns:xsi="{_XSI}"><soapenv:Body>{{body}}</soapenv:Body></soapenv:Envelope>'
+)
+
+
+def _mor(tag: str, kind: str, moid: str) -> str:
+    return f'<{tag} type="{escape(kind)}">{escape(moid)}</{tag}>'
+
+
+def retrieve_request(
+    collector: str, view: str, specs: Sequence[tuple[str, Sequence[str]]], page_size: int
+) -> bytes:
+    """RetrievePropertiesEx over a container view: property paths per type, `page_size` a page."""
+    props = "".join(
+        f"<propSet><type>{kind}</type><all>false</all>"
+        + "".join(f"<pathSet>{escape(p)}</pathSet>" for p in paths)
+        + "</propSet>"
+        for kind, paths in specs
+    )
+    objects = (
+        f"<objectSet>{_mor('obj', 'ContainerView', view)}<skip>true</skip>"
+        '<selectSet xsi:type="TraversalSpec"><name>view</name><type>ContainerView</type>'
+        "<path>view</path><skip>false</skip></selectSet></objectSet>"
+    )
+    body = (
+        f'<RetrievePropertiesEx xmlns="{_NS}">'
+        f"{_mor('_this', 'PropertyCollector', collector)}"
+        f"<specSet>{props}{objects}</specSet>"
+        f"<options><maxObjects>{page_size}</maxObjects></options></RetrievePropertiesEx>"
+    )
+    return _ENVELOPE.format(body=body).encode("utf-8")
+
+
+def continue_request(collector: str, token: str) -> bytes:
+    body = (
+        f'<ContinueRetrievePropertiesEx xmlns="{_NS}">'
+        f"{_mor('_this', 'PropertyCollector', collector)}"
+        f"<token>{escape(token)}</token></ContinueRetrievePropertiesEx>"
+    )
+    return _ENVELOPE.format(body=body).encode("utf-8")
+
+
+def query_perf_request(perf_manager: str, queries: Iterable[tuple[str, Sequence[int]]]) -> bytes:
+    """QueryPerf: the latest realtime sample (maxSample 1) of the given counters per VM."""
+    specs = "".join(
+        f"<querySpec>{_mor('entity', 'VirtualMachine', moid)}<maxSample>1</maxSample>"
+        + "".join(
+            f"<metricId><counterId>{c}</counterId><instance></instance></metricId>" for c in ids
+        )
+        + f"<intervalId>{REALTIME_INTERVAL}</intervalId></querySpec>"
+        for moid, ids in queries
+    )
+    body = (
+        f'<QueryPerf xmlns="{_NS}">{_mor("_this", "PerformanceManager", perf_manager)}'
+        f"{specs}</QueryPerf>"
+    )
+    return _ENVELOPE.format(body=body).encode("utf-8")
+
+
+# -- replies, parsed while they stream in -------------------------------------------------------
+
+
+class Stream:
+    """Feeds a reply to an XMLPullParser in chunks; yields each finished element of interest."""
+
+    def __init__(self, read: Callable[[int], bytes], wanted: frozenset[str]) -> None:
+        self._read = read
+        self._wanted = wanted
+        self._parser: Any = ET.XMLPullParser(events=("end",))
+
+    def __iter__(self) -> Iterator[ET.Element]:
+        parser, wanted = self._parser, self._wanted
+        while True:
+            chunk = self._read(CHUNK)
+            if chunk:
+                parser.feed(chunk)
+            else:
+                parser.close()
+            for _, elem in parser.read_events():
+                if elem.tag in wanted:
+                    yield elem
+            if not chunk:
+                return
+
+
+# <soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>...</faultstring>
+#   <detail><NotAuthenticatedFault xsi:type="NotAuthenticated">...</detail></soapenv:Fault>
+def parse_fault(elem: ET.Element) -> VsphereFault:
+    message = (elem.findtext("faultstring") or "").strip()
+    name = "ServerFault"
+    detail = elem.find("detail")
+    if detail is not None and len(detail):
+        first = detail[0]
+        name = first.get(_XSI_TYPE) or first.tag.rsplit("}", 1)[-1].removesuffix("Fault")
+        name = name.rsplit(":", 1)[-1]
+    return VsphereFault(name, " ".join(message.split()))
+
+
+def _value(val: ET.Element) -> Any:
+    kind = val.get("type")
+    if kind is not None:  # a ManagedObjectReference
+        return (kind, val.text or "")
+    return val.text or ""
+
+
+def parse_objects(
+    elems: Iterable[ET.Element], token: list[str]
+) -> Iterator[tuple[str, str, Props]]:
+    """(type, moid, {path: value}) per ObjectContent; the continuation token into `token`."""
+    for elem in elems:
+        tag = elem.tag
+        if tag == _T_OBJECTS:
+            kind = moid = ""
+            props: Props = {}
+            for child in elem:
+                ctag = child.tag
+                if ctag == _T_PROPSET:
+                    name = child.findtext(_T_NAME)
+                    val = child.find(_T_VAL)
+                    if name is not None and val is not None:
+                        props[name] = _value(val)
+                elif ctag == _T_OBJ:
+                    kind, moid = child.get("type", ""), child.text or ""
+            elem.clear()
+            yield kind, moid, props
+        elif tag == _T_TOKEN:
+            token.append(elem.text or "")
+        elif tag == _T_FAULT:
+            raise parse_fault(elem)
+
+
+def parse_perf(elems: Iterable[ET.Element]) -> Iterator[tuple[str, float, dict[int, int]]]:
+    """(VM moid, sample time, {counter id: latest value}) per PerfEntityMetric."""
+    last_text, last_stamp = None, 0.0
+    for elem in elems:
+        if elem.tag == _T_FAULT:
+            raise parse_fault(elem)
+        entity = elem.findtext(_T_ENTITY)
+        if entity is None:
+            elem.clear()
+            continue
+        stamp = 0.0
+        infos = elem.findall(_T_SAMPLEINFO)
+        if infos:
+            text = infos[-1].findtext(_T_TIMESTAMP) or ""
+            if text != last_text:  # every VM of a reply usually has the same sample time
+                last_text, last_stamp = text, _iso_seconds(text)
+            stamp = last_stamp
+        values: dict[int, int] = {}
+        for series in elem.iterfind(_T_VALUE):
+            ident = series.find(_T_ID)  # a plain child lookup stays in C (a path would not)
+            counter = ident.findtext(_T_COUNTER) if ident is not None else None
+            points = series.findall(_T_VALUE)
+            if counter is None or not points:
+                continue
+            text = (points[-1].text or "").strip()
+            with contextlib.suppress(ValueError):
+                number = int(text)
+                if number >= 0:  # -1: no data for this sample
+                    values[int(counter)] = number
+        elem.clear()
+        yield entity, stamp, values
+
+
+def _iso_seconds(text: str) -> float:
+    """vCenter's xsd:dateTime (2026-11-28T10:00:20Z, maybe with fraction/offset) -> epoch s."""
+    text = text.strip()
+    if not text:
+        return 0.0
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def http_date(value: Optional[str]) -> Optional[float]:
+    """An HTTP Date header (Sat, 28 Nov 2026 10:00:31 GMT) -> epoch s; None when absent or bad."""
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, by RFC 5322
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def error_text(exc: BaseException) -> str:
+    """One line saying what went wrong in an exchange, for a log line or the collector's error."""
+    text = getattr(exc, "msg", None) or str(exc).strip() or type(exc).__name__
+    if isinstance(exc, socket.timeout):
+        text = "timed out"
+    return " ".join(str(text).split())

@@ -1,0 +1,143 @@
+"""The vSphere source: one poll of every VM of a vCenter, and its hosts.
+
+A poll retrieves the inventory above the VMs (inventory.py), then every VM's properties in
+pages (fields.py turns each powered-on, non-template VM's into its fields and tags), then the
+balloon targets from realtime counters (perf.py), all on the client's session (session.py),
+which logs in again or reconnects when it must.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import gc
+import time
+from collections.abc import Iterator
+from typing import Callable
+
+from ...config import VsphereConfig
+from ...log import Log
+from ...model import HostInfo, PollResult, Sample, Tags
+from .fields import COMPRESSED_QS, QUICK_PRESENT, SWAPPED_QS, VM_PATH_PATHS, VM_PATHS, vm_fields
+from .inventory import INVENTORY_TYPES, Inventory, inventory_specs
+from .perf import Chosen, RealtimeTargets
+from .session import Client, Session
+
+
+class VsphereSource:
+    """One vCenter (or ESXi host): a session kept across polls, re-made when it is lost."""
+
+    kind = "vsphere"
+
+    def __init__(
+        self,
+        config: VsphereConfig,
+        log: Log,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = Client(config, log, timeout, clock)
+        self.config, self.log, self.timeout = config, log, timeout
+        self.instance = self.client.instance
+        self._filter = tuple(config.vm_include) != ("*",)
+        self._targets = RealtimeTargets(self.client, log, self.instance, clock)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def poll(self, now: float) -> PollResult:
+        return self.client.run(lambda session: self._poll(session, now))
+
+    def _poll(self, session: Session, now: float) -> PollResult:
+        with gc_paused():
+            return self._collect(session, now)
+
+    def _collect(self, session: Session, now: float) -> PollResult:
+        inventory = self._inventory(session)
+        self.client.retrieve_seconds = 0.0
+        paths = VM_PATHS + (VM_PATH_PATHS if self._filter else ())
+        samples: list[Sample] = []
+        # Per VM only what the counters step needs: each page's properties are reduced and
+        # dropped as the next page streams in (10,000 VMs' property dicts would be ~25 MB).
+        chosen: list[Chosen] = []
+        vcenter = self.instance
+        pages = self.client.retrieve(session, "VirtualMachine", [("VirtualMachine", paths)])
+        for _, moid, props in pages:
+            if props.get("config.template") == "true":
+                continue
+            if props.get("runtime.powerState") != "poweredOn":
+                continue  # as libvirt's shut-off domains: no line
+            if self._filter and not self._included(inventory.vm_path(moid, props)):
+                continue
+            host_ref = props.get("runtime.host")
+            host = inventory.hosts.get(host_ref[1]) if isinstance(host_ref, tuple) else None
+            tags: Tags = {
+                "host": host.name if host else "",
+                "guest": str(props.get("name", moid)),
+                "hypervisor": "vmware",
+                "source": "vsphere",
+                "vcenter": vcenter,
+            }
+            uuid = props.get("config.instanceUuid")
+            if uuid:
+                tags["uuid"] = str(uuid)
+            if host is not None:
+                if host.datacenter:
+                    tags["datacenter"] = host.datacenter
+                if host.cluster:
+                    tags["cluster"] = host.cluster
+            fields = vm_fields(props)
+            samples.append(Sample(str(uuid) if uuid else moid, tags, fields))
+            chosen.append(
+                (moid, QUICK_PRESENT[SWAPPED_QS in props, COMPRESSED_QS in props], fields)
+            )
+        # The VM pages' round trips, each parsed as it streamed in.
+        latency = self.client.retrieve_seconds
+        if self.config.target_counters and session.counter_ids:
+            self._targets.fill(session, chosen, now)
+        hosts = [
+            HostInfo(
+                {
+                    "host": h.name,
+                    "hypervisor": "vmware",
+                    "source": "vsphere",
+                    "vcenter": vcenter,
+                    **({"datacenter": h.datacenter} if h.datacenter else {}),
+                    **({"cluster": h.cluster} if h.cluster else {}),
+                },
+                h.memory_bytes,
+                h.free_bytes,
+            )
+            for h in inventory.hosts.values()
+        ]
+        return PollResult(samples=samples, hosts=hosts, api_latency_seconds=latency)
+
+    def _included(self, path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, p) for p in self.config.vm_include)
+
+    def _inventory(self, session: Session) -> Inventory:
+        inventory = Inventory()
+        for kind, moid, props in self.client.retrieve(session, INVENTORY_TYPES, inventory_specs()):
+            inventory.add(kind, moid, props)
+        inventory.resolve()
+        return inventory
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for one poll, back on after (if it was on).
+
+    A poll builds about 50 parser elements and a dozen dicts and strings per VM, none of them
+    in a reference cycle (each page is freed by reference counting as the next streams in), yet
+    their sheer number sets off collections that walk every object of the process, pyVmomi's
+    type tables included: measured at 10,000 VMs, 14 µs of CPU per VM (a sixth of the poll).
+    Nothing cyclic is left uncollected: the collector runs as usual once it is back on.
+    """
+    if not gc.isenabled():  # off already (by the program, or another source's poll)
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
