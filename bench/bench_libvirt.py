@@ -70,8 +70,10 @@ from telegraf_balloon.config import AgentConfig, Config, LibvirtConfig  # noqa: 
 from telegraf_balloon.log import Log  # noqa: E402
 from telegraf_balloon.model import PollResult  # noqa: E402
 from telegraf_balloon.runner import Runner  # noqa: E402
-from telegraf_balloon.sources import libvirt as libvirt_source  # noqa: E402
-from telegraf_balloon.sources.libvirt import KIB, LibvirtSource  # noqa: E402
+from telegraf_balloon.sources.libvirt.connection import start_event_loop  # noqa: E402
+from telegraf_balloon.sources.libvirt.domainxml import KIB, DomainFacts, parse_domain_xml  # noqa: E402
+from telegraf_balloon.sources.libvirt.source import LibvirtSource  # noqa: E402
+from telegraf_balloon.sources.libvirt.stats import FETCH_SHARE  # noqa: E402
 from tests.stack.libvirt_stack import DomainSpec, LibvirtStack, write_node_xml  # noqa: E402
 
 TARGET_VS_VIRSH = 50.0  # plugin end to end at least this many times faster than virsh
@@ -211,7 +213,7 @@ def bench_config(uri: str, concurrency: int = 0) -> tuple[LibvirtConfig, Config]
 
 def make_source(lv: LibvirtConfig, config: Config, log: Log) -> LibvirtSource:
     """A source as build_sources makes it (its fetch budget a share of the agent timeout)."""
-    budget = libvirt_source.FETCH_SHARE * config.agent.timeout
+    budget = FETCH_SHARE * config.agent.timeout
     return LibvirtSource(lv, log, fetch_budget=budget)
 
 
@@ -293,8 +295,8 @@ class BareCalls:
         self.fallbacks = 0
         self.no_max: set[str] = set()  # domains whose XML has no <memory> (the plugin's cache)
         for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-            facts = libvirt_source.DomainFacts(dom.ID(), 0.0)
-            libvirt_source.parse_domain_xml(dom.XMLDesc(0), facts)
+            facts = DomainFacts(dom.ID(), 0.0)
+            parse_domain_xml(dom.XMLDesc(0), facts)
             if facts.max_kib is None:
                 self.no_max.add(dom.UUIDString())
 
@@ -1096,7 +1098,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.monotonic()
     # The plugin runs libvirt's event loop (keepalive) for remote URIs; so does every
     # connection measured here, opened after it.
-    libvirt_source._start_event_loop()
+    start_event_loop()
 
     stack = LibvirtStack()
     workdir = Path(tempfile.mkdtemp(prefix="bench-libvirt-"))

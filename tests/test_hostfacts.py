@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from telegraf_balloon.sources.hostfacts import edac_counts, host_memory, local_host
-from telegraf_balloon.sources.libvirt import is_local
+from telegraf_balloon.sources.libvirt.uri import is_local
 
 # The layout and format of drivers/edac/edac_mc_sysfs.c: one mcN per memory controller,
 # ce_count and ue_count printed as "%u\n".
