@@ -26,8 +26,9 @@ poll of every domain done five ways, measured in the same run, interleaved, medi
   e. ``Runner.poll()`` with that source, writing to an in-memory stream.
 
 Table 2: the plugin's own processing per domain. The libvirt responses of one real poll are
-recorded through a proxy, then replayed (zero latency, same data) through ``Runner.poll()``
-for --domains and 10 x --domains domains (copies with distinct names and UUIDs).
+recorded, then replayed (zero latency, same data) through ``Runner.poll()`` for --domains and
+10 x --domains domains (copies with distinct names and UUIDs): both by the tests' fake
+connection (tests/fakes/libvirt_conn.py), handed to the source through its connect seam.
 
 Table 3 (off by default: Table 0 has a booted guest): a..e against --guests booted QEMU
 guests with a virtio balloon, whose bulk stats carry balloon keys (no per-domain fallback).
@@ -52,9 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -70,10 +69,15 @@ from telegraf_balloon.config import AgentConfig, Config, LibvirtConfig  # noqa: 
 from telegraf_balloon.log import Log  # noqa: E402
 from telegraf_balloon.model import PollResult  # noqa: E402
 from telegraf_balloon.runner import Runner  # noqa: E402
-from telegraf_balloon.sources.libvirt.connection import start_event_loop  # noqa: E402
-from telegraf_balloon.sources.libvirt.domainxml import KIB, DomainFacts, parse_domain_xml  # noqa: E402
+from telegraf_balloon.sources.libvirt.connection import (  # noqa: E402
+    open_connection,
+    open_libvirt,
+    start_event_loop,
+)
+from telegraf_balloon.sources.libvirt.domainxml import DomainFacts, parse_domain_xml  # noqa: E402
 from telegraf_balloon.sources.libvirt.source import LibvirtSource  # noqa: E402
 from telegraf_balloon.sources.libvirt.stats import FETCH_SHARE  # noqa: E402
+from tests.fakes.libvirt_conn import FakeConnection, Recording, RecordingConnection  # noqa: E402
 from tests.stack.libvirt_stack import DomainSpec, LibvirtStack, write_node_xml  # noqa: E402
 
 TARGET_VS_VIRSH = 50.0  # plugin end to end at least this many times faster than virsh
@@ -198,12 +202,9 @@ class CpuMeter:
         )
 
 
-def open_like_the_plugin(uri: str, config: LibvirtConfig) -> Any:
-    """A connection opened the way LibvirtSource._connect opens one (read-only, keepalive)."""
-    conn = libvirt.openReadOnly(uri) if config.read_only else libvirt.open(uri)
-    if not uri.startswith("test:") and config.keepalive_interval > 0:
-        conn.setKeepAlive(config.keepalive_interval, config.keepalive_count)
-    return conn
+def open_like_the_plugin(config: LibvirtConfig) -> Any:
+    """A connection opened the way the source opens its own (read-only, keepalive)."""
+    return open_connection(open_libvirt, config, config.uri)[0]
 
 
 def bench_config(uri: str, concurrency: int = 0) -> tuple[LibvirtConfig, Config]:
@@ -340,7 +341,7 @@ def comparison(
         a_per_domain, a_note = measure_virsh(virsh, uri, names, virsh_sample, repeat)
         per_domain["a"] = a_per_domain
 
-    conn = open_like_the_plugin(uri, lv_config)
+    conn = open_like_the_plugin(lv_config)
     source = make_source(lv_config, config, log)
     sink = Sink()
     runner = Runner(config, [source], sink, log, hostname="bench")
@@ -489,7 +490,7 @@ def real_table(
     uri = stack.uri
     lv_config, config = bench_config(uri)
     one_config, _ = bench_config(uri, concurrency=1)
-    conn = open_like_the_plugin(uri, lv_config)
+    conn = open_like_the_plugin(lv_config)
     source = make_source(lv_config, config, log)
     single = make_source(one_config, config, log)
     sink = Sink()
@@ -535,7 +536,7 @@ def real_table(
         for fn in ways.values():
             fn()  # warm-up
         processing.clear()
-        chunks = len(source._workers)
+        chunks = len(source.stats.workers)
         times: dict[str, list[float]] = {k: [] for k in ways}
         for _ in range(repeat):
             for k, fn in ways.items():
@@ -647,205 +648,31 @@ def real_domains(
 # ---------------------------------------------------------------------------------------------
 
 
-class RecordingDomain:
-    """A virDomain whose every answer is kept (last one per method)."""
-
-    def __init__(self, dom: Any) -> None:
-        self._dom = dom
-        self.calls: dict[str, Any] = {}
-
-    def _call(self, method: str, *args: Any) -> Any:
-        value = getattr(self._dom, method)(*args)
-        self.calls[method] = copy.deepcopy(value)
-        return value
-
-    def name(self) -> Any:
-        return self._call("name")
-
-    def UUIDString(self) -> Any:
-        return self._call("UUIDString")
-
-    def ID(self) -> Any:
-        return self._call("ID")
-
-    def memoryStats(self) -> Any:
-        return self._call("memoryStats")
-
-    def info(self) -> Any:
-        return self._call("info")
-
-    def XMLDesc(self, flags: int = 0) -> Any:
-        return self._call("XMLDesc", flags)
-
-    def __getattr__(self, method: str) -> Any:
-        attr = getattr(self._dom, method)
-        if not callable(attr):
-            return attr
-        return lambda *args: self._call(method, *args)
-
-
-class RecordingConn:
-    """A virConnect whose bulk answer, free memory and domains' answers are kept."""
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-        self.bulk_args: Optional[tuple[int, int]] = None
-        self.bulk: list[tuple[RecordingDomain, dict[str, Any]]] = []
-        self.calls: dict[str, Any] = {}
-
-    def isAlive(self) -> Any:
-        return self._conn.isAlive()
-
-    def getAllDomainStats(self, stats: int, flags: int) -> list[tuple[RecordingDomain, Any]]:
-        records = self._conn.getAllDomainStats(stats, flags)
-        self.bulk_args = (stats, flags)
-        self.bulk = [(RecordingDomain(dom), copy.deepcopy(values)) for dom, values in records]
-        return [(rec, values) for (rec, _), (_, values) in zip(self.bulk, records)]
-
-    def getFreeMemory(self) -> Any:
-        value = self._conn.getFreeMemory()
-        self.calls["getFreeMemory"] = value
-        return value
-
-    def close(self) -> None:
-        pass  # the bench closes the real connection itself
-
-
-@dataclass
-class Recording:
-    bulk_args: tuple[int, int]
-    domains: list[tuple[dict[str, Any], dict[str, Any]]]  # (calls, bulk stats) per domain
-    free_memory: Any
-    hostname: str
-    host_memory: int
-    driver_type: str
-
-
-class ReplayDomain:
-    """Answers what the recorded domain answered; nothing else (KeyError if never recorded)."""
-
-    __slots__ = ("_calls",)
-
-    def __init__(self, calls: dict[str, Any]) -> None:
-        self._calls = calls
-
-    def name(self) -> Any:
-        return self._calls["name"]
-
-    def UUIDString(self) -> Any:
-        return self._calls["UUIDString"]
-
-    def ID(self) -> Any:
-        return self._calls["ID"]
-
-    def memoryStats(self) -> Any:
-        return self._calls["memoryStats"]
-
-    def info(self) -> Any:
-        return self._calls["info"]
-
-    def XMLDesc(self, flags: int = 0) -> Any:
-        return self._calls["XMLDesc"]
-
-
-class ReplayConn:
-    """A connection with zero latency that answers the recorded poll, as often as asked."""
-
-    def __init__(self, recording: Recording, copies: int) -> None:
-        self._args = recording.bulk_args
-        self._free = recording.free_memory
-        self.records: list[tuple[ReplayDomain, dict[str, Any]]] = []
-        for k in range(copies):
-            for calls, stats in recording.domains:
-                self.records.append((ReplayDomain(_copy_calls(calls, k)), stats))
-        uuids = {dom.UUIDString() for dom, _ in self.records}
-        names = {dom.name() for dom, _ in self.records}
-        if len(uuids) != len(self.records) or len(names) != len(self.records):
-            raise SystemExit("replay: copies do not have distinct names and UUIDs")
-
-    def isAlive(self) -> int:
-        return 1
-
-    def getAllDomainStats(self, stats: int, flags: int) -> list[tuple[ReplayDomain, Any]]:
-        if (stats, flags) != self._args:
-            raise RuntimeError(f"replay: getAllDomainStats{(stats, flags)} != {self._args}")
-        # new dicts on every call, as libvirt's answer is: the source owns and fills them
-        return [(dom, dict(stats)) for dom, stats in self.records]
-
-    def getFreeMemory(self) -> Any:
-        return self._free
-
-    def close(self) -> None:
-        pass
-
-
-def _copy_calls(calls: dict[str, Any], k: int) -> dict[str, Any]:
-    """The k-th copy of one domain's answers: its own name, UUID and ID (k=0: the original)."""
-    if k == 0:
-        return dict(calls)
-    out = dict(calls)
-    name, key = calls["name"], calls["UUIDString"]
-    out["name"] = f"{name}~{k}"
-    out["UUIDString"] = str(uuid.uuid5(uuid.NAMESPACE_OID, f"{key}/{k}"))
-    if "ID" in calls:
-        out["ID"] = int(calls["ID"]) + 1_000_000 * k
-    if "XMLDesc" in calls:
-        xml = str(calls["XMLDesc"])
-        xml = xml.replace(f"<name>{name}</name>", f"<name>{out['name']}</name>", 1)
-        out["XMLDesc"] = xml.replace(f"<uuid>{key}</uuid>", f"<uuid>{out['UUIDString']}</uuid>")
-    return out
-
-
-def inject(source: LibvirtSource, conn: Any, hostname: str, memory: int, driver: str) -> None:
-    """What LibvirtSource._connect sets, with `conn` as the connection."""
-    source._conn = conn
-    source._host_tags = {"host": hostname, "source": "libvirt"}
-    source._host_memory = memory
-    source._driver_type = driver
-
-
 def record_poll(uri: str, expected: int, log: Log) -> Recording:
-    """One real first poll of the plugin through a recording proxy."""
+    """One real first poll of the plugin, its answers kept by a recording connection."""
     lv_config, _ = bench_config(uri)
-    conn = open_like_the_plugin(uri, lv_config)
+    conn = open_like_the_plugin(lv_config)
+    recorder = RecordingConnection(conn)
     try:
-        hostname = str(conn.getHostname())
-        memory = int(conn.getInfo()[1]) * KIB * KIB
-        driver = str(conn.getType()).lower()
-        recorder = RecordingConn(conn)
-        source = LibvirtSource(lv_config, log)
-        inject(source, recorder, hostname, memory, driver)
+        source = LibvirtSource(lv_config, log, connect=lambda _uri, _read_only: recorder)
         check_result(source.poll(time.time()), expected, "recording")
-        source._conn = None
+        source.close()
     finally:
         conn.close()
-    assert recorder.bulk_args is not None
-    return Recording(
-        bulk_args=recorder.bulk_args,
-        domains=[(rec.calls, stats) for rec, stats in recorder.bulk],
-        free_memory=recorder.calls["getFreeMemory"],
-        hostname=hostname,
-        host_memory=memory,
-        driver_type=driver,
-    )
+    return recorder.recording()
 
 
 class Replay:
-    """A plugin (source + runner) wired to a replay connection of `copies` x the recording."""
+    """A plugin (source + runner) wired to a fake connection replaying `copies` x the
+    recording."""
 
     def __init__(self, recording: Recording, copies: int, log: Log) -> None:
-        self.conn = ReplayConn(recording, copies)
+        self.conn = FakeConnection(recording, copies)
         self.n = len(self.conn.records)
         # the recorded single bulk call (the test driver's), replayed: chunking off
         lv_config, config = bench_config("qemu:///replay", concurrency=1)
-        self.source = LibvirtSource(lv_config, log)
-        inject(
-            self.source,
-            self.conn,
-            recording.hostname,
-            recording.host_memory,
-            recording.driver_type,
-        )
+        conn = self.conn
+        self.source = LibvirtSource(lv_config, log, connect=lambda _uri, _read_only: conn)
         self.sink = Sink()
         self.runner = Runner(config, [self.source], self.sink, log, hostname="bench")
 
@@ -861,7 +688,8 @@ class Replay:
         """The replay objects alone, called as the plugin calls them (its cost is included)."""
         conn = self.conn
         conn.isAlive()
-        for dom, stats in list(conn.getAllDomainStats(*conn._args)):
+        assert conn.bulk_args is not None
+        for dom, stats in list(conn.getAllDomainStats(*conn.bulk_args)):
             dom.name()
             dom.UUIDString()
             if "balloon.current" not in stats:
