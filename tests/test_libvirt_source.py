@@ -268,6 +268,23 @@ def test_a_size_the_xml_gets_wrong_is_skipped_with_a_warning() -> None:
     )
 
 
+def test_the_xml_fault_of_a_domain_that_left_is_cleared_quietly() -> None:
+    """A bad-XML warning is for a domain that runs: when it stops, the fault goes with it,
+    without a line; if it comes back still bad, it is said again."""
+    bad = domain("web-01", xml="<domain type='kvm'><devices>")
+    conn = fake((bad, real_bulk()), (domain("db-01", 2), real_bulk()))
+    made, log, _ = source(conn)
+    made.poll(T0)
+    assert made.log.faults() == 1
+    left = conn.records.pop(0)
+    assert set(fields_by_guest(made.poll(T0 + 10))) == {"db-01"}
+    assert made.log.faults() == 0
+    assert len(log.getvalue().splitlines()) == 1  # the warning only: cleared quietly
+    conn.records.append(left)
+    made.poll(T0 + 20)
+    assert log.getvalue().count("W! libvirt: domain 'web-01': bad XML") == 2
+
+
 # -- the re-read policy, as the source applies it --
 
 

@@ -180,8 +180,9 @@ class LibvirtSource:
         return PollResult(samples=samples, hosts=hosts, api_latency_seconds=latency)
 
     def _forget(self, key: str) -> None:
-        """A domain no longer running (or no longer there): its facts go."""
+        """A domain no longer running (or no longer there): its facts and its XML fault go."""
         del self._facts[key]
+        self.log.clear(f"libvirt-xml:{key}")  # quietly: the domain left, its XML was not fixed
 
     # -- one domain --
 
