@@ -196,7 +196,10 @@ def test_chunked_fetch_refused_nowait_fails_one_poll_then_does_without() -> None
         assert set(fields_by_guest(made.poll(T0 + 10))) == {"web-01", "db-01"}
     finally:
         made.close()
-    assert all(flags == ACTIVE for flags in stats_calls(conn)[2:]), stats_calls(conn)
+    # poll 1 asked for its two slices with NOWAIT (the second one's answer may come after
+    # poll 1 gave up on it); poll 2 without
+    calls = stats_calls(conn)
+    assert ACTIVE in calls and calls.count(ACTIVE | NOWAIT) <= 2, calls
 
 
 # -- the per-domain fallback --
