@@ -137,21 +137,21 @@ class FakeConnection:
         self._call("isAlive")
         return 1 if self.alive else 0
 
-    def getHostname(self) -> Any:
-        self._call("getHostname")
-        return self._host["getHostname"]
+    def _answer(self, method: str) -> Any:
+        self._call(method)
+        return self._host[method]
 
-    def getInfo(self) -> Any:
-        self._call("getInfo")
-        return self._host["getInfo"]
+    def getHostname(self) -> Any:
+        return self._answer("getHostname")
+
+    def getInfo(self) -> Any:  # [model, memory MiB, cpus, ...]
+        return self._answer("getInfo")
 
     def getType(self) -> Any:
-        self._call("getType")
-        return self._host["getType"]
+        return self._answer("getType")
 
-    def getFreeMemory(self) -> Any:
-        self._call("getFreeMemory")
-        return self._host["getFreeMemory"]
+    def getFreeMemory(self) -> Any:  # bytes
+        return self._answer("getFreeMemory")
 
     def setKeepAlive(self, interval: int, count: int) -> int:
         self._call("setKeepAlive")
@@ -201,6 +201,20 @@ def _copy_calls(calls: DomainCalls, k: int) -> DomainCalls:
 # -- recording a real libvirtd --
 
 
+def _keeping(target: Any, method: str, kept: dict[str, Any]) -> Any:
+    """`target`'s attribute `method`; a method keeps a copy of its last answer in `kept`."""
+    attr = getattr(target, method)
+    if not callable(attr):
+        return attr
+
+    def call(*args: Any) -> Any:
+        value = attr(*args)
+        kept[method] = copy.deepcopy(value)
+        return value
+
+    return call
+
+
 class RecordingDomain:
     """A real virDomain whose every answer is kept (the last one of each method)."""
 
@@ -208,34 +222,8 @@ class RecordingDomain:
         self._dom = dom
         self.calls: DomainCalls = {}
 
-    def _call(self, method: str, *args: Any) -> Any:
-        value = getattr(self._dom, method)(*args)
-        self.calls[method] = copy.deepcopy(value)
-        return value
-
-    def name(self) -> Any:
-        return self._call("name")
-
-    def UUIDString(self) -> Any:
-        return self._call("UUIDString")
-
-    def ID(self) -> Any:
-        return self._call("ID")
-
-    def memoryStats(self) -> Any:
-        return self._call("memoryStats")
-
-    def info(self) -> Any:
-        return self._call("info")
-
-    def XMLDesc(self, flags: int = 0) -> Any:
-        return self._call("XMLDesc", flags)
-
     def __getattr__(self, method: str) -> Any:
-        attr = getattr(self._dom, method)
-        if not callable(attr):
-            return attr
-        return lambda *args: self._call(method, *args)
+        return _keeping(self._dom, method, self.calls)
 
 
 class RecordingConnection:
@@ -252,28 +240,8 @@ class RecordingConnection:
         self.bulk: list[tuple[RecordingDomain, dict[str, Any]]] = []
         self.host: dict[str, Any] = {}
 
-    def _kept(self, method: str) -> Any:
-        value = getattr(self._conn, method)()
-        self.host[method] = copy.deepcopy(value)
-        return value
-
-    def isAlive(self) -> Any:
-        return self._conn.isAlive()
-
-    def setKeepAlive(self, interval: int, count: int) -> Any:
-        return self._conn.setKeepAlive(interval, count)
-
-    def getHostname(self) -> Any:
-        return self._kept("getHostname")
-
-    def getInfo(self) -> Any:
-        return self._kept("getInfo")
-
-    def getType(self) -> Any:
-        return self._kept("getType")
-
-    def getFreeMemory(self) -> Any:
-        return self._kept("getFreeMemory")
+    def __getattr__(self, method: str) -> Any:
+        return _keeping(self._conn, method, self.host)  # getHostname, getInfo, ...
 
     def getAllDomainStats(self, stats: int, flags: int) -> list[tuple[RecordingDomain, Any]]:
         records = self._conn.getAllDomainStats(stats, flags)
