@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import cProfile
-import gc
 import importlib.metadata
 import io
 import os
@@ -62,7 +61,18 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import libvirt  # noqa: E402
-from benchlib import fmt_ms, fmt_us, median, parser, table, timed, verdict  # noqa: E402
+from benchlib import (  # noqa: E402
+    CpuMeter,
+    GcClock,
+    SpeedCheck,
+    fmt_ms,
+    fmt_us,
+    median,
+    parser,
+    table,
+    timed,
+    verdict,
+)
 
 from telegraf_balloon import catalog  # noqa: E402
 from telegraf_balloon.config import AgentConfig, Config, LibvirtConfig  # noqa: E402
@@ -94,112 +104,6 @@ BULK_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | getattr(
 # ---------------------------------------------------------------------------------------------
 # small helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _speed_work() -> int:
-    d = {}
-    for i in range(20_000):
-        d[str(i)] = f"{i}i"
-    return sum(len(v) for v in d.values())
-
-
-class SpeedCheck:
-    """A fixed pure-Python workload timed between the rounds: how fast the CPU was meanwhile.
-
-    On a shared or virtual machine its spread shows how much the CPU's speed moved while the
-    table was measured (the same code, the same work).
-    """
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def __call__(self) -> None:
-        self.seconds.append(timed(_speed_work))
-
-    def report(self) -> str:
-        if not self.seconds:
-            return ""
-        low, high = min(self.seconds), max(self.seconds)
-        return (
-            f"  CPU speed check between rounds (a fixed Python loop): median "
-            f"{fmt_ms(median(self.seconds))} ms, {fmt_ms(low)}..{fmt_ms(high)} ms "
-            f"({high / low:.2f}x spread)"
-        )
-
-
-class CpuMeter:
-    """CPU time of the whole machine, and the part this bench did not use (others' load).
-
-    Ours: this process and its waited-for children (virsh), the stack's libvirtd and the
-    QEMU guests. Whatever else ran on the machine meanwhile competed with the measurement.
-    """
-
-    def __init__(self, stack: LibvirtStack) -> None:
-        self.stack = stack
-        self.guest_pids: list[int] = []
-        self.cpus = os.cpu_count() or 1
-        self._start = self._read()
-
-    @staticmethod
-    def _processes() -> dict[int, tuple[str, int, int]]:
-        """pid -> (name, ppid, utime + stime ticks) of every process."""
-        out = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    text = f.read()
-                name = text[text.index("(") + 1 : text.rindex(")")]
-                parts = text.rsplit(")", 1)[1].split()
-                # after the ")": state, ppid, ...; utime and stime are fields 14 and 15
-                out[int(entry)] = (name, int(parts[1]), int(parts[11]) + int(parts[12]))
-            except (OSError, ValueError, IndexError):
-                continue
-        return out
-
-    def _read(self) -> tuple[list[int], dict[int, tuple[str, int, int]], int]:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        with open("/proc/self/stat") as f:
-            parts = f.read().rsplit(")", 1)[1].split()
-        waited = int(parts[13]) + int(parts[14])  # cutime + cstime: virsh runs, finished
-        return (values + [0] * 8)[:8], self._processes(), waited
-
-    def restart(self) -> None:
-        self._start = self._read()
-
-    def report(self) -> str:
-        (cpu0, procs0, waited0), (cpu1, procs1, waited1) = self._start, self._read()
-        user, nice, system, idle, iowait, irq, softirq, steal = (b - a for a, b in zip(cpu0, cpu1))
-        busy = user + nice + system + irq + softirq
-        total = max(1, busy + idle + iowait + steal)
-        me = os.getpid()
-        ours_pids = {me, self.stack.daemon_pid, *self.guest_pids}
-        ours = waited1 - waited0
-        by_name: dict[str, int] = {}
-        for pid, (name, ppid, ticks) in procs1.items():
-            used = ticks - procs0[pid][2] if pid in procs0 else ticks
-            if pid in ours_pids or ppid == me:
-                ours += used
-            elif used > 0:
-                by_name[name] = by_name.get(name, 0) + used
-        others = max(0, busy - ours)
-        top = sorted(by_name.items(), key=lambda item: -item[1])[:3]
-        named = ", ".join(f"{name} {100 * t / total:.0f}%" for name, t in top if t) or "-"
-        warning = ""
-        if others > 0.1 * total:
-            warning = (
-                "\n  WARNING: other processes competed for the CPU during this table: its wall "
-                "times are inflated; rerun on a quiet machine"
-            )
-        return (
-            f"  machine during this table: {100 * busy / total:.0f}% of {self.cpus} cores busy, "
-            f"{100 * others / total:.0f}% by other processes (not this bench, its libvirtd or "
-            f"guests; of those still running: {named}), "
-            f"{100 * steal / total:.0f}% stolen by the hypervisor; "
-            f"load {os.getloadavg()[0]:.2f}{warning}"
-        )
 
 
 def open_like_the_plugin(config: LibvirtConfig) -> Any:
@@ -704,30 +608,6 @@ class Replay:
         self.runner.close()
 
 
-class GcClock:
-    """Time spent in the cyclic garbage collector while registered in gc.callbacks."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.full = 0  # generation-2 collections
-        self._started = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.seconds += time.perf_counter() - self._started
-            self.full += info.get("generation") == 2
-
-    def run(self, fn: Callable[[], object]) -> float:
-        """fn()'s wall time; the collector's time is added to self.seconds."""
-        gc.callbacks.append(self)
-        try:
-            return timed(fn)
-        finally:
-            gc.callbacks.remove(self)
-
-
 def replay_table(recording: Recording, repeat: int, log: Log) -> tuple[str, list[str], Replay]:
     rows = []
     verdicts = []
@@ -936,7 +816,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for line in machine_facts(stack):
             print("  " + line)
         print()
-        meter = CpuMeter(stack)
+        guest_pids: list[int] = []  # Table 3's booted guests
+        meter = CpuMeter(
+            lambda: [stack.daemon_pid, *guest_pids], "this bench, its libvirtd or guests"
+        )
 
         # -- Table 0 ------------------------------------------------------------------------
         if sizes:
@@ -1025,7 +908,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for name in names:
                 stack.wait_guest_stats(name, timeout=240)
             boot_s = time.monotonic() - boot
-            meter.guest_pids = [stack.guest_pid(name) for name in names]
+            guest_pids.extend(stack.guest_pid(name) for name in names)
             meter.restart()
             text3, per_domain3, extra3 = comparison(
                 title="Table 3",
