@@ -26,8 +26,9 @@ poll of every domain done five ways, measured in the same run, interleaved, medi
   e. ``Runner.poll()`` with that source, writing to an in-memory stream.
 
 Table 2: the plugin's own processing per domain. The libvirt responses of one real poll are
-recorded through a proxy, then replayed (zero latency, same data) through ``Runner.poll()``
-for --domains and 10 x --domains domains (copies with distinct names and UUIDs).
+recorded, then replayed (zero latency, same data) through ``Runner.poll()`` for --domains and
+10 x --domains domains (copies with distinct names and UUIDs): both by the tests' fake
+connection (tests/fakes/libvirt_conn.py), handed to the source through its connect seam.
 
 Table 3 (off by default: Table 0 has a booted guest): a..e against --guests booted QEMU
 guests with a virtio balloon, whose bulk stats carry balloon keys (no per-domain fallback).
@@ -41,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import cProfile
-import gc
 import importlib.metadata
 import io
 import os
@@ -52,9 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -63,15 +61,33 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import libvirt  # noqa: E402
-from benchlib import fmt_ms, fmt_us, median, parser, table, timed, verdict  # noqa: E402
+from benchlib import (  # noqa: E402
+    CpuMeter,
+    GcClock,
+    SpeedCheck,
+    fmt_ms,
+    fmt_us,
+    median,
+    parser,
+    table,
+    timed,
+    verdict,
+)
 
 from telegraf_balloon import catalog  # noqa: E402
 from telegraf_balloon.config import AgentConfig, Config, LibvirtConfig  # noqa: E402
 from telegraf_balloon.log import Log  # noqa: E402
 from telegraf_balloon.model import PollResult  # noqa: E402
 from telegraf_balloon.runner import Runner  # noqa: E402
-from telegraf_balloon.sources import libvirt as libvirt_source  # noqa: E402
-from telegraf_balloon.sources.libvirt import KIB, LibvirtSource  # noqa: E402
+from telegraf_balloon.sources.libvirt.connection import (  # noqa: E402
+    open_connection,
+    open_libvirt,
+    start_event_loop,
+)
+from telegraf_balloon.sources.libvirt.domainxml import DomainFacts, parse_domain_xml  # noqa: E402
+from telegraf_balloon.sources.libvirt.source import LibvirtSource  # noqa: E402
+from telegraf_balloon.sources.libvirt.stats import FETCH_SHARE  # noqa: E402
+from tests.fakes.libvirt_conn import FakeConnection, Recording, RecordingConnection  # noqa: E402
 from tests.stack.libvirt_stack import DomainSpec, LibvirtStack, write_node_xml  # noqa: E402
 
 TARGET_VS_VIRSH = 50.0  # plugin end to end at least this many times faster than virsh
@@ -90,118 +106,9 @@ BULK_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | getattr(
 # ---------------------------------------------------------------------------------------------
 
 
-def _speed_work() -> int:
-    d = {}
-    for i in range(20_000):
-        d[str(i)] = f"{i}i"
-    return sum(len(v) for v in d.values())
-
-
-class SpeedCheck:
-    """A fixed pure-Python workload timed between the rounds: how fast the CPU was meanwhile.
-
-    On a shared or virtual machine its spread shows how much the CPU's speed moved while the
-    table was measured (the same code, the same work).
-    """
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def __call__(self) -> None:
-        self.seconds.append(timed(_speed_work))
-
-    def report(self) -> str:
-        if not self.seconds:
-            return ""
-        low, high = min(self.seconds), max(self.seconds)
-        return (
-            f"  CPU speed check between rounds (a fixed Python loop): median "
-            f"{fmt_ms(median(self.seconds))} ms, {fmt_ms(low)}..{fmt_ms(high)} ms "
-            f"({high / low:.2f}x spread)"
-        )
-
-
-class CpuMeter:
-    """CPU time of the whole machine, and the part this bench did not use (others' load).
-
-    Ours: this process and its waited-for children (virsh), the stack's libvirtd and the
-    QEMU guests. Whatever else ran on the machine meanwhile competed with the measurement.
-    """
-
-    def __init__(self, stack: LibvirtStack) -> None:
-        self.stack = stack
-        self.guest_pids: list[int] = []
-        self.cpus = os.cpu_count() or 1
-        self._start = self._read()
-
-    @staticmethod
-    def _processes() -> dict[int, tuple[str, int, int]]:
-        """pid -> (name, ppid, utime + stime ticks) of every process."""
-        out = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    text = f.read()
-                name = text[text.index("(") + 1 : text.rindex(")")]
-                parts = text.rsplit(")", 1)[1].split()
-                # after the ")": state, ppid, ...; utime and stime are fields 14 and 15
-                out[int(entry)] = (name, int(parts[1]), int(parts[11]) + int(parts[12]))
-            except (OSError, ValueError, IndexError):
-                continue
-        return out
-
-    def _read(self) -> tuple[list[int], dict[int, tuple[str, int, int]], int]:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        with open("/proc/self/stat") as f:
-            parts = f.read().rsplit(")", 1)[1].split()
-        waited = int(parts[13]) + int(parts[14])  # cutime + cstime: virsh runs, finished
-        return (values + [0] * 8)[:8], self._processes(), waited
-
-    def restart(self) -> None:
-        self._start = self._read()
-
-    def report(self) -> str:
-        (cpu0, procs0, waited0), (cpu1, procs1, waited1) = self._start, self._read()
-        user, nice, system, idle, iowait, irq, softirq, steal = (b - a for a, b in zip(cpu0, cpu1))
-        busy = user + nice + system + irq + softirq
-        total = max(1, busy + idle + iowait + steal)
-        me = os.getpid()
-        ours_pids = {me, self.stack.daemon_pid, *self.guest_pids}
-        ours = waited1 - waited0
-        by_name: dict[str, int] = {}
-        for pid, (name, ppid, ticks) in procs1.items():
-            used = ticks - procs0[pid][2] if pid in procs0 else ticks
-            if pid in ours_pids or ppid == me:
-                ours += used
-            elif used > 0:
-                by_name[name] = by_name.get(name, 0) + used
-        others = max(0, busy - ours)
-        top = sorted(by_name.items(), key=lambda item: -item[1])[:3]
-        named = ", ".join(f"{name} {100 * t / total:.0f}%" for name, t in top if t) or "-"
-        warning = ""
-        if others > 0.1 * total:
-            warning = (
-                "\n  WARNING: other processes competed for the CPU during this table: its wall "
-                "times are inflated; rerun on a quiet machine"
-            )
-        return (
-            f"  machine during this table: {100 * busy / total:.0f}% of {self.cpus} cores busy, "
-            f"{100 * others / total:.0f}% by other processes (not this bench, its libvirtd or "
-            f"guests; of those still running: {named}), "
-            f"{100 * steal / total:.0f}% stolen by the hypervisor; "
-            f"load {os.getloadavg()[0]:.2f}{warning}"
-        )
-
-
-def open_like_the_plugin(uri: str, config: LibvirtConfig) -> Any:
-    """A connection opened the way LibvirtSource._connect opens one (read-only, keepalive)."""
-    conn = libvirt.openReadOnly(uri) if config.read_only else libvirt.open(uri)
-    if not uri.startswith("test:") and config.keepalive_interval > 0:
-        conn.setKeepAlive(config.keepalive_interval, config.keepalive_count)
-    return conn
+def open_like_the_plugin(config: LibvirtConfig) -> Any:
+    """A connection opened the way the source opens its own (read-only, keepalive)."""
+    return open_connection(open_libvirt, config, config.uri)[0]
 
 
 def bench_config(uri: str, concurrency: int = 0) -> tuple[LibvirtConfig, Config]:
@@ -211,7 +118,7 @@ def bench_config(uri: str, concurrency: int = 0) -> tuple[LibvirtConfig, Config]
 
 def make_source(lv: LibvirtConfig, config: Config, log: Log) -> LibvirtSource:
     """A source as build_sources makes it (its fetch budget a share of the agent timeout)."""
-    budget = libvirt_source.FETCH_SHARE * config.agent.timeout
+    budget = FETCH_SHARE * config.agent.timeout
     return LibvirtSource(lv, log, fetch_budget=budget)
 
 
@@ -293,8 +200,8 @@ class BareCalls:
         self.fallbacks = 0
         self.no_max: set[str] = set()  # domains whose XML has no <memory> (the plugin's cache)
         for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-            facts = libvirt_source.DomainFacts(dom.ID(), 0.0)
-            libvirt_source.parse_domain_xml(dom.XMLDesc(0), facts)
+            facts = DomainFacts(dom.ID(), 0.0)
+            parse_domain_xml(dom.XMLDesc(0), facts)
             if facts.max_kib is None:
                 self.no_max.add(dom.UUIDString())
 
@@ -338,7 +245,7 @@ def comparison(
         a_per_domain, a_note = measure_virsh(virsh, uri, names, virsh_sample, repeat)
         per_domain["a"] = a_per_domain
 
-    conn = open_like_the_plugin(uri, lv_config)
+    conn = open_like_the_plugin(lv_config)
     source = make_source(lv_config, config, log)
     sink = Sink()
     runner = Runner(config, [source], sink, log, hostname="bench")
@@ -487,7 +394,7 @@ def real_table(
     uri = stack.uri
     lv_config, config = bench_config(uri)
     one_config, _ = bench_config(uri, concurrency=1)
-    conn = open_like_the_plugin(uri, lv_config)
+    conn = open_like_the_plugin(lv_config)
     source = make_source(lv_config, config, log)
     single = make_source(one_config, config, log)
     sink = Sink()
@@ -533,7 +440,7 @@ def real_table(
         for fn in ways.values():
             fn()  # warm-up
         processing.clear()
-        chunks = len(source._workers)
+        chunks = len(source.stats.workers)
         times: dict[str, list[float]] = {k: [] for k in ways}
         for _ in range(repeat):
             for k, fn in ways.items():
@@ -645,205 +552,31 @@ def real_domains(
 # ---------------------------------------------------------------------------------------------
 
 
-class RecordingDomain:
-    """A virDomain whose every answer is kept (last one per method)."""
-
-    def __init__(self, dom: Any) -> None:
-        self._dom = dom
-        self.calls: dict[str, Any] = {}
-
-    def _call(self, method: str, *args: Any) -> Any:
-        value = getattr(self._dom, method)(*args)
-        self.calls[method] = copy.deepcopy(value)
-        return value
-
-    def name(self) -> Any:
-        return self._call("name")
-
-    def UUIDString(self) -> Any:
-        return self._call("UUIDString")
-
-    def ID(self) -> Any:
-        return self._call("ID")
-
-    def memoryStats(self) -> Any:
-        return self._call("memoryStats")
-
-    def info(self) -> Any:
-        return self._call("info")
-
-    def XMLDesc(self, flags: int = 0) -> Any:
-        return self._call("XMLDesc", flags)
-
-    def __getattr__(self, method: str) -> Any:
-        attr = getattr(self._dom, method)
-        if not callable(attr):
-            return attr
-        return lambda *args: self._call(method, *args)
-
-
-class RecordingConn:
-    """A virConnect whose bulk answer, free memory and domains' answers are kept."""
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-        self.bulk_args: Optional[tuple[int, int]] = None
-        self.bulk: list[tuple[RecordingDomain, dict[str, Any]]] = []
-        self.calls: dict[str, Any] = {}
-
-    def isAlive(self) -> Any:
-        return self._conn.isAlive()
-
-    def getAllDomainStats(self, stats: int, flags: int) -> list[tuple[RecordingDomain, Any]]:
-        records = self._conn.getAllDomainStats(stats, flags)
-        self.bulk_args = (stats, flags)
-        self.bulk = [(RecordingDomain(dom), copy.deepcopy(values)) for dom, values in records]
-        return [(rec, values) for (rec, _), (_, values) in zip(self.bulk, records)]
-
-    def getFreeMemory(self) -> Any:
-        value = self._conn.getFreeMemory()
-        self.calls["getFreeMemory"] = value
-        return value
-
-    def close(self) -> None:
-        pass  # the bench closes the real connection itself
-
-
-@dataclass
-class Recording:
-    bulk_args: tuple[int, int]
-    domains: list[tuple[dict[str, Any], dict[str, Any]]]  # (calls, bulk stats) per domain
-    free_memory: Any
-    hostname: str
-    host_memory: int
-    driver_type: str
-
-
-class ReplayDomain:
-    """Answers what the recorded domain answered; nothing else (KeyError if never recorded)."""
-
-    __slots__ = ("_calls",)
-
-    def __init__(self, calls: dict[str, Any]) -> None:
-        self._calls = calls
-
-    def name(self) -> Any:
-        return self._calls["name"]
-
-    def UUIDString(self) -> Any:
-        return self._calls["UUIDString"]
-
-    def ID(self) -> Any:
-        return self._calls["ID"]
-
-    def memoryStats(self) -> Any:
-        return self._calls["memoryStats"]
-
-    def info(self) -> Any:
-        return self._calls["info"]
-
-    def XMLDesc(self, flags: int = 0) -> Any:
-        return self._calls["XMLDesc"]
-
-
-class ReplayConn:
-    """A connection with zero latency that answers the recorded poll, as often as asked."""
-
-    def __init__(self, recording: Recording, copies: int) -> None:
-        self._args = recording.bulk_args
-        self._free = recording.free_memory
-        self.records: list[tuple[ReplayDomain, dict[str, Any]]] = []
-        for k in range(copies):
-            for calls, stats in recording.domains:
-                self.records.append((ReplayDomain(_copy_calls(calls, k)), stats))
-        uuids = {dom.UUIDString() for dom, _ in self.records}
-        names = {dom.name() for dom, _ in self.records}
-        if len(uuids) != len(self.records) or len(names) != len(self.records):
-            raise SystemExit("replay: copies do not have distinct names and UUIDs")
-
-    def isAlive(self) -> int:
-        return 1
-
-    def getAllDomainStats(self, stats: int, flags: int) -> list[tuple[ReplayDomain, Any]]:
-        if (stats, flags) != self._args:
-            raise RuntimeError(f"replay: getAllDomainStats{(stats, flags)} != {self._args}")
-        # new dicts on every call, as libvirt's answer is: the source owns and fills them
-        return [(dom, dict(stats)) for dom, stats in self.records]
-
-    def getFreeMemory(self) -> Any:
-        return self._free
-
-    def close(self) -> None:
-        pass
-
-
-def _copy_calls(calls: dict[str, Any], k: int) -> dict[str, Any]:
-    """The k-th copy of one domain's answers: its own name, UUID and ID (k=0: the original)."""
-    if k == 0:
-        return dict(calls)
-    out = dict(calls)
-    name, key = calls["name"], calls["UUIDString"]
-    out["name"] = f"{name}~{k}"
-    out["UUIDString"] = str(uuid.uuid5(uuid.NAMESPACE_OID, f"{key}/{k}"))
-    if "ID" in calls:
-        out["ID"] = int(calls["ID"]) + 1_000_000 * k
-    if "XMLDesc" in calls:
-        xml = str(calls["XMLDesc"])
-        xml = xml.replace(f"<name>{name}</name>", f"<name>{out['name']}</name>", 1)
-        out["XMLDesc"] = xml.replace(f"<uuid>{key}</uuid>", f"<uuid>{out['UUIDString']}</uuid>")
-    return out
-
-
-def inject(source: LibvirtSource, conn: Any, hostname: str, memory: int, driver: str) -> None:
-    """What LibvirtSource._connect sets, with `conn` as the connection."""
-    source._conn = conn
-    source._host_tags = {"host": hostname, "source": "libvirt"}
-    source._host_memory = memory
-    source._driver_type = driver
-
-
 def record_poll(uri: str, expected: int, log: Log) -> Recording:
-    """One real first poll of the plugin through a recording proxy."""
+    """One real first poll of the plugin, its answers kept by a recording connection."""
     lv_config, _ = bench_config(uri)
-    conn = open_like_the_plugin(uri, lv_config)
+    conn = open_like_the_plugin(lv_config)
+    recorder = RecordingConnection(conn)
     try:
-        hostname = str(conn.getHostname())
-        memory = int(conn.getInfo()[1]) * KIB * KIB
-        driver = str(conn.getType()).lower()
-        recorder = RecordingConn(conn)
-        source = LibvirtSource(lv_config, log)
-        inject(source, recorder, hostname, memory, driver)
+        source = LibvirtSource(lv_config, log, connect=lambda _uri, _read_only: recorder)
         check_result(source.poll(time.time()), expected, "recording")
-        source._conn = None
+        source.close()
     finally:
         conn.close()
-    assert recorder.bulk_args is not None
-    return Recording(
-        bulk_args=recorder.bulk_args,
-        domains=[(rec.calls, stats) for rec, stats in recorder.bulk],
-        free_memory=recorder.calls["getFreeMemory"],
-        hostname=hostname,
-        host_memory=memory,
-        driver_type=driver,
-    )
+    return recorder.recording()
 
 
 class Replay:
-    """A plugin (source + runner) wired to a replay connection of `copies` x the recording."""
+    """A plugin (source + runner) wired to a fake connection replaying `copies` x the
+    recording."""
 
     def __init__(self, recording: Recording, copies: int, log: Log) -> None:
-        self.conn = ReplayConn(recording, copies)
+        self.conn = FakeConnection(recording, copies)
         self.n = len(self.conn.records)
         # the recorded single bulk call (the test driver's), replayed: chunking off
         lv_config, config = bench_config("qemu:///replay", concurrency=1)
-        self.source = LibvirtSource(lv_config, log)
-        inject(
-            self.source,
-            self.conn,
-            recording.hostname,
-            recording.host_memory,
-            recording.driver_type,
-        )
+        conn = self.conn
+        self.source = LibvirtSource(lv_config, log, connect=lambda _uri, _read_only: conn)
         self.sink = Sink()
         self.runner = Runner(config, [self.source], self.sink, log, hostname="bench")
 
@@ -859,7 +592,8 @@ class Replay:
         """The replay objects alone, called as the plugin calls them (its cost is included)."""
         conn = self.conn
         conn.isAlive()
-        for dom, stats in list(conn.getAllDomainStats(*conn._args)):
+        assert conn.bulk_args is not None
+        for dom, stats in list(conn.getAllDomainStats(*conn.bulk_args)):
             dom.name()
             dom.UUIDString()
             if "balloon.current" not in stats:
@@ -872,30 +606,6 @@ class Replay:
 
     def close(self) -> None:
         self.runner.close()
-
-
-class GcClock:
-    """Time spent in the cyclic garbage collector while registered in gc.callbacks."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.full = 0  # generation-2 collections
-        self._started = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.seconds += time.perf_counter() - self._started
-            self.full += info.get("generation") == 2
-
-    def run(self, fn: Callable[[], object]) -> float:
-        """fn()'s wall time; the collector's time is added to self.seconds."""
-        gc.callbacks.append(self)
-        try:
-            return timed(fn)
-        finally:
-            gc.callbacks.remove(self)
 
 
 def replay_table(recording: Recording, repeat: int, log: Log) -> tuple[str, list[str], Replay]:
@@ -1096,7 +806,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.monotonic()
     # The plugin runs libvirt's event loop (keepalive) for remote URIs; so does every
     # connection measured here, opened after it.
-    libvirt_source._start_event_loop()
+    start_event_loop()
 
     stack = LibvirtStack()
     workdir = Path(tempfile.mkdtemp(prefix="bench-libvirt-"))
@@ -1106,7 +816,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for line in machine_facts(stack):
             print("  " + line)
         print()
-        meter = CpuMeter(stack)
+        guest_pids: list[int] = []  # Table 3's booted guests
+        meter = CpuMeter(
+            lambda: [stack.daemon_pid, *guest_pids], "this bench, its libvirtd or guests"
+        )
 
         # -- Table 0 ------------------------------------------------------------------------
         if sizes:
@@ -1195,7 +908,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for name in names:
                 stack.wait_guest_stats(name, timeout=240)
             boot_s = time.monotonic() - boot
-            meter.guest_pids = [stack.guest_pid(name) for name in names]
+            guest_pids.extend(stack.guest_pid(name) for name in names)
             meter.restart()
             text3, per_domain3, extra3 = comparison(
                 title="Table 3",

@@ -8,12 +8,14 @@ one and a broken benchmark fails CI instead of rotting.
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -73,3 +75,140 @@ def fmt_ms(seconds: float) -> str:
 
 def fmt_us(seconds: float) -> str:
     return f"{seconds * 1e6:,.1f}"
+
+
+# -- how much the machine moved while a table was measured --
+
+
+def _speed_work() -> int:
+    d = {}
+    for i in range(20_000):
+        d[str(i)] = f"{i}i"
+    return sum(len(v) for v in d.values())
+
+
+class SpeedCheck:
+    """A fixed pure-Python workload timed between the rounds: how fast the CPU was meanwhile.
+
+    On a shared or virtual machine its spread shows how much the CPU's speed moved while the
+    table was measured (the same code, the same work).
+    """
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def __call__(self) -> None:
+        self.seconds.append(timed(_speed_work))
+
+    def report(self) -> str:
+        if not self.seconds:
+            return ""
+        low, high = min(self.seconds), max(self.seconds)
+        return (
+            f"  CPU speed check between rounds (a fixed Python loop): median "
+            f"{fmt_ms(median(self.seconds))} ms, {fmt_ms(low)}..{fmt_ms(high)} ms "
+            f"({high / low:.2f}x spread)"
+        )
+
+
+class CpuMeter:
+    """CPU time of the whole machine, and the part the bench did not use (others' load).
+
+    Ours: this process and its waited-for children (programs it ran to completion), and the
+    processes `ours()` names at report time (what the bench started: a daemon, guests),
+    called `named` in the report. Whatever else ran on the machine meanwhile competed with
+    the measurement.
+    """
+
+    def __init__(
+        self, ours: Callable[[], Iterable[Optional[int]]] = tuple, named: str = "this bench"
+    ) -> None:
+        self.ours = ours
+        self.named = named
+        self.cpus = os.cpu_count() or 1
+        self._start = self._read()
+
+    @staticmethod
+    def _processes() -> dict[int, tuple[str, int, int]]:
+        """pid -> (name, ppid, utime + stime ticks) of every process."""
+        out = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    text = f.read()
+                name = text[text.index("(") + 1 : text.rindex(")")]
+                parts = text.rsplit(")", 1)[1].split()
+                # after the ")": state, ppid, ...; utime and stime are fields 14 and 15
+                out[int(entry)] = (name, int(parts[1]), int(parts[11]) + int(parts[12]))
+            except (OSError, ValueError, IndexError):
+                continue
+        return out
+
+    def _read(self) -> tuple[list[int], dict[int, tuple[str, int, int]], int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        waited = int(parts[13]) + int(parts[14])  # cutime + cstime: children run to completion
+        return (values + [0] * 8)[:8], self._processes(), waited
+
+    def restart(self) -> None:
+        self._start = self._read()
+
+    def report(self) -> str:
+        (cpu0, procs0, waited0), (cpu1, procs1, waited1) = self._start, self._read()
+        user, nice, system, idle, iowait, irq, softirq, steal = (b - a for a, b in zip(cpu0, cpu1))
+        busy = user + nice + system + irq + softirq
+        total = max(1, busy + idle + iowait + steal)
+        me = os.getpid()
+        ours_pids = {me, *self.ours()}
+        ours = waited1 - waited0
+        by_name: dict[str, int] = {}
+        for pid, (name, ppid, ticks) in procs1.items():
+            used = ticks - procs0[pid][2] if pid in procs0 else ticks
+            if pid in ours_pids or ppid == me:
+                ours += used
+            elif used > 0:
+                by_name[name] = by_name.get(name, 0) + used
+        others = max(0, busy - ours)
+        top = sorted(by_name.items(), key=lambda item: -item[1])[:3]
+        named = ", ".join(f"{name} {100 * t / total:.0f}%" for name, t in top if t) or "-"
+        warning = ""
+        if others > 0.1 * total:
+            warning = (
+                "\n  WARNING: other processes competed for the CPU during this table: its wall "
+                "times are inflated; rerun on a quiet machine"
+            )
+        return (
+            f"  machine during this table: {100 * busy / total:.0f}% of {self.cpus} cores busy, "
+            f"{100 * others / total:.0f}% by other processes (not {self.named}; "
+            f"of those still running: {named}), "
+            f"{100 * steal / total:.0f}% stolen by the hypervisor; "
+            f"load {os.getloadavg()[0]:.2f}{warning}"
+        )
+
+
+class GcClock:
+    """Time spent in the cyclic garbage collector while registered in gc.callbacks."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0  # generation-2 collections
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.full += info.get("generation") == 2
+
+    def run(self, fn: Callable[[], object]) -> float:
+        """fn()'s wall time; the collector's time is added to self.seconds."""
+        gc.callbacks.append(self)
+        try:
+            return timed(fn)
+        finally:
+            gc.callbacks.remove(self)

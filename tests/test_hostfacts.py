@@ -14,7 +14,7 @@ from telegraf_balloon.sources.hostfacts import (
     process_rss,
     process_start,
 )
-from telegraf_balloon.sources.libvirt import is_local
+from telegraf_balloon.sources.libvirt.uri import is_local
 
 # The layout and format of drivers/edac/edac_mc_sysfs.c: one mcN per memory controller,
 # ce_count and ue_count printed as "%u\n".

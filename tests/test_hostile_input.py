@@ -272,7 +272,9 @@ STATS = st.dictionaries(
 def test_hostile_domain_xml(xml: str, stats: dict[str, int]) -> None:
     try:
         from telegraf_balloon.config import LibvirtConfig
-        from telegraf_balloon.sources.libvirt import DomainFacts, LibvirtSource, parse_domain_xml
+        from telegraf_balloon.sources.libvirt.domainxml import DomainFacts, parse_domain_xml
+        from telegraf_balloon.sources.libvirt.fields import domain_fields
+        from telegraf_balloon.sources.libvirt.source import LibvirtSource
     except ImportError:  # pragma: no cover - the test extra installs libvirt-python
         from tests.stack.common import unavailable
 
@@ -291,7 +293,7 @@ def test_hostile_domain_xml(xml: str, stats: dict[str, int]) -> None:
         assert bool(skipped) == bool(log), (skipped, log)
         for item in skipped:
             assert item in log
-    fields: Fields = source._fields(dict(stats), facts, 1_700_000_000.0)
+    fields: Fields = domain_fields(dict(stats), facts, 1_700_000_000.0)
     _check_output(
         PollResult(samples=[guest_sample(facts.tags, fields)]), log if log.strip() else ""
     )

@@ -35,7 +35,7 @@ PAUSED = 50
 
 
 def _source(uri: str, concurrency: int = 0) -> Any:
-    from telegraf_balloon.sources.libvirt import LibvirtSource
+    from telegraf_balloon.sources.libvirt.source import LibvirtSource
 
     return LibvirtSource(LibvirtConfig(uri=uri, concurrency=concurrency), Log(io.StringIO()))
 

@@ -36,7 +36,7 @@ HOSTILE = [
 def _source(uri: str, **overrides: Any) -> tuple[Any, io.StringIO]:
     if libvirt is None:
         unavailable("libvirt-python is not installed")
-    from telegraf_balloon.sources.libvirt import LibvirtSource
+    from telegraf_balloon.sources.libvirt.source import LibvirtSource
 
     stream = io.StringIO()
     return LibvirtSource(LibvirtConfig(uri=uri, **overrides), Log(stream)), stream
@@ -181,7 +181,7 @@ def test_connection_failure_is_a_down_poll_not_a_crash(tmp_path: Path) -> None:
 
 
 def test_instance_never_shows_a_password() -> None:
-    from telegraf_balloon.sources.libvirt import redact_uri
+    from telegraf_balloon.sources.libvirt.uri import redact_uri
 
     assert redact_uri("qemu+tcp://admin:s3cret@kvm1:16509/system") == (
         "qemu+tcp://admin@kvm1:16509/system"
@@ -217,7 +217,7 @@ def test_keepalive_is_armed_on_daemon_connections(
     node_xml: tuple[Path, list[DomainSpec]], libvirt_stack: Any
 ) -> None:
     """Through the daemon, keepalive must really be set (a dead daemon is then noticed)."""
-    from telegraf_balloon.sources.libvirt import LibvirtSource
+    from telegraf_balloon.sources.libvirt.source import LibvirtSource
 
     path, _ = node_xml
     stream = io.StringIO()
@@ -231,7 +231,7 @@ def test_keepalive_is_armed_on_daemon_connections(
 
 def test_password_never_reaches_errors_logs_or_tags() -> None:
     """A real failed connection with credentials in the URI: nothing shows the password."""
-    from telegraf_balloon.sources.libvirt import scrub
+    from telegraf_balloon.sources.libvirt.uri import scrub
 
     uri = "qemu+tcp://monitor:s3cretPW@127.0.0.1:1/system"
     source, log = _source(uri)

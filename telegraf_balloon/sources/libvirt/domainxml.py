@@ -1,0 +1,133 @@
+"""What a domain's XML says about its balloon and memory, and what the source keeps of it.
+
+Read when a domain (re)starts and when reread.py says so, never on every poll. Needs no
+libvirt binding: the XML is text.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Optional
+
+from ...model import Tags
+
+KIB = 1024  # libvirt gives memory in KiB
+_UNIT_BYTES = {
+    "b": 1,
+    "bytes": 1,
+    "k": KIB,
+    "kib": KIB,
+    "kb": 1000,
+    "m": KIB**2,
+    "mib": KIB**2,
+    "mb": 1000**2,
+    "g": KIB**3,
+    "gib": KIB**3,
+    "gb": 1000**3,
+    "t": KIB**4,
+    "tib": KIB**4,
+}
+_UNLIMITED_KIB = 9007199254740991  # VIR_DOMAIN_MEMORY_PARAM_UNLIMITED
+_INT64_MAX = 2**63 - 1
+
+
+class DomainFacts:
+    """What the domain XML says, and what the source learnt of this start of the domain."""
+
+    __slots__ = (
+        "arm_failed",
+        "blocked_model",
+        "checked_at",
+        "domain_id",
+        "first_seen",
+        "frozen_checked",
+        "hypervisor",
+        "last_update",
+        "limit_bytes",
+        "max_kib",
+        "period",
+        "reservation_bytes",
+        "tags",
+    )
+
+    def __init__(self, domain_id: int, now: float) -> None:
+        self.domain_id = domain_id
+        self.checked_at = now
+        self.first_seen = now
+        self.hypervisor = "unknown"
+        self.blocked_model = False  # <memballoon model='none'/> or no memballoon at all
+        self.period: Optional[int] = None
+        self.reservation_bytes: Optional[int] = None
+        self.limit_bytes: Optional[int] = None
+        self.max_kib: Optional[int] = None
+        self.last_update = 0
+        self.arm_failed = False
+        self.frozen_checked = 0  # the last_update of a freeze already checked in the XML
+        self.tags: Tags = {}
+
+
+def _integer(text: str) -> Optional[int]:
+    """A plain ASCII decimal, optionally negative (int() also takes '1_0' and other digits)."""
+    digits = text[1:] if text.startswith("-") else text
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 19:
+        return None
+    return int(text)
+
+
+def _size_bytes(element: Optional[ET.Element], where: str, skipped: list[str]) -> Optional[int]:
+    """<memory unit='KiB'>1048576</memory> -> bytes; what cannot be read goes to `skipped`."""
+    if element is None:
+        return None
+    text = (element.text or "").strip()
+    value = _integer(text)
+    unit = element.get("unit", "KiB")
+    scale = _UNIT_BYTES.get(unit.lower())
+    if value is None or value < 0:
+        skipped.append(f"<{where}> {text[:40]!r} is not a size")
+        return None
+    if scale is None:
+        skipped.append(f"<{where}> has an unknown unit {unit[:20]!r}")
+        return None
+    if scale == KIB and value >= _UNLIMITED_KIB:
+        return None  # libvirt's "unlimited"
+    if value * scale > _INT64_MAX:
+        skipped.append(f"<{where}> {text[:40]!r} {unit[:20]} is out of range")
+        return None
+    return value * scale
+
+
+# <domain type='kvm'>
+#   <devices><memballoon model='virtio'><stats period='10'/></memballoon></devices>
+#   <memtune><hard_limit unit='KiB'>1048576</hard_limit><min_guarantee ...>
+def parse_domain_xml(text: str, facts: DomainFacts) -> list[str]:
+    """Fill facts from a domain's XML description; return what was skipped, and why.
+
+    Raises ET.ParseError on text that is not XML.
+    """
+    skipped: list[str] = []
+    root = ET.fromstring(text)
+    facts.hypervisor = root.get("type", "unknown")
+    maximum = _size_bytes(root.find("memory"), "memory", skipped)
+    facts.max_kib = None if maximum is None else maximum // KIB
+    balloon = root.find("./devices/memballoon")
+    model = balloon.get("model", "none") if balloon is not None else "none"
+    facts.blocked_model = model == "none"
+    if facts.blocked_model:
+        facts.period = None
+    else:
+        stats = balloon.find("stats") if balloon is not None else None
+        if stats is None:
+            facts.period = 0
+        else:
+            raw = stats.get("period", "0")
+            facts.period = _integer(raw.strip())
+            if facts.period is None or facts.period < 0:
+                skipped.append(f"<memballoon><stats period={raw[:20]!r}> is not a period")
+                facts.period = None
+    facts.limit_bytes = _size_bytes(
+        root.find("./memtune/hard_limit"), "memtune/hard_limit", skipped
+    )
+    facts.reservation_bytes = _size_bytes(
+        root.find("./memtune/min_guarantee"), "memtune/min_guarantee", skipped
+    )
+    return skipped

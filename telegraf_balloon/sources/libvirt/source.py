@@ -1,0 +1,255 @@
+"""The libvirt source: one connection to a KVM/QEMU (or Xen) host, one line per running domain.
+
+A poll fetches every domain's balloon stats (stats.py), reads a domain's XML when it
+(re)starts or reread.py says so (domainxml.py), maps the stats to fields (fields.py) and
+adds the host's memory. How the source connects is a parameter (connection.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import xml.etree.ElementTree as ET
+from typing import Any, Callable, Optional
+
+import libvirt
+
+from ...config import LibvirtConfig
+from ...log import Log
+from ...model import HostInfo, PollResult, Sample, Tags
+from ..hostfacts import local_host
+from .connection import Connect, open_connection, open_libvirt, silence_libvirt_errors
+from .domainxml import KIB, DomainFacts, parse_domain_xml
+from .fields import MEMORY_STATS_KEYS, domain_fields
+from .reread import needs_xml
+from .stats import FETCH_SHARE, Record, StatsFetch, StatsStuck, StatsWorker, matches
+from .uri import is_local, is_test_driver, redact_uri, scrub
+
+# A domain undefined, or shut down, after the bulk call listed it.
+_GONE = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID)
+
+
+class LibvirtSource:
+    """One libvirt connection; reconnects on the next poll after any connection fault."""
+
+    kind = "libvirt"
+
+    def __init__(
+        self,
+        config: LibvirtConfig,
+        log: Log,
+        clock: Callable[[], float] = time.perf_counter,
+        fetch_budget: Optional[float] = None,
+        connect: Connect = open_libvirt,
+    ) -> None:
+        """`fetch_budget`: seconds the (chunked) stats fetch may take before the domains still
+        missing are left out of the poll; give it a share of the runner's timeout (FETCH_SHARE
+        of [agent] timeout by default, the timeout being 5 s).
+
+        `connect(uri, read_only)`: how every connection of this source is opened, its own and
+        its stats workers' (libvirt.open or openReadOnly by default).
+        """
+        self.config = config
+        self.log = log
+        self.instance = redact_uri(config.uri)
+        self._clock = clock
+        self._open = connect
+        self._conn: Any = None
+        self._host_tags: Tags = {}
+        self._host_memory: Optional[int] = None
+        self._facts: dict[str, DomainFacts] = {}
+        self._driver_type = "unknown"
+        # A local host's own /proc/meminfo has all its memory (libvirt's node info sums NUMA
+        # nodes, which can leave memory out) and its /sys has the EDAC counters.
+        self._local = is_local(config.uri)
+        budget = FETCH_SHARE * 5.0 if fetch_budget is None else fetch_budget
+        self.stats = StatsFetch(config, log, self.instance, self._open_for_stats, budget)
+        # Chunks run on connections of their own; the test driver gives every connection a
+        # private copy of its node, so it keeps to the one connection (and one bulk call).
+        self._chunking = config.concurrency != 1 and not is_test_driver(config.uri)
+        silence_libvirt_errors()
+
+    # -- connection --
+
+    def _connect(self) -> Any:
+        conn, refused = open_connection(self._open, self.config, self.instance)
+        if refused is not None:
+            self.log.debug(f"libvirt {self.instance}: no keepalive: {refused}")
+        hostname = conn.getHostname()
+        self._host_memory = int(conn.getInfo()[1]) * KIB * KIB
+        self._host_tags = {"host": hostname, "source": "libvirt"}
+        self._driver_type = str(conn.getType()).lower()
+        self.log.debug(f"libvirt {self.instance}: connected to {hostname}")
+        return conn
+
+    def _open_for_stats(self) -> Any:
+        """A connection of a stats worker: opened as the source's own (read-only, keepalive)."""
+        return open_connection(self._open, self.config, self.instance)[0]
+
+    def _drop_connection(self) -> None:
+        self.stats.reconnected()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+    def close(self) -> None:
+        self._drop_connection()
+        self.stats.close()
+
+    # -- the poll --
+
+    def poll(self, now: float) -> PollResult:
+        try:
+            if self._conn is None or not self._conn.isAlive():
+                self._drop_connection()
+                self._conn = self._connect()
+            return self._poll(self._conn, now)
+        except StatsStuck as exc:
+            return PollResult(error=str(exc))  # the connection is fine: the QEMUs are not
+        except libvirt.libvirtError as exc:
+            # Drop the connection so the next poll reconnects (daemon restarted, socket gone).
+            self._drop_connection()
+            return PollResult(error=scrub(_message(exc), self.config.uri))
+
+    def _bulk(self, conn: Any) -> list[Record]:
+        """Every running domain's stats in one call (concurrency = 1, the test driver)."""
+        return self.stats.bulk(conn)
+
+    def _chunked(self, conn: Any) -> list[Record]:
+        """Every wanted running domain's stats, in slices fetched side by side."""
+        return self.stats.chunked(conn)
+
+    @property
+    def _workers(self) -> list[StatsWorker]:
+        """The stats workers made so far."""
+        return self.stats.workers
+
+    def _poll(self, conn: Any, now: float) -> PollResult:
+        started = self._clock()
+        records = self._chunked(conn) if self._chunking else self._bulk(conn)
+        latency = self._clock() - started
+        patterns = self.config.domains
+        host = self._host_tags
+        samples: list[Sample] = []
+        facts_by_key = self._facts
+        refresh = self.config.refresh_interval
+        seen: set[str] = set()
+        for dom, stats in records:
+            name = dom.name()
+            if patterns and not matches(name, patterns):
+                continue
+            key = dom.UUIDString()
+            try:
+                fallback = "balloon.current" not in stats
+                if fallback:
+                    stats = self._fallback(dom, stats)
+                facts = facts_by_key.get(key)
+                domain_id = dom.ID()
+                if (
+                    facts is None
+                    or facts.domain_id != domain_id
+                    or needs_xml(facts, stats, now, refresh)
+                ):
+                    facts = self._read_facts(dom, name, key, domain_id, facts, now)
+                    facts_by_key[key] = facts
+                if fallback and "balloon.maximum" not in stats:
+                    # from the cached XML's <memory>, not one more round trip
+                    known = facts.max_kib
+                    stats["balloon.maximum"] = known if known is not None else dom.info()[1]
+                if self.config.set_stats_period and facts.period == 0 and not facts.arm_failed:
+                    self._arm(dom, name, facts)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in _GONE:
+                    continue  # gone or stopped between the bulk call and ours: not an error
+                raise
+            seen.add(key)
+            samples.append(Sample(key, facts.tags, domain_fields(stats, facts, now)))
+        for gone in set(facts_by_key) - seen:
+            self._forget(gone)
+        kinds = {s.tags["hypervisor"] for s in samples}
+        hypervisor = kinds.pop() if len(kinds) == 1 else self._driver_type
+        host_tags = {**host, "hypervisor": hypervisor}
+        if self._local:
+            info = local_host(host_tags, self.config.host_root)
+            if info.memory_bytes is None:  # no readable meminfo under host_root: libvirt's
+                info.memory_bytes, info.free_bytes = self._host_memory, conn.getFreeMemory()
+        else:
+            info = HostInfo(host_tags, self._host_memory, int(conn.getFreeMemory()))
+        hosts = [info]
+        return PollResult(samples=samples, hosts=hosts, api_latency_seconds=latency)
+
+    def _forget(self, key: str) -> None:
+        """A domain no longer running (or no longer there): its facts and its XML fault go."""
+        del self._facts[key]
+        self.log.clear(f"libvirt-xml:{key}")  # quietly: the domain left, its XML was not fixed
+
+    # -- one domain --
+
+    def _fallback(self, dom: Any, stats: dict[str, Any]) -> dict[str, Any]:
+        """One memoryStats() call for a domain the bulk call gave no balloon keys for.
+
+        Writes into the bulk call's own record for the domain (ours to change).
+        """
+        keys = MEMORY_STATS_KEYS
+        for key, value in dom.memoryStats().items():
+            bulk_key = keys.get(key)
+            if bulk_key is not None:
+                stats[bulk_key] = value
+        if "balloon.current" not in stats:
+            stats["balloon.current"] = dom.info()[2]  # no balloon device: memoryStats is {}
+        return stats
+
+    def _read_facts(
+        self,
+        dom: Any,
+        name: str,
+        key: str,
+        domain_id: int,
+        old: Optional[DomainFacts],
+        now: float,
+    ) -> DomainFacts:
+        # The same domain start is re-read in place: parse_domain_xml sets every XML fact,
+        # and what the plugin learnt of this run (first seen, arming, freezes) stays.
+        if old is not None and old.domain_id == domain_id:
+            facts = old
+            facts.checked_at = now
+        else:
+            facts = DomainFacts(domain_id, now)
+        try:
+            skipped = parse_domain_xml(dom.XMLDesc(0), facts)
+        except ET.ParseError as exc:
+            self.log.fault(f"libvirt-xml:{key}", f"libvirt: domain {name!r}: bad XML: {exc}")
+        else:
+            if skipped:
+                self.log.fault(
+                    f"libvirt-xml:{key}", f"libvirt: domain {name!r}: skipped {'; '.join(skipped)}"
+                )
+            else:
+                self.log.clear(f"libvirt-xml:{key}")
+        facts.tags = {
+            **self._host_tags,
+            "guest": name,
+            "uuid": key,
+            "hypervisor": facts.hypervisor,
+        }
+        return facts
+
+    def _arm(self, dom: Any, name: str, facts: DomainFacts) -> None:
+        """Set the stats period on a running domain where it is 0 (again if someone zeroes it)."""
+        period = self.config.set_stats_period
+        try:
+            dom.setMemoryStatsPeriod(period, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in _GONE:
+                raise
+            self.log.warn(f"libvirt: cannot arm the stats period on {name!r}: {_message(exc)}")
+            facts.arm_failed = True  # not again until the domain restarts
+            return
+        facts.period = period
+        self.log.info(f"libvirt: armed balloon stats period {period}s on domain {name!r}")
+
+
+def _message(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
