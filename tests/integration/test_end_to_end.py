@@ -33,11 +33,13 @@ import pytest
 
 from telegraf_balloon import catalog
 from telegraf_balloon.lineprotocol import format_line
+from tests.stack.common import wait_for
 from tests.stack.dashboard import generator
 from tests.stack.execd import Execd, copy_guest_root
-from tests.stack.fixtures import _start_vcsim
+from tests.stack.fixtures import start_vcsim
 from tests.stack.influx import InfluxDB
-from tests.stack.libvirt_stack import DomainSpec, LibvirtStack, write_node_xml
+from tests.stack.libvirt_daemon import LibvirtStack
+from tests.stack.node_xml import DomainSpec, write_node_xml
 from tests.stack.vsphere_setup import all_vms, configure_vm, connect, disconnect, vm_by_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,14 +75,6 @@ def _memtotal() -> int:
     raise AssertionError("no MemTotal in /proc/meminfo")
 
 
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
 def world(
     influxdb: InfluxDB,
@@ -95,7 +89,7 @@ def world(
     domain = conn.lookupByName(qemu_guest)
     domain.setMemoryStatsPeriod(2, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     domain.setMemory(QEMU_NOW_MIB * 1024)
-    _wait(lambda: domain.info()[2] == QEMU_NOW_MIB * 1024, 60, f"{QEMU_NOW_MIB} MiB")
+    wait_for(lambda: domain.info()[2] == QEMU_NOW_MIB * 1024, 60, f"{QEMU_NOW_MIB} MiB")
 
     node = tmp / "node.xml"
     write_node_xml(
@@ -112,7 +106,7 @@ def world(
     (logs / "web.log").write_text("qemu started\n")
     fc_root = copy_guest_root(tmp / "firecracker")
     (tmp / "qmp-empty").mkdir()
-    sim = _start_vcsim({"dc": 1, "cluster": 1, "host": 2, "standalone_host": 0, "vm": 2})
+    sim = start_vcsim({"dc": 1, "cluster": 1, "host": 2, "standalone_host": 0, "vm": 2})
     si = connect(sim)
     try:
         configure_vm(
@@ -223,7 +217,7 @@ def world(
             plugin.kill()
         sim.stop()
         domain.setMemory(QEMU_FULL_MIB * 1024)
-        _wait(lambda: domain.info()[2] == QEMU_FULL_MIB * 1024, 60, "deflate to 512 MiB")
+        wait_for(lambda: domain.info()[2] == QEMU_FULL_MIB * 1024, 60, "deflate to 512 MiB")
         conn.close()
 
 

@@ -14,42 +14,24 @@ import signal
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Optional
 
 import pytest
 
 from telegraf_balloon import catalog
 from tests.stack.common import unavailable
-from tests.stack.execd import (
-    Batch,
-    Execd,
-    Lease,
-    copy_guest_root,
-)
+from tests.stack.execd import Batch, Lease, Start, copy_guest_root, supervised
 
 pytestmark = pytest.mark.integration
 
 FLUSH_WITHIN = 0.5  # a batch must reach the reader this soon after its trigger
 EXIT_WITHIN = 1.0  # DESIGN.md 3: exit 0 within 1 s of EOF or SIGTERM
 
-Start = Callable[..., Execd]
-
 
 @pytest.fixture
 def start() -> Iterator[Start]:
     """Start the plugin under the harness; every child is killed and checked at teardown."""
-    children: list[Execd] = []
-
-    def run(args: Sequence[str], env: Optional[dict[str, str]] = None) -> Execd:
-        child = Execd(list(args), env=env)
-        children.append(child)
-        return child
-
-    yield run
-    for child in children:
-        child.kill()
-    for child in children:
-        child.assert_clean()
+    with supervised() as run:
+        yield run
 
 
 def guest_root(path: Path) -> Path:

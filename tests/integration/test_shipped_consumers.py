@@ -104,8 +104,8 @@ def site(
 ) -> Iterator[Site]:
     import libvirt
 
-    from tests.stack.fixtures import _start_vcsim
-    from tests.stack.libvirt_stack import DomainSpec, write_node_xml
+    from tests.stack.fixtures import start_vcsim
+    from tests.stack.node_xml import DomainSpec, write_node_xml
 
     tmp = tmp_path_factory.mktemp("consumers")
     memory = _memtotal()
@@ -125,7 +125,7 @@ def site(
     sims = []
     try:
         for _ in range(2):
-            sims.append(_start_vcsim(INVENTORY))
+            sims.append(start_vcsim(INVENTORY))
         yield from _run(qmp_host, sims, node, uri, machine, memory)
     finally:
         for sim in sims:
