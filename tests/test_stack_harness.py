@@ -1,5 +1,5 @@
 """The test harness's own parts that need no real component: its toolkit (tests/stack/common.py),
-the guest console parser, the test driver's domain specs."""
+the guest console parser, the test driver's domain specs, and the integration-marker rule."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -106,3 +107,55 @@ def test_child_env_puts_the_repository_first_and_unbuffered_output_off(
     assert "PYTHONUNBUFFERED" not in env
     assert env["PYTHONPATH"] == f"{REPO}{os.pathsep}/elsewhere"
     assert env["EXTRA"] == "x"
+
+
+# --- every integration test carries the marker ------------------------------------------------
+
+_CONFTEST = """
+from pathlib import Path
+
+from tests.conftest import check_integration_markers
+
+
+def pytest_collection_modifyitems(config, items):
+    check_integration_markers(items, Path(__file__).resolve().parent / "integration")
+"""
+
+
+def _collect(tmp_path: Path, module: str) -> subprocess.CompletedProcess[str]:
+    """pytest run on a small tree: a unit test, and `module` as integration/test_real.py."""
+    (tmp_path / "conftest.py").write_text(_CONFTEST)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers = integration: real component\n")
+    (tmp_path / "test_unit.py").write_text("def test_unit():\n    pass\n")
+    (tmp_path / "integration").mkdir()
+    (tmp_path / "integration" / "test_real.py").write_text(textwrap.dedent(module))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not integration"],
+        cwd=tmp_path,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_unmarked_integration_test_stops_the_run(tmp_path: Path) -> None:
+    done = _collect(tmp_path, "def test_starts_a_daemon():\n    pass\n")
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    assert "integration/test_real.py::test_starts_a_daemon" in done.stderr
+    assert "1 passed" not in done.stdout  # not even the unit test ran
+
+
+def test_a_marked_integration_module_is_deselected(tmp_path: Path) -> None:
+    module = """
+    import pytest
+
+    pytestmark = pytest.mark.integration
+
+
+    def test_starts_a_daemon():
+        raise AssertionError("must not run under -m 'not integration'")
+    """
+    done = _collect(tmp_path, module)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed, 1 deselected" in done.stdout

@@ -42,6 +42,8 @@ from tests.stack.libvirt_daemon import LibvirtStack
 from tests.stack.node_xml import DomainSpec, write_node_xml
 from tests.stack.vsphere_setup import all_vms, configure_vm, connect, disconnect, vm_by_name
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests/fixtures/guest"
 DB = "telegraf_e2e"

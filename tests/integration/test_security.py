@@ -14,6 +14,8 @@ from tests.stack.common import unavailable
 from tests.stack.libvirt_daemon import LibvirtStack
 from tests.stack.node_xml import DomainSpec, write_node_xml
 
+pytestmark = pytest.mark.integration
+
 PASSWORD = "vc-Pa55word-never-shown"
 
 

@@ -22,6 +22,8 @@ from tests.stack.common import unavailable
 from tests.stack.libvirt_daemon import LibvirtStack
 from tests.stack.node_xml import DomainSpec, DomainState, write_node_xml
 
+pytestmark = pytest.mark.integration
+
 GUEST_MIB = 512
 PAGE_KIB = 4
 
@@ -95,7 +97,6 @@ def check_node(conn: Any, specs: List[DomainSpec]) -> None:
             assert stats == {}, (s.name, stats)
 
 
-@pytest.mark.integration
 def test_node_xml_loads_in_test_driver(tmp_path: Path) -> None:
     libvirt = _libvirt()
     specs = mixed_domains(50)
@@ -111,7 +112,6 @@ def test_node_xml_loads_in_test_driver(tmp_path: Path) -> None:
         conn.close()
 
 
-@pytest.mark.integration
 def test_node_xml_with_no_domains(tmp_path: Path) -> None:
     libvirt = _libvirt()
     node = tmp_path / "empty.xml"
@@ -156,7 +156,6 @@ def wait_actual(stack: LibvirtStack, name: str, kib: int, timeout: float = 60) -
             time.sleep(0.2)
 
 
-@pytest.mark.integration
 def test_node_xml_through_daemon(stack: LibvirtStack, tmp_path: Path) -> None:
     libvirt = _libvirt()
     specs = mixed_domains(50)
@@ -171,7 +170,6 @@ def test_node_xml_through_daemon(stack: LibvirtStack, tmp_path: Path) -> None:
         conn.close()
 
 
-@pytest.mark.integration
 def test_guest_reports_stats(stack: LibvirtStack, guest: str) -> None:
     libvirt = _libvirt()
     stats = stack.wait_guest_stats(guest, timeout=60)
@@ -197,7 +195,6 @@ def test_guest_reports_stats(stack: LibvirtStack, guest: str) -> None:
         assert key in snap
 
 
-@pytest.mark.integration
 def test_balloon_inflate_shows_in_libvirt_and_guest(stack: LibvirtStack, guest: str) -> None:
     libvirt = _libvirt()
     before = stack.console_snapshot(guest)
@@ -243,7 +240,6 @@ def test_balloon_inflate_shows_in_libvirt_and_guest(stack: LibvirtStack, guest: 
     assert back["MemTotal"] == before["MemTotal"]
 
 
-@pytest.mark.integration
 def test_daemon_restart_keeps_guest(stack: LibvirtStack, guest: str) -> None:
     libvirt = _libvirt()
     qemu = stack.guest_pid(guest)
