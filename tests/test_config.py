@@ -402,7 +402,7 @@ def test_config_error_on_syntax_names_the_line() -> None:
     ids=["agent-timeout", "health-stuck-for"],
 )
 def test_env_default_in_duration(text: str, key: str) -> None:
-    """DESIGN.md 4: `${VAR}` and `${VAR:-default}` are expanded in strings; durations are strings.
+    """`${VAR}` and `${VAR:-default}` are expanded in strings, and durations are strings.
 
     BUG: durations are parsed without expansion, so "${BALLOON_TIMEOUT:-10s}" is a bad
     duration (config.py _Reader.duration reads the raw value).

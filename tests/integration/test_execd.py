@@ -1,7 +1,7 @@
 """The plugin as Telegraf's inputs.execd runs it: a real child process, real pipes, real signals.
 
 Guest roots are copies of the captured Firecracker 6.18 guest
-(shared/fixtures/guest/firecracker-6.18-virtio-balloon). A hung source is real too: the test
+(tests/fixtures/guest/firecracker-6.18-virtio-balloon). A hung source is real too: the test
 holds a write lease on the root's proc/meminfo, so the kernel makes the plugin's open() of it
 wait, exactly like a /proc or debugfs read stuck behind a kernel lock; no mocks anywhere.
 (A FIFO no longer hangs the guest source: it refuses files that are not regular.)
@@ -24,7 +24,7 @@ from tests.stack.execd import Batch, Lease, Start, copy_guest_root, supervised
 pytestmark = pytest.mark.integration
 
 FLUSH_WITHIN = 0.5  # a batch must reach the reader this soon after its trigger
-EXIT_WITHIN = 1.0  # DESIGN.md 3: exit 0 within 1 s of EOF or SIGTERM
+EXIT_WITHIN = 1.0  # README, Behaviour under Telegraf: exit 0 within 1 s of EOF or SIGTERM
 
 
 @pytest.fixture
@@ -295,7 +295,8 @@ def test_hung_source_reported_down_others_on_time(
 def test_hung_source_logged_once_not_every_poll(
     start: Start, tmp_path: Path, leases: list[Lease]
 ) -> None:
-    """DESIGN.md 3: a repeated fault is logged when it starts and when it clears.
+    """A repeated fault is logged when it starts and when it clears (README, Behaviour under
+    Telegraf).
 
     BUG: runner.py puts the elapsed time in the error ("previous poll still running after
     1.2s"), so Log.fault sees a new message on every poll and logs an E! line each time.
