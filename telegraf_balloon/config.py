@@ -221,41 +221,40 @@ class _Reader:
         self.seen.add(key)
         return self.table.get(key)
 
-    def string(self, key: str, default: str) -> str:
+    def _typed(self, key: str, expected: str, accepts: Callable[[Any], bool]) -> Any:
+        """The key's value, None when absent; an error saying `expected` when not `accepts`."""
         value = self._raw(key)
+        if value is not None and not accepts(value):
+            raise self.error(key, f"expected {expected}, got {_type_name(value)}")
+        return value
+
+    def string(self, key: str, default: str) -> str:
+        value = self._typed(key, "a string", lambda v: isinstance(v, str))
         if value is None:
             return default
-        if not isinstance(value, str):
-            raise self.error(key, f"expected a string, got {_type_name(value)}")
         try:
             return expand_env(value, self.environ)
         except EnvError as exc:
             raise self.error(key, str(exc)) from None
 
     def boolean(self, key: str, default: bool) -> bool:
-        value = self._raw(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {_type_name(value)}")
-        return value
+        value = self._typed(key, "true or false", lambda v: isinstance(v, bool))
+        return default if value is None else bool(value)
 
     def integer(self, key: str, default: int, minimum: int = 0) -> int:
-        value = self._raw(key)
+        value = self._typed(key, "an integer", lambda v: type(v) is not bool and isinstance(v, int))
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(key, f"expected an integer, got {_type_name(value)}")
         if value < minimum:
             raise self.error(key, f"must be at least {minimum}, got {value}")
-        return value
+        return int(value)
 
     def number(self, key: str, default: Optional[float]) -> Optional[float]:
-        value = self._raw(key)
+        value = self._typed(
+            key, "a number", lambda v: type(v) is not bool and isinstance(v, (int, float))
+        )
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(key, f"expected a number, got {_type_name(value)}")
         if not math.isfinite(value):
             raise self.error(key, f"must be a finite number, got {value}")
         return float(value)
@@ -279,11 +278,13 @@ class _Reader:
             raise self.error(key, str(exc)) from None
 
     def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self._raw(key)
+        value = self._typed(
+            key,
+            "a list of strings",
+            lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        )
         if value is None:
             return default
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.error(key, f"expected a list of strings, got {_type_name(value)}")
         try:
             return tuple(expand_env(v, self.environ) for v in value)
         except EnvError as exc:

@@ -14,6 +14,7 @@ import pytest
 
 from tests.stack.fixtures import (  # noqa: F401
     influxdb,
+    leases,
     libvirt_stack,
     promtool,
     qemu_guest,

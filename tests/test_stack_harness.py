@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack.common import REPO, StackError, child_env, free_port, pid_alive, tail, wait_for
+from tests.stack.common import (
+    REPO,
+    StackError,
+    child_env,
+    free_port,
+    memtotal,
+    pid_alive,
+    stop_process,
+    tail,
+    wait_for,
+)
 from tests.stack.guest_image import parse_console
 from tests.stack.node_xml import DomainSpec
 
@@ -96,6 +107,22 @@ def test_pid_alive_is_false_for_a_zombie_and_a_gone_process() -> None:
         time.sleep(0.01)
     child.wait()
     assert not pid_alive(child.pid)
+
+
+def test_stop_process_escalates_to_sigkill() -> None:
+    ignores_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " + (
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", ignores_term], stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+    stop_process(child, timeout=0.2)
+    assert child.returncode == -signal.SIGKILL
+    stop_process(child, timeout=0.2)  # gone already: nothing to do, no error
+
+
+def test_memtotal_is_this_machines_memory() -> None:
+    assert memtotal() > 64 * 1024 * 1024
+    assert memtotal() % 1024 == 0
 
 
 def test_child_env_puts_the_repository_first_and_unbuffered_output_off(

@@ -33,7 +33,7 @@ import pytest
 
 from telegraf_balloon import catalog
 from telegraf_balloon.lineprotocol import format_line
-from tests.stack.common import wait_for
+from tests.stack.common import memtotal, wait_for
 from tests.stack.dashboard import generator
 from tests.stack.execd import Execd, copy_guest_root
 from tests.stack.fixtures import start_vcsim
@@ -68,13 +68,6 @@ class World:
     esxi_memory: dict[str, int]  # ESXi host name -> its physical memory, bytes
     vsphere_vm_host: dict[str, str]  # vSphere VM name -> the ESXi host it runs on
     qmp_hosts: set[str]  # host tags of the QMP source's balloon_host lines (it has no VM)
-
-
-def _memtotal() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no MemTotal in /proc/meminfo")
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +205,7 @@ def world(
             plugin.assert_clean()
         assert kvm_host, "no balloon_host line from the QEMU host"
         yield World(
-            influxdb, qemu_guest, kvm_host, _memtotal(), written, esxi_memory, vm_host, qmp_hosts
+            influxdb, qemu_guest, kvm_host, memtotal(), written, esxi_memory, vm_host, qmp_hosts
         )
     finally:
         for plugin in plugins:

@@ -12,14 +12,15 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from telegraf_balloon import catalog
 from tests.stack.common import unavailable
-from tests.stack.execd import Batch, Lease, Start, copy_guest_root, supervised
+from tests.stack.execd import Batch, Execd, Lease, Start, copy_guest_root
+from tests.stack.fixtures import start_fixture
 
 pytestmark = pytest.mark.integration
 
@@ -27,11 +28,7 @@ FLUSH_WITHIN = 0.5  # a batch must reach the reader this soon after its trigger
 EXIT_WITHIN = 1.0  # README, Behaviour under Telegraf: exit 0 within 1 s of EOF or SIGTERM
 
 
-@pytest.fixture
-def start() -> Iterator[Start]:
-    """Start the plugin under the harness; every child is killed and checked at teardown."""
-    with supervised() as run:
-        yield run
+start = start_fixture()  # the plugin under the harness: `start(args, ...)`
 
 
 def guest_root(path: Path) -> Path:
@@ -49,13 +46,12 @@ def write_config(path: Path, roots: Sequence[Path], timeout: str = "5s") -> Path
     return path
 
 
-@pytest.fixture
-def leases() -> Iterator[list[Lease]]:
-    """Leases taken by the test, all released at teardown."""
-    held: list[Lease] = []
-    yield held
-    for lease in held:
-        lease.close()
+def guest_child(start: Start, tmp_path: Path) -> Execd:
+    """The plugin on a copy of the captured guest, started and ready (its start-up line seen)."""
+    root = guest_root(tmp_path / "g")
+    child = start(["--config", str(write_config(tmp_path / "c.toml", [root]))])
+    child.wait_ready()
+    return child
 
 
 def hung_root(path: Path, leases: list[Lease]) -> Path:
@@ -156,9 +152,7 @@ def test_burst_while_poll_runs_collapses(start: Start, tmp_path: Path, leases: l
 
 def test_stdin_drained_under_a_flood(start: Start, tmp_path: Path) -> None:
     """1 MiB of newlines (16 pipe buffers) fits through Telegraf's 1 s write deadline."""
-    root = guest_root(tmp_path / "g")
-    child = start(["--config", str(write_config(tmp_path / "c.toml", [root]))])
-    child.wait_ready()
+    child = guest_child(start, tmp_path)
     assert child.write(b"\n" * (1 << 20), deadline=1.0), "the plugin stopped draining stdin"
     batches = child.settle(1.0)
     assert 1 <= len(batches) <= 20, f"{len(batches)} batches for 1 MiB of newlines"
@@ -186,9 +180,7 @@ def test_signal_triggers_one_batch(start: Start, tmp_path: Path, sig: str) -> No
 
 
 def test_stdin_eof_exits_0_within_1s(start: Start, tmp_path: Path) -> None:
-    root = guest_root(tmp_path / "g")
-    child = start(["--config", str(write_config(tmp_path / "c.toml", [root]))])
-    child.wait_ready()
+    child = guest_child(start, tmp_path)
     assert child.tick()
     child.wait_batches(1, timeout=2.0, lines=2)
     code, seconds = child.shutdown()
@@ -200,9 +192,7 @@ def test_stdin_eof_exits_0_within_1s(start: Start, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_stop_signal_exits_0_within_1s(start: Start, tmp_path: Path, sig: str) -> None:
-    root = guest_root(tmp_path / "g")
-    child = start(["--config", str(write_config(tmp_path / "c.toml", [root]))])
-    child.wait_ready()
+    child = guest_child(start, tmp_path)
     assert child.tick()
     child.wait_batches(1, timeout=2.0, lines=2)
     code, seconds = child.stop_with(getattr(signal, sig))  # stdin stays open
@@ -377,9 +367,7 @@ def test_interval_mode_polls_without_ticks(start: Start, tmp_path: Path) -> None
 
 
 def test_closed_stdout_exits_quietly(start: Start, tmp_path: Path) -> None:
-    root = guest_root(tmp_path / "g")
-    child = start(["--config", str(write_config(tmp_path / "c.toml", [root]))])
-    child.wait_ready()
+    child = guest_child(start, tmp_path)
     assert child.tick()
     child.wait_batches(1, timeout=2.0, lines=2)
     child.close_stdout()

@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -25,8 +25,8 @@ import pytest
 
 from telegraf_balloon import catalog
 from tests.stack.common import StackError, unavailable
-from tests.stack.execd import Batch, Execd, Lease, Start, copy_guest_root, hang_file, supervised
-from tests.stack.fixtures import start_vcsim
+from tests.stack.execd import Batch, Execd, Lease, Start, copy_guest_root, hang_file
+from tests.stack.fixtures import start_fixture, start_vcsim
 from tests.stack.libvirt_daemon import LibvirtStack
 from tests.stack.node_xml import DomainSpec, write_node_xml
 from tests.stack.qemu_stack import QemuHost
@@ -42,19 +42,7 @@ MARGIN = 0.5  # a batch may come this long after the source timeout (shared, loa
 EXIT_WITHIN = 1.0
 
 
-@pytest.fixture
-def start() -> Iterator[Start]:
-    """Start the plugin under the harness; every child is killed and checked at teardown."""
-    with supervised(SECRET) as run:
-        yield run
-
-
-@pytest.fixture
-def leases() -> Iterator[list[Lease]]:
-    held: list[Lease] = []
-    yield held
-    for lease in held:
-        lease.close()
+start = start_fixture(SECRET)  # the plugin under the harness: `start(args, ...)`
 
 
 def fixture_root(case: str, dest: Path) -> Path:

@@ -28,6 +28,7 @@ import pytest
 
 from telegraf_balloon import catalog
 from telegraf_balloon.lineprotocol import format_line
+from tests.stack.common import memtotal
 from tests.stack.dashboard import generator
 from tests.stack.influx import InfluxDB
 from tests.stack.promtool import test_rules
@@ -90,13 +91,6 @@ class Site:
         ]
 
 
-def _memtotal() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no MemTotal")
-
-
 @pytest.fixture(scope="module")
 def site(
     qmp_host: QemuHost,
@@ -108,7 +102,7 @@ def site(
     from tests.stack.node_xml import DomainSpec, write_node_xml
 
     tmp = tmp_path_factory.mktemp("consumers")
-    memory = _memtotal()
+    memory = memtotal()
     node = tmp / "node.xml"
     write_node_xml(
         node,

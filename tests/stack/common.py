@@ -6,7 +6,8 @@
 * :class:`StackError`, raised by the stack modules when a component cannot be built, started
   or observed;
 * :func:`free_port`, :func:`tail` of a log file for error messages, :func:`wait_for` a
-  condition with a deadline;
+  condition with a deadline, :func:`stop_process` (SIGTERM, then SIGKILL), :func:`pid_alive`,
+  :func:`memtotal`;
 * :data:`REPO` and :func:`child_env`: the environment of the plugin run as a child process.
 
 Standard library only at import (pytest is imported when a test gives up), so benches can use
@@ -15,10 +16,13 @@ the stack modules too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -83,6 +87,27 @@ def pid_alive(pid: int) -> bool:
         return state[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float, group: bool = False) -> None:
+    """SIGTERM the process (with `group`, its whole process group), wait up to `timeout`
+    seconds, then SIGKILL and wait as long again; nothing when it has exited already."""
+    kill = os.killpg if group else os.kill
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            return
+        with contextlib.suppress(OSError):
+            kill(process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout)
+
+
+def memtotal() -> int:
+    """This machine's physical memory in bytes (MemTotal of /proc/meminfo)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    raise StackError("no MemTotal in /proc/meminfo")
 
 
 def tail(

@@ -33,6 +33,7 @@ from typing import Any, Dict, Tuple, Type
 import pytest
 
 from tests.stack.common import StackError, need_program, unavailable
+from tests.stack.execd import Lease, Start, supervised
 from tests.stack.guest_image import DEFAULT_CACHE_DIR, build_guest
 from tests.stack.influx import InfluxDB, InfluxError
 from tests.stack.libvirt_daemon import LibvirtStack
@@ -41,11 +42,14 @@ from tests.stack.vcsim import Vcsim, launcher_available
 
 __all__ = [
     "influxdb",
+    "leases",
     "libvirt_stack",
     "promtool",
     "qemu_guest",
     "qmp_host",
     "running",
+    "running_vcsim",
+    "start_fixture",
     "start_vcsim",
     "vcsim",
     "vcsim_2000",
@@ -149,27 +153,34 @@ def start_vcsim(inventory: Dict[str, Any]) -> Vcsim:
     return sim
 
 
+@contextlib.contextmanager
+def running_vcsim(inventory: Dict[str, Any]) -> Iterator[Vcsim]:
+    """A simulator with this inventory for the block (a module's own, for instance)."""
+    sim = start_vcsim(inventory)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+_start_vcsim = start_vcsim  # the name some test modules still import
+
+
 @pytest.fixture(scope="session")
 def vcsim() -> Iterator[Vcsim]:
     """A small vCenter simulator (12 VMs, pages of 7, TLS) for the whole session.
 
     Tests that change VMs should restore them or use VMs of their own (by name).
     """
-    sim = start_vcsim(VCSIM_SMALL)
-    try:
+    with running_vcsim(VCSIM_SMALL) as sim:
         yield sim
-    finally:
-        sim.stop()
 
 
 @pytest.fixture(scope="session")
 def vcsim_2000() -> Iterator[Vcsim]:
     """A vCenter simulator with 2,000 VMs (started lazily, once per session)."""
-    sim = start_vcsim(VCSIM_2000)
-    try:
+    with running_vcsim(VCSIM_2000) as sim:
         yield sim
-    finally:
-        sim.stop()
 
 
 @pytest.fixture()
@@ -189,7 +200,25 @@ def vcsim_factory() -> Iterator[Callable[..., Vcsim]]:
             sim.stop()
 
 
-_start_vcsim = start_vcsim  # the name some test modules still import
+@pytest.fixture()
+def leases() -> Iterator[list[Lease]]:
+    """Write leases the test takes (execd.Lease), all closed at teardown."""
+    held: list[Lease] = []
+    yield held
+    for lease in held:
+        lease.close()
+
+
+def start_fixture(*always_secret: str) -> Callable[[], Iterator[Start]]:
+    """A test module's ``start`` fixture (``start = start_fixture(SECRET)``): the plugin under
+    the execd harness, every child killed and checked at teardown (execd.supervised)."""
+
+    @pytest.fixture(name="start")
+    def fixture() -> Iterator[Start]:
+        with supervised(*always_secret) as run:
+            yield run
+
+    return fixture
 
 
 # --- plain QEMU with Proxmox's layout, for the qmp source ---------------------------------------

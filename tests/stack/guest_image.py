@@ -335,14 +335,8 @@ def _load_image(d: Path) -> GuestImage | None:
         kernel, initrd = d / "vmlinuz", d / "initrd.img"
         if not (kernel.is_file() and initrd.is_file()):
             return None
-        return GuestImage(
-            kernel=kernel,
-            initrd=initrd,
-            kernel_release=str(meta["kernel_release"]),
-            kernel_package=str(meta["kernel_package"]),
-            cmdline=str(meta["cmdline"]),
-            recipe_id=str(meta["recipe_id"]),
-        )
+        described = ("kernel_release", "kernel_package", "cmdline", "recipe_id")
+        return GuestImage(kernel, initrd, *(str(meta[key]) for key in described))
     except (OSError, ValueError, KeyError):
         return None
 

@@ -17,21 +17,18 @@ Only the standard library is used (``urllib``), so benches can use it without py
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Tuple
 
-from tests.stack.common import free_port, tail, wait_for
+from tests.stack.common import free_port, stop_process, tail, wait_for
 
 __all__ = ["InfluxDB", "InfluxError", "find_influxd", "quote_ident", "series_rows"]
 
@@ -91,6 +88,7 @@ class InfluxDB:
         self.startup_timeout = startup_timeout
         self.request_timeout = request_timeout
         self.tmpdir: Optional[Path] = None
+        self.log_path: Optional[Path] = None  # influxd.log in tmpdir, once started
         self.port: int = 0
         self.rpc_port: int = 0
         self.process: Optional[subprocess.Popen[bytes]] = None
@@ -101,12 +99,6 @@ class InfluxDB:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        if self.tmpdir is None:
-            raise InfluxError("influxd has not been started")
-        return self.tmpdir / "influxd.log"
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the daemon's log (stdout and stderr)."""
@@ -181,6 +173,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         last_error = ""
         for _attempt in range(3):  # a free port can be taken between probe and bind: retry
             self.tmpdir = Path(tempfile.mkdtemp(prefix="influxd-"))
+            self.log_path = self.tmpdir / "influxd.log"
             for sub in ("meta", "data", "wal"):
                 (self.tmpdir / sub).mkdir()
             self.port = free_port()
@@ -225,15 +218,8 @@ bind-address = "127.0.0.1:{self.rpc_port}"
     def stop(self, remove: bool = True) -> None:
         """Stop the daemon (SIGTERM, then SIGKILL) and remove its directory."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        if process is not None:
+            stop_process(process, timeout=10, group=True)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -243,12 +229,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
     def __enter__(self) -> InfluxDB:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # -- HTTP API ----------------------------------------------------------------------------

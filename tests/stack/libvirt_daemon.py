@@ -33,7 +33,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-from tests.stack.common import StackError, pid_alive, require_program, tail
+from tests.stack.common import StackError, pid_alive, require_program, stop_process, tail
 from tests.stack.guest_image import DEFAULT_CACHE_DIR, GuestImage, build_guest, parse_console
 
 __all__ = ["LibvirtStack"]
@@ -448,17 +448,8 @@ class LibvirtStack:
             with contextlib.suppress(Exception):
                 self._destroy_all()
         self._save_capabilities()
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(OSError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(OSError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=15)
+        if self._proc is not None:
+            stop_process(self._proc, timeout=15)
         self._kill_leftovers()
         if not self.keep_workdir:
             shutil.rmtree(wd, ignore_errors=True)
