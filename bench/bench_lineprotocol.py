@@ -11,8 +11,8 @@ What is measured, side by side:
   * naive: an f-string formatter written here: no caching, escaping with str.replace chains,
     sorted tags, the same drop rules for None/NaN/inf;
   * ``influx-line-protocol`` (PyPI 0.1.5) if it is installed: a ``Metric`` built and str()ed
-    per line, as its README shows (its output is wrong in other ways: see
-    bench/influx_line_protocol_reasons.py);
+    per line, as its README shows (its output is wrong in other ways: see the README's
+    dependency notes);
 - a batch of 10,000 such lines (10,000 distinct VMs) through ``format_lines``, a naive
   join, and the package's ``MetricCollection``; ours also followed by ``end_batch()``, as the
   runner calls it after each batch;

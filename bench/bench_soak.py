@@ -29,7 +29,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchlib import median, parser, table, verdict  # noqa: E402
 
-from tests.stack.execd import child_env  # noqa: E402
+from tests.stack.common import child_env  # noqa: E402
 from tests.stack.soak import (  # noqa: E402
     LogFeeder,
     SoakResult,

@@ -8,11 +8,12 @@ import re
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 from . import catalog
+from .envexpand import EnvError, expand_env
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -158,8 +159,6 @@ _UNIT_SECONDS = {
     "m": 60.0,
     "h": 3600.0,
 }
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ENV_OPERATORS = (":-", "-", ":?", "?")
 
 
 def parse_duration(value: object) -> float:
@@ -186,97 +185,6 @@ def parse_duration(value: object) -> float:
     if seconds < 0 or seconds != seconds or seconds == float("inf"):
         raise ValueError(f"duration must not be negative: {value!r}")
     return seconds
-
-
-class EnvError(ValueError):
-    """A `${...}` that cannot be expanded: unset without a default, or not an expression."""
-
-
-_LITERAL_HINT = "write $${ for a literal ${"
-
-
-def expand_env(text: str, environ: Mapping[str, str]) -> str:
-    """Expand environment references as Telegraf does (its shell-like expansion), in strings.
-
-    `${NAME}`; `${NAME:-default}` (unset or empty) and `${NAME-default}` (unset only);
-    `${NAME:?message}` and `${NAME?message}` (an error with the message). A default or a
-    message may hold references itself (`${A:-${B:-x}}`), expanded only when used. `$${` is a
-    literal `${` (in a run of `$` before `{`, each `$$` is one `$`); any other `$` is literal.
-    EnvError for an unset variable without a default, and for any other `${`: nothing is
-    silently left as written. The message names no value (a password may hold the text).
-    """
-    value, _ = _expand(text, 0, environ, opener=None, use=True)
-    return value
-
-
-def _expand(
-    text: str, at: int, environ: Mapping[str, str], opener: Optional[int], use: bool
-) -> tuple[str, int]:
-    """Expand text[at:]; in a default (the `${` at `opener`), up to the `}` that closes it
-    (its index). `use`: the value counts (an unset variable in it is an error)."""
-    nested = opener is not None
-    out: list[str] = []
-    i = at
-    while i < len(text):
-        char = text[i]
-        if char == "$":
-            j = i
-            while j < len(text) and text[j] == "$":
-                j += 1
-            if j == len(text) or text[j] != "{":
-                out.append(text[i:j])  # dollars before anything but `{` are literal
-                i = j
-                continue
-            run = j - i
-            out.append("$" * (run // 2))
-            if run % 2 == 0:  # `$${`: a literal `${`
-                out.append("{")
-                i = j + 1
-                continue
-            value, i = _reference(text, j - 1, environ, use)
-            out.append(value)
-        elif char == "}" and nested:
-            return "".join(out), i
-        else:
-            out.append(char)
-            i += 1
-    if opener is not None:
-        raise EnvError(f"the ${{ at character {opener + 1} is not closed by }} ({_LITERAL_HINT})")
-    return "".join(out), i
-
-
-def _reference(text: str, at: int, environ: Mapping[str, str], use: bool) -> tuple[str, int]:
-    """The `${...}` starting at text[at]: its value and the index after its `}`."""
-    where = f"the ${{ at character {at + 1}"
-    name_match = _ENV_NAME.match(text, at + 2)
-    if name_match is None:
-        raise EnvError(f"{where} has no variable name ({_LITERAL_HINT})")
-    name = name_match.group()
-    i = name_match.end()
-    value = environ.get(name)
-    if i == len(text):
-        raise EnvError(f"{where} is not closed by }} ({_LITERAL_HINT})")
-    if text[i] == "}":
-        if value is None and use:
-            raise EnvError(f"environment variable {name} is not set and has no default")
-        return value or "", i + 1
-    operator = next((op for op in _ENV_OPERATORS if text.startswith(op, i)), None)
-    if operator is None:
-        raise EnvError(
-            f"{where}: expected }}, :-, -, :? or ? after {name} "
-            f"(no other expansion is supported; {_LITERAL_HINT})"
-        )
-    missing = value is None or (operator.startswith(":") and value == "")
-    inner, end = _expand(text, i + len(operator), environ, opener=at, use=use and missing)
-    if not missing:
-        assert value is not None
-        return value, end + 1
-    if operator.endswith("?"):
-        if use:
-            state = "is not set" if value is None else "is empty"
-            raise EnvError(f"environment variable {name} {state}" + (f": {inner}" if inner else ""))
-        return "", end + 1
-    return inner, end + 1
 
 
 # --- the walker -------------------------------------------------------------------------------
@@ -313,41 +221,40 @@ class _Reader:
         self.seen.add(key)
         return self.table.get(key)
 
-    def string(self, key: str, default: str) -> str:
+    def _typed(self, key: str, expected: str, accepts: Callable[[Any], bool]) -> Any:
+        """The key's value, None when absent; an error saying `expected` when not `accepts`."""
         value = self._raw(key)
+        if value is not None and not accepts(value):
+            raise self.error(key, f"expected {expected}, got {_type_name(value)}")
+        return value
+
+    def string(self, key: str, default: str) -> str:
+        value = self._typed(key, "a string", lambda v: isinstance(v, str))
         if value is None:
             return default
-        if not isinstance(value, str):
-            raise self.error(key, f"expected a string, got {_type_name(value)}")
         try:
             return expand_env(value, self.environ)
         except EnvError as exc:
             raise self.error(key, str(exc)) from None
 
     def boolean(self, key: str, default: bool) -> bool:
-        value = self._raw(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {_type_name(value)}")
-        return value
+        value = self._typed(key, "true or false", lambda v: isinstance(v, bool))
+        return default if value is None else bool(value)
 
     def integer(self, key: str, default: int, minimum: int = 0) -> int:
-        value = self._raw(key)
+        value = self._typed(key, "an integer", lambda v: type(v) is not bool and isinstance(v, int))
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(key, f"expected an integer, got {_type_name(value)}")
         if value < minimum:
             raise self.error(key, f"must be at least {minimum}, got {value}")
-        return value
+        return int(value)
 
     def number(self, key: str, default: Optional[float]) -> Optional[float]:
-        value = self._raw(key)
+        value = self._typed(
+            key, "a number", lambda v: type(v) is not bool and isinstance(v, (int, float))
+        )
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(key, f"expected a number, got {_type_name(value)}")
         if not math.isfinite(value):
             raise self.error(key, f"must be a finite number, got {value}")
         return float(value)
@@ -371,11 +278,13 @@ class _Reader:
             raise self.error(key, str(exc)) from None
 
     def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self._raw(key)
+        value = self._typed(
+            key,
+            "a list of strings",
+            lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        )
         if value is None:
             return default
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.error(key, f"expected a list of strings, got {_type_name(value)}")
         try:
             return tuple(expand_env(v, self.environ) for v in value)
         except EnvError as exc:
@@ -430,23 +339,24 @@ def _list_of_tables(reader: _Reader, key: str) -> list[_Reader]:
 
 
 def _agent(r: Optional[_Reader]) -> AgentConfig:
+    default = AgentConfig()
     if r is None:
-        return AgentConfig()
-    timeout = r.duration("timeout", 5.0)
+        return default
+    timeout = r.duration("timeout", default.timeout)
     assert timeout is not None
     if timeout <= 0:
         raise r.error("timeout", "must be greater than zero")
     out = AgentConfig(
-        hostname=r.string("hostname", ""),
+        hostname=r.string("hostname", default.hostname),
         timeout=timeout,
-        internal=r.boolean("internal", True),
+        internal=r.boolean("internal", default.internal),
     )
     r.finish()
     return out
 
 
 def _guest(r: _Reader) -> GuestConfig:
-    root = r.string("root", "/")
+    root = r.string("root", GuestConfig().root)
     if not root:
         raise r.error("root", 'must not be empty (use "/" for this machine)')
     r.finish()
@@ -454,44 +364,46 @@ def _guest(r: _Reader) -> GuestConfig:
 
 
 def _libvirt(r: _Reader) -> LibvirtConfig:
-    uri = r.string("uri", "qemu:///system")
+    default = LibvirtConfig()
+    uri = r.string("uri", default.uri)
     if not uri or "://" not in uri:
         raise r.error("uri", f'not a libvirt URI: {uri!r} (e.g. "qemu:///system")')
-    read_only = r.boolean("read_only", True)
-    period = r.integer("set_stats_period", 0)
+    read_only = r.boolean("read_only", default.read_only)
+    period = r.integer("set_stats_period", default.set_stats_period)
     if period > 0 and read_only:
         raise r.error("set_stats_period", "needs read_only = false (arming the period writes)")
-    refresh = r.duration("refresh_interval", 300.0)
+    refresh = r.duration("refresh_interval", default.refresh_interval)
     assert refresh is not None
     out = LibvirtConfig(
         uri=uri,
-        domains=r.strings("domains", ()),
+        domains=r.strings("domains", default.domains),
         read_only=read_only,
         set_stats_period=period,
-        keepalive_interval=r.integer("keepalive_interval", 5),
-        keepalive_count=r.integer("keepalive_count", 3),
+        keepalive_interval=r.integer("keepalive_interval", default.keepalive_interval),
+        keepalive_count=r.integer("keepalive_count", default.keepalive_count),
         refresh_interval=refresh,
-        host_root=_host_root(r),
-        concurrency=r.integer("concurrency", 0),
+        host_root=_host_root(r, default.host_root),
+        concurrency=r.integer("concurrency", default.concurrency),
     )
     r.finish()
     return out
 
 
-def _host_root(r: _Reader) -> str:
-    root = r.string("host_root", "/")
+def _host_root(r: _Reader, default: str) -> str:
+    root = r.string("host_root", default)
     if not root:
         raise r.error("host_root", 'must not be empty (use "/" for this machine)')
     return root
 
 
 def _vsphere(r: _Reader) -> VsphereConfig:
-    url = r.string("url", "")
+    default = VsphereConfig()
+    url = r.string("url", default.url)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise r.error("url", 'not an http(s) URL (e.g. "https://vcenter.example.com/sdk")')
-    password = r.string("password", "")
-    password_file = r.string("password_file", "")
+    password = r.string("password", default.password)
+    password_file = r.string("password_file", default.password_file)
     if password and password_file:
         raise r.error("password_file", "set password or password_file, not both")
     if password_file:
@@ -507,27 +419,28 @@ def _vsphere(r: _Reader) -> VsphereConfig:
                 f"{password_file} is open to group or others (mode {mode & 0o777:03o}): "
                 "chmod 600 it",
             )
-    ca_file = r.string("ca_file", "")
+    ca_file = r.string("ca_file", default.ca_file)
     if ca_file and not os.access(ca_file, os.R_OK):
         raise r.error("ca_file", f"cannot read {ca_file}")
     out = VsphereConfig(
         url=url,
-        username=r.string("username", ""),
+        username=r.string("username", default.username),
         password=password,
         password_file=password_file,
         ca_file=ca_file,
-        insecure_skip_verify=r.boolean("insecure_skip_verify", False),
-        vm_include=r.strings("vm_include", ("*",)),
-        page_size=r.integer("page_size", 500, minimum=1),
-        target_counters=r.boolean("target_counters", True),
+        insecure_skip_verify=r.boolean("insecure_skip_verify", default.insecure_skip_verify),
+        vm_include=r.strings("vm_include", default.vm_include),
+        page_size=r.integer("page_size", default.page_size, minimum=1),
+        target_counters=r.boolean("target_counters", default.target_counters),
     )
     r.finish()
     return out
 
 
 def _logs(r: _Reader) -> LogsConfig:
-    files = r.strings("files", ())
-    kmsg = r.boolean("kmsg", False)
+    default = LogsConfig()
+    files = r.strings("files", default.files)
+    kmsg = r.boolean("kmsg", default.kmsg)
     if not files and not kmsg:
         raise r.error("files", "list at least one file or glob (or set kmsg = true)")
     patterns: list[tuple[str, str]] = []
@@ -560,7 +473,8 @@ def _under_libvirt(pattern: str) -> bool:
 
 
 def _qmp(r: _Reader) -> QmpConfig:
-    sockets = r.strings("sockets", QmpConfig.sockets)
+    default = QmpConfig()
+    sockets = r.strings("sockets", default.sockets)
     if not sockets or not all(sockets):
         raise r.error("sockets", "list at least one QMP socket path or glob")
     for pattern in sockets:
@@ -572,10 +486,10 @@ def _qmp(r: _Reader) -> QmpConfig:
                 f"{pattern!r} is under libvirt's state directory: libvirtd owns those "
                 "monitors (use [[sources.libvirt]])",
             )
-    proxmox = r.string("proxmox_config", "auto")
+    proxmox = r.string("proxmox_config", default.proxmox_config)
     if proxmox not in ("", "auto") and not os.path.isdir(proxmox):
         raise r.error("proxmox_config", f'{proxmox!r} is not a directory (or use "auto" or "")')
-    connect_timeout = r.duration("connect_timeout", 1.0)
+    connect_timeout = r.duration("connect_timeout", default.connect_timeout)
     assert connect_timeout is not None
     if connect_timeout <= 0:
         raise r.error("connect_timeout", "must be greater than zero")
@@ -583,25 +497,32 @@ def _qmp(r: _Reader) -> QmpConfig:
         sockets=sockets,
         proxmox_config=proxmox,
         connect_timeout=connect_timeout,
-        set_stats_period=r.integer("set_stats_period", 0),
-        host_root=_host_root(r),
+        set_stats_period=r.integer("set_stats_period", default.set_stats_period),
+        host_root=_host_root(r, default.host_root),
     )
     r.finish()
     return out
 
 
 def _health(r: Optional[_Reader]) -> HealthConfig:
+    default = HealthConfig()
     if r is None:
-        return HealthConfig()
-    stuck_for = r.duration("stuck_for", 300.0)
+        return default
+    stuck_for = r.duration("stuck_for", default.stuck_for)
     assert stuck_for is not None
     out = HealthConfig(
-        stuck_gap_ratio=r.ratio("stuck_gap_ratio", 0.05),
+        stuck_gap_ratio=r.ratio("stuck_gap_ratio", default.stuck_gap_ratio),
         stuck_for=stuck_for,
-        stale_after=r.duration("stale_after", None),
+        stale_after=r.duration("stale_after", default.stale_after),
     )
     r.finish()
     return out
+
+
+# A rule's optional keys (`for` is for_seconds); field, measurement, warn and crit have none.
+_THRESHOLD_DEFAULTS: dict[str, Any] = {
+    item.name: item.default for item in fields(ThresholdRule) if item.default is not MISSING
+}
 
 
 def _threshold(r: _Reader) -> ThresholdRule:
@@ -624,11 +545,11 @@ def _threshold(r: _Reader) -> ThresholdRule:
     crit = r.number("crit", None)
     if warn is None and crit is None:
         raise r.error("warn", "set warn, crit or both")
-    below = r.boolean("below", False)
+    below = r.boolean("below", _THRESHOLD_DEFAULTS["below"])
     if warn is not None and crit is not None and (warn < crit if below else warn > crit):
         side = "above" if below else "beyond"
         raise r.error("warn", f"warn ({warn:g}) is {side} crit ({crit:g})")
-    for_seconds = r.duration("for", 0.0)
+    for_seconds = r.duration("for", _THRESHOLD_DEFAULTS["for_seconds"])
     assert for_seconds is not None
     out = ThresholdRule(name, measurement, warn, crit, for_seconds, below)
     r.finish()

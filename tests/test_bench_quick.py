@@ -2,7 +2,9 @@
 
 Benchmarks are not tests (they print side-by-side figures and never fail on a target); this
 only keeps them from rotting. Every ``bench/bench_*.py`` is found by glob, so a bench added
-later is covered too, and must accept ``--quick``.
+later is covered too, and must accept ``--quick``. A bench that starts a real component is an
+integration test here. Scripts in ``bench/archive/`` (one-off measurements whose figures the
+README keeps) are not run.
 """
 
 from __future__ import annotations
@@ -20,16 +22,18 @@ from tests.stack.common import need_program, unavailable
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 # A table's rule line: groups of dashes under its column headers.
 RULE = re.compile(r"^\s*-{3,}(\s+-+)*\s*$", re.MULTILINE)
-# Benches that start real components, and what they need.
-NEEDS = {
+# Benches that start real components (a private libvirtd, QEMUs, the vCenter simulator), and
+# the programs they need.
+NEEDS: dict[str, tuple[str, ...]] = {
     "bench_libvirt.py": ("libvirtd", "qemu-system-x86_64", "unshare"),
-    "influx_line_protocol_reasons.py": ("influxd",),
+    "bench_qmp.py": ("qemu-system-x86_64",),
+    "bench_vsphere.py": (),
 }
 TIMEOUT = 300.0  # seconds; the quick runs take under a minute here
 
 
 def _scripts() -> list[object]:
-    found = [*sorted(BENCH.glob("bench_*.py")), BENCH / "influx_line_protocol_reasons.py"]
+    found = sorted(BENCH.glob("bench_*.py"))
     return [
         pytest.param(path, id=path.name, marks=[pytest.mark.integration] * (path.name in NEEDS))
         for path in found

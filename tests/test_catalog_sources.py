@@ -28,7 +28,7 @@ def lines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, A
     except ImportError:
         unavailable("libvirt-python is not installed (make setup)")
     from tests.stack.inprocess import Plugin
-    from tests.stack.libvirt_stack import DomainSpec, write_node_xml
+    from tests.stack.node_xml import DomainSpec, write_node_xml
 
     tmp = tmp_path_factory.mktemp("catalog")
     node = tmp / "node.xml"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pytest
 
@@ -401,7 +402,7 @@ def test_config_error_on_syntax_names_the_line() -> None:
     ids=["agent-timeout", "health-stuck-for"],
 )
 def test_env_default_in_duration(text: str, key: str) -> None:
-    """DESIGN.md 4: `${VAR}` and `${VAR:-default}` are expanded in strings; durations are strings.
+    """`${VAR}` and `${VAR:-default}` are expanded in strings, and durations are strings.
 
     BUG: durations are parsed without expansion, so "${BALLOON_TIMEOUT:-10s}" is a bad
     duration (config.py _Reader.duration reads the raw value).
@@ -593,7 +594,117 @@ def test_sample_config_commented_defaults_are_the_defaults() -> None:
     assert loaded.libvirt == (config.LibvirtConfig(),)
     assert loaded.logs[0].patterns == (("my_event", "balloon .* refused"),)
     assert loaded.health == config.HealthConfig(stale_after=60.0)
+    assert loaded.qmp == (config.QmpConfig(),)
     assert loaded.vsphere == ()
+
+
+# --- the sample documents every default ------------------------------------------------------
+
+_SAMPLE_HEADER = re.compile(r"^(?:# )?\[\[?([a-z_.]+)\]\]?$")
+_SAMPLE_KEY = re.compile(r"^(# )?([A-Za-z_][A-Za-z0-9_]*) = (.+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleKey:
+    """One `key = value` line of the sample, active or commented out."""
+
+    section: str  # "agent", "sources.libvirt", "sources.logs.patterns", "thresholds", ...
+    key: str
+    value: str  # as TOML
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+def sample_keys() -> list[SampleKey]:
+    """Every key line of the sample; a line that is neither prose (`##`), a table header nor
+    a key is an error, so no documented value can hide from the tests below."""
+    section = ""
+    found: list[SampleKey] = []
+    for number, line in enumerate(sample_text().splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("##"):
+            continue
+        header = _SAMPLE_HEADER.match(text)
+        key = _SAMPLE_KEY.match(text)
+        if header is not None:
+            section = header.group(1)
+        elif key is not None and section:
+            found.append(SampleKey(section, key.group(2), key.group(3), number))
+        else:
+            raise AssertionError(f"sample.toml line {number}: neither prose, header nor key")
+    return found
+
+
+# Keys whose sample value is an example to fill in, not the default, and why.
+SAMPLE_EXAMPLES = {
+    "sources.vsphere.url": "required: no default",
+    "sources.vsphere.username": "the account to fill in",
+    "sources.vsphere.password": "the secret to fill in",
+    "sources.vsphere.password_file": "the other way to give the password",
+    "sources.logs.files": "the files to watch (none by default, with kmsg = true)",
+    "health.stale_after": "unset by default: the larger of 60 s and 3 stats periods",
+}
+# Tables that hold only examples: extra log events and threshold rules have no defaults.
+EXAMPLE_TABLES = ("sources.logs.patterns", "thresholds")
+
+Pick = Callable[[config.Config], object]
+# Each table whose keys have defaults: a config holding one of its keys (with what the table
+# requires besides), where the loaded object is, and the defaults it must equal.
+SAMPLE_TABLES: dict[str, tuple[str, Pick, object]] = {
+    "agent": ("[agent]\n{line}\n" + GUEST, lambda c: c.agent, config.AgentConfig()),
+    "sources.guest": ("[[sources.guest]]\n{line}\n", lambda c: c.guest[0], config.GuestConfig()),
+    "sources.libvirt": (
+        "[[sources.libvirt]]\n{line}\n",
+        lambda c: c.libvirt[0],
+        config.LibvirtConfig(),
+    ),
+    "sources.vsphere": (VSPHERE + "{line}\n", lambda c: c.vsphere[0], config.VsphereConfig()),
+    "sources.logs": (
+        '[[sources.logs]]\nfiles = ["/var/log/messages"]\n{line}\n',
+        lambda c: c.logs[0],
+        config.LogsConfig(),
+    ),
+    "sources.qmp": ("[[sources.qmp]]\n{line}\n", lambda c: c.qmp[0], config.QmpConfig()),
+    "health": ("[health]\n{line}\n" + GUEST, lambda c: c.health, config.HealthConfig()),
+}
+
+
+def _documented_defaults() -> list[SampleKey]:
+    return [
+        k for k in sample_keys() if k.section in SAMPLE_TABLES and str(k) not in SAMPLE_EXAMPLES
+    ]
+
+
+@pytest.mark.parametrize("item", _documented_defaults(), ids=str)
+def test_sample_value_is_the_default(item: SampleKey) -> None:
+    """What the sample shows for a key (commented out or active) is what the code uses when
+    the key is left out: the dataclass field's default."""
+    template, pick, default = SAMPLE_TABLES[item.section]
+    text = template.replace("{line}", f"{item.key} = {item.value}")
+    loaded = pick(load_text(text, "sample.toml", {}))
+    assert getattr(loaded, item.key) == getattr(default, item.key), (
+        f"sample.toml line {item.line}: {item.key} = {item.value} is not the default "
+        f"{getattr(default, item.key)!r}"
+    )
+
+
+def test_sample_shows_every_key_of_every_table() -> None:
+    """Every config field appears in the sample, under its own table, and nothing else does."""
+    keys = sample_keys()
+    shown: dict[str, set[str]] = {}
+    for item in keys:
+        shown.setdefault(item.section, set()).add(item.key)
+        parent, _, child = item.section.rpartition(".")
+        if parent in SAMPLE_TABLES:  # a sub-table such as [sources.logs.patterns]
+            shown.setdefault(parent, set()).add(child)
+    assert set(shown) == set(SAMPLE_TABLES) | set(EXAMPLE_TABLES)
+    for section, (_, _, default) in SAMPLE_TABLES.items():
+        assert isinstance(default, object) and dataclasses.is_dataclass(default)
+        names = {f.name for f in dataclasses.fields(default)}
+        assert shown[section] == names, (section, sorted(shown[section] ^ names))
+    assert set(SAMPLE_EXAMPLES) <= {str(k) for k in keys}, "an example left the sample"
 
 
 def test_every_key_of_every_section(tmp_path: Path) -> None:
@@ -948,19 +1059,6 @@ host_root = "/host"
     assert default == config.QmpConfig()
     assert default.sockets == ("/var/run/qemu-server/*.qmp",)
     assert (default.proxmox_config, default.connect_timeout) == ("auto", 1.0)
-
-
-def test_sample_config_qmp_section_uncommented_gives_the_defaults() -> None:
-    lines = []
-    inside = False
-    for line in sample_text().splitlines():
-        stripped = line.strip()
-        if stripped.startswith(("[", "# [")):
-            inside = stripped == "# [[sources.qmp]]"
-        if inside and stripped.startswith("# ") and ("=" in stripped or "[[" in stripped):
-            lines.append(stripped[2:])
-    loaded = load_text("\n".join(lines) + "\n", "sample.toml", {})
-    assert loaded.qmp == (config.QmpConfig(),)
 
 
 def test_qmp_sockets_through_a_symlink_into_libvirt_are_refused(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def real_lines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[s
     except ImportError:
         unavailable("libvirt-python is not installed (make setup)")
     from tests.stack.inprocess import Plugin
-    from tests.stack.libvirt_stack import DomainSpec, write_node_xml
+    from tests.stack.node_xml import DomainSpec, write_node_xml
 
     tmp = tmp_path_factory.mktemp("graphite")
     node = tmp / "node.xml"

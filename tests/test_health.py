@@ -4,8 +4,8 @@ Table-driven: a case is a list of steps, each one poll of one source instance at
 time with the field dicts of the VMs present, and the fields expected on each VM line
 after the stage judged them. Time is injected (`now`); nothing sleeps.
 
-The contract is DESIGN.md sections 4 ([health], [[thresholds]]) and 5 (balloon,
-balloon_host), and the comments of telegraf_balloon/sample.toml.
+What they hold it to: the README's Health section and Metrics tables (balloon, balloon_host),
+and the comments of telegraf_balloon/sample.toml ([health], [[thresholds]]).
 """
 
 from __future__ import annotations
@@ -820,7 +820,7 @@ def test_several_rules(case: Case) -> None:
 
 
 def test_two_rules_on_one_field_alert_level_matches_the_levels_on_the_line() -> None:
-    """alert_level is "the max of all <field>_level on the line" (DESIGN.md section 5).
+    """alert_level is the highest <field>_level on the line (README, Health).
 
     config.load_text accepts two rules on one field (say an immediate warn at 50% next to
     the sample's 20%/40% for 10m); both write balloon_ratio_level, so the line must carry

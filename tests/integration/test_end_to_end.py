@@ -33,12 +33,16 @@ import pytest
 
 from telegraf_balloon import catalog
 from telegraf_balloon.lineprotocol import format_line
+from tests.stack.common import memtotal, wait_for
 from tests.stack.dashboard import generator
 from tests.stack.execd import Execd, copy_guest_root
-from tests.stack.fixtures import _start_vcsim
+from tests.stack.fixtures import start_vcsim
 from tests.stack.influx import InfluxDB
-from tests.stack.libvirt_stack import DomainSpec, LibvirtStack, write_node_xml
+from tests.stack.libvirt_daemon import LibvirtStack
+from tests.stack.node_xml import DomainSpec, write_node_xml
 from tests.stack.vsphere_setup import all_vms, configure_vm, connect, disconnect, vm_by_name
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests/fixtures/guest"
@@ -66,21 +70,6 @@ class World:
     qmp_hosts: set[str]  # host tags of the QMP source's balloon_host lines (it has no VM)
 
 
-def _memtotal() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no MemTotal in /proc/meminfo")
-
-
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
 def world(
     influxdb: InfluxDB,
@@ -95,7 +84,7 @@ def world(
     domain = conn.lookupByName(qemu_guest)
     domain.setMemoryStatsPeriod(2, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     domain.setMemory(QEMU_NOW_MIB * 1024)
-    _wait(lambda: domain.info()[2] == QEMU_NOW_MIB * 1024, 60, f"{QEMU_NOW_MIB} MiB")
+    wait_for(lambda: domain.info()[2] == QEMU_NOW_MIB * 1024, 60, f"{QEMU_NOW_MIB} MiB")
 
     node = tmp / "node.xml"
     write_node_xml(
@@ -112,7 +101,7 @@ def world(
     (logs / "web.log").write_text("qemu started\n")
     fc_root = copy_guest_root(tmp / "firecracker")
     (tmp / "qmp-empty").mkdir()
-    sim = _start_vcsim({"dc": 1, "cluster": 1, "host": 2, "standalone_host": 0, "vm": 2})
+    sim = start_vcsim({"dc": 1, "cluster": 1, "host": 2, "standalone_host": 0, "vm": 2})
     si = connect(sim)
     try:
         configure_vm(
@@ -216,14 +205,14 @@ def world(
             plugin.assert_clean()
         assert kvm_host, "no balloon_host line from the QEMU host"
         yield World(
-            influxdb, qemu_guest, kvm_host, _memtotal(), written, esxi_memory, vm_host, qmp_hosts
+            influxdb, qemu_guest, kvm_host, memtotal(), written, esxi_memory, vm_host, qmp_hosts
         )
     finally:
         for plugin in plugins:
             plugin.kill()
         sim.stop()
         domain.setMemory(QEMU_FULL_MIB * 1024)
-        _wait(lambda: domain.info()[2] == QEMU_FULL_MIB * 1024, 60, "deflate to 512 MiB")
+        wait_for(lambda: domain.info()[2] == QEMU_FULL_MIB * 1024, 60, "deflate to 512 MiB")
         conn.close()
 
 

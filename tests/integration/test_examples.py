@@ -15,6 +15,8 @@ from telegraf_balloon.model import HostInfo, PollResult, Sample
 from telegraf_balloon.runner import Runner
 from tests.stack.promtool import check_rules, test_rules
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 GIB = 1024**3

@@ -1,7 +1,7 @@
 """The plugin as Telegraf's inputs.execd runs it: a real child process, real pipes, real signals.
 
 Guest roots are copies of the captured Firecracker 6.18 guest
-(shared/fixtures/guest/firecracker-6.18-virtio-balloon). A hung source is real too: the test
+(tests/fixtures/guest/firecracker-6.18-virtio-balloon). A hung source is real too: the test
 holds a write lease on the root's proc/meminfo, so the kernel makes the plugin's open() of it
 wait, exactly like a /proc or debugfs read stuck behind a kernel lock; no mocks anywhere.
 (A FIFO no longer hangs the guest source: it refuses files that are not regular.)
@@ -12,44 +12,23 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Optional
 
 import pytest
 
 from telegraf_balloon import catalog
 from tests.stack.common import unavailable
-from tests.stack.execd import (
-    Batch,
-    Execd,
-    Lease,
-    copy_guest_root,
-)
+from tests.stack.execd import Batch, Execd, Lease, Start, copy_guest_root
+from tests.stack.fixtures import start_fixture
 
 pytestmark = pytest.mark.integration
 
 FLUSH_WITHIN = 0.5  # a batch must reach the reader this soon after its trigger
-EXIT_WITHIN = 1.0  # DESIGN.md 3: exit 0 within 1 s of EOF or SIGTERM
-
-Start = Callable[..., Execd]
+EXIT_WITHIN = 1.0  # README, Behaviour under Telegraf: exit 0 within 1 s of EOF or SIGTERM
 
 
-@pytest.fixture
-def start() -> Iterator[Start]:
-    """Start the plugin under the harness; every child is killed and checked at teardown."""
-    children: list[Execd] = []
-
-    def run(args: Sequence[str], env: Optional[dict[str, str]] = None) -> Execd:
-        child = Execd(list(args), env=env)
-        children.append(child)
-        return child
-
-    yield run
-    for child in children:
-        child.kill()
-    for child in children:
-        child.assert_clean()
+start = start_fixture()  # the plugin under the harness: `start(args, ...)`
 
 
 def guest_root(path: Path) -> Path:
@@ -67,13 +46,12 @@ def write_config(path: Path, roots: Sequence[Path], timeout: str = "5s") -> Path
     return path
 
 
-@pytest.fixture
-def leases() -> Iterator[list[Lease]]:
-    """Leases taken by the test, all released at teardown."""
-    held: list[Lease] = []
-    yield held
-    for lease in held:
-        lease.close()
+def guest_child(start: Start, tmp_path: Path) -> Execd:
+    """The plugin on a copy of the captured guest, started and ready (its start-up line seen)."""
+    root = guest_root(tmp_path / "g")
+    child = start(["--config", str(write_config(tmp_path / "c.toml", [root]))])
+    child.wait_ready()
+    return child
 
 
 def hung_root(path: Path, leases: list[Lease]) -> Path:
@@ -174,9 +152,7 @@ def test_burst_while_poll_runs_collapses(start: Start, tmp_path: Path, leases: l
 
 def test_stdin_drained_under_a_flood(start: Start, tmp_path: Path) -> None:
     """1 MiB of newlines (16 pipe buffers) fits through Telegraf's 1 s write deadline."""
-    root = guest_root(tmp_path / "g")
-    child = start(["--config", str(write_config(tmp_path / "c.toml", [root]))])
-    child.wait_ready()
+    child = guest_child(start, tmp_path)
     assert child.write(b"\n" * (1 << 20), deadline=1.0), "the plugin stopped draining stdin"
     batches = child.settle(1.0)
     assert 1 <= len(batches) <= 20, f"{len(batches)} batches for 1 MiB of newlines"
@@ -204,9 +180,7 @@ def test_signal_triggers_one_batch(start: Start, tmp_path: Path, sig: str) -> No
 
 
 def test_stdin_eof_exits_0_within_1s(start: Start, tmp_path: Path) -> None:
-    root = guest_root(tmp_path / "g")
-    child = start(["--config", str(write_config(tmp_path / "c.toml", [root]))])
-    child.wait_ready()
+    child = guest_child(start, tmp_path)
     assert child.tick()
     child.wait_batches(1, timeout=2.0, lines=2)
     code, seconds = child.shutdown()
@@ -218,9 +192,7 @@ def test_stdin_eof_exits_0_within_1s(start: Start, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_stop_signal_exits_0_within_1s(start: Start, tmp_path: Path, sig: str) -> None:
-    root = guest_root(tmp_path / "g")
-    child = start(["--config", str(write_config(tmp_path / "c.toml", [root]))])
-    child.wait_ready()
+    child = guest_child(start, tmp_path)
     assert child.tick()
     child.wait_batches(1, timeout=2.0, lines=2)
     code, seconds = child.stop_with(getattr(signal, sig))  # stdin stays open
@@ -313,7 +285,8 @@ def test_hung_source_reported_down_others_on_time(
 def test_hung_source_logged_once_not_every_poll(
     start: Start, tmp_path: Path, leases: list[Lease]
 ) -> None:
-    """DESIGN.md 3: a repeated fault is logged when it starts and when it clears.
+    """A repeated fault is logged when it starts and when it clears (README, Behaviour under
+    Telegraf).
 
     BUG: runner.py puts the elapsed time in the error ("previous poll still running after
     1.2s"), so Log.fault sees a new message on every poll and logs an E! line each time.
@@ -394,9 +367,7 @@ def test_interval_mode_polls_without_ticks(start: Start, tmp_path: Path) -> None
 
 
 def test_closed_stdout_exits_quietly(start: Start, tmp_path: Path) -> None:
-    root = guest_root(tmp_path / "g")
-    child = start(["--config", str(write_config(tmp_path / "c.toml", [root]))])
-    child.wait_ready()
+    child = guest_child(start, tmp_path)
     assert child.tick()
     child.wait_batches(1, timeout=2.0, lines=2)
     child.close_stdout()

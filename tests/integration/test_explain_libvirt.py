@@ -29,6 +29,8 @@ from tests.stack.inprocess import wait_for
 from tests.stack.libvirt_stack import DomainSpec, LibvirtStack, write_node_xml
 from tests.test_explain import assert_found, codes
 
+pytestmark = pytest.mark.integration
+
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB

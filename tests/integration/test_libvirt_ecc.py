@@ -14,8 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.stack.inprocess import Plugin
 from tests.stack.libvirt_stack import LibvirtStack
+
+pytestmark = pytest.mark.integration
 
 # The shipped rule (telegraf_balloon/sample.toml; tests/test_config.py checks it is there).
 ECC_RULE = """

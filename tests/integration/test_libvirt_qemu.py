@@ -15,6 +15,8 @@ import pytest
 from tests.stack.inprocess import Plugin, wait_for
 from tests.stack.libvirt_stack import LibvirtStack
 
+pytestmark = pytest.mark.integration
+
 MIB = 1024 * 1024
 FULL_KIB = 512 * 1024
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.stack.execd import Execd
 from tests.stack.libvirt_stack import LibvirtStack
+
+pytestmark = pytest.mark.integration
 
 
 def _collector_up(proc: Execd, instance: str, count: int) -> tuple[bool, dict[str, object]]:

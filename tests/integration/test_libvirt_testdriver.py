@@ -15,6 +15,8 @@ from telegraf_balloon.model import PollResult
 from tests.stack.common import unavailable
 from tests.stack.libvirt_stack import DomainSpec, write_node_xml
 
+pytestmark = pytest.mark.integration
+
 try:
     import libvirt
 except ImportError:  # pragma: no cover - the suite installs it

@@ -24,6 +24,8 @@ import pytest
 
 from tests.stack.common import unavailable
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_ROOT = ROOT / "tests/fixtures/guest/virtio-6.18-inflated-deflate-on-oom/root"
 SOURCE_FILES = (

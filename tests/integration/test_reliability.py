@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -24,10 +24,11 @@ from typing import Callable, Optional
 import pytest
 
 from telegraf_balloon import catalog
-from tests.stack.common import unavailable
-from tests.stack.execd import Batch, Execd, Lease, copy_guest_root, hang_file
-from tests.stack.fixtures import _start_vcsim
-from tests.stack.libvirt_stack import DomainSpec, LibvirtStack, StackError, write_node_xml
+from tests.stack.common import StackError, unavailable
+from tests.stack.execd import Batch, Execd, Lease, Start, copy_guest_root, hang_file
+from tests.stack.fixtures import start_fixture, start_vcsim
+from tests.stack.libvirt_daemon import LibvirtStack
+from tests.stack.node_xml import DomainSpec, write_node_xml
 from tests.stack.qemu_stack import QemuHost
 from tests.stack.soak import ProcSample, proc_sample
 
@@ -40,32 +41,8 @@ SECRET = "reliability-canary-Pa55"
 MARGIN = 0.5  # a batch may come this long after the source timeout (shared, loaded machine)
 EXIT_WITHIN = 1.0
 
-Start = Callable[..., Execd]
 
-
-@pytest.fixture
-def start() -> Iterator[Start]:
-    """Start the plugin under the harness; every child is killed and checked at teardown."""
-    children: list[Execd] = []
-
-    def run(args: Sequence[str], secrets: Sequence[str] = ()) -> Execd:
-        child = Execd(list(args), secrets=(SECRET, *secrets))
-        children.append(child)
-        return child
-
-    yield run
-    for child in children:
-        child.kill()
-    for child in children:
-        child.assert_clean()
-
-
-@pytest.fixture
-def leases() -> Iterator[list[Lease]]:
-    held: list[Lease] = []
-    yield held
-    for lease in held:
-        lease.close()
+start = start_fixture(SECRET)  # the plugin under the harness: `start(args, ...)`
 
 
 def fixture_root(case: str, dest: Path) -> Path:
@@ -209,7 +186,7 @@ def libvirtd_hang(tmp_path: Path, leases: list[Lease], request: pytest.FixtureRe
 
 def vcenter_hang(tmp_path: Path, leases: list[Lease], request: pytest.FixtureRequest) -> Hang:
     """A vCenter frozen with SIGSTOP: its port accepts, nothing answers."""
-    sim = _start_vcsim({"dc": 1, "cluster": 1, "host": 1, "standalone_host": 0, "vm": 2})
+    sim = start_vcsim({"dc": 1, "cluster": 1, "host": 1, "standalone_host": 0, "vm": 2})
     request.addfinalizer(sim.stop)
     section = (
         f'[[sources.vsphere]]\nurl = "{sim.url}"\nusername = "{sim.username}"\n'
@@ -416,7 +393,7 @@ def dead_libvirt(tmp_path: Path) -> Dead:
 
 def dead_vcenter(tmp_path: Path) -> Dead:
     """A vCenter port on 127.0.0.1 with nothing listening; the simulator comes up there later."""
-    sim = _start_vcsim({"dc": 1, "cluster": 1, "host": 1, "standalone_host": 0, "vm": 2})
+    sim = start_vcsim({"dc": 1, "cluster": 1, "host": 1, "standalone_host": 0, "vm": 2})
     sim.kill()  # the port is known (and its certificate); nothing listens
     section = (
         f'[[sources.vsphere]]\nurl = "{sim.url}"\nusername = "{sim.username}"\n'

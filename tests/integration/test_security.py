@@ -11,7 +11,10 @@ import pytest
 from telegraf_balloon.config import LibvirtConfig, load
 from telegraf_balloon.log import Log
 from tests.stack.common import unavailable
-from tests.stack.libvirt_stack import DomainSpec, LibvirtStack, write_node_xml
+from tests.stack.libvirt_daemon import LibvirtStack
+from tests.stack.node_xml import DomainSpec, write_node_xml
+
+pytestmark = pytest.mark.integration
 
 PASSWORD = "vc-Pa55word-never-shown"
 

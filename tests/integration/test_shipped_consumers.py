@@ -28,6 +28,7 @@ import pytest
 
 from telegraf_balloon import catalog
 from telegraf_balloon.lineprotocol import format_line
+from tests.stack.common import memtotal
 from tests.stack.dashboard import generator
 from tests.stack.influx import InfluxDB
 from tests.stack.promtool import test_rules
@@ -90,13 +91,6 @@ class Site:
         ]
 
 
-def _memtotal() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no MemTotal")
-
-
 @pytest.fixture(scope="module")
 def site(
     qmp_host: QemuHost,
@@ -104,11 +98,11 @@ def site(
 ) -> Iterator[Site]:
     import libvirt
 
-    from tests.stack.fixtures import _start_vcsim
-    from tests.stack.libvirt_stack import DomainSpec, write_node_xml
+    from tests.stack.fixtures import start_vcsim
+    from tests.stack.node_xml import DomainSpec, write_node_xml
 
     tmp = tmp_path_factory.mktemp("consumers")
-    memory = _memtotal()
+    memory = memtotal()
     node = tmp / "node.xml"
     write_node_xml(
         node,
@@ -125,7 +119,7 @@ def site(
     sims = []
     try:
         for _ in range(2):
-            sims.append(_start_vcsim(INVENTORY))
+            sims.append(start_vcsim(INVENTORY))
         yield from _run(qmp_host, sims, node, uri, machine, memory)
     finally:
         for sim in sims:

@@ -1,4 +1,5 @@
-"""Smoke tests of tests/stack/libvirt_stack.py: the stack the integration tests stand on.
+"""Smoke tests of the libvirt stack (tests/stack/libvirt_daemon.py, guest_image.py, node_xml.py):
+the stack the integration tests stand on.
 
 * node XML files with 50 mixed (and hostile) domains load in the test driver, directly and
   through the private libvirtd;
@@ -18,13 +19,10 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from tests.stack.common import unavailable
-from tests.stack.libvirt_stack import (
-    DomainSpec,
-    DomainState,
-    LibvirtStack,
-    parse_console,
-    write_node_xml,
-)
+from tests.stack.libvirt_daemon import LibvirtStack
+from tests.stack.node_xml import DomainSpec, DomainState, write_node_xml
+
+pytestmark = pytest.mark.integration
 
 GUEST_MIB = 512
 PAGE_KIB = 4
@@ -99,37 +97,6 @@ def check_node(conn: Any, specs: List[DomainSpec]) -> None:
             assert stats == {}, (s.name, stats)
 
 
-# ---------------------------------------------------------------------------------------------
-# no daemon needed
-# ---------------------------------------------------------------------------------------------
-
-
-def test_parse_console_takes_last_complete_block() -> None:
-    text = (
-        "GUEST: BALLOON-READY\r\n"
-        "=== SNAPSHOT 1 ===\r\n--- uptime 1.0\r\n--- /proc/meminfo\r\nMemTotal:  100 kB\r\n"
-        "HugePages_Total:       0\r\n--- /proc/vmstat\r\nnr_free_pages 7\r\n"
-        "balloon_inflate 1\r\n=== END 1 ===\r\n"
-        "=== SNAPSHOT 2 ===\r\n--- /proc/meminfo\r\nMemTotal:  90 kB\r\n--- /proc/vmstat\r\n"
-        "nr_free_pages 5\r\nballoon_inflate 3\r\n=== END 2 ===\r\n"
-        "=== SNAPSHOT 3 ===\r\n--- /proc/meminfo\r\nMemTotal:  80 kB\r\n"  # cut off
-    )
-    got = parse_console(text)
-    assert got == (2, {"MemTotal": 90, "nr_free_pages": 5, "balloon_inflate": 3})
-    first = parse_console(text.split("=== SNAPSHOT 2")[0])
-    assert first is not None and first[1]["HugePages_Total"] == 0
-    assert parse_console("=== SNAPSHOT 1 ===\nMemTotal: 1 kB\n") is None
-
-
-def test_domain_spec_rejects_what_libvirt_refuses() -> None:
-    for bad in ("a/b", "line\nbreak", "", "bell\x07"):
-        with pytest.raises(ValueError):
-            DomainSpec(name=bad)
-    with pytest.raises(ValueError):
-        DomainSpec(name="x", memory_kib=1024, current_kib=2048)
-
-
-@pytest.mark.integration
 def test_node_xml_loads_in_test_driver(tmp_path: Path) -> None:
     libvirt = _libvirt()
     specs = mixed_domains(50)
@@ -145,7 +112,6 @@ def test_node_xml_loads_in_test_driver(tmp_path: Path) -> None:
         conn.close()
 
 
-@pytest.mark.integration
 def test_node_xml_with_no_domains(tmp_path: Path) -> None:
     libvirt = _libvirt()
     node = tmp_path / "empty.xml"
@@ -190,7 +156,6 @@ def wait_actual(stack: LibvirtStack, name: str, kib: int, timeout: float = 60) -
             time.sleep(0.2)
 
 
-@pytest.mark.integration
 def test_node_xml_through_daemon(stack: LibvirtStack, tmp_path: Path) -> None:
     libvirt = _libvirt()
     specs = mixed_domains(50)
@@ -205,7 +170,6 @@ def test_node_xml_through_daemon(stack: LibvirtStack, tmp_path: Path) -> None:
         conn.close()
 
 
-@pytest.mark.integration
 def test_guest_reports_stats(stack: LibvirtStack, guest: str) -> None:
     libvirt = _libvirt()
     stats = stack.wait_guest_stats(guest, timeout=60)
@@ -231,7 +195,6 @@ def test_guest_reports_stats(stack: LibvirtStack, guest: str) -> None:
         assert key in snap
 
 
-@pytest.mark.integration
 def test_balloon_inflate_shows_in_libvirt_and_guest(stack: LibvirtStack, guest: str) -> None:
     libvirt = _libvirt()
     before = stack.console_snapshot(guest)
@@ -277,7 +240,6 @@ def test_balloon_inflate_shows_in_libvirt_and_guest(stack: LibvirtStack, guest: 
     assert back["MemTotal"] == before["MemTotal"]
 
 
-@pytest.mark.integration
 def test_daemon_restart_keeps_guest(stack: LibvirtStack, guest: str) -> None:
     libvirt = _libvirt()
     qemu = stack.guest_pid(guest)

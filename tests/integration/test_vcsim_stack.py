@@ -30,6 +30,7 @@ import pytest
 from tests.stack.libvirt_stack import StackError
 from tests.stack.vcsim import DEFAULT_CACHE_DIR, Vcsim, build_launcher
 
+pytestmark = pytest.mark.integration
 pyVmomi = pytest.importorskip("pyVmomi")
 
 from tests.stack.vsphere_setup import (  # noqa: E402

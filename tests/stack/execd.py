@@ -1,6 +1,6 @@
-"""Telegraf's `inputs.execd`, played by the tests exactly as shared/notes/telegraf-execd.md says.
+"""Telegraf's `inputs.execd`, played by the tests as Telegraf drives an execd plugin.
 
-Telegraf cannot be installed here, so :class:`Execd` does its part: it starts
+Telegraf cannot be installed in the test environment, so :class:`Execd` does its part: it starts
 ``[sys.executable, "-m", "telegraf_balloon", *args]`` with stdin, stdout and stderr pipes and
 an environment; :meth:`Execd.tick` is ``signal = "STDIN"`` (one ``b"\\n"``, 1 s write
 deadline); :meth:`Execd.signal` is ``signal = "SIGHUP"`` and friends; :meth:`Execd.shutdown`
@@ -35,7 +35,7 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
@@ -43,9 +43,10 @@ from typing import Any, Callable, Optional, TypeVar
 import line_protocol_parser
 
 from telegraf_balloon import catalog
+from tests.stack.common import REPO as REPO  # re-exported: older imports take it here
+from tests.stack.common import child_env as child_env  # likewise
 from tests.stack.common import unavailable
 
-REPO = Path(__file__).resolve().parents[2]
 # The captured Firecracker 6.18 guest, vendored in tests/fixtures. It stores the two sysfs
 # symlinks as plain files holding the link target (copy_guest_root relinks them).
 FIRECRACKER_ROOTS = (
@@ -80,10 +81,10 @@ _FLATTENED_LINK = re.compile(r"(?:\.\./)+[\w.:-]+(?:/[\w.:-]+)*")
 def copy_guest_root(dest: Path, source: Optional[Path] = None, relink: bool = True) -> Path:
     """Copy a captured guest tree (proc/, sys/) to `dest`, symlinks included; `dest` returned.
 
-    The shared copy of the Firecracker fixture stores its two sysfs symlinks
-    (``devices/virtio0/driver``, ``drivers/virtio_balloon/virtio0``) as plain files holding
-    the link target; with `relink` they become symlinks again, as the fixture's README and
-    real sysfs have them. Everything is made writable so tests can alter the tree.
+    The Firecracker capture stores its two sysfs symlinks (``devices/virtio0/driver``,
+    ``drivers/virtio_balloon/virtio0``) as plain files holding the link target; with `relink`
+    they become symlinks again, as real sysfs has them. Everything is made writable so tests
+    can alter the tree.
     """
     if source is None:
         source = firecracker_root()
@@ -159,18 +160,6 @@ class Lease:
             self.fd = None
 
 
-def child_env(extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
-    """This environment without what would hide block buffering, the repo on PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHONUNBUFFERED")}
-    env.pop("PYTHONDEVMODE", None)
-    path = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + path if path else "")
-    env.setdefault("LC_ALL", "C.UTF-8")
-    if extra:
-        env.update(extra)
-    return env
-
-
 def run_cli(
     *args: str, env: Optional[Mapping[str, str]] = None, timeout: float = 60.0
 ) -> subprocess.CompletedProcess[str]:
@@ -188,6 +177,30 @@ def run_cli(
     for line in done.stderr.splitlines():
         assert line.startswith(LEVEL_PREFIXES), f"stderr line without a level prefix: {line!r}"
     return done
+
+
+Start = Callable[..., "Execd"]
+
+
+@contextlib.contextmanager
+def supervised(*always_secret: str) -> Iterator[Start]:
+    """``start(args, env=None, secrets=())`` runs the plugin under the harness (`always_secret`
+    added to every child's secrets); when the block ends every child is killed, then each is
+    checked (:meth:`Execd.assert_clean`). A test module's ``start`` fixture wraps it."""
+    children: list[Execd] = []
+
+    def start(
+        args: Sequence[str], env: Optional[Mapping[str, str]] = None, secrets: Sequence[str] = ()
+    ) -> Execd:
+        child = Execd(list(args), env=env, secrets=(*always_secret, *secrets))
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        child.kill()
+    for child in children:
+        child.assert_clean()
 
 
 # --- what was read ----------------------------------------------------------------------------

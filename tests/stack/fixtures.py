@@ -16,46 +16,73 @@
   (stopped after it): for tests that restart, pause or end sessions, which would disturb the
   shared ones.
 
+* ``qmp_host``: three plain QEMUs laid out as a Proxmox VE node runs them (one booted).
+
 A component that is missing or cannot start calls :func:`tests.stack.common.unavailable`:
-a skip locally, a failure under ``CI=true``.
+a skip locally, a failure under ``CI=true``. Modules that need a private component of their
+own use :func:`running` (or :func:`start_vcsim`) the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
-from typing import Any, Dict
+from typing import Any, Dict, Tuple, Type
 
 import pytest
 
-from tests.stack.common import need_program, unavailable
+from tests.stack.common import StackError, need_program, unavailable
+from tests.stack.execd import Lease, Start, supervised
+from tests.stack.guest_image import DEFAULT_CACHE_DIR, build_guest
 from tests.stack.influx import InfluxDB, InfluxError
-from tests.stack.libvirt_stack import LibvirtStack, StackError
+from tests.stack.libvirt_daemon import LibvirtStack
+from tests.stack.qemu_stack import QemuError, QemuHost
 from tests.stack.vcsim import Vcsim, launcher_available
 
 __all__ = [
     "influxdb",
+    "leases",
     "libvirt_stack",
     "promtool",
     "qemu_guest",
+    "qmp_host",
+    "running",
+    "running_vcsim",
+    "start_fixture",
+    "start_vcsim",
     "vcsim",
     "vcsim_2000",
     "vcsim_factory",
 ]
 
 
+@contextlib.contextmanager
+def running(
+    start: Callable[[], object],
+    stop: Callable[[], None],
+    errors: Tuple[Type[BaseException], ...],
+    what: str,
+) -> Iterator[None]:
+    """Run a component for the block: `start()`, then `stop()` when the block ends. When
+    start raises one of `errors`, stop it and give up (:func:`unavailable`, naming `what`)."""
+    try:
+        start()
+    except errors as exc:
+        stop()
+        unavailable(f"{what}: {exc}")
+    try:
+        yield
+    finally:
+        stop()
+
+
 @pytest.fixture(scope="session")
 def influxdb() -> Iterator[InfluxDB]:
     """A real InfluxDB 1.x for the whole session."""
     server = InfluxDB(need_program("influxd"))
-    try:
-        server.start()
-    except (InfluxError, OSError) as exc:
-        unavailable(f"influxd could not be started: {exc}")
-    try:
+    with running(server.start, server.stop, (InfluxError, OSError), "influxd could not be started"):
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -79,15 +106,8 @@ def libvirt_stack() -> Iterator[LibvirtStack]:
     for program in ("libvirtd", "qemu-system-x86_64", "unshare"):
         need_program(program)
     stack = LibvirtStack()
-    try:
-        stack.start_daemon()
-    except StackError as exc:
-        stack.stop()
-        unavailable(f"libvirtd did not start: {exc}")
-    try:
+    with running(stack.start_daemon, stack.stop, (StackError,), "libvirtd did not start"):
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +139,8 @@ VCSIM_2000: Dict[str, Any] = {
 }
 
 
-def _start_vcsim(inventory: Dict[str, Any]) -> Vcsim:
+def start_vcsim(inventory: Dict[str, Any]) -> Vcsim:
+    """A started simulator with this inventory (the caller stops it), or unavailable()."""
     reason = launcher_available()
     if reason is not None:
         unavailable(reason)
@@ -132,27 +153,34 @@ def _start_vcsim(inventory: Dict[str, Any]) -> Vcsim:
     return sim
 
 
+@contextlib.contextmanager
+def running_vcsim(inventory: Dict[str, Any]) -> Iterator[Vcsim]:
+    """A simulator with this inventory for the block (a module's own, for instance)."""
+    sim = start_vcsim(inventory)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+_start_vcsim = start_vcsim  # the name some test modules still import
+
+
 @pytest.fixture(scope="session")
 def vcsim() -> Iterator[Vcsim]:
     """A small vCenter simulator (12 VMs, pages of 7, TLS) for the whole session.
 
     Tests that change VMs should restore them or use VMs of their own (by name).
     """
-    sim = _start_vcsim(VCSIM_SMALL)
-    try:
+    with running_vcsim(VCSIM_SMALL) as sim:
         yield sim
-    finally:
-        sim.stop()
 
 
 @pytest.fixture(scope="session")
 def vcsim_2000() -> Iterator[Vcsim]:
     """A vCenter simulator with 2,000 VMs (started lazily, once per session)."""
-    sim = _start_vcsim(VCSIM_2000)
-    try:
+    with running_vcsim(VCSIM_2000) as sim:
         yield sim
-    finally:
-        sim.stop()
 
 
 @pytest.fixture()
@@ -161,7 +189,7 @@ def vcsim_factory() -> Iterator[Callable[..., Vcsim]]:
     started: list[Vcsim] = []
 
     def start(**inventory: Any) -> Vcsim:
-        sim = _start_vcsim(inventory)
+        sim = start_vcsim(inventory)
         started.append(sim)
         return sim
 
@@ -172,11 +200,28 @@ def vcsim_factory() -> Iterator[Callable[..., Vcsim]]:
             sim.stop()
 
 
+@pytest.fixture()
+def leases() -> Iterator[list[Lease]]:
+    """Write leases the test takes (execd.Lease), all closed at teardown."""
+    held: list[Lease] = []
+    yield held
+    for lease in held:
+        lease.close()
+
+
+def start_fixture(*always_secret: str) -> Callable[[], Iterator[Start]]:
+    """A test module's ``start`` fixture (``start = start_fixture(SECRET)``): the plugin under
+    the execd harness, every child killed and checked at teardown (execd.supervised)."""
+
+    @pytest.fixture(name="start")
+    def fixture() -> Iterator[Start]:
+        with supervised(*always_secret) as run:
+            yield run
+
+    return fixture
+
+
 # --- plain QEMU with Proxmox's layout, for the qmp source ---------------------------------------
-
-from tests.stack.qemu_stack import QemuError, QemuHost  # noqa: E402
-
-__all__ += ["qmp_host"]
 
 QMP_BOOTED = 101  # booted guest, balloon device, Proxmox config with a 256 MiB minimum
 QMP_NO_BALLOON = 102  # paused, no balloon device; its Proxmox config says balloon: 0
@@ -190,14 +235,13 @@ def qmp_host() -> Iterator[QemuHost]:
     if os.geteuid() != 0:
         unavailable("QMP sockets are root-only: the qmp tests run as root")
     qemu = need_program("qemu-system-x86_64")
-    from tests.stack.libvirt_stack import DEFAULT_CACHE_DIR, build_guest
-
     try:
         image = build_guest(DEFAULT_CACHE_DIR)
     except (StackError, OSError) as exc:
         unavailable(f"the guest image could not be built: {exc}")
     host = QemuHost(qemu, image)
-    try:
+
+    def boot() -> None:
         host.write_conf(
             QMP_BOOTED,
             "#booted test VM\nballoon: 256\nmemory: 512\nname: web-renamed\n"
@@ -208,10 +252,6 @@ def qmp_host() -> Iterator[QemuHost]:
         host.start(QMP_NO_BALLOON, memory_mib=256, balloon=False, boot=False)
         host.start(QMP_PLAIN, memory_mib=192, boot=False, name="plain-104")
         host.wait_guest_report(QMP_BOOTED)
-    except (QemuError, OSError) as exc:
-        host.close()
-        unavailable(f"QEMU did not start: {exc}")
-    try:
+
+    with running(boot, host.close, (QemuError, OSError), "QEMU did not start"):
         yield host
-    finally:
-        host.close()

@@ -17,21 +17,18 @@ Only the standard library is used (``urllib``), so benches can use it without py
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Tuple
+
+from tests.stack.common import free_port, stop_process, tail, wait_for
 
 __all__ = ["InfluxDB", "InfluxError", "find_influxd", "quote_ident", "series_rows"]
 
@@ -43,20 +40,6 @@ class InfluxError(RuntimeError):
 def find_influxd() -> Optional[str]:
     """Path of ``influxd`` on PATH or in /usr/bin, /usr/sbin; None when it is not installed."""
     return shutil.which("influxd") or shutil.which("influxd", path="/usr/bin:/usr/sbin:/sbin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        data = path.read_bytes()[-64 * 1024 :]
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
 def _toml_string(value: str) -> str:
@@ -105,6 +88,7 @@ class InfluxDB:
         self.startup_timeout = startup_timeout
         self.request_timeout = request_timeout
         self.tmpdir: Optional[Path] = None
+        self.log_path: Optional[Path] = None  # influxd.log in tmpdir, once started
         self.port: int = 0
         self.rpc_port: int = 0
         self.process: Optional[subprocess.Popen[bytes]] = None
@@ -116,15 +100,9 @@ class InfluxDB:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def log_path(self) -> Path:
-        if self.tmpdir is None:
-            raise InfluxError("influxd has not been started")
-        return self.tmpdir / "influxd.log"
-
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the daemon's log (stdout and stderr)."""
-        return _tail(self.log_path, lines)
+        return tail(self.log_path, lines)
 
     def _write_config(self, root: Path) -> Path:
         config = f"""\
@@ -195,12 +173,13 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         last_error = ""
         for _attempt in range(3):  # a free port can be taken between probe and bind: retry
             self.tmpdir = Path(tempfile.mkdtemp(prefix="influxd-"))
+            self.log_path = self.tmpdir / "influxd.log"
             for sub in ("meta", "data", "wal"):
                 (self.tmpdir / sub).mkdir()
-            self.port = _free_port()
-            self.rpc_port = _free_port()
+            self.port = free_port()
+            self.rpc_port = free_port()
             while self.rpc_port == self.port:
-                self.rpc_port = _free_port()
+                self.rpc_port = free_port()
             config = self._write_config(self.tmpdir)
             self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
             env = dict(os.environ, INFLUXDB_REPORTING_DISABLED="true")
@@ -213,9 +192,11 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                 env=env,
                 start_new_session=True,
             )
-            error = self._wait_ready()
-            if error is None:
+            try:
+                wait_for(self._ping, self.startup_timeout, f"{self.url}/ping", 0.05, InfluxError)
                 return self
+            except InfluxError as exc:
+                error = str(exc)
             last_error = f"{error}\n--- influxd log tail ({self.log_path}) ---\n{self.log_tail()}"
             port_clash = "address already in use" in last_error
             self.stop(remove=not port_clash)
@@ -223,34 +204,22 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                 break
         raise InfluxError(f"influxd did not start: {last_error}")
 
-    def _wait_ready(self) -> Optional[str]:
-        deadline = time.monotonic() + self.startup_timeout
+    def _ping(self) -> bool:
+        """True once /ping answers 204; InfluxError when the daemon has exited."""
         assert self.process is not None
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                return f"influxd exited with status {code}"
-            try:
-                status, _ = self._request("GET", "/ping", timeout=1.0)
-                if status == 204:
-                    return None
-            except OSError:
-                pass
-            time.sleep(0.05)
-        return f"no answer on {self.url}/ping within {self.startup_timeout:.0f} s"
+        code = self.process.poll()
+        if code is not None:
+            raise InfluxError(f"influxd exited with status {code}")
+        try:
+            return self._request("GET", "/ping", timeout=1.0)[0] == 204
+        except OSError:
+            return False
 
     def stop(self, remove: bool = True) -> None:
         """Stop the daemon (SIGTERM, then SIGKILL) and remove its directory."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        if process is not None:
+            stop_process(process, timeout=10, group=True)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -260,12 +229,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
     def __enter__(self) -> InfluxDB:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # -- HTTP API ----------------------------------------------------------------------------

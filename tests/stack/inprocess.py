@@ -7,8 +7,7 @@ execd harness (tests/stack/execd.py) is for the plugin as a child process, as Te
 from __future__ import annotations
 
 import io
-import time
-from typing import Any, Callable, Optional
+from typing import Any
 
 import line_protocol_parser
 
@@ -17,6 +16,9 @@ from telegraf_balloon.config import load_text
 from telegraf_balloon.log import Log
 from telegraf_balloon.runner import Runner
 from telegraf_balloon.sources import build_sources
+from tests.stack.common import wait_for
+
+__all__ = ["Plugin", "wait_for"]  # wait_for: the toolkit's, for the tests that import it here
 
 
 class Plugin:
@@ -50,15 +52,3 @@ class Plugin:
 
     def close(self) -> None:
         self.runner.close()
-
-
-def wait_for(check: Callable[[], Optional[Any]], timeout: float, what: str) -> Any:
-    """The first truthy result of `check`, polled every 0.5 s, or an AssertionError."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

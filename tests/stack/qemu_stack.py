@@ -8,7 +8,7 @@
     qemu-server/<vmid>.conf   its VM config   (Proxmox: /etc/pve/qemu-server/<vmid>.conf)
 
 QEMU runs under TCG (the nested KVM here cannot run a stock kernel). A booted VM runs the
-guest :func:`tests.stack.libvirt_stack.build_guest` builds (virtio balloon driver loaded, its
+guest :func:`tests.stack.guest_image.build_guest` builds (virtio balloon driver loaded, its
 console printing /proc/meminfo every second); a paused one (``-S``) never boots but answers
 every QMP command. Every QEMU is stopped by its pid. :class:`Monitor` is the test's own QMP
 client: one short connection per call, never held (the source under test needs the socket).
@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from tests.stack.libvirt_stack import GuestImage, parse_console
+from tests.stack.common import pid_alive, wait_for
+from tests.stack.guest_image import GuestImage, parse_console
 
 MIB = 1024 * 1024
 
@@ -188,13 +189,16 @@ class QemuHost:
     def wait_guest_report(self, vmid: int, timeout: float = 300.0) -> dict[str, Any]:
         """Wait until the guest's balloon driver has reported stats at least once."""
         monitor = self.monitor(vmid)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def reported() -> Optional[dict[str, Any]]:
             stats = monitor.balloon_stats()
-            if stats.get("last-update"):
-                return stats
-            time.sleep(0.5)
-        raise QemuError(f"VM {vmid}: no guest stats within {timeout:g}s: {self.console_tail(vmid)}")
+            return stats if stats.get("last-update") else None
+
+        def fail(message: str) -> QemuError:
+            return QemuError(f"VM {vmid}: {message}: {self.console_tail(vmid)}")
+
+        stats: dict[str, Any] = wait_for(reported, timeout, "its first guest stats", fail=fail)
+        return stats
 
     def console_tail(self, vmid: int, size: int = 1500) -> str:
         try:
@@ -220,11 +224,7 @@ class QemuHost:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(vm.pid, 0)
-            except ProcessLookupError:
-                return
-            if _zombie(vm.pid):
+            if not pid_alive(vm.pid):  # gone, or a zombie until its parent reaps it
                 return
             time.sleep(0.02)
         os.kill(vm.pid, signal.SIGKILL)
@@ -233,12 +233,3 @@ class QemuHost:
         for vmid in list(self.vms):
             self.stop(vmid)
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            text = handle.read()
-    except OSError:
-        return True
-    return text[text.rfind(b")") + 2 :].startswith(b"Z")

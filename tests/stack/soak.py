@@ -24,8 +24,8 @@ from typing import Callable, Optional
 import line_protocol_parser
 
 from telegraf_balloon import catalog
-from tests.stack.execd import REPO, child_env
-from tests.stack.libvirt_stack import DomainSpec, write_node_xml
+from tests.stack.common import REPO, child_env
+from tests.stack.node_xml import DomainSpec, write_node_xml
 
 BATCH_TIMEOUT = 60.0  # one poll may take this long before the soak gives up
 # Put in the libvirt URI of the soak's config: no stdout or stderr line may hold it.
