@@ -327,7 +327,7 @@ FINDINGS: tuple[Code, ...] = (
         "balloon_without_pressure",
         "vm",
         "the balloon holds at or above the balloon_ratio rule's warn while its host has more than "
-        "half its memory free (SOURCE FAQ: the guest may have lost contact and the driver kept "
+        "half its memory free (the guest may have lost contact with the host and its driver kept "
         "its last state)",
         message=_t(
             any="The balloon holds {ratio_pct} of the VM's memory ({actual}) while its host "

@@ -32,10 +32,10 @@ from .report import (
 )
 from .templates import Context, make_finding, template_keys
 
-WATCH_INTERVAL = 2.0  # seconds between polls under --watch (the contract's figure)
-DEFAULT_BALLOON_WARN = 0.20  # SOURCE's 20% rule, where the config has no balloon_ratio rule
+WATCH_INTERVAL = 2.0  # seconds between polls under --watch
+DEFAULT_BALLOON_WARN = 0.20  # a balloon above 20% of a VM's memory, where the config has no balloon_ratio rule
 DEFAULT_RECLAIMED_WARN = 0.20
-HOST_FREE_RATIO = 0.5  # "host RAM usage is low": more than half of it free (SOURCE FAQ 1)
+HOST_FREE_RATIO = 0.5  # "host RAM usage is low": more than half of it free
 _SEVERITY = {1: WARNING, 2: CRITICAL}  # a rule's raw level -> the severity it gives
 
 
@@ -280,7 +280,7 @@ class Judge:
         if large and fields.get("thp_mode") == "always":
             add("thp_always_under_balloon")
 
-        # SOURCE FAQ 1: a large balloon on a host with plenty free.
+        # A large balloon on a host with plenty free: the guest may have lost contact with the host.
         host = hosts_by_name.get(tags.get("host", ""))
         if large and host is not None:
             free = _number(host, "host_free_bytes")
