@@ -33,7 +33,7 @@ from .report import (
 from .templates import Context, make_finding, template_keys
 
 WATCH_INTERVAL = 2.0  # seconds between polls under --watch
-DEFAULT_BALLOON_WARN = 0.20  # a balloon above 20% of a VM's memory, where the config has no balloon_ratio rule
+DEFAULT_BALLOON_WARN = 0.20  # a balloon above 20% of its VM, where no balloon_ratio rule says
 DEFAULT_RECLAIMED_WARN = 0.20
 HOST_FREE_RATIO = 0.5  # "host RAM usage is low": more than half of it free
 _SEVERITY = {1: WARNING, 2: CRITICAL}  # a rule's raw level -> the severity it gives
