@@ -277,6 +277,24 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         QMP,
         VSPHERE,
     ),
+    # The guest's integration service: VMware Tools.
+    _f(
+        "tools_running",
+        bool,
+        "",
+        "VMware Tools is running in the guest",
+        VSPHERE,
+        note="guest.toolsRunningStatus: running, or running its power-operation scripts",
+    ),
+    _f(
+        "tools_status",
+        str,
+        "",
+        "VMware Tools' version status: current, need_upgrade, not_installed, unmanaged, "
+        "too_old, supported_old, supported_new, too_new or blacklisted",
+        VSPHERE,
+        note="guest.toolsVersionStatus2",
+    ),
     _f(
         "alert_level",
         int,
