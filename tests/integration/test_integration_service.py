@@ -27,9 +27,8 @@ from telegraf_balloon.log import Log
 from telegraf_balloon.model import Sample
 from telegraf_balloon.sources.qmp.source import QmpSource
 from tests.integration.test_explain_libvirt import explain_once
-from tests.stack.common import StackError, need_program, unavailable, wait_for
-from tests.stack.fixtures import running
-from tests.stack.guest_image import DEFAULT_CACHE_DIR, build_guest
+from tests.stack.common import StackError, unavailable, wait_for
+from tests.stack.fixtures import new_qemu_host, running
 from tests.stack.inprocess import Plugin
 from tests.stack.libvirt_daemon import LibvirtStack
 from tests.stack.qemu_stack import QemuError, QemuHost
@@ -190,14 +189,7 @@ def test_libvirt_explain_integration_service_down_and_guest_slow(
 def agent_host() -> Iterator[QemuHost]:
     """301 runs the stand-in agent, 302 has the channel and nothing in its guest, 303 (paused)
     has a channel its config does not enable: never pinged."""
-    if os.geteuid() != 0:
-        unavailable("QMP sockets are root-only: the qmp tests run as root")
-    qemu = need_program("qemu-system-x86_64")
-    try:
-        image = build_guest(DEFAULT_CACHE_DIR)
-    except (StackError, OSError) as exc:
-        unavailable(f"the guest image could not be built: {exc}")
-    host = QemuHost(qemu, image)
+    host = new_qemu_host()
 
     def boot() -> None:
         host.write_conf(AGENT_UP, "memory: 256\nballoon: 128\nagent: 1\nname: agent-up\n")
