@@ -53,6 +53,8 @@ VALUES: dict[str, Any] = {
     "active_mb": 800,
     "shared_mb": 100,
     "overhead_mb": 30,
+    "tools_running_status": "guestToolsRunning",
+    "tools_version_status": "guestToolsNeedUpgrade",
 }
 UNKNOWN_COOKIE = 'vmware_soap_session="00000000-0000-0000-0000-000000000000"'
 

@@ -277,6 +277,46 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         QMP,
         VSPHERE,
     ),
+    # The guest's integration service: VMware Tools, the QEMU guest agent.
+    _f(
+        "tools_running",
+        bool,
+        "",
+        "VMware Tools is running in the guest",
+        VSPHERE,
+        note="guest.toolsRunningStatus: running, or running its power-operation scripts",
+    ),
+    _f(
+        "tools_status",
+        str,
+        "",
+        "VMware Tools' version status: current, need_upgrade, not_installed, unmanaged, "
+        "too_old, supported_old, supported_new, too_new or blacklisted",
+        VSPHERE,
+        note="guest.toolsVersionStatus2",
+    ),
+    _f(
+        "guest_agent_connected",
+        bool,
+        "",
+        "the QEMU guest agent's channel is connected (and, when pinged, the agent answered "
+        "within 1 s)",
+        LIBVIRT,
+        QMP,
+        note="libvirt: the live XML's org.qemu.guest_agent.0 channel state, read with the XML, "
+        "or with agent_ping the ping's answer; qmp: the <vmid>.qga socket answered guest-ping "
+        "(Proxmox VMs with agent enabled); absent without an agent channel",
+    ),
+    _f(
+        "guest_agent_latency_seconds",
+        float,
+        "seconds",
+        "round trip of a guest-ping to the QEMU guest agent, with the guest-sync before it",
+        LIBVIRT,
+        QMP,
+        note="libvirt: with agent_ping, through libvirtd's agent command; qmp: on the "
+        "<vmid>.qga socket, with agent_ping; absent when the agent did not answer",
+    ),
     _f(
         "alert_level",
         int,
@@ -392,7 +432,8 @@ COLLECTOR_FIELDS: tuple[Field, ...] = (
         QMP,
         note="guest: the /proc and /sys reads; libvirt: the stats fetch only, its concurrent "
         "chunks or its one bulk call (per-domain fallback calls count in duration_seconds); "
-        "vsphere: the VMs' property retrieval; qmp: every VM's exchange, run side by side",
+        "vsphere: the VMs' property retrieval; qmp: every VM's monitor exchange, run side by side "
+        "(the guest agents' pings beside them not counted)",
     ),
     _f("vms", int, "count", "VMs reported this poll", HEALTH),
     _f("polls_total", int, "count", "polls of this source since start", HEALTH),

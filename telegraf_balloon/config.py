@@ -57,6 +57,7 @@ class LibvirtConfig:
     refresh_interval: float = 300.0
     host_root: str = "/"  # this host's /proc and /sys, read when the URI is local
     concurrency: int = 0  # concurrent stats calls: 0 auto, 1 one bulk call, N pinned
+    agent_ping: bool = False  # guest-ping each domain's QEMU guest agent (needs read_only off)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class QmpConfig:
     connect_timeout: float = 1.0
     set_stats_period: int = 0
     host_root: str = "/"
+    agent_ping: bool = True  # guest-ping the <vmid>.qga socket of VMs with the agent enabled
 
 
 @dataclass(frozen=True)
@@ -372,6 +374,11 @@ def _libvirt(r: _Reader) -> LibvirtConfig:
     period = r.integer("set_stats_period", default.set_stats_period)
     if period > 0 and read_only:
         raise r.error("set_stats_period", "needs read_only = false (arming the period writes)")
+    agent_ping = r.boolean("agent_ping", default.agent_ping)
+    if agent_ping and read_only:
+        raise r.error(
+            "agent_ping", "needs read_only = false (libvirt refuses agent commands read-only)"
+        )
     refresh = r.duration("refresh_interval", default.refresh_interval)
     assert refresh is not None
     out = LibvirtConfig(
@@ -384,6 +391,7 @@ def _libvirt(r: _Reader) -> LibvirtConfig:
         refresh_interval=refresh,
         host_root=_host_root(r, default.host_root),
         concurrency=r.integer("concurrency", default.concurrency),
+        agent_ping=agent_ping,
     )
     r.finish()
     return out
@@ -499,6 +507,7 @@ def _qmp(r: _Reader) -> QmpConfig:
         connect_timeout=connect_timeout,
         set_stats_period=r.integer("set_stats_period", default.set_stats_period),
         host_root=_host_root(r, default.host_root),
+        agent_ping=r.boolean("agent_ping", default.agent_ping),
     )
     r.finish()
     return out

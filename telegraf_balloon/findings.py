@@ -341,6 +341,60 @@ FINDINGS: tuple[Code, ...] = (
             any="Give the memory back on the hypervisor and check the guest's balloon driver.",
         ),
     ),
+    # The guest's integration service: VMware Tools, the QEMU guest agent.
+    Code(
+        "integration_service_down",
+        "vm",
+        "VMware Tools not running or not installed, or the guest agent disconnected or not "
+        "answering, on a VM whose balloon is in use or asked to be",
+        message=_t(
+            vsphere="VMware Tools is {tools_state} in this VM while its balloon {balloon_use}: "
+            "the guest's integration service is down, so vCenter loses its view of the guest "
+            "(heartbeat, guest operations), and a balloon left inflated may belong to a guest "
+            "that lost contact with the host.",
+            any="The QEMU guest agent is not connected or did not answer a guest-ping within "
+            "1 s while the balloon {balloon_use}: the guest's integration service is down or the "
+            "guest itself does not answer, and a balloon left inflated may belong to a guest that "
+            "lost contact with the host.",
+        ),
+        remedy=_t(
+            vsphere="Inside the guest, start VMware Tools and keep it enabled (Linux: "
+            "open-vm-tools, whose daemon is vmtoolsd; Windows: the VMware Tools service):\n"
+            "$ systemctl enable --now open-vm-tools\n"
+            "Not installed: install open-vm-tools from the guest's distribution (or VMware "
+            "Tools from the vSphere Client, Guest OS > Install VMware Tools).",
+            libvirt="Inside the guest, start the agent and keep it enabled:\n"
+            "$ systemctl enable --now qemu-guest-agent\n"
+            "If it runs, the guest itself may not answer (hung, out of memory); ask it from "
+            "the host:\n"
+            '$ virsh -c {instance} qemu-agent-command {vm_uuid} \'{{"execute":"guest-ping"}}\'',
+            qmp_proxmox="Inside the guest, start the agent and keep it enabled:\n"
+            "$ systemctl enable --now qemu-guest-agent\n"
+            "The VM's config enables its channel (agent: 1); a VM given it while running has "
+            "the channel only after a stop and a start. Ask the agent from the host:\n"
+            "$ qm agent {vmid} ping",
+            any="Inside the guest, start the agent and keep it enabled:\n"
+            "$ systemctl enable --now qemu-guest-agent",
+        ),
+    ),
+    Code(
+        "guest_slow",
+        "vm",
+        "`guest_agent_latency_seconds` at or above its rule's warn",
+        message=_t(
+            any="The guest agent took {agent_latency} to answer a guest-ping, at or above the "
+            "guest_agent_latency_seconds rule's {agent_limit}: the guest is slow "
+            "to answer its host (starved of CPU, swapping, or its host overcommitted), and a "
+            "slow guest is slow to give its balloon's pages too.",
+        ),
+        remedy=_t(
+            libvirt="See what the guest waits on: inside it, `vmstat 1` (steal time, swap-in, "
+            "blocked tasks); on the host, the domain's CPU and memory:\n"
+            "$ virsh -c {instance} domstats {vm_uuid} --vcpu --balloon",
+            any="See what the guest waits on: inside it, `vmstat 1` (steal time, swap-in, "
+            "blocked tasks); on the host, its vCPUs' CPU time and the host's memory pressure.",
+        ),
+    ),
     Code(
         "host_overcommitted",
         "host",

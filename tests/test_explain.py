@@ -504,6 +504,81 @@ def test_libvirt_driver_never_reported_after_the_grace() -> None:
     assert_found(doc, "driver_not_loaded", "warning", "never reported", "modprobe virtio_balloon")
 
 
+# --- the guest's integration service: VMware Tools, the QEMU guest agent ---------------------
+
+
+def _vm(kind: str, guest: str, **fields: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    tags = {"host": "h1", "guest": guest, "hypervisor": "kvm", "source": kind, "uuid": UUID}
+    if kind == "vsphere":
+        tags["hypervisor"] = "vmware"
+    base: dict[str, Any] = {"memory_max_bytes": 2 * GIB, "memory_current_bytes": 2 * GIB}
+    base.update(balloon_actual_bytes=0, inflation_blocked=False)
+    return tags, {**base, **fields}
+
+
+def test_integration_service_down_only_where_the_balloon_is_in_use_or_asked() -> None:
+    """Tools not running with a balloon holding 512 MiB; not installed with a target; Tools
+    not running with an empty balloon (nothing to judge); Tools running with a balloon."""
+    inflated = {"balloon_actual_bytes": 512 * MIB, "memory_current_bytes": 1536 * MIB}
+    vms = [
+        _vm("vsphere", "stopped", tools_running=False, tools_status="current", **inflated),
+        _vm("vsphere", "missing", tools_running=False, tools_status="not_installed",
+            balloon_target_bytes=256 * MIB),
+        _vm("vsphere", "idle", tools_running=False, tools_status="not_installed"),
+        _vm("vsphere", "fine", tools_running=True, tools_status="need_upgrade", **inflated),
+    ]  # fmt: skip
+    doc = explain_now(guest_toml(CONFIG_ONLY), sources=[HandBuilt("vsphere", vms[:1])])
+    found = assert_found(
+        doc, "integration_service_down", "warning", "not running (version status current)"
+    )
+    assert "holds 512 MiB" in found["message"]
+    assert "$ systemctl enable --now open-vm-tools" in found["remedy"]
+    doc = explain_now(guest_toml(CONFIG_ONLY), sources=[HandBuilt("vsphere", vms)])
+    by_guest = {vm["guest"]: {f["code"] for f in vm["findings"]} for vm in doc["vms"]}
+    assert "integration_service_down" in by_guest["stopped"]
+    assert "integration_service_down" in by_guest["missing"]
+    assert "integration_service_down" not in by_guest["idle"] | by_guest["fine"]
+    missing = next(vm for vm in doc["vms"] if vm["guest"] == "missing")["findings"]
+    assert "VMware Tools is not installed" in missing[0]["message"]
+    assert "is asked to hold 256 MiB" in missing[0]["message"]
+
+
+def test_guest_agent_down_on_libvirt_and_proxmox_with_their_remedies() -> None:
+    inflated = {"balloon_actual_bytes": 256 * MIB, "memory_current_bytes": 1792 * MIB}
+    libvirt_vm = _vm("libvirt", "web 01", guest_agent_connected=False, **inflated)
+    doc = explain_now(guest_toml(CONFIG_ONLY), sources=[HandBuilt("libvirt", [libvirt_vm])])
+    found = assert_found(doc, "integration_service_down", "warning", "QEMU guest agent")
+    assert f"""qemu-agent-command {UUID} '{{"execute":"guest-ping"}}'""" in found["remedy"]
+    assert "web 01" not in found["remedy"]
+    tags, fields = _vm("qmp", "db", guest_agent_connected=False, **inflated)
+    tags["vmid"] = "101"
+    doc = explain_now(guest_toml(CONFIG_ONLY), sources=[HandBuilt("qmp", [(tags, fields)])])
+    found = assert_found(doc, "integration_service_down", "warning", "holds 256 MiB")
+    assert "$ qm agent 101 ping" in found["remedy"]
+    # an answering agent, or one whose balloon is empty: nothing to say
+    answering = _vm("libvirt", "a", guest_agent_connected=True, **inflated)
+    empty = _vm("libvirt", "b", guest_agent_connected=False)
+    doc = explain_now(guest_toml(CONFIG_ONLY), sources=[HandBuilt("libvirt", [answering, empty])])
+    assert "integration_service_down" not in codes(doc)
+
+
+def test_guest_slow_at_the_latency_rules_warn() -> None:
+    rule = '[[thresholds]]\nfield = "guest_agent_latency_seconds"\nwarn = 0.5\ncrit = 0.9\n'
+    slow = _vm("libvirt", "slow", guest_agent_connected=True, guest_agent_latency_seconds=0.62)
+    quick = _vm("libvirt", "quick", guest_agent_connected=True, guest_agent_latency_seconds=0.004)
+    toml = guest_toml(CONFIG_ONLY, extra=rule)
+    doc = explain_now(toml, sources=[HandBuilt("libvirt", [slow, quick])])
+    found = assert_found(doc, "guest_slow", "warning", "took 620 ms", "rule's warn (500 ms)")
+    assert f"virsh -c hand-built domstats {UUID} --vcpu --balloon" in found["remedy"]
+    # at crit, still a warning (the contract), naming the crit crossed
+    slower = _vm("libvirt", "slow", guest_agent_connected=True, guest_agent_latency_seconds=0.95)
+    doc = explain_now(toml, sources=[HandBuilt("libvirt", [slower])])
+    assert "rule's crit (900 ms)" in assert_found(doc, "guest_slow", "warning")["message"]
+    # without a rule on the latency: no finding, however slow
+    doc = explain_now(guest_toml(CONFIG_ONLY), sources=[HandBuilt("libvirt", [slow])])
+    assert codes(doc) == set()
+
+
 def test_a_thousand_vms_stay_readable() -> None:
     """Healthy VMs are one line; VMs with findings come first; every line fits 80 columns."""
     samples = []
@@ -644,7 +719,7 @@ def test_every_remedy_command_parses_to_the_intended_argv_for_hostile_names() ->
                         assert argv[1:3] == ["-c", instance], where
                         assert argv[3] in ("list", "nodememstats") or argv[4] == UUID, where
                     elif argv[0] == "qm":
-                        assert argv[1:3] == ["set", "101"], where
+                        assert argv[1:3] in (["set", "101"], ["agent", "101"]), where
                     elif argv[0] == "govc":
                         assert f"-vm.uuid={UUID}" in argv, where
                     elif argv[0] == "ls":
@@ -947,6 +1022,7 @@ KNOWN_PLACEHOLDERS = {
     "limit_name", "limit_pct", "for_note", "swapped", "swap_rate", "oom_new", "host_free",
     "host_memory", "host", "promised", "physical", "reclaimed", "reclaimed_pct", "overcommit",
     "socket",
+    "tools_state", "balloon_use", "agent_latency", "agent_limit",
 }  # fmt: skip
 
 

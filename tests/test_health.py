@@ -1445,6 +1445,7 @@ def test_sample_config_rules_are_what_its_comments_say() -> None:
         rule("swap_out_bytes_per_second", warn=MiB, crit=10 * MiB, for_seconds=300),
         rule("reclaimed_ratio", warn=0.2, for_seconds=600, measurement=catalog.HOST),
         rule("ecc_uncorrected_new", crit=1, measurement=catalog.HOST),
+        rule("guest_agent_latency_seconds", warn=0.5, for_seconds=300),
     )
 
 

@@ -67,7 +67,40 @@ def test_configured_vm_fields_in_bytes() -> None:
         "reservation_bytes": 512 * MIB,
         "limit_bytes": 3072 * MIB,
         "inflation_blocked": False,
+        "tools_running": True,
+        "tools_status": "need_upgrade",
     }
+
+
+def test_tools_of_a_vm_as_the_simulator_makes_it() -> None:
+    """Tools not running and no version status: running false, the status absent."""
+    items, _ = _objects("retrieve-page1.xml")
+    fields = F.vm_fields(items[0][2])
+    assert fields["tools_running"] is False
+    assert "tools_status" not in fields
+
+
+@pytest.mark.parametrize(
+    ("running", "version", "expected"),
+    [
+        ("guestToolsRunning", "guestToolsCurrent",
+         {"tools_running": True, "tools_status": "current"}),
+        ("guestToolsExecutingScripts", "guestToolsUnmanaged",
+         {"tools_running": True, "tools_status": "unmanaged"}),
+        ("guestToolsNotRunning", "guestToolsNotInstalled",
+         {"tools_running": False, "tools_status": "not_installed"}),
+        ("guestToolsNotRunning", "guestToolsSupportedOld",
+         {"tools_running": False, "tools_status": "supported_old"}),
+        # a status newer than the table: snake-cased the same way; junk: absent
+        ("", "guestToolsSomethingNew", {"tools_status": "something_new"}),
+        ("running", "guestTools", {}),
+        ("guestToolsrunning", "<b>guestToolsCurrent</b>", {}),
+    ],
+)  # fmt: skip
+def test_tools_fields(running: str, version: str, expected: dict[str, object]) -> None:
+    props = {"guest.toolsRunningStatus": running, "guest.toolsVersionStatus2": version}
+    got = {k: v for k, v in F.vm_fields(props).items() if k.startswith("tools_")}
+    assert got == expected
 
 
 def test_unlimited_limit_is_absent() -> None:

@@ -39,3 +39,14 @@ def duration(seconds: float) -> str:
         return f"{hours // 24}d"
     out = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
     return out + (f"{secs}s" if secs else "")
+
+
+def latency(seconds: object) -> str:
+    """A round trip for people: '3.2 ms', '250 ms', '1.5s'."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return "-"
+    value = max(0.0, float(seconds))
+    if value >= 1:
+        return f"{value:.1f}s"
+    ms = value * 1000
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"

@@ -18,7 +18,7 @@ from ..health import RuleState
 from ..model import Fields, Sample, Tags
 from ..runner import Batch, Runner, SourceBatch
 from ..sources.kvm import driver_grace, driver_verdict
-from .figures import MIB, duration, percent, size
+from .figures import MIB, duration, latency, percent, size
 from .report import (
     CRITICAL,
     RANK,
@@ -221,6 +221,10 @@ class Judge:
         if reserved:
             add("inflation_blocked")
 
+        # Step 1b: the guest's integration service (VMware Tools, the QEMU guest agent).
+        for code_name in self._integration(fields, rules, ctx):
+            add(code_name)
+
         # Step 2: are the stats flowing?
         if fields.get("stats_disabled") is True:
             add("stats_disabled")
@@ -301,6 +305,40 @@ class Judge:
             guest=tags.get("guest", ""),
             pending=pending,
         )
+
+    @staticmethod
+    def _integration(fields: Fields, rules: list[RuleState], ctx: Context) -> list[str]:
+        """integration_service_down: Tools not running (or not installed), or the agent not
+        connected or not answering, while the balloon holds memory or is asked to; guest_slow:
+        the agent's answer at or above the guest_agent_latency_seconds rule's warn."""
+        found: list[str] = []
+        actual = _number(fields, "balloon_actual_bytes") or 0.0
+        target = _number(fields, "balloon_target_bytes") or 0.0
+        if actual > 0 or target > 0:
+            if actual > 0:
+                held = f" of a {size(target)} target" if target > 0 else ""
+                ctx["balloon_use"] = f"holds {size(actual)}{held}"
+            else:
+                ctx["balloon_use"] = f"is asked to hold {size(target)}"
+            status = fields.get("tools_status")
+            if status == "not_installed":
+                ctx["tools_state"] = "not installed"
+            elif fields.get("tools_running") is False:
+                ctx["tools_state"] = "not running" + (
+                    f" (version status {status})" if isinstance(status, str) else ""
+                )
+            if "tools_state" in ctx or fields.get("guest_agent_connected") is False:
+                found.append("integration_service_down")
+        ruled = [r for r in rules if r.field == "guest_agent_latency_seconds"]
+        raw = max((r.raw for r in ruled), default=0)
+        took = _number(fields, "guest_agent_latency_seconds")
+        if raw and took is not None:
+            rule = next(r for r in ruled if r.raw >= raw)
+            limit = rule.crit if raw == 2 else rule.warn
+            ctx["agent_latency"] = latency(took)
+            ctx["agent_limit"] = f"{'crit' if raw == 2 else 'warn'} ({latency(limit)})"
+            found.append("guest_slow")
+        return found
 
     def _vm_context(self, part: SourceBatch, sample: Sample, now: float, watched: float) -> Context:
         fields, tags = sample.fields, sample.tags

@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Optional
 
 DRIVER_GRACE = 30.0  # least time before a silent guest driver counts as missing
+# How long a QEMU guest agent has to answer a guest-ping (libvirt and the .qga socket alike;
+# libvirt counts an agent command's timeout in whole seconds): a live agent answers in
+# milliseconds, so no answer by then is an agent (or a guest) that does not answer.
+AGENT_TIMEOUT = 1.0
 
 
 def driver_grace(period: int) -> float:

@@ -1,4 +1,5 @@
-"""Proxmox VE VM configs (<vmid>.conf): the name, memory and balloon minimum of a running VM.
+"""Proxmox VE VM configs (<vmid>.conf): the name, memory and balloon minimum of a running VM,
+and whether its QEMU guest agent's channel is enabled.
 
 Written from Proxmox's documented format (qm.conf(5) and the admin guide), not from its code.
 """
@@ -21,6 +22,7 @@ DEFAULT_MEMORY_MIB = 512  # qm.conf(5): memory defaults to 512 MiB
 # memory: 4096
 # name: web-01
 # smbios1: uuid=5a1c8ef0-0d5c-4f5e-9c59-2d3b4b1c2a10
+# agent: 1,fstrim_cloned_disks=1
 # parent: before-upgrade
 #
 # [before-upgrade]
@@ -38,6 +40,7 @@ class PveConfig:
     balloon_mib: Optional[int] = None  # None: unset (a device, no auto-ballooning); 0: no device
     shares: Optional[int] = None
     uuid: Optional[str] = None
+    agent: bool = False  # the QEMU guest agent's channel (a <vmid>.qga socket) is enabled
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -93,6 +96,12 @@ def parse_config(text: str) -> PveConfig:
             config.shares = _mib(value)
         elif key == "smbios1":
             config.uuid = _property_string(value, "uuid").get("uuid") or None
+        elif key == "agent":
+            # agent: [enabled=]<1|0>[,fstrim_cloned_disks=<1|0>][,type=<virtio|isa>]...
+            enabled = _property_string(value, "enabled").get("enabled", "")
+            if enabled not in ("0", "1"):
+                config.problems.append(f"line {number}: agent {value!r} is not enabled=0 or 1")
+            config.agent = enabled == "1"
     return config
 
 

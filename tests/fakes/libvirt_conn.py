@@ -168,6 +168,14 @@ class FakeConnection:
         self._call("listAllDomains", flags)
         return [dom for dom, _ in self.records]
 
+    def lookupByUUIDString(self, key: str) -> FakeDomain:
+        """The running domain of this UUID (the agent pings look their domains up)."""
+        self._call("lookupByUUIDString")
+        for dom, _ in self.records:
+            if dom.UUIDString() == key:
+                return dom
+        raise libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, f"no domain with UUID {key}")
+
     def domainListGetStats(
         self, doms: list[FakeDomain], stats: int, flags: int = 0
     ) -> list[tuple[FakeDomain, Any]]:

@@ -292,6 +292,41 @@ def test_templates_and_powered_off_vms_get_no_line(sim: Vcsim, si: Any) -> None:
         configure_vm(vm_by_name(si, off), power="on")
 
 
+def test_vmware_tools_running_not_running_and_not_installed(sim: Vcsim, si: Any) -> None:
+    """Tools' state set through the API, read in the same paged retrieval as the rest: the
+    source's fields equal what pyVmomi reads (the oracle), for each of the three states."""
+    names = sorted(vm.name for vm in all_vms(si))
+    states = {
+        names[6]: ("guestToolsRunning", "guestToolsCurrent", True, "current"),
+        names[7]: ("guestToolsNotRunning", "guestToolsNeedUpgrade", False, "need_upgrade"),
+        names[8]: ("guestToolsNotRunning", "guestToolsNotInstalled", False, "not_installed"),
+    }
+    for name, (running, version, _, _) in states.items():
+        configure_vm(
+            vm_by_name(si, name), tools_running_status=running, tools_version_status=version
+        )
+    source = source_for(sim)
+    result = poll_ok(source)
+    truth = oracle(si)
+    by_name = {s.tags["guest"]: s for s in result.samples}
+    for name, (running, version, want_running, want_status) in states.items():
+        assert truth[name]["guest.toolsRunningStatus"] == running
+        assert truth[name]["guest.toolsVersionStatus2"] == version
+        fields = by_name[name].fields
+        assert fields["tools_running"] is want_running, name
+        assert fields["tools_status"] == want_status, name
+        assert fields["tools_running"] == expected_fields(truth[name])["tools_running"]
+        assert fields["tools_status"] == expected_fields(truth[name])["tools_status"]
+    # a VM as the simulator makes it: tools not running, no version status at all
+    untouched = by_name[names[9]].fields
+    assert untouched["tools_running"] is False and "tools_status" not in untouched
+    # no extra round trip: the tools' state comes in the VMs' own retrieval
+    sim.reset_calls()
+    again = poll_ok(source)
+    assert sim.calls()["calls"].get("RetrievePropertiesEx") == 2  # the VMs, then the hosts
+    assert all("tools_running" in s.fields for s in again.samples)
+
+
 # --- judgement through the runner -------------------------------------------------------------
 
 

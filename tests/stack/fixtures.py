@@ -44,6 +44,7 @@ __all__ = [
     "influxdb",
     "leases",
     "libvirt_stack",
+    "new_qemu_host",
     "promtool",
     "qemu_guest",
     "qmp_host",
@@ -229,9 +230,8 @@ QMP_PLAIN = 104  # paused, balloon device, no Proxmox config (plain QEMU)
 QMP_UUID = "7d4f3c2a-1b0e-4d5c-9a8b-6f5e4d3c2b1a"
 
 
-@pytest.fixture(scope="session")
-def qmp_host() -> Iterator[QemuHost]:
-    """Three QEMUs as a Proxmox node runs them: one booted with stats, two paused."""
+def new_qemu_host() -> QemuHost:
+    """An empty QemuHost that can boot the test guest, or unavailable() saying why not."""
     if os.geteuid() != 0:
         unavailable("QMP sockets are root-only: the qmp tests run as root")
     qemu = need_program("qemu-system-x86_64")
@@ -239,7 +239,13 @@ def qmp_host() -> Iterator[QemuHost]:
         image = build_guest(DEFAULT_CACHE_DIR)
     except (StackError, OSError) as exc:
         unavailable(f"the guest image could not be built: {exc}")
-    host = QemuHost(qemu, image)
+    return QemuHost(qemu, image)
+
+
+@pytest.fixture(scope="session")
+def qmp_host() -> Iterator[QemuHost]:
+    """Three QEMUs as a Proxmox node runs them: one booted with stats, two paused."""
+    host = new_qemu_host()
 
     def boot() -> None:
         host.write_conf(

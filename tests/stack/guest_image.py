@@ -4,7 +4,9 @@
 takes its kernel and virtio modules, and writes an initramfs holding them, busybox-static and
 an ``/init`` that prints the whole of ``/proc/meminfo`` and ``/proc/vmstat`` to the serial
 console every second, between ``=== SNAPSHOT <n> ===`` and ``=== END <n> ===``
-(:func:`parse_console` reads the last complete block back). The result is cached under
+(:func:`parse_console` reads the last complete block back). Options on the guest's kernel
+command line switch more of /init on, each in a block of its own: ``tb.agent=1`` starts a
+stand-in for the QEMU guest agent on its virtio-serial port. The result is cached under
 ``.cache/guest/recipe-<hash>/`` (the kernel ``.deb`` under ``debs/``), the hash covering the
 recipe, so a changed recipe builds a new image. Both the libvirt daemon's domains
 (:mod:`tests.stack.libvirt_daemon`) and the plain QEMUs (:mod:`tests.stack.qemu_stack`) boot it.
@@ -74,6 +76,7 @@ GUEST_MODULES = (
     "virtio_pci_legacy_dev",
     "virtio_pci",
     "virtio_balloon",
+    "virtio_console",  # virtio-serial ports: the guest agent's channel (loads without a device)
 )
 
 GUEST_CMDLINE = "console=ttyS0 quiet loglevel=1 panic=-1"
@@ -97,6 +100,39 @@ if ls /sys/bus/virtio/drivers/virtio_balloon/ 2>/dev/null | grep -q virtio; then
   echo "GUEST: BALLOON-READY"
 else
   echo "GUEST: BALLOON-MISSING"
+fi
+# tb.agent=1: a stand-in for qemu-ga, the QEMU guest agent (test code, not the real agent).
+# It opens the org.qemu.guest_agent.0 virtio-serial port and keeps it open (the host then
+# sees the agent connected) and answers guest-sync, guest-sync-delimited (its reply after
+# the 0xFF sentinel byte) and guest-ping, one JSON object a line, as qemu-ga does. While no
+# host side is connected a read of the port ends at once: it waits a little and reads again.
+if grep -q "tb.agent=1" /proc/cmdline; then
+  (
+    port=""
+    for i in $(seq 100); do
+      for d in /sys/class/virtio-ports/*; do
+        [ "$(cat "$d/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port="/dev/${d##*/}"
+      done
+      [ -n "$port" ] && [ -e "$port" ] && break
+      sleep 0.1
+    done
+    if [ -z "$port" ]; then echo "GUEST: AGENT-PORT-MISSING"; exit 0; fi
+    exec 3<>"$port"
+    echo "GUEST: AGENT-READY $port"
+    while true; do
+      if IFS= read -r line <&3; then
+        id=${line##*\"id\":}; id=${id# }; id=${id%%[!0-9]*}
+        case "$line" in
+          *guest-sync-delimited*) printf '\377{"return": %s}\n' "$id" >&3 ;;
+          *guest-sync*) printf '{"return": %s}\n' "$id" >&3 ;;
+          *guest-ping*) printf '{"return": {}}\n' >&3 ;;
+          *execute*) printf '{"error": {"class": "CommandNotFound", "desc": "stand-in"}}\n' >&3 ;;
+        esac
+      else
+        sleep 0.05
+      fi
+    done
+  ) &
 fi
 n=0
 while true; do

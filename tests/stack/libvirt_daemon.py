@@ -121,12 +121,20 @@ def _is_qemu(pid: int) -> bool:
 
 
 def _qemu_domain_xml(
-    name: str, memory_mib: int, stats_period: int, boot: Optional[Tuple[GuestImage, Path]] = None
+    name: str,
+    memory_mib: int,
+    stats_period: int,
+    boot: Optional[Tuple[GuestImage, Path]] = None,
+    *,
+    agent_channel: bool = False,
+    cmdline_extra: str = "",
 ) -> str:
     """A TCG domain with a virtio balloon (``stats_period`` > 0: its ``<stats>`` period).
 
     With ``boot`` (the guest image and a console file) it boots the image, printing to that
     file; without, it has no kernel, console or disk: started paused, it never boots.
+    ``agent_channel`` adds the QEMU guest agent's virtio channel (libvirt picks the socket);
+    ``cmdline_extra`` is appended to the guest's kernel command line (``tb.agent=1``).
     """
     dom = ET.Element("domain", type="qemu")
     ET.SubElement(dom, "name").text = name
@@ -139,7 +147,7 @@ def _qemu_domain_xml(
         image = boot[0]
         ET.SubElement(os_el, "kernel").text = str(image.kernel)
         ET.SubElement(os_el, "initrd").text = str(image.initrd)
-        ET.SubElement(os_el, "cmdline").text = image.cmdline
+        ET.SubElement(os_el, "cmdline").text = f"{image.cmdline} {cmdline_extra}".strip()
         features = ET.SubElement(dom, "features")
         ET.SubElement(features, "acpi")
         ET.SubElement(features, "apic")
@@ -151,6 +159,9 @@ def _qemu_domain_xml(
         serial = ET.SubElement(devices, "serial", type="file")
         ET.SubElement(serial, "source", path=str(boot[1]))
         ET.SubElement(serial, "target", port="0")
+    if agent_channel:
+        channel = ET.SubElement(devices, "channel", type="unix")
+        ET.SubElement(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
     balloon = ET.SubElement(devices, "memballoon", model="virtio")
     if stats_period > 0:
         ET.SubElement(balloon, "stats", period=str(stats_period))
@@ -547,17 +558,39 @@ class LibvirtStack:
             self.timings["build_guest"] = time.monotonic() - t0
         return self._image
 
-    def _domain_xml(self, name: str, memory_mib: int, stats_period: int, console: Path) -> str:
-        return _qemu_domain_xml(name, memory_mib, stats_period, (self.guest_image, console))
+    def _domain_xml(
+        self, name: str, memory_mib: int, stats_period: int, console: Path, **extra: Any
+    ) -> str:
+        boot = (self.guest_image, console)
+        return _qemu_domain_xml(name, memory_mib, stats_period, boot, **extra)
 
-    def define_guest(self, name: str, memory_mib: int = 512, stats_period: int = 2) -> str:
-        """Define and start a TCG guest with a virtio balloon; return its console log path."""
+    def define_guest(
+        self,
+        name: str,
+        memory_mib: int = 512,
+        stats_period: int = 2,
+        *,
+        agent_channel: bool = False,
+        cmdline_extra: str = "",
+    ) -> str:
+        """Define and start a TCG guest with a virtio balloon; return its console log path.
+
+        ``agent_channel``: give it the guest agent's channel; ``cmdline_extra``: options for
+        the guest's /init (``tb.agent=1`` starts its stand-in agent on that channel).
+        """
         libvirt = _libvirt()
         console = self._wd() / "guests" / f"{_safe_name(name)}.console.log"
         with contextlib.suppress(FileNotFoundError):
             console.unlink()
         self._guests[name] = console
-        xml = self._domain_xml(name, memory_mib, stats_period, console)
+        xml = self._domain_xml(
+            name,
+            memory_mib,
+            stats_period,
+            console,
+            agent_channel=agent_channel,
+            cmdline_extra=cmdline_extra,
+        )
         with self.connection() as conn:
             try:
                 dom = conn.defineXML(xml)

@@ -3,6 +3,7 @@
 :class:`QemuHost` owns one directory::
 
     run/<vmid>.qmp   the VM's QMP socket      (Proxmox: /var/run/qemu-server/<vmid>.qmp)
+    run/<vmid>.qga   its guest agent's socket, when started with one (Proxmox: agent: 1)
     run/<vmid>.pid   its pidfile (-daemonize) (Proxmox: /var/run/qemu-server/<vmid>.pid)
     run/<vmid>.log   its serial console
     qemu-server/<vmid>.conf   its VM config   (Proxmox: /etc/pve/qemu-server/<vmid>.conf)
@@ -44,6 +45,7 @@ class Vm:
     pid: int
     qmp: Path
     console: Path
+    qga: Optional[Path] = None
 
 
 class Monitor:
@@ -125,8 +127,15 @@ class QemuHost:
         name: Optional[str] = None,
         uuid: Optional[str] = None,
         wait: bool = True,
+        agent: bool = False,
+        cmdline_extra: str = "",
     ) -> Vm:
-        """Start one QEMU the way Proxmox would (-daemonize, pidfile, QMP socket beside it)."""
+        """Start one QEMU the way Proxmox would (-daemonize, pidfile, QMP socket beside it).
+
+        ``agent``: the guest agent's virtio-serial port, its socket ``<vmid>.qga`` beside the
+        monitor, as Proxmox starts a VM whose config has ``agent: 1``; ``cmdline_extra``: options
+        for the guest's /init (``tb.agent=1`` starts its stand-in agent on that port).
+        """
         qmp = self.run_dir / f"{vmid}.qmp"
         pidfile = self.run_dir / f"{vmid}.pid"
         console = self.run_dir / f"{vmid}.log"
@@ -146,15 +155,20 @@ class QemuHost:
             cmd += ["-device", "virtio-balloon-pci" + (f",id={balloon_id}" if balloon_id else "")]
         if uuid:
             cmd += ["-smbios", f"type=1,uuid={uuid}"]
+        qga = self.run_dir / f"{vmid}.qga" if agent else None
+        if qga is not None:
+            cmd += ["-chardev", f"socket,path={qga},server=on,wait=off,id=qga0"]
+            cmd += ["-device", "virtio-serial,id=qga0"]
+            cmd += ["-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
         if boot:
             if self.image is None:
                 raise QemuError("a booted VM needs the guest image")
             cmd += ["-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd)]
-            cmd += ["-append", self.image.cmdline]
+            cmd += ["-append", f"{self.image.cmdline} {cmdline_extra}".strip()]
         else:
             cmd.append("-S")
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        vm = Vm(vmid, 0, qmp, console)
+        vm = Vm(vmid, 0, qmp, console, qga)
         if wait:
             self.finish_start(vm, process)
         else:

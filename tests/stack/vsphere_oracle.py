@@ -12,17 +12,21 @@ keywords are the second column.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 __all__ = [
     "KIB",
     "MIB",
     "QUICKSTATS",
+    "TOOLS_RUNNING",
+    "TOOLS_VERSION",
     "VMMEMCTL",
     "VMMEMCTLTARGET",
     "apply_sample",
     "expected_fields",
     "reported",
+    "tools_status",
 ]
 
 KIB = 1024
@@ -44,6 +48,23 @@ QUICKSTATS: Tuple[Tuple[str, str, Optional[str], int], ...] = (
 )
 # vCenter leaves an int out when it has nothing for it: for these, a powered-on VM's 0.
 ZERO_WHEN_MISSING = frozenset(("balloonedMemory", "swappedMemory", "compressedMemory"))
+
+# VMware Tools (vim.vm.GuestInfo): toolsRunningStatus -> tools_running, and
+# toolsVersionStatus2 -> tools_status, the enum value's words after "guestTools" in snake case.
+TOOLS_RUNNING = {"guestToolsRunning": True, "guestToolsExecutingScripts": True,
+                 "guestToolsNotRunning": False}  # fmt: skip
+TOOLS_VERSION = (
+    "guestToolsNotInstalled", "guestToolsNeedUpgrade", "guestToolsCurrent",
+    "guestToolsUnmanaged", "guestToolsTooOld", "guestToolsSupportedOld",
+    "guestToolsSupportedNew", "guestToolsTooNew", "guestToolsBlacklisted",
+)  # fmt: skip
+
+
+def tools_status(value: str) -> str:
+    """guestToolsNeedUpgrade -> need_upgrade."""
+    words = re.findall(r"[A-Z][a-z]*", value[len("guestTools") :])
+    return "_".join(w.lower() for w in words)
+
 
 # Realtime counters (group.name.rollup), all in KB.
 VMMEMCTL = "mem.vmmemctl.average"
@@ -85,6 +106,12 @@ def expected_fields(props: Mapping[str, Any]) -> Dict[str, Any]:
     fields["inflation_blocked"] = (
         reservation is not None and memory is not None and reservation >= memory > 0
     )
+    running = props.get("guest.toolsRunningStatus")
+    if running in TOOLS_RUNNING:
+        fields["tools_running"] = TOOLS_RUNNING[running]
+    version = props.get("guest.toolsVersionStatus2")
+    if version in TOOLS_VERSION:
+        fields["tools_status"] = tools_status(version)
     return fields
 
 

@@ -202,6 +202,8 @@ def reconfigure_spec(
     perf: Optional[Mapping[str, int]] = None,
     perf_lag_s: Optional[int] = None,
     perf_omit: Optional[bool] = None,
+    tools_running_status: Optional[str] = None,
+    tools_version_status: Optional[str] = None,
     **quickstats: Optional[int],
 ) -> Optional[Any]:
     """The ConfigSpec :func:`configure_vm` sends, or None when nothing changes."""
@@ -245,6 +247,13 @@ def reconfigure_spec(
         extra.append(_opt("sim.perf_lag_s", perf_lag_s))
     if perf_omit is not None:
         extra.append(_opt("sim.perf_omit", 1 if perf_omit else 0))
+    # VMware Tools' state: strings (the simulator sets a string property from a string value)
+    for path, text in (
+        ("guest.toolsRunningStatus", tools_running_status),
+        ("guest.toolsVersionStatus2", tools_version_status),
+    ):
+        if text is not None:
+            extra.append(vim.option.OptionValue(key=f"SET.{path}", value=str(text)))
     if extra:
         spec.extraConfig = extra
         changed = True
@@ -306,6 +315,8 @@ def configure_vm(
     perf: Optional[Mapping[str, int]] = None,
     perf_lag_s: Optional[int] = None,
     perf_omit: Optional[bool] = None,
+    tools_running_status: Optional[str] = None,
+    tools_version_status: Optional[str] = None,
     power: Optional[str] = None,
     template: bool = False,
     timeout: float = 120.0,
@@ -316,7 +327,10 @@ def configure_vm(
     becomes the VM's ``mem.vmmemctltarget.*`` counters; ``perf`` forces any counter
     (``{"mem.swaptarget.average": 1024}``, in the counter's unit). ``perf_lag_s`` puts the
     VM's newest realtime sample that many seconds in the past (its host stopped reporting);
-    ``perf_omit=True`` leaves the VM out of QueryPerf replies. ``limit_mb=-1`` is
+    ``perf_omit=True`` leaves the VM out of QueryPerf replies. ``tools_running_status``
+    (``guestToolsRunning``, ``guestToolsNotRunning``, ...) and ``tools_version_status``
+    (``guestToolsCurrent``, ``guestToolsNotInstalled``, ...) set VMware Tools' state as the
+    guest would report it (the simulator makes every VM "not running"). ``limit_mb=-1`` is
     unlimited. ``power``: "on", "off", "suspended" or None (leave it). ``template=True`` powers
     off and marks the VM a template. The simulator's own counters derive from quickStats:
     ``mem.vmmemctl`` = ballooned MB * 1024, ``mem.swapped`` = swapped MB * 1024,
@@ -331,6 +345,8 @@ def configure_vm(
         perf=perf,
         perf_lag_s=perf_lag_s,
         perf_omit=perf_omit,
+        tools_running_status=tools_running_status,
+        tools_version_status=tools_version_status,
         ballooned_mb=ballooned_mb,
         swapped_mb=swapped_mb,
         compressed_kb=compressed_kb,

@@ -3,7 +3,8 @@
 Every connection the source makes (its own and each stats worker's) goes through one
 `Connect` function, `(uri, read_only) -> connection`. The real one is `open_libvirt`; a test
 or a bench passes another that returns an object answering the same calls (the tests' fake
-replays recorded libvirtd answers).
+replays recorded libvirtd answers). The guest agent's commands go through libvirt-qemu, a
+module-level call on a domain: `AgentCommand` is their seam, `qemu_agent_command` the real one.
 """
 
 from __future__ import annotations
@@ -12,16 +13,24 @@ import threading
 from typing import Any, Callable, Optional
 
 import libvirt
+import libvirt_qemu
 
 from ...config import LibvirtConfig
 from .uri import over_rpc
 
 Connect = Callable[[str, bool], Any]
+AgentCommand = Callable[[Any, str, int], str]  # (domain, command JSON, seconds) -> reply JSON
 
 
 def open_libvirt(uri: str, read_only: bool) -> Any:
     """A real connection: libvirt.openReadOnly, or libvirt.open when read_only is off."""
     return libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
+
+
+def qemu_agent_command(dom: Any, command: str, timeout: int) -> str:
+    """A command to the domain's QEMU guest agent (libvirt-qemu's virDomainQemuAgentCommand):
+    libvirtd syncs with the agent first, then waits `timeout` whole seconds for the answer."""
+    return str(libvirt_qemu.qemuAgentCommand(dom, command, timeout, 0))
 
 
 _event_loop_lock = threading.Lock()

@@ -35,6 +35,8 @@ class DomainFacts:
     """What the domain XML says, and what the source learnt of this start of the domain."""
 
     __slots__ = (
+        "agent_channel",
+        "agent_connected",
         "arm_failed",
         "blocked_model",
         "checked_at",
@@ -64,6 +66,8 @@ class DomainFacts:
         self.arm_failed = False
         self.frozen_checked = 0  # the last_update of a freeze already checked in the XML
         self.tags: Tags = {}
+        self.agent_channel = False  # a virtio channel for the QEMU guest agent
+        self.agent_connected: Optional[bool] = None  # its state in the live XML, when given
 
 
 def _integer(text: str) -> Optional[int]:
@@ -130,4 +134,24 @@ def parse_domain_xml(text: str, facts: DomainFacts) -> list[str]:
     facts.reservation_bytes = _size_bytes(
         root.find("./memtune/min_guarantee"), "memtune/min_guarantee", skipped
     )
+    agent_channel(root, facts)
     return skipped
+
+
+AGENT_CHANNEL = "org.qemu.guest_agent.0"  # the virtio-serial port name qemu-ga opens
+_AGENT_STATES = {"connected": True, "disconnected": False}
+
+
+# <channel type='unix'><source mode='bind' path='...'/>
+#   <target type='virtio' name='org.qemu.guest_agent.0' state='connected'/></channel>
+def agent_channel(root: ET.Element, facts: DomainFacts) -> None:
+    """The guest agent's channel, and its state where the XML gives one: libvirt writes
+    `state` in a running domain's XML, connected while the agent in the guest has the port
+    open (QEMU's VSERPORT_CHANGE)."""
+    facts.agent_channel = False
+    facts.agent_connected = None
+    for target in root.iterfind("./devices/channel/target"):
+        if target.get("type") == "virtio" and target.get("name") == AGENT_CHANNEL:
+            facts.agent_channel = True
+            facts.agent_connected = _AGENT_STATES.get(target.get("state", ""))
+            return

@@ -77,4 +77,6 @@ def domain_fields(stats: dict[str, Any], facts: DomainFacts, now: float) -> Fiel
     fields["inflation_blocked"] = facts.blocked_model or driver_silent(
         period, facts.last_update > 0, current, maximum, now - facts.first_seen
     )
+    if facts.agent_connected is not None:  # as of the last XML read (agent_ping: this poll)
+        fields["guest_agent_connected"] = facts.agent_connected
     return fields

@@ -1,7 +1,9 @@
 """When the libvirt source reads a domain's XML again: rarely, but soon after its stats freeze.
 
 The per-poll cost stays flat: a domain whose stats flow is not read again before
-refresh_interval, and a frozen one (paused, disarmed, dead driver) once per freeze.
+refresh_interval, and a frozen one (paused, disarmed, dead driver) once per freeze. A domain
+whose guest agent channel was disconnected is read again every RECHECK_SECONDS: an agent
+starts after the guest boots, and its state shows only in the XML.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from typing import Any
 
 from .domainxml import DomainFacts
 
-RECHECK_SECONDS = 30.0  # least time between two XML re-reads of a disarmed domain whose stats move
+RECHECK_SECONDS = 30.0  # least time between two XML re-reads of a disarmed domain whose stats
+# move, or of one whose guest agent was not connected
 
 
 def frozen_after(period: int) -> float:
@@ -33,6 +36,8 @@ def needs_xml(
     """
     if now - facts.checked_at >= refresh_interval:
         return True
+    if facts.agent_connected is False and now - facts.checked_at >= RECHECK_SECONDS:
+        return True  # a guest agent not connected yet (the guest boots) or any more
     if facts.blocked_model:
         return False
     last_update = int(stats.get("balloon.last-update", 0))

@@ -2,7 +2,8 @@
 
 A poll fetches every domain's balloon stats (stats.py), reads a domain's XML when it
 (re)starts or reread.py says so (domainxml.py), maps the stats to fields (fields.py) and
-adds the host's memory. How the source connects is a parameter (connection.py).
+adds the host's memory; with agent_ping, it pings the guest agents last (agent.py). How the
+source connects is a parameter (connection.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from ...config import LibvirtConfig
 from ...log import Log
 from ...model import HostInfo, PollResult, Sample, Tags
 from ..hostfacts import local_host
-from .connection import Connect, open_connection, open_libvirt, silence_libvirt_errors
+from ..kvm import AGENT_TIMEOUT
+from .agent import AgentPinger
+from .connection import (
+    AgentCommand,
+    Connect,
+    open_connection,
+    open_libvirt,
+    qemu_agent_command,
+    silence_libvirt_errors,
+)
 from .domainxml import KIB, DomainFacts, parse_domain_xml
 from .fields import MEMORY_STATS_KEYS, domain_fields
 from .reread import needs_xml
@@ -27,6 +37,11 @@ from .uri import is_local, is_test_driver, redact_uri, scrub
 
 # A domain undefined, or shut down, after the bulk call listed it.
 _GONE = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID)
+# The agent pings come last in a poll: they wait at most this long past the agent's own
+# timeout (a ping queued behind others starts late), and never past this share of the
+# runner's deadline, counted from the poll's start.
+PING_MARGIN = 0.25
+PING_DEADLINE_SHARE = 0.9
 
 
 class LibvirtSource:
@@ -41,13 +56,15 @@ class LibvirtSource:
         clock: Callable[[], float] = time.perf_counter,
         fetch_budget: Optional[float] = None,
         connect: Connect = open_libvirt,
+        agent: AgentCommand = qemu_agent_command,
     ) -> None:
         """`fetch_budget`: seconds the (chunked) stats fetch may take before the domains still
         missing are left out of the poll; give it a share of the runner's timeout (FETCH_SHARE
         of [agent] timeout by default, the timeout being 5 s).
 
         `connect(uri, read_only)`: how every connection of this source is opened, its own and
-        its stats workers' (libvirt.open or openReadOnly by default).
+        its stats workers' (libvirt.open or openReadOnly by default); `agent` sends a guest
+        agent command (libvirt-qemu's, by default).
         """
         self.config = config
         self.log = log
@@ -64,6 +81,10 @@ class LibvirtSource:
         self._local = is_local(config.uri)
         budget = FETCH_SHARE * 5.0 if fetch_budget is None else fetch_budget
         self.stats = StatsFetch(config, log, self.instance, self._open_for_stats, budget)
+        self._deadline = budget / FETCH_SHARE  # the runner's timeout for one poll
+        self.agent: Optional[AgentPinger] = None
+        if config.agent_ping:
+            self.agent = AgentPinger(self._open_for_stats, agent, log, self.instance)
         # Chunks run on connections of their own; the test driver gives every connection a
         # private copy of its node, so it keeps to the one connection (and one bulk call).
         self._chunking = config.concurrency != 1 and not is_test_driver(config.uri)
@@ -88,6 +109,8 @@ class LibvirtSource:
 
     def _drop_connection(self) -> None:
         self.stats.reconnected()
+        if self.agent is not None:
+            self.agent.reconnected()
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(libvirt.libvirtError):
@@ -96,6 +119,8 @@ class LibvirtSource:
     def close(self) -> None:
         self._drop_connection()
         self.stats.close()
+        if self.agent is not None:
+            self.agent.close()
 
     # -- the poll --
 
@@ -167,6 +192,8 @@ class LibvirtSource:
             samples.append(Sample(key, facts.tags, domain_fields(stats, facts, now)))
         for gone in set(facts_by_key) - seen:
             self._forget(gone)
+        if self.agent is not None:
+            self._ping_agents(self.agent, samples, started)
         kinds = {s.tags["hypervisor"] for s in samples}
         hypervisor = kinds.pop() if len(kinds) == 1 else self._driver_type
         host_tags = {**host, "hypervisor": hypervisor}
@@ -179,9 +206,28 @@ class LibvirtSource:
         hosts = [info]
         return PollResult(samples=samples, hosts=hosts, api_latency_seconds=latency)
 
+    def _ping_agents(self, agent: AgentPinger, samples: list[Sample], started: float) -> None:
+        """guest-ping the agent of every domain with an agent channel: an answer within the
+        timeout is guest_agent_connected and its latency; none is guest_agent_connected =
+        false for this poll; a ping that could not be judged in time leaves the XML's state."""
+        pinged = [s for s in samples if self._facts[s.key].agent_channel]
+        if not pinged:
+            return
+        left = PING_DEADLINE_SHARE * self._deadline - (self._clock() - started)
+        answers = agent.ping([s.key for s in pinged], min(AGENT_TIMEOUT + PING_MARGIN, left))
+        for sample in pinged:
+            if sample.key not in answers:
+                continue
+            latency = answers[sample.key]
+            sample.fields["guest_agent_connected"] = latency is not None
+            if latency is not None:
+                sample.fields["guest_agent_latency_seconds"] = latency
+
     def _forget(self, key: str) -> None:
         """A domain no longer running (or no longer there): its facts and its XML fault go."""
         del self._facts[key]
+        if self.agent is not None:
+            self.agent.forget({key})
         self.log.clear(f"libvirt-xml:{key}")  # quietly: the domain left, its XML was not fixed
 
     # -- one domain --

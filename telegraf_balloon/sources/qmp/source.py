@@ -6,7 +6,9 @@ commands in one write once greeted, reads the replies, and closes: nothing is he
 polls, and a VM whose monitor is busy costs at most `connect_timeout` and is skipped. A
 socket whose peer answers what QEMU never would (a wrong type, a number out of range, a line
 or a stream of events without end) is skipped the same way, at once: one peer's replies
-never cost another VM its line. This module turns what each VM answered into its sample.
+never cost another VM its line. With agent_ping, a Proxmox VM whose config enables the
+guest agent also gets a guest-ping on its <vmid>.qga socket, in the same loop (agent.py).
+This module turns what each VM answered into its sample.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from ...config import QmpConfig
 from ...log import Log
 from ...model import Fields, PollResult, Sample, Tags
 from ..hostfacts import local_host, process_rss, process_start
-from ..kvm import driver_silent
+from ..kvm import AGENT_TIMEOUT, driver_silent
 from ..proxmox import MIB, PVE_DIR, PveConfig, read_config, resolve_dir
+from .agent import AgentPing
 from .exchange import exchange
 from .protocol import VmFacts, VmPoll
 from .replies import GUEST_STATS, MAX_INT64, PVE_BALLOON
@@ -50,6 +53,7 @@ class QmpSource:
         self._pve: dict[str, tuple[tuple[int, int], Optional[PveConfig]]] = {}
         self._now = 0.0
         self._faulted: set[str] = set()  # paths with a fault logged and not yet cleared
+        self._unpinged: set[str] = set()  # VMs whose agent ping was not sent last poll
 
     def close(self) -> None:
         """Nothing is held between polls."""
@@ -73,10 +77,30 @@ class QmpSource:
         self._now = now
         paths = self._paths()
         polls = [VmPoll(path, self.config.set_stats_period) for path in paths]
-        started = self._clock()
-        exchange(polls, self.config.connect_timeout, self._facts_for)
-        latency = self._clock() - started
         pve_dir = resolve_dir(self.config.proxmox_config, self._pve_dir)
+        pings = self._agent_pings(paths, pve_dir)
+        # An agent has AGENT_TIMEOUT to answer, never longer than a monitor has to greet:
+        # the pings cannot make the poll longer than the monitors may.
+        ping_timeout = min(AGENT_TIMEOUT, self.config.connect_timeout)
+        started = time.monotonic()  # exchange's own clock
+        monitors_done = exchange(
+            polls,
+            self.config.connect_timeout,
+            self._facts_for,
+            pings=list(pings.values()),
+            ping_timeout=ping_timeout,
+        )
+        latency = monitors_done - started  # the monitors' exchange: the agents are not QMP
+        self._unpinged = {p.path for p in pings.values() if p.error_kind == "late"}
+        late_key = f"qmp-agent-late:{self.instance}"
+        if self._unpinged:
+            self.log.fault(
+                late_key,
+                f"qmp {self.instance}: {len(self._unpinged)} guest agent ping(s) not sent this "
+                "poll: the agents that did not answer held every slot; pinged first next poll",
+            )
+        else:
+            self.log.clear(late_key)
         host_tags: Tags = {"host": self.hostname, "source": "qmp"}
         samples: list[Sample] = []
         denied = 0
@@ -101,7 +125,11 @@ class QmpSource:
                 self.log.warn(
                     f"qmp: {poll.path}: cannot set guest-stats-polling-interval: {poll.arm_error}"
                 )
-            samples.append(self._sample(poll, host_tags, pve_dir, now))
+            sample = self._sample(poll, host_tags, pve_dir, now)
+            ping = pings.get(poll.path)
+            if ping is not None:
+                self._agent_fields(ping, sample.fields)
+            samples.append(sample)
         for path in self._faulted - {p.path for p in polls if p.error is not None}:
             self._faulted.discard(path)
             if path not in paths:
@@ -129,6 +157,37 @@ class QmpSource:
         hypervisor = kinds.pop() if len(kinds) == 1 else ("kvm" if "kvm" in kinds else "qemu")
         host = local_host({**host_tags, "hypervisor": hypervisor}, self.config.host_root)
         return PollResult(samples=samples, hosts=[host], api_latency_seconds=latency)
+
+    def _agent_pings(self, paths: list[str], pve_dir: Optional[str]) -> dict[str, AgentPing]:
+        """The agent pings of this poll, by monitor socket: Proxmox VMs whose config enables
+        the agent, at <vmid>.qga beside the monitor (with agent_ping)."""
+        if not self.config.agent_ping or pve_dir is None:
+            return {}
+        pings: dict[str, AgentPing] = {}
+        # those left unsent last poll go first
+        for path in sorted(paths, key=lambda p: p not in self._unpinged):
+            directory, name = os.path.split(path)
+            stem = name.rsplit(".", 1)[0]
+            pve = self._proxmox(pve_dir, stem) if stem.isdigit() else None
+            if pve is not None and pve.agent:
+                pings[path] = AgentPing(path, os.path.join(directory, f"{stem}.qga"))
+        return pings
+
+    def _agent_fields(self, ping: AgentPing, fields: Fields) -> None:
+        """An answer is a connected agent and its latency; no answer in time, not connected.
+        A socket another client holds with its queue full, or gone, or refused, or an answer
+        that is not qemu-ga's: not judged this poll (the last two are logged)."""
+        key = f"qmp-agent:{ping.socket}"
+        if ping.latency is not None:
+            fields["guest_agent_connected"] = True
+            fields["guest_agent_latency_seconds"] = ping.latency
+            self.log.clear(key, f"qmp: {ping.socket}: the guest agent answers again")
+        elif ping.error_kind == "timeout":
+            fields["guest_agent_connected"] = False
+        elif ping.error_kind in ("protocol", "refused"):
+            self.log.fault(key, f"qmp: {ping.socket}: guest agent not judged: {ping.error}")
+        else:
+            self.log.debug(f"qmp: {ping.socket}: guest agent not judged: {ping.error}")
 
     def _proxmox(self, pve_dir: Optional[str], vmid: Optional[str]) -> Optional[PveConfig]:
         """The VM's Proxmox config, re-read only when the file changed."""

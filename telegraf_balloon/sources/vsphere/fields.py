@@ -8,6 +8,7 @@ pyVmomi's typed values, on purpose: the two must agree for every VM of the simul
 
 from __future__ import annotations
 
+import re
 from collections.abc import Container
 from typing import Any, Optional
 
@@ -35,6 +36,9 @@ VM_PATHS: tuple[str, ...] = (
     "summary.quickStats.guestMemoryUsage",
     "summary.quickStats.sharedMemory",
     "summary.quickStats.consumedOverheadMemory",
+    # VMware Tools, the guest's integration service (the balloon driver's host side)
+    "guest.toolsRunningStatus",
+    "guest.toolsVersionStatus2",
 )
 VM_PATH_PATHS = ("parent", "parentVApp")  # asked only when vm_include needs inventory paths
 HOST_PATHS = ("summary.hardware.memorySize", "summary.quickStats.overallMemoryUsage")
@@ -58,6 +62,25 @@ ZERO_WHEN_MISSING = frozenset(
         "summary.quickStats.compressedMemory",
     )
 )
+
+# VMware Tools: guest.toolsRunningStatus -> tools_running (an unknown value: absent) and
+# guest.toolsVersionStatus2 (vim.vm.GuestInfo.ToolsVersionStatus) -> tools_status.
+TOOLS_RUNNING: dict[str, bool] = {
+    "guestToolsRunning": True,
+    "guestToolsExecutingScripts": True,  # running its power-operation scripts
+    "guestToolsNotRunning": False,
+}
+TOOLS_STATUS: dict[str, str] = {
+    "guestToolsCurrent": "current",
+    "guestToolsNeedUpgrade": "need_upgrade",
+    "guestToolsNotInstalled": "not_installed",
+    "guestToolsUnmanaged": "unmanaged",  # open-vm-tools, updated by the guest's own packages
+    "guestToolsTooOld": "too_old",
+    "guestToolsSupportedOld": "supported_old",
+    "guestToolsSupportedNew": "supported_new",
+    "guestToolsTooNew": "too_new",
+    "guestToolsBlacklisted": "blacklisted",
+}
 
 # Realtime counters, all in KB.
 VMMEMCTL = "mem.vmmemctl.average"
@@ -113,7 +136,26 @@ def vm_fields(props: Props) -> Fields:
     fields["inflation_blocked"] = (
         reservation is not None and memory_mb is not None and reservation >= memory_mb > 0
     )
+    running = TOOLS_RUNNING.get(props.get("guest.toolsRunningStatus", ""))
+    if running is not None:
+        fields["tools_running"] = running
+    version = props.get("guest.toolsVersionStatus2")
+    if version is not None:
+        status = TOOLS_STATUS.get(version) or tools_status(version)
+        if status:
+            fields["tools_status"] = status
     return fields
+
+
+_TOOLS_NEW = re.compile(r"guestTools([A-Z][A-Za-z]{0,40})")
+_WORD = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def tools_status(value: object) -> str:
+    """A ToolsVersionStatus value newer than TOOLS_STATUS, snake-cased as the known ones are
+    (guestToolsSomethingNew -> something_new); "" for anything else."""
+    match = _TOOLS_NEW.fullmatch(value) if isinstance(value, str) else None
+    return _WORD.sub("_", match.group(1)).lower() if match else ""
 
 
 def counters_for(present: Container[str]) -> list[str]:
