@@ -146,6 +146,16 @@ class Client:
                 limit = int(option.value)
                 session.max_query_metrics = limit if limit > 0 else 0  # 0: unlimited
 
+    def custom_fields(self, session: Session) -> dict[str, str]:
+        """The custom attributes VMs may carry (CustomFieldsManager.field): key -> name."""
+        manager = session.content.customFieldsManager
+        out: dict[str, str] = {}
+        for definition in (manager.field if manager is not None else None) or ():
+            kind = definition.managedObjectType  # None: an attribute of every type
+            if kind is None or getattr(kind, "_wsdlName", kind) == "VirtualMachine":
+                out[str(definition.key)] = str(definition.name)
+        return out
+
     def _drop(self, logout: bool = False) -> None:
         session, self._session = self._session, None
         if session is None:

@@ -40,6 +40,7 @@ _T_TIMESTAMP = f"{{{_NS}}}timestamp"
 _T_VALUE = f"{{{_NS}}}value"
 _T_ID = f"{{{_NS}}}id"
 _T_COUNTER = f"{{{_NS}}}counterId"
+_T_KEY = f"{{{_NS}}}key"
 _T_FAULT = f"{{{_SOAP}}}Fault"
 _XSI_TYPE = f"{{{_XSI}}}type"
 
@@ -165,7 +166,23 @@ def _value(val: ET.Element) -> Any:
     kind = val.get("type")
     if kind is not None:  # a ManagedObjectReference
         return (kind, val.text or "")
-    return val.text or ""
+    text = val.text
+    if (text is None or text.isspace()) and len(val):
+        return _keyed_values(val)
+    return text or ""
+
+
+# <val xsi:type="ArrayOfCustomFieldValue"><CustomFieldValue xsi:type="CustomFieldStringValue">
+#   <key>101</key><value>alice</value></CustomFieldValue>...</val>
+def _keyed_values(val: ET.Element) -> dict[str, str]:
+    """An array of key/value objects (customValue, the only such property asked for) as
+    {key: value}; a key given twice keeps its last value."""
+    out: dict[str, str] = {}
+    for item in val:
+        key = item.findtext(_T_KEY)
+        if key is not None:
+            out[key.strip()] = item.findtext(_T_VALUE) or ""
+    return out
 
 
 def parse_objects(
