@@ -535,8 +535,8 @@ def _context_tags_text(tags: dict[str, str]) -> str:
     return (
         "Tags: "
         + "; ".join(built_in)
-        + ".\n\nOpt-in context tags (none unless the config asks: each distinct value is one "
-        + "more series): "
+        + ".\n\nOpt-in context tags (none unless the config asks; a VM's value that changes "
+        + "starts a new series for it): "
         + "; ".join(context)
         + f"; {CUSTOM_ATTRIBUTE_TAG}.\n"
     )
