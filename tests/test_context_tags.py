@@ -7,6 +7,7 @@ integration tests against libvirtd, QEMU and the vCenter simulator.
 from __future__ import annotations
 
 import io
+import xml.etree.ElementTree as ET
 from typing import Any
 
 import pytest
@@ -149,3 +150,21 @@ def test_explain_shows_the_display_name_beside_the_domain_name(
     assert f"  {label}  " in to_text(report, show_all=True)
     shown = None if label == guest else label[len(guest) + 2 : -1]
     assert '"display_name": ' + ("null" if shown is None else f'"{shown}"') in to_json(report)
+
+
+def test_the_request_of_named_vms_asks_each_of_them_once() -> None:
+    """The custom attributes of VMs new since the values' last refresh: one request for all."""
+    body = S.objects_request(
+        "propertyCollector", "VirtualMachine", ["vm-1", "vm-<2>"], ["customValue"], 100
+    )
+    root = ET.fromstring(body)
+    ns = {"v": "urn:vim25"}
+    request = root.find(".//v:RetrievePropertiesEx", ns)
+    assert request is not None
+    objects = request.findall("v:specSet/v:objectSet/v:obj", ns)
+    assert [(o.get("type"), o.text) for o in objects] == [
+        ("VirtualMachine", "vm-1"),
+        ("VirtualMachine", "vm-<2>"),
+    ]
+    assert [p.text for p in request.findall("v:specSet/v:propSet/v:pathSet", ns)] == ["customValue"]
+    assert request.findtext("v:options/v:maxObjects", namespaces=ns) == "100"

@@ -61,9 +61,8 @@ class VsphereSource:
         self.client.retrieve_seconds = 0.0
         paths = VM_PATHS + (VM_PATH_PATHS if self._filter else ())
         attributes = self._attributes
-        if attributes is not None:
-            attributes.begin(session)
-            paths += (CUSTOM_VALUE,)
+        if attributes is not None and attributes.begin(session):
+            paths += (CUSTOM_VALUE,)  # every VM's attribute values, on this poll's pages
         samples: list[Sample] = []
         # Per VM only what the counters step needs: each page's properties are reduced and
         # dropped as the next page streams in (10,000 VMs' property dicts would be ~25 MB).
@@ -101,6 +100,8 @@ class VsphereSource:
             chosen.append(
                 (moid, QUICK_PRESENT[SWAPPED_QS in props, COMPRESSED_QS in props], fields)
             )
+        if attributes is not None:
+            attributes.finish(session)  # the VMs new since the values were last on the pages
         # The VM pages' round trips, each parsed as it streamed in.
         latency = self.client.retrieve_seconds
         if self.config.target_counters and session.counter_ids:
