@@ -33,6 +33,14 @@ connection (tests/fakes/libvirt_conn.py), handed to the source through its conne
 Table 3 (off by default: Table 0 has a booted guest): a..e against --guests booted QEMU
 guests with a virtio balloon, whose bulk stats carry balloon keys (no per-domain fallback).
 
+Table 4: context tags. Runner.poll() with context_tags = ["openstack", "kubevirt"] beside
+the same without, every domain's XML carrying Nova's metadata: on Table 1's node through
+libvirtd (the poll an operator runs), and on Table 2's replay (the plugin's own processing
+alone). The first poll (every domain's XML read: the tags are parsed there), then 6 x
+--repeat rounds, on and off back to back in each; target: at most 5% more CPU per poll on
+libvirtd (the median of each round's ratio of process times: on this shared machine the
+speed drifts between rounds by more than 5%).
+
 Exits 0 even when a target fails; a failed target prints FAIL. --quick: a short run of every
 table (a few domains, 3 rounds, no booted guest) so make test can check the bench still runs.
 """
@@ -53,6 +61,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -96,6 +105,7 @@ TARGET_US_PER_DOMAIN = 30.0  # the plugin's own processing per domain
 TARGET_REAL_VS_BULK = 1.5  # real domains: the plugin at least this many times faster than
 TARGET_REAL_VS_VIRSH = 10.0  # libvirt's single bulk call, and than virsh per domain
 REPLAY_COPIES = 10
+TARGET_CONTEXT = 1.05  # context tags on: at most 5% more per steady-state poll
 BULK_STATS = libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_STATE
 BULK_FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | getattr(
     libvirt, "VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT", 0
@@ -111,8 +121,10 @@ def open_like_the_plugin(config: LibvirtConfig) -> Any:
     return open_connection(open_libvirt, config, config.uri)[0]
 
 
-def bench_config(uri: str, concurrency: int = 0) -> tuple[LibvirtConfig, Config]:
-    lv = LibvirtConfig(uri=uri, concurrency=concurrency)
+def bench_config(
+    uri: str, concurrency: int = 0, context: tuple[str, ...] = ()
+) -> tuple[LibvirtConfig, Config]:
+    lv = LibvirtConfig(uri=uri, concurrency=concurrency, context_tags=context)
     return lv, Config(path="(bench)", agent=AgentConfig(timeout=120.0), libvirt=(lv,))
 
 
@@ -570,11 +582,13 @@ class Replay:
     """A plugin (source + runner) wired to a fake connection replaying `copies` x the
     recording."""
 
-    def __init__(self, recording: Recording, copies: int, log: Log) -> None:
+    def __init__(
+        self, recording: Recording, copies: int, log: Log, context: tuple[str, ...] = ()
+    ) -> None:
         self.conn = FakeConnection(recording, copies)
         self.n = len(self.conn.records)
         # the recorded single bulk call (the test driver's), replayed: chunking off
-        lv_config, config = bench_config("qemu:///replay", concurrency=1)
+        lv_config, config = bench_config("qemu:///replay", concurrency=1, context=context)
         conn = self.conn
         self.source = LibvirtSource(lv_config, log, connect=lambda _uri, _read_only: conn)
         self.sink = Sink()
@@ -686,6 +700,156 @@ def replay_table(recording: Recording, repeat: int, log: Log) -> tuple[str, list
     return text, verdicts, big
 
 
+NOVA_METADATA = (  # <nova:instance> as Nova writes it; {i} makes each instance's own names
+    '<nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">'
+    '<nova:package version="27.1.0"/><nova:name>web-{i:05d}</nova:name>'
+    "<nova:creationTime>2024-05-02 09:14:55</nova:creationTime>"
+    '<nova:flavor name="m1.small"><nova:memory>2048</nova:memory><nova:disk>20</nova:disk>'
+    "<nova:swap>0</nova:swap><nova:ephemeral>0</nova:ephemeral><nova:vcpus>1</nova:vcpus>"
+    '</nova:flavor><nova:owner><nova:user uuid="8c1e5b9f0a2d4e6f">user-{u}</nova:user>'
+    '<nova:project uuid="3d9a7c1b5e2f4a60">project-{p}</nova:project></nova:owner>'
+    '<nova:root type="image" uuid="0a1b2c3d-0000-4000-8000-000000000000"/>'
+    "</nova:instance>"
+)
+CONTEXT = ("openstack", "kubevirt")
+
+
+def nova_metadata(i: int) -> str:
+    return NOVA_METADATA.format(i=i, u=i % 50, p=i % 20)
+
+
+def with_nova_metadata(recording: Recording) -> Recording:
+    """The recording with Nova's metadata in every domain's XML (after its <uuid>)."""
+    domains = []
+    for i, (calls, stats) in enumerate(recording.domains):
+        xml = str(calls["XMLDesc"])
+        end = xml.index("</uuid>") + len("</uuid>")
+        metadata = f"<metadata>{nova_metadata(i)}</metadata>"
+        domains.append(({**calls, "XMLDesc": xml[:end] + metadata + xml[end:]}, stats))
+    return Recording(host=recording.host, domains=domains, bulk_args=recording.bulk_args)
+
+
+class RealPlugin:
+    """Runner and source on a real libvirtd (the test driver's node through its RPC)."""
+
+    def __init__(self, uri: str, n: int, log: Log, context: tuple[str, ...]) -> None:
+        lv_config, config = bench_config(uri, context=context)
+        self.source = make_source(lv_config, config, log)
+        self.sink = Sink()
+        self.runner = Runner(config, [self.source], self.sink, log, hostname="bench")
+        self.n = n
+
+    def runner_poll(self) -> None:
+        self.sink.reset()
+        if not self.runner.poll():
+            raise SystemExit(
+                f"context table: Runner.poll() failed: {self.sink.getvalue()[-500:]!r}"
+            )
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+Plugin = Any  # a Replay or a RealPlugin: runner_poll(), source, n, close()
+
+
+def on_beside_off(off: Plugin, on: Plugin, rounds: int) -> dict[str, Any]:
+    """First polls, then `rounds` of one poll each back to back (order alternating)."""
+    first = {"off": timed(off.runner_poll), "on": timed(on.runner_poll)}
+    tags = on.source.poll(time.time()).samples[0].tags
+    if "project" not in tags or "project" in off.source.poll(time.time()).samples[0].tags:
+        raise SystemExit(f"context table: the tags are not what they should be: {tags}")
+    wall: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
+    for plugin in (off, on):
+        plugin.runner_poll()
+    for i in range(rounds):
+        pair = (("off", off), ("on", on)) if i % 2 == 0 else (("on", on), ("off", off))
+        for way, plugin in pair:
+            started = time.process_time()
+            wall[way].append(timed(plugin.runner_poll))
+            cpu[way].append(time.process_time() - started)
+    return {"first": first, "wall": wall, "cpu": cpu}
+
+
+def context_table(
+    recording: Recording, real_uri: str, real_n: int, repeat: int, log: Log
+) -> tuple[str, list[str]]:
+    """Table 4: context tags on beside off, on libvirtd, then on the replay (1x, 10x)."""
+    nova = with_nova_metadata(recording)
+    rows = []
+    verdicts = []
+    cases: list[tuple[str, Callable[[tuple[str, ...]], Plugin]]] = [
+        ("libvirtd", lambda context: RealPlugin(real_uri, real_n, log, context)),
+        ("replay", lambda context: Replay(nova, 1, log, context=context)),
+        ("replay", lambda context: Replay(nova, REPLAY_COPIES, log, context=context)),
+    ]
+    for where, make in cases:
+        off, on = make(()), make(CONTEXT)
+        try:
+            got = on_beside_off(off, on, context_rounds(repeat))
+        finally:
+            off.close()
+            on.close()
+        n = off.n
+        wall, cpu, first = got["wall"], got["cpu"], got["first"]
+        # each round's two polls ran back to back: their ratio cancels the machine's drift
+        ratio = median([a / b for a, b in zip(cpu["on"], cpu["off"])])
+        wall_ratio = median([a / b for a, b in zip(wall["on"], wall["off"])])
+        judged = where == "libvirtd"
+        ok = ratio <= TARGET_CONTEXT
+        rows.append(
+            [
+                f"{where}, {n:,}",
+                fmt_us(first["off"] / n),
+                fmt_us(first["on"] / n),
+                fmt_ms(median(wall["off"])),
+                fmt_ms(median(wall["on"])),
+                fmt_us(median(cpu["off"]) / n),
+                fmt_us(median(cpu["on"]) / n),
+                f"{wall_ratio:.3f}x",
+                f"{ratio:.3f}x",
+                f"<= {TARGET_CONTEXT:g}x" if judged else "-",
+                ("PASS" if ok else "FAIL") if judged else "",
+            ]
+        )
+        if judged:
+            verdicts.append(
+                f"  {n:,} domains on libvirtd: a poll with context tags costs {ratio:.3f}x the "
+                f"CPU of one without (wall {wall_ratio:.3f}x; target <= {TARGET_CONTEXT:g}x)  "
+                f"{verdict(ok)}"
+            )
+        else:
+            verdicts.append(
+                f"  {n:,} domains replayed: the plugin's own processing {ratio:.3f}x with "
+                f"context tags, {(median(cpu['on']) - median(cpu['off'])) / n * 1e6:+.1f} µs of "
+                "CPU per domain (4 more tags in each line's cached head)"
+            )
+    text = table(
+        [
+            "where, domains",
+            "1st poll µs/dom off",
+            "on",
+            "ms/poll off",
+            "on",
+            "CPU µs/dom off",
+            "on",
+            "wall on/off",
+            "CPU on/off",
+            "target",
+            "",
+        ],
+        rows,
+        [False, True, True, True, True, True, True, True, True, True, False],
+    )
+    return text, verdicts
+
+
+def context_rounds(repeat: int) -> int:
+    """Table 4's timed polls per way: a 5% difference needs more than the other tables."""
+    return max(6 * repeat, 20)
+
+
 def profile_replay(replay: Replay, top: int) -> str:
     """cProfile of Runner.poll() on the replay: the main thread and the source's worker."""
     main = cProfile.Profile()
@@ -749,6 +913,11 @@ def node_domains(count: int) -> list[DomainSpec]:
             )
         )
     return specs
+
+
+def load_note() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f}/{five:.1f} (1/5 min) on {os.cpu_count()} cores"
 
 
 def machine_facts(stack: LibvirtStack) -> list[str]:
@@ -898,6 +1067,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(profile_replay(big, args.profile))
             print()
         big.close()
+
+        # -- Table 4 ------------------------------------------------------------------------
+        meter.restart()
+        nova_node = workdir / "node-nova.xml"
+        nova_specs = [replace(s, metadata=nova_metadata(i)) for i, s in enumerate(specs)]
+        write_node_xml(nova_node, nova_specs, host_memory_kib=1024**3)
+        text4, verdicts4 = context_table(
+            recording, stack.test_uri(nova_node), len(active), repeat, log
+        )
+        print(
+            '== Table 4: context tags (context_tags = ["openstack", "kubevirt"]) beside none, '
+            "Nova's metadata in every domain's XML: Table 1's node through libvirtd, and "
+            "Table 2's replay"
+        )
+        print(
+            f"   1st poll = every XML read (the tags parsed there); then median of "
+            f"{context_rounds(repeat)} Runner.poll() per way, on and off back to back in each "
+            "round; CPU = process time; judged: the median of each round's CPU ratio (the "
+            "machine is shared: its speed drifts between rounds more than 5%)"
+        )
+        print(text4)
+        for line in verdicts4:
+            print(line)
+        print(f"  {load_note()}")
+        print(meter.report())
+        print()
 
         # -- Table 3 ------------------------------------------------------------------------
         if args.guests > 0:

@@ -18,7 +18,12 @@ interleaved round by round, median of --repeat after a warm-up:
      .cache/ (created here on a full run); it dials port 443 only, so the simulator listens on
      127.0.0.1:443 (root needed); its reason is printed instead when it cannot run;
   e. the raw bytes: the same SOAP requests the plugin sends, each reply read and thrown away
-     (the floor: the simulator's own work and the transport).
+     (the floor: the simulator's own work and the transport);
+  f. a with ``custom_attributes = ["Owner", "Team"]``: every VM has an Owner, every other one
+     a Team (set through the CustomFieldsManager); target: at most 5% more CPU per poll than a
+     (the median of each round's ratio, a, f and g back to back: the machine's speed drifts).
+     The values ride on the VM pages every 5 minutes (VALUES_REFRESH_SECONDS): f is the polls
+     between, g the poll that carries them (its plugin's clock moves 5 minutes a poll).
 
 Also the plugin's own CPU per VM (process CPU time of a), the peak RSS (VmHWM) of a
 process doing only a, and the oracle: a's figures and tags equal b's for every VM.
@@ -53,6 +58,7 @@ from benchlib import REPO_ROOT, fmt_ms, fmt_us, median, parser, table, timed, ve
 from telegraf_balloon.config import VsphereConfig
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import PollResult
+from telegraf_balloon.sources.vsphere.attributes import VALUES_REFRESH_SECONDS
 from telegraf_balloon.sources.vsphere.fields import COUNTERS, VM_PATHS, counters_for
 from telegraf_balloon.sources.vsphere.inventory import INVENTORY_TYPES, inventory_specs
 from telegraf_balloon.sources.vsphere.perf import batches
@@ -96,6 +102,8 @@ TARGET_CPU_US = 80.0  # the plugin's CPU per VM
 TARGET_RSS_MB = 60.0  # peak RSS of a process doing only a
 TARGET_VS_NAIVE = 5.0  # a at least this many times faster than c (at 2,000)
 TARGET_VS_EXPORTER = 5.0  # and than d
+TARGET_ATTRIBUTES = 1.05  # f (custom attributes as tags) at most this many times a's CPU
+ATTRIBUTES = ("Owner", "Team")
 
 EXPORTER_VERSION = "0.18.4"
 EXPORTER_VENV = REPO_ROOT / ".cache" / "vmware-exporter"
@@ -181,33 +189,55 @@ def prepare(si: Any, seed: int = 7) -> dict[str, int]:
     return counts
 
 
+def attribute_rounds_of(repeat: int) -> int:
+    """Polls per way of a, f and g alone: a 5% difference needs more than the other ways."""
+    return max(3 * repeat, 9)
+
+
+def set_attributes(si: Any) -> int:
+    """f's custom attributes: Owner on every VM, Team on every other; VMs set."""
+    manager = si.RetrieveContent().customFieldsManager
+    owner = manager.AddCustomFieldDef(name=ATTRIBUTES[0], moType=vim.VirtualMachine)
+    team = manager.AddCustomFieldDef(name=ATTRIBUTES[1], moType=vim.VirtualMachine)
+    vms = sorted(all_vms(si), key=lambda vm: vm.name)
+    for i, vm in enumerate(vms):
+        manager.SetField(entity=vm, key=owner.key, value=f"owner-{i % 97}@example.com")
+        if i % 2 == 0:
+            manager.SetField(entity=vm, key=team.key, value=f"team-{i % 13}")
+    return len(vms)
+
+
 # ---------------------------------------------------------------------------------------------
 # a. the plugin
 # ---------------------------------------------------------------------------------------------
 
 
-def plugin_config(sim: Vcsim) -> VsphereConfig:
+def plugin_config(sim: Vcsim, attributes: tuple[str, ...] = ()) -> VsphereConfig:
     return VsphereConfig(
         url=sim.url,
         username=sim.username,
         password=sim.password,
         ca_file=sim.cert_file or "",
         page_size=int(sim.inventory["page"]),
+        custom_attributes=attributes,
     )
 
 
 class Plugin:
-    def __init__(self, sim: Vcsim) -> None:
-        self.clock = Clock(1_000_000.0)  # the plugin's monotonic clock: 20 s more per round
+    def __init__(
+        self, sim: Vcsim, attributes: tuple[str, ...] = (), step: float = REALTIME_INTERVAL
+    ) -> None:
+        self.clock = Clock(1_000_000.0)  # the plugin's monotonic clock: `step` more per round
+        self.step = step
         self.log = io.StringIO()
         self.source = VsphereSource(
-            plugin_config(sim), Log(self.log), timeout=120, clock=self.clock
+            plugin_config(sim, attributes), Log(self.log), timeout=120, clock=self.clock
         )
         self.result = PollResult()
         self.cpu: list[float] = []
 
     def __call__(self) -> None:
-        self.clock.now += REALTIME_INTERVAL  # a new realtime sample: QueryPerf every round
+        self.clock.now += self.step  # a new realtime sample: QueryPerf every round
         cpu = time.process_time()
         result = self.source.poll(time.time())
         self.cpu.append(time.process_time() - cpu)
@@ -714,13 +744,22 @@ def bench_size(
     si = connect(sim)
     plugin: Optional[Plugin] = None
     peer: Optional[Exporter] = None
+    extra: list[Plugin] = []  # f's plugin, closed here if the run fails
     try:
         started = time.perf_counter()
         out["counts"] = prepare(si)
         out["prepare"] = time.perf_counter() - started
+        started = time.perf_counter()
+        set_attributes(si)
+        out["attributes_set"] = time.perf_counter() - started
         instance = f"127.0.0.1:{sim.port}"
         plugin = Plugin(sim)
         plugin()  # logs in, looks the counters up
+        with_attributes = Plugin(sim, ATTRIBUTES)
+        refreshing = Plugin(sim, ATTRIBUTES, step=VALUES_REFRESH_SECONDS)
+        extra.extend((with_attributes, refreshing))
+        with_attributes()  # logs in, reads the attribute definitions and every VM's values
+        refreshing()
         page = int(sim.inventory["page"])
         pyv = Pyvmomi(si, instance, page)
         naive = Naive(si, NAIVE_SAMPLE)
@@ -739,7 +778,9 @@ def bench_size(
         for fn in (pyv, naive, raw):
             fn()  # warm-up
         plugin.cpu.clear()
-        times: dict[str, list[float]] = {k: [] for k in "abcde"}
+        with_attributes.cpu.clear()
+        times: dict[str, list[float]] = {k: [] for k in "abcdef"}
+        attribute_rounds: dict[str, list[float]] = {"a": [], "f": [], "g": []}  # CPU
         peer_rounds = repeat if size <= 2000 else 1  # its 10,000-VM scrape takes minutes
         out["load_before"] = load()
         for i in range(repeat):
@@ -749,6 +790,18 @@ def bench_size(
             if peer is not None and i < peer_rounds:
                 times["d"].append(timed(peer))
             times["e"].append(timed(raw))
+            times["f"].append(timed(with_attributes))
+        pair: list[tuple[str, Plugin]] = [
+            ("a", plugin),
+            ("f", with_attributes),
+            ("g", refreshing),
+        ]
+        for _ in range(attribute_rounds_of(repeat)):  # a, f, g alone, alternating: CPU compared
+            for way, poller in pair:
+                started = time.process_time()
+                poller()
+                attribute_rounds[way].append(time.process_time() - started)
+            pair.reverse()
         out["load_after"] = load()
         out["times"] = times
         out["samples"] = len(plugin.result.samples)
@@ -761,6 +814,17 @@ def bench_size(
             else ""
         )
         out["oracle"] = compare(plugin.figures(), pyv.figures)
+        # each round's polls ran back to back: their ratios cancel the machine's drift
+        out["attribute_ratio"] = {
+            k: median([x / y for x, y in zip(attribute_rounds[k], attribute_rounds["a"])])
+            for k in ("f", "g")
+        }
+        out["attribute_cpu_median"] = {k: median(v) for k, v in attribute_rounds.items()}
+        tagged = [s for s in with_attributes.result.samples if "owner" in s.tags]
+        out["attribute_tagged"] = (len(tagged), sum(1 for s in tagged if "team" in s.tags))
+        for made in (with_attributes, refreshing):
+            extra.remove(made)
+            made.close()
         out["targets_reported"] = sum(
             1 for s in plugin.result.samples if "balloon_target_bytes" in s.fields
         )
@@ -787,6 +851,8 @@ def bench_size(
             peer.close()
         if plugin is not None:
             plugin.close()
+        for other in extra:
+            other.close()
         disconnect(si)
         sim.stop()
     return out
@@ -802,6 +868,7 @@ def report(out: dict[str, Any], repeat: int) -> str:
         "c": "c. naive: quickStats + 1 QueryPerf per VM",
         "d": f"d. vmware_exporter {EXPORTER_VERSION} scrape (VMs only)",
         "e": "e. raw bytes of a's requests, unparsed (floor)",
+        "f": "f. a with custom_attributes (Owner, Team)",
     }
     rows = []
     for k, label in labels.items():
@@ -843,6 +910,16 @@ def report(out: dict[str, Any], repeat: int) -> str:
         f"  a's requests: {out['raw_bytes'] / 1e6:.1f} MB of reply per poll, "
         f"{out['perf_calls']} QueryPerf calls (maxQueryMetrics {MAX_QUERY_METRICS})",
     ]
+    ratio, mid = out["attribute_ratio"], out["attribute_cpu_median"]
+    owners, teams = out["attribute_tagged"]
+    lines.append(
+        f"  f: custom attributes as tags cost {ratio['f']:.3f}x a's CPU per poll, "
+        f"{ratio['g']:.3f}x on the poll that carries the values (g, every 5 min): the median "
+        f"of each round's ratio, {attribute_rounds_of(repeat)} rounds of a, f and g back to "
+        f"back (median CPU a {fmt_ms(mid['a'])}, f {fmt_ms(mid['f'])}, g {fmt_ms(mid['g'])} "
+        f"ms); {owners:,} VMs tagged owner, {teams:,} team (set in "
+        f"{out['attributes_set']:.1f} s)"
+    )
     if "exporter_cpu" in out:
         lines.append(
             f"  vmware_exporter's own CPU per scrape: {out['exporter_cpu']:.2f} s "
@@ -931,6 +1008,15 @@ def verdicts(results: dict[int, dict[str, Any]], quick: bool) -> str:
                 d2 / a2 >= TARGET_VS_EXPORTER,
             ]
         )
+    attribute_cost = results[large]["attribute_ratio"]["f"]
+    rows.append(
+        [
+            f"custom attributes <= {TARGET_ATTRIBUTES:g}x a's CPU per poll",
+            f"{large:,}",
+            f"{attribute_cost:.3f}x",
+            attribute_cost <= TARGET_ATTRIBUTES,
+        ]
+    )
     oracle_ok = all(not r["oracle"] for r in results.values())
     rows.append(
         [

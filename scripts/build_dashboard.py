@@ -2,7 +2,8 @@
 
 Every panel's InfluxQL is a query of that file (one source of truth), with only Grafana's
 macros put in: ``time > now() - <d>`` becomes ``$timeFilter``, ``time(<d>)`` becomes
-``time($__interval)``, and the dashboard's host and guest variables are added as filters.
+``time($__interval)``, and the dashboard's variables (host, guest, and the context tags
+project, namespace and owner) are added as filters.
 :func:`expand` undoes that for tests, which run every panel's query against a real InfluxDB.
 
 The dashboard is built with grafana-foundation-sdk (Grafana's own typed builders; a test and
@@ -32,6 +33,11 @@ _TIME_RANGE = re.compile(r"time > now\(\) - \d+[smhd]")
 _TIME_GROUP = re.compile(r"time\(\d+[smhd]\)")
 HOST_FILTER = '"host" =~ /^$host$/'
 GUEST_FILTER = '"guest" =~ /^$guest$/'
+# The opt-in context tags operators filter by: OpenStack's project, KubeVirt's namespace, a
+# vSphere custom attribute "Owner" (custom_attributes = ["Owner"]). "All" (.*) also matches
+# the VMs without the tag.
+CONTEXT_VARIABLES = ("project", "namespace", "owner")
+CONTEXT_FILTERS = tuple(f'"{name}" =~ /^${name}$/' for name in CONTEXT_VARIABLES)
 
 
 def read_queries(path: Path = QUERIES) -> dict[str, str]:
@@ -55,7 +61,7 @@ def to_grafana(query: str, filters: tuple[str, ...] = ()) -> str:
 
 def expand(query: str, window: str = "1h", interval: str = "1m") -> str:
     """A dashboard query as Grafana would send it with every host and guest selected."""
-    for variable in ("$host", "$guest"):
+    for variable in ("$host", "$guest", *(f"${name}" for name in CONTEXT_VARIABLES)):
         query = query.replace(f"/^{variable}$/", "/^.*$/")
     query = query.replace("$timeFilter", f"time > now() - {window}")
     return query.replace("$__interval", interval)
@@ -64,7 +70,7 @@ def expand(query: str, window: str = "1h", interval: str = "1m") -> str:
 # --- the panels -------------------------------------------------------------------------------
 
 Kind = Literal["stat", "timeseries", "table"]
-VM = (HOST_FILTER, GUEST_FILTER)
+VM = (HOST_FILTER, GUEST_FILTER, *CONTEXT_FILTERS)
 HOST = (HOST_FILTER,)
 
 
@@ -211,7 +217,11 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
     ),
 )
 
-VARIABLE_QUERIES = {"host": ("var_host", ()), "guest": ("var_guest", HOST)}
+VARIABLE_QUERIES = {
+    "host": ("var_host", ()),
+    **{name: (f"var_{name}", HOST) for name in CONTEXT_VARIABLES},
+    "guest": ("var_guest", (HOST_FILTER, *CONTEXT_FILTERS)),
+}
 
 
 def panels() -> list[PanelSpec]:

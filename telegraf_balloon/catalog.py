@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Optional
 
@@ -45,6 +46,42 @@ BALLOON_TAGS: dict[str, str] = {
     "datacenter": "vsphere only: the VM's datacenter",
     "cluster": "vsphere only: the VM's cluster (absent on a standalone host)",
     "vmid": "qmp source on Proxmox VE only: the VM's id",
+}
+
+# Opt-in context tags (`context_tags` of a source): the names operators search by. Each is
+# one more series per distinct value, so none is written unless the operator asks for it.
+CONTEXT_TAGS: dict[str, dict[str, dict[str, str]]] = {
+    LIBVIRT: {
+        "openstack": {
+            "instance_name": "libvirt, context_tags openstack: the instance's display name "
+            "(Nova's <nova:name>; the domain is instance-XXXXXXXX)",
+            "project": "libvirt, context_tags openstack: the instance's project (its name)",
+            "user": "libvirt, context_tags openstack: the user who created the instance (its name)",
+            "flavor": "libvirt, context_tags openstack: the instance's flavor (its name)",
+        },
+        "kubevirt": {
+            "namespace": "libvirt, context_tags kubevirt: the VM's Kubernetes namespace "
+            "(from the <namespace>_<name> domain name of a KubeVirt virt-launcher)",
+            "vm": "libvirt, context_tags kubevirt: the VirtualMachineInstance's name",
+        },
+    },
+    QMP: {
+        "proxmox": {
+            "pve_tags": "qmp on Proxmox VE, context_tags proxmox: the VM config's tags, "
+            "sorted and joined by ';'",
+            "pool": "qmp on Proxmox VE, context_tags proxmox: the VM's resource pool",
+        },
+    },
+}
+CUSTOM_ATTRIBUTE_TAG = (
+    "vsphere, custom_attributes: one tag per configured custom attribute, named as the "
+    "attribute lower-cased with every character but a-z, 0-9 and _ made _"
+)
+BALLOON_CONTEXT_TAGS: dict[str, str] = {
+    tag: meaning
+    for contexts in CONTEXT_TAGS.values()
+    for tags in contexts.values()
+    for tag, meaning in tags.items()
 }
 
 BALLOON_FIELDS: tuple[Field, ...] = (
@@ -455,7 +492,7 @@ LOG_FIELDS: tuple[Field, ...] = (
 )
 
 MEASUREMENTS: dict[str, tuple[dict[str, str], tuple[Field, ...]]] = {
-    BALLOON: (BALLOON_TAGS, BALLOON_FIELDS),
+    BALLOON: ({**BALLOON_TAGS, **BALLOON_CONTEXT_TAGS}, BALLOON_FIELDS),
     HOST: (HOST_TAGS, HOST_FIELDS),
     LOG: (LOG_TAGS, LOG_FIELDS),
     COLLECTOR: (COLLECTOR_TAGS, COLLECTOR_FIELDS),
@@ -491,14 +528,21 @@ def thresholdable(measurement: str, name: str) -> bool:
     )
 
 
-def check_point(measurement: str, tags: dict[str, str], fields: dict[str, object]) -> list[str]:
-    """What in a point the catalog does not allow (used by tests on every line emitted)."""
+def check_point(
+    measurement: str,
+    tags: dict[str, str],
+    fields: dict[str, object],
+    custom_tags: Collection[str] = (),
+) -> list[str]:
+    """What in a point the catalog does not allow (used by tests on every line emitted).
+
+    `custom_tags`: the balloon tags the config's vSphere custom_attributes name."""
     problems: list[str] = []
     if measurement not in MEASUREMENTS:
         return [f"unknown measurement {measurement!r}"]
     allowed_tags, _ = MEASUREMENTS[measurement]
     for tag in tags:
-        if tag not in allowed_tags:
+        if tag not in allowed_tags and not (measurement == BALLOON and tag in custom_tags):
             problems.append(f"{measurement}: unknown tag {tag!r}")
     for name, value in fields.items():
         if name.endswith(LEVEL_SUFFIX) and name != "alert_level":
@@ -525,12 +569,29 @@ def _type_word(kind: type) -> str:
     return {int: "integer", float: "float", bool: "boolean", str: "string"}[kind]
 
 
+def _context_tags_text(tags: dict[str, str]) -> str:
+    """The balloon line's tags: the built-in ones, then the opt-in context tags."""
+    built_in = [f"`{k}` ({v})" for k, v in tags.items() if k not in BALLOON_CONTEXT_TAGS]
+    context = [f"`{k}` ({v})" for k, v in BALLOON_CONTEXT_TAGS.items()]
+    return (
+        "Tags: "
+        + "; ".join(built_in)
+        + ".\n\nOpt-in context tags (none unless the config asks; a VM's value that changes "
+        + "starts a new series for it): "
+        + "; ".join(context)
+        + f"; {CUSTOM_ATTRIBUTE_TAG}.\n"
+    )
+
+
 def markdown_tables() -> str:
     """The README's Metrics section body, generated from this catalog (a test compares)."""
     out: list[str] = []
     for measurement, (tags, fields) in MEASUREMENTS.items():
         out.append(f"### `{measurement}`\n")
-        out.append("Tags: " + "; ".join(f"`{k}` ({v})" for k, v in tags.items()) + ".\n")
+        if measurement == BALLOON:
+            out.append(_context_tags_text(tags))
+        else:
+            out.append("Tags: " + "; ".join(f"`{k}` ({v})" for k, v in tags.items()) + ".\n")
         with_sources = measurement in (BALLOON, HOST)
         head = "| field | type | unit |"
         rule = "|---|---|---|"

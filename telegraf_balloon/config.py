@@ -58,6 +58,7 @@ class LibvirtConfig:
     host_root: str = "/"  # this host's /proc and /sys, read when the URI is local
     concurrency: int = 0  # concurrent stats calls: 0 auto, 1 one bulk call, N pinned
     agent_ping: bool = False  # guest-ping each domain's QEMU guest agent (needs read_only off)
+    context_tags: tuple[str, ...] = ()  # opt-in tags: "openstack", "kubevirt"
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class VsphereConfig:
     vm_include: tuple[str, ...] = ("*",)
     page_size: int = 500
     target_counters: bool = True
+    custom_attributes: tuple[str, ...] = ()  # custom attribute names added as tags
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class QmpConfig:
     set_stats_period: int = 0
     host_root: str = "/"
     agent_ping: bool = True  # guest-ping the <vmid>.qga socket of VMs with the agent enabled
+    context_tags: tuple[str, ...] = ()  # opt-in tags: "proxmox"
 
 
 @dataclass(frozen=True)
@@ -392,9 +395,48 @@ def _libvirt(r: _Reader) -> LibvirtConfig:
         host_root=_host_root(r, default.host_root),
         concurrency=r.integer("concurrency", default.concurrency),
         agent_ping=agent_ping,
+        context_tags=_context_tags(r, catalog.LIBVIRT, default.context_tags),
     )
     r.finish()
     return out
+
+
+def _context_tags(r: _Reader, kind: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The opt-in context tag sets of a source: names the catalog knows for its kind."""
+    known = catalog.CONTEXT_TAGS[kind]
+    wanted = r.strings("context_tags", default)
+    for name in wanted:
+        if name not in known:
+            raise r.error(
+                "context_tags",
+                f"unknown context {name!r} for {kind} (known: {', '.join(sorted(known))})",
+            )
+    return tuple(dict.fromkeys(wanted))
+
+
+def _custom_attributes(r: _Reader, default: tuple[str, ...]) -> tuple[str, ...]:
+    """vSphere custom attribute names, each a tag whose name is its own, made a tag key."""
+    names = r.strings("custom_attributes", default)
+    taken: dict[str, str] = {}
+    for name in names:
+        tag = custom_attribute_tag(name)
+        if not tag.strip("_"):
+            raise r.error("custom_attributes", f"{name!r} gives no tag name")
+        if tag in catalog.BALLOON_TAGS or tag in catalog.BALLOON_CONTEXT_TAGS or tag == "time":
+            raise r.error(
+                "custom_attributes", f"{name!r} would be the tag {tag!r}, which the plugin writes"
+            )
+        if tag in taken:
+            raise r.error(
+                "custom_attributes", f"{name!r} and {taken[tag]!r} would both be the tag {tag!r}"
+            )
+        taken[tag] = name
+    return names
+
+
+def custom_attribute_tag(name: str) -> str:
+    """A custom attribute's tag: its name lower-cased, every character but a-z, 0-9, _ as _."""
+    return re.sub(r"[^a-z0-9_]", "_", name.strip().lower())
 
 
 def _host_root(r: _Reader, default: str) -> str:
@@ -440,6 +482,7 @@ def _vsphere(r: _Reader) -> VsphereConfig:
         vm_include=r.strings("vm_include", default.vm_include),
         page_size=r.integer("page_size", default.page_size, minimum=1),
         target_counters=r.boolean("target_counters", default.target_counters),
+        custom_attributes=_custom_attributes(r, default.custom_attributes),
     )
     r.finish()
     return out
@@ -508,6 +551,7 @@ def _qmp(r: _Reader) -> QmpConfig:
         set_stats_period=r.integer("set_stats_period", default.set_stats_period),
         host_root=_host_root(r, default.host_root),
         agent_ping=r.boolean("agent_ping", default.agent_ping),
+        context_tags=_context_tags(r, catalog.QMP, default.context_tags),
     )
     r.finish()
     return out
@@ -658,6 +702,13 @@ def load(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "", f"not UTF-8: {exc}") from None
     return load_text(text, path, environ)
+
+
+def custom_tags(config: Config) -> frozenset[str]:
+    """The balloon tags the config's vSphere custom_attributes add."""
+    return frozenset(
+        custom_attribute_tag(name) for vs in config.vsphere for name in vs.custom_attributes
+    )
 
 
 def hostname(config: Config) -> str:

@@ -36,8 +36,11 @@ def _as_grafana(query: str) -> str:
     return re.sub(r"time\(\d+[smhd]\)", "time($__interval)", query)
 
 
+VARIABLES = ("host", "guest", "project", "namespace", "owner")
+
+
 def _without_variables(query: str) -> str:
-    for variable in ("host", "guest"):
+    for variable in VARIABLES:
         query = query.replace(f' AND "{variable}" =~ /^${variable}$/', "")
         query = query.replace(f' WHERE "{variable}" =~ /^${variable}$/', "")
     return query
@@ -78,12 +81,29 @@ def test_every_panel_queries_influxdb_with_a_query_of_the_file() -> None:
     variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "influxdb"
-    for name in ("host", "guest"):
+    for name in VARIABLES:
         plain = _without_variables(variables[name]["query"])
         assert plain in by_grafana_text, name
         used.add(by_grafana_text[plain])
         assert variables[name]["allValue"] == ".*" and variables[name]["multi"] is True
     assert used == set(file_queries()), f"queries no panel shows: {set(file_queries()) - used}"
+
+
+def test_vm_panels_filter_by_the_context_variables() -> None:
+    """Project (OpenStack), namespace (KubeVirt) and owner (vSphere's Owner attribute):
+    every per-VM panel and the guest variable follow them; the context variables come before
+    the guest variable, which Grafana narrows by them."""
+    board = dashboard()
+    variables = [v["name"] for v in board["templating"]["list"]]
+    assert variables.index("guest") > max(variables.index(n) for n in VARIABLES[2:])
+    vm_panels = [
+        p for p in board["panels"] if p["type"] != "row" and "$guest" in p["targets"][0]["query"]
+    ]
+    assert len(vm_panels) >= 8
+    guest_variable = next(v for v in board["templating"]["list"] if v["name"] == "guest")
+    for query in [p["targets"][0]["query"] for p in vm_panels] + [guest_variable["query"]]:
+        for name in VARIABLES[2:]:
+            assert f'"{name}" =~ /^${name}$/' in query, query
 
 
 def test_panels_cover_the_issue_list() -> None:

@@ -902,6 +902,7 @@ def test_cli_json_shape(tmp_path: Path) -> None:
         "source",
         "instance",
         "guest",
+        "display_name",
         "host",
         "tags",
         "fields",
@@ -910,6 +911,7 @@ def test_cli_json_shape(tmp_path: Path) -> None:
         "not_judged",
         "not_a_vm",
     }
+    assert vm["display_name"] is None  # no context tag names it otherwise
     assert vm["verdict"] == "ok" and vm["findings"] == []
     assert vm["not_judged"] == [] and vm["not_a_vm"] is False
     assert vm["source"] == "guest" and vm["guest"] == "vm-under-test"

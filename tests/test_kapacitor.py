@@ -87,7 +87,7 @@ def test_script_names_only_catalog_fields(path: Path) -> None:
     [
         (("'balloon'", "'ballon'"), "unknown measurement 'ballon'"),
         (('"alert_level" == 1', '"alert_lvl" == 1'), "lambda: unknown field or tag 'alert_lvl'"),
-        (("'host', 'guest'", "'host', 'vm'"), "groupBy: unknown tag 'vm'"),
+        (("'host', 'guest'", "'host', 'vm_name'"), "groupBy: unknown tag 'vm_name'"),
         (('.Fields "stuck"', '.Fields "stuck_bool"'), "template: unknown field 'stuck_bool'"),
     ],
 )

@@ -36,6 +36,7 @@ def to_json(report: Report) -> str:
                     "source": vm.source,
                     "instance": vm.instance,
                     "guest": vm.guest,
+                    "display_name": vm.display_name,
                     "host": vm.host,
                     "tags": vm.tags,
                     "fields": vm.fields,
@@ -170,7 +171,7 @@ def to_text(report: Report, colour: bool = False, show_all: bool = False) -> str
             rows = [
                 (
                     [
-                        v.guest,
+                        v.label,
                         size(v.fields.get("memory_max_bytes")),
                         size(v.fields.get("balloon_actual_bytes")),
                         percent(v.fields.get("balloon_ratio")),
@@ -199,7 +200,7 @@ def to_text(report: Report, colour: bool = False, show_all: bool = False) -> str
         where = f"{vm.source} {vm.instance}" + (
             f", host {vm.host}" if vm.host and vm.host != vm.guest else ""
         )
-        out.line(printable(f"{vm.guest} ({where}): ") + out.paint(vm.verdict.upper(), vm.verdict))
+        out.line(printable(f"{vm.label} ({where}): ") + out.paint(vm.verdict.upper(), vm.verdict))
         for finding in vm.findings:
             _finding(out, finding, "  ")
 
@@ -286,7 +287,7 @@ def _not_judged_text(report: Report) -> list[str]:
                 parts.append(f"{code.code} ({kind}: needs --watch)")
                 continue
             watch = max(p.watch for v in vms for p in v.pending if p.code == code.code)
-            names = sorted(printable(v.guest) for v in vms)
+            names = sorted(printable(v.label) for v in vms)
             shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
             need = f"needs --watch {duration(watch)} or longer"
             parts.append(f"{code.code} ({kind}: {shown}: {need})")

@@ -72,6 +72,21 @@ class VmReport(HostReport):
     pending: list[Pending] = field(default_factory=list)
     not_a_vm: bool = False  # the guest source on a machine that is not a VM: nothing to judge
 
+    @property
+    def display_name(self) -> Optional[str]:
+        """The name people know the VM by, where its context tags give one other than the
+        domain name: OpenStack's instance name, KubeVirt's namespace/vm."""
+        name = self.tags.get("instance_name")
+        if name is None and "namespace" in self.tags and "vm" in self.tags:
+            name = f"{self.tags['namespace']}/{self.tags['vm']}"
+        return name if name and name != self.guest else None
+
+    @property
+    def label(self) -> str:
+        """The domain name, with the display name beside it where there is one."""
+        shown = self.display_name
+        return self.guest if shown is None else f"{self.guest} ({shown})"
+
 
 @dataclass
 class SourceReport:

@@ -41,6 +41,7 @@ class PveConfig:
     shares: Optional[int] = None
     uuid: Optional[str] = None
     agent: bool = False  # the QEMU guest agent's channel (a <vmid>.qga socket) is enabled
+    tags: tuple[str, ...] = ()  # `tags: a;b`, sorted, each once
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -102,7 +103,49 @@ def parse_config(text: str) -> PveConfig:
             if enabled not in ("0", "1"):
                 config.problems.append(f"line {number}: agent {value!r} is not enabled=0 or 1")
             config.agent = enabled == "1"
+        elif key == "tags":
+            config.tags = split_tags(value)
     return config
+
+
+def split_tags(value: str) -> tuple[str, ...]:
+    """`tags: web;prod` (Proxmox writes ';', and reads ',' and spaces as well) -> sorted."""
+    return tuple(sorted({tag for tag in re.split(r"[;,\s]+", value) if tag}))
+
+
+# /etc/pve/user.cfg, one line per entry, fields split at ':' (pve-access-control's format):
+# pool:<pool id>:<comment>:<vmid>,<vmid>,...:<storage>,...:
+# A VM is in at most one pool; a vmid listed twice keeps its first pool, as Proxmox does.
+def parse_pools(text: str) -> dict[str, str]:
+    """vmid -> pool from user.cfg's `pool:` lines."""
+    pools: dict[str, str] = {}
+    for raw in text.splitlines():
+        parts = [part.strip() for part in raw.strip().split(":")]
+        if len(parts) < 4 or parts[0] != "pool" or not parts[1]:
+            continue
+        for vmid in re.split(r"[;,\s]+", parts[3]):
+            if vmid.isascii() and vmid.isdigit():
+                pools.setdefault(str(int(vmid)), parts[1])
+    return pools
+
+
+def user_cfg_path(pve_dir: str) -> str:
+    """user.cfg of the cluster file system a VM config directory belongs to:
+    /etc/pve/qemu-server -> /etc/pve/user.cfg, /etc/pve/nodes/<node>/qemu-server too."""
+    parent = os.path.dirname(os.path.normpath(pve_dir))
+    if os.path.basename(os.path.dirname(parent)) == "nodes":
+        parent = os.path.dirname(os.path.dirname(parent))
+    return os.path.join(parent, "user.cfg")
+
+
+def read_pools(path: str) -> Optional[dict[str, str]]:
+    """vmid -> pool from a user.cfg, or None when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(4 << 20)
+    except OSError:
+        return None
+    return parse_pools(data.decode("utf-8", "replace"))
 
 
 def read_config(path: str) -> Optional[PveConfig]:

@@ -114,6 +114,7 @@ class FakeConnection:
         self.alive = True
         self.closed = False
         self._failures: dict[str, list[tuple[int, int]]] = {}
+        self.event_callbacks: dict[int, tuple[int, Any, Any]] = {}  # id -> (event, cb, opaque)
 
     # -- what a test tells it --
 
@@ -182,6 +183,22 @@ class FakeConnection:
         self._call("domainListGetStats", flags)
         stats_of = {id(dom): stats for dom, stats in self.records}
         return [(dom, dict(stats_of[id(dom)])) for dom in doms if id(dom) in stats_of]
+
+    def domainEventRegisterAny(self, dom: Any, event: int, callback: Any, opaque: Any) -> int:
+        self._call("domainEventRegisterAny", event)
+        self.event_callbacks[len(self.event_callbacks)] = (event, callback, opaque)
+        return len(self.event_callbacks) - 1
+
+    def domainEventDeregisterAny(self, callback_id: int) -> int:
+        self._call("domainEventDeregisterAny")
+        del self.event_callbacks[callback_id]
+        return 0
+
+    def emit(self, event: int, dom: FakeDomain, *args: Any) -> None:
+        """What libvirt's event loop does when `event` happens to `dom` (the test says when)."""
+        for kind, callback, opaque in list(self.event_callbacks.values()):
+            if kind == event:
+                callback(self, dom, *args, opaque)
 
     def close(self) -> int:
         self._call("close")

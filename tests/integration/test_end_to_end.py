@@ -90,7 +90,9 @@ def world(
     write_node_xml(
         node,
         [
-            DomainSpec("tdrv-ballooned", memory_kib=1048576, current_kib=786432),
+            DomainSpec(
+                "tdrv-ballooned", memory_kib=1048576, current_kib=786432, metadata=NOVA_SHOP
+            ),
             DomainSpec("tdrv-period0", memory_kib=1048576, current_kib=917504, stats_period=0),
             DomainSpec("tdrv-no-balloon", memory_kib=1048576, memballoon="none"),
         ],
@@ -146,7 +148,7 @@ def world(
             },
         ),
         (
-            ["--config", str(examples / "kvm-host.toml")],
+            ["--config", str(with_context_tags(examples / "kvm-host.toml", tmp))],
             {"LIBVIRT_URI": libvirt_stack.test_uri(node)},
         ),
         (
@@ -216,6 +218,16 @@ def world(
         conn.close()
 
 
+def with_context_tags(example: Path, tmp: Path) -> Path:
+    """The shipped config with its context_tags line taken in, as an OpenStack host would."""
+    text = example.read_text()
+    line = '  # context_tags = ["openstack"]\n'
+    assert line in text, "the example documents context_tags"
+    copy = tmp / example.name
+    copy.write_text(text.replace(line, line.replace("# ", "", 1)))
+    return copy
+
+
 def _on_host(metric: Any, host: str) -> str:
     """A line of the plugin's with another host tag."""
     tags = {**metric.tags, "host": host} if "host" in metric.tags else metric.tags
@@ -240,6 +252,14 @@ def _by(rows: list[dict[str, Any]], *keys: str) -> dict[tuple[str, ...], dict[st
 
 GUESTS = {"fc-guest", "virtio-guest", "blocked-guest", "stuck-guest"}
 TEST_VMS = {"tdrv-ballooned", "tdrv-period0", "tdrv-no-balloon"}
+NOVA_SHOP = (  # Nova's <nova:instance>, as an OpenStack compute node writes it
+    '<nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">'
+    '<nova:package version="27.1.0"/><nova:name>shop-web</nova:name>'
+    "<nova:creationTime>2024-05-02 09:14:55</nova:creationTime>"
+    '<nova:flavor name="m1.small"><nova:memory>1024</nova:memory><nova:vcpus>1</nova:vcpus>'
+    '</nova:flavor><nova:owner><nova:user uuid="8c1e5b9f">alice</nova:user>'
+    '<nova:project uuid="3d9a7c1b">shop</nova:project></nova:owner></nova:instance>'
+)
 VSPHERE_BALLOONED, VSPHERE_PINNED = "DC0_C0_RP0_VM0", "DC0_C0_RP0_VM1"
 VSPHERE_VMS = {VSPHERE_BALLOONED, VSPHERE_PINNED}
 # QEMU guest 128 MiB, test driver 256 + 128 MiB, vSphere 1 GiB
@@ -257,6 +277,18 @@ def _capacity(w: World) -> int:
 def check_var_host(w: World, rows: list[dict[str, Any]]) -> None:
     hosts = {w.kvm_host, TDRV_HOST} | GUESTS | set(w.vsphere_vm_host.values())
     assert {r["value"] for r in rows} == hosts
+
+
+def check_var_project(w: World, rows: list[dict[str, Any]]) -> None:
+    assert [r["value"] for r in rows] == ["shop"]  # the one Nova instance's project
+
+
+def check_var_namespace(w: World, rows: list[dict[str, Any]]) -> None:
+    assert rows == []  # no KubeVirt domain here
+
+
+def check_var_owner(w: World, rows: list[dict[str, Any]]) -> None:
+    assert rows == []  # the vSphere source reads no custom attribute here
 
 
 def check_var_guest(w: World, rows: list[dict[str, Any]]) -> None:
@@ -433,9 +465,9 @@ def test_every_dashboard_query_gives_the_files_result(world: World) -> None:
         by_grafana[gen.to_grafana(query)] = name
     checked = set()
     for title, query in sent:
-        plain = query.replace(' AND "host" =~ /^$host$/', "").replace(
-            ' AND "guest" =~ /^$guest$/', ""
-        )
+        plain = query
+        for variable in ("host", "guest", *gen.CONTEXT_VARIABLES):
+            plain = plain.replace(f' AND "{variable}" =~ /^${variable}$/', "")
         plain = plain.replace(' WHERE "host" =~ /^$host$/', "")
         name = by_grafana[plain]
         rows = _rows(world, gen.expand(query))
@@ -444,6 +476,25 @@ def test_every_dashboard_query_gives_the_files_result(world: World) -> None:
             assert _comparable(rows) == _comparable(_rows(world, queries[name])), title
         checked.add(name)
     assert checked == set(queries)
+
+
+def test_context_variables_narrow_the_vm_panels_and_the_guest_list(world: World) -> None:
+    """Choosing the project "shop" in the dashboard leaves its one instance; "All" leaves
+    every VM, those without the tag too (the test above)."""
+    import json
+
+    gen = generator()
+    board = json.loads((ROOT / "examples/grafana/balloon.json").read_text())
+    [guest_variable] = [v for v in board["templating"]["list"] if v["name"] == "guest"]
+    [ratio_panel] = [p for p in board["panels"] if p.get("title") == "Balloon ratio"]
+    for query in (guest_variable["query"], ratio_panel["targets"][0]["query"]):
+        rows = _rows(world, gen.expand(query.replace("/^$project$/", "/^shop$/")))
+        guests = {r.get("value") or r["_tags"]["guest"] for r in rows}
+        assert guests == {"tdrv-ballooned"}, query
+    [row] = _rows(world, 'SELECT last("balloon_ratio") FROM "balloon" WHERE "project" = \'shop\'')
+    assert row["last"] == 0.25
+    tags = _rows(world, 'SHOW TAG VALUES FROM "balloon" WITH KEY = "instance_name"')
+    assert [r["value"] for r in tags] == ["shop-web"]
 
 
 def test_field_types_are_the_catalogs_across_polls_and_sources(world: World) -> None:

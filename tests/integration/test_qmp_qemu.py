@@ -182,6 +182,41 @@ def test_no_balloon_device_and_proxmox_balloon_zero(qmp_host: QemuHost) -> None:
     assert plain_vms[QMP_BOOTED].tags["guest"] == "web"  # QEMU's -name without the config
 
 
+def test_proxmox_tags_and_pool_follow_the_node_s_files(qmp_host: QemuHost) -> None:
+    """context_tags = ["proxmox"]: the config's tags: and user.cfg's pool, read again only when
+    a file changed; an oversized tags line is cut with one W!, and the line stays valid."""
+    stream = io.StringIO()
+    off = by_vmid(source_for(qmp_host, stream).poll(time.time()))
+    assert not set(off[QMP_BOOTED].tags) & set(catalog.BALLOON_CONTEXT_TAGS)
+    source = source_for(qmp_host, stream, context_tags=("proxmox",))
+    vms = by_vmid(source.poll(time.time()))
+    assert (vms[QMP_BOOTED].tags["pve_tags"], vms[QMP_BOOTED].tags["pool"]) == ("prod;web", "shop")
+    assert (vms[QMP_NO_BALLOON].tags["pve_tags"], vms[QMP_NO_BALLOON].tags["pool"]) == ("db", "db")
+    assert "pve_tags" not in vms[QMP_PLAIN].tags and "pool" not in vms[QMP_PLAIN].tags
+    conf = qmp_host.conf_dir / f"{QMP_NO_BALLOON}.conf"
+    user_cfg = qmp_host.root / "user.cfg"
+    saved = conf.read_text(), user_cfg.read_text()
+    many = ";".join(f"team-{i:04d}" for i in range(300))  # 2,999 characters
+    try:
+        conf.write_text(saved[0].replace("tags: db\n", f"tags: {many}\n"))
+        user_cfg.write_text(saved[1].replace("pool:shop:Web%20shop:101:", "pool:shop:Web%20shop::"))
+        user_cfg.write_text(user_cfg.read_text() + "pool:billing::101:\n")
+        for _ in range(2):
+            vms = by_vmid(source.poll(time.time()))
+        assert vms[QMP_BOOTED].tags["pool"] == "billing"
+        cut = vms[QMP_NO_BALLOON].tags["pve_tags"]
+        assert cut.startswith("team-0000;team-0001;") and len(cut.encode()) <= 1024
+        lines = [ln for ln in stream.getvalue().splitlines() if ln.startswith("W! ")]
+        assert len(lines) == 1 and "pve_tags" in lines[0] and "1024 bytes" in lines[0], lines
+        for sample in vms.values():
+            assert catalog.check_point(catalog.BALLOON, sample.tags, dict(sample.fields)) == []
+    finally:
+        conf.write_text(saved[0])
+        user_cfg.write_text(saved[1])
+    vms = by_vmid(source.poll(time.time()))
+    assert vms[QMP_NO_BALLOON].tags["pve_tags"] == "db" and vms[QMP_BOOTED].tags["pool"] == "shop"
+
+
 def test_stats_period_zero_then_set_by_set_stats_period(qmp_host: QemuHost) -> None:
     booted, plain = qmp_host.monitor(QMP_BOOTED), qmp_host.monitor(QMP_PLAIN)
     booted.set_interval(0)

@@ -228,6 +228,12 @@ QMP_BOOTED = 101  # booted guest, balloon device, Proxmox config with a 256 MiB 
 QMP_NO_BALLOON = 102  # paused, no balloon device; its Proxmox config says balloon: 0
 QMP_PLAIN = 104  # paused, balloon device, no Proxmox config (plain QEMU)
 QMP_UUID = "7d4f3c2a-1b0e-4d5c-9a8b-6f5e4d3c2b1a"
+# The node's user.cfg: 101 in the pool "shop", 102 in "db", 104 in none.
+QMP_USER_CFG = (
+    "user:root@pam:1:0:::root@example.com:::\n\n"
+    "pool:shop:Web%20shop:101:local-lvm:\npool:db::102,999:\n\n"
+    "acl:1:/pool/shop:root@pam:PVEVMAdmin:\n"
+)
 
 
 def new_qemu_host() -> QemuHost:
@@ -251,9 +257,11 @@ def qmp_host() -> Iterator[QemuHost]:
         host.write_conf(
             QMP_BOOTED,
             "#booted test VM\nballoon: 256\nmemory: 512\nname: web-renamed\n"
-            f"smbios1: uuid={QMP_UUID}\n\n[snap]\nname: old\nmemory: 1024\n",
+            f"smbios1: uuid={QMP_UUID}\ntags: web;prod\n\n[snap]\nname: old\nmemory: 1024\n"
+            "tags: old\n",
         )
-        host.write_conf(QMP_NO_BALLOON, "balloon: 0\nmemory: 256\nname: fixed-db\n")
+        host.write_conf(QMP_NO_BALLOON, "balloon: 0\nmemory: 256\nname: fixed-db\ntags: db\n")
+        host.write_user_cfg(QMP_USER_CFG)
         host.start(QMP_BOOTED, memory_mib=512, name="web", uuid=QMP_UUID)
         host.start(QMP_NO_BALLOON, memory_mib=256, balloon=False, boot=False)
         host.start(QMP_PLAIN, memory_mib=192, boot=False, name="plain-104")

@@ -128,6 +128,7 @@ def _qemu_domain_xml(
     *,
     agent_channel: bool = False,
     cmdline_extra: str = "",
+    metadata: str = "",
 ) -> str:
     """A TCG domain with a virtio balloon (``stats_period`` > 0: its ``<stats>`` period).
 
@@ -135,9 +136,12 @@ def _qemu_domain_xml(
     file; without, it has no kernel, console or disk: started paused, it never boots.
     ``agent_channel`` adds the QEMU guest agent's virtio channel (libvirt picks the socket);
     ``cmdline_extra`` is appended to the guest's kernel command line (``tb.agent=1``).
+    ``metadata``: the XML of the elements of its ``<metadata>`` (each in its own namespace).
     """
     dom = ET.Element("domain", type="qemu")
     ET.SubElement(dom, "name").text = name
+    if metadata:
+        dom.append(ET.fromstring(f"<metadata>{metadata}</metadata>"))
     ET.SubElement(dom, "memory", unit="MiB").text = str(memory_mib)
     ET.SubElement(dom, "currentMemory", unit="MiB").text = str(memory_mib)
     ET.SubElement(dom, "vcpu").text = "1"
@@ -600,17 +604,24 @@ class LibvirtStack:
         self._collect_qemu_pids()
         return str(console)
 
-    def start_paused(self, names: List[str], memory_mib: int = 128, stats_period: int = 2) -> None:
+    def start_paused(
+        self,
+        names: List[str],
+        memory_mib: int = 128,
+        stats_period: int = 2,
+        metadata: Optional[Dict[str, str]] = None,
+    ) -> None:
         """Define and start TCG domains paused (QEMU's ``-S``): real QEMU processes that never
         boot (about 38 MB each) but answer libvirt's stats calls over QMP like any domain.
 
         No kernel, console or disk: a virtio ``<memballoon>`` (with a stats period) and
-        nothing else.
+        nothing else; ``metadata`` (name -> XML of its ``<metadata>`` elements) for those named.
         """
         libvirt = _libvirt()
         with self.connection() as conn:
             for name in names:
-                xml = _qemu_domain_xml(name, memory_mib, stats_period)
+                extra = (metadata or {}).get(name, "")
+                xml = _qemu_domain_xml(name, memory_mib, stats_period, metadata=extra)
                 self._paused.add(name)
                 try:
                     conn.defineXML(xml).createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)

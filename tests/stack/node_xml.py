@@ -26,7 +26,8 @@ _RUNSTATE = {"running": 1, "paused": 3, "shutoff": 5}
 
 @dataclass
 class DomainSpec:
-    """One domain of a libvirt test-driver node file."""
+    """One domain of a libvirt test-driver node file (``metadata``: the XML of what its
+    ``<metadata>`` holds, each element in its own namespace, as libvirt requires)."""
 
     name: str
     uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
@@ -35,6 +36,7 @@ class DomainSpec:
     state: DomainState = "running"
     memballoon: Memballoon = "virtio"
     stats_period: int = 10  # 0: no <stats> element
+    metadata: str = ""  # the XML of the elements of its <metadata> (Nova's, KubeVirt's, ...)
 
     def __post_init__(self) -> None:
         if self.state not in _RUNSTATE:
@@ -76,6 +78,8 @@ def write_node_xml(path: Path, domains: List[DomainSpec], host_memory_kib: int =
         dom = ET.SubElement(node, "domain", type="test")
         ET.SubElement(dom, "name").text = d.name
         ET.SubElement(dom, "uuid").text = d.uuid
+        if d.metadata:
+            dom.append(ET.fromstring(f"<metadata>{d.metadata}</metadata>"))
         ET.SubElement(dom, "memory", unit="KiB").text = str(d.memory_kib)
         ET.SubElement(dom, "currentMemory", unit="KiB").text = str(d.current)
         ET.SubElement(dom, "vcpu").text = "1"

@@ -7,6 +7,7 @@
     run/<vmid>.pid   its pidfile (-daemonize) (Proxmox: /var/run/qemu-server/<vmid>.pid)
     run/<vmid>.log   its serial console
     qemu-server/<vmid>.conf   its VM config   (Proxmox: /etc/pve/qemu-server/<vmid>.conf)
+    user.cfg         users, pools, ACLs     (Proxmox: /etc/pve/user.cfg)
 
 QEMU runs under TCG (the nested KVM here cannot run a stock kernel). A booted VM runs the
 guest :func:`tests.stack.guest_image.build_guest` builds (virtio balloon driver loaded, its
@@ -115,6 +116,10 @@ class QemuHost:
 
     def write_conf(self, vmid: int, text: str) -> None:
         (self.conf_dir / f"{vmid}.conf").write_text(text)
+
+    def write_user_cfg(self, text: str) -> None:
+        """The cluster's user.cfg beside qemu-server/ (Proxmox: /etc/pve/user.cfg): pools."""
+        (self.root / "user.cfg").write_text(text)
 
     def start(
         self,

@@ -18,6 +18,7 @@ import libvirt
 from ...config import LibvirtConfig
 from ...log import Log
 from ...model import HostInfo, PollResult, Sample, Tags
+from ..context import cut_message
 from ..hostfacts import local_host
 from ..kvm import AGENT_TIMEOUT
 from .agent import AgentPinger
@@ -28,8 +29,11 @@ from .connection import (
     open_libvirt,
     qemu_agent_command,
     silence_libvirt_errors,
+    start_event_loop,
 )
+from .context import domain_context
 from .domainxml import KIB, DomainFacts, parse_domain_xml
+from .events import MetadataWatch
 from .fields import MEMORY_STATS_KEYS, domain_fields
 from .reread import needs_xml
 from .stats import FETCH_SHARE, Record, StatsFetch, StatsStuck, StatsWorker, matches
@@ -88,11 +92,16 @@ class LibvirtSource:
         # Chunks run on connections of their own; the test driver gives every connection a
         # private copy of its node, so it keeps to the one connection (and one bulk call).
         self._chunking = config.concurrency != 1 and not is_test_driver(config.uri)
+        # Context tags: read with the XML; a live metadata edit is told by libvirt's event.
+        self._contexts = config.context_tags
+        self._watch = MetadataWatch(log, self.instance) if self._contexts else None
         silence_libvirt_errors()
 
     # -- connection --
 
     def _connect(self) -> Any:
+        if self._watch is not None:
+            start_event_loop()  # before the open: the connection dispatches events through it
         conn, refused = open_connection(self._open, self.config, self.instance)
         if refused is not None:
             self.log.debug(f"libvirt {self.instance}: no keepalive: {refused}")
@@ -101,6 +110,8 @@ class LibvirtSource:
         self._host_tags = {"host": hostname, "source": "libvirt"}
         self._driver_type = str(conn.getType()).lower()
         self.log.debug(f"libvirt {self.instance}: connected to {hostname}")
+        if self._watch is not None:
+            self._watch.attach(conn, self._facts)
         return conn
 
     def _open_for_stats(self) -> Any:
@@ -113,6 +124,8 @@ class LibvirtSource:
             self.agent.reconnected()
         conn, self._conn = self._conn, None
         if conn is not None:
+            if self._watch is not None:
+                self._watch.detach(conn)
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
 
@@ -159,6 +172,7 @@ class LibvirtSource:
         samples: list[Sample] = []
         facts_by_key = self._facts
         refresh = self.config.refresh_interval
+        edited = self._watch.take() if self._watch is not None else ()
         seen: set[str] = set()
         for dom, stats in records:
             name = dom.name()
@@ -174,6 +188,7 @@ class LibvirtSource:
                 if (
                     facts is None
                     or facts.domain_id != domain_id
+                    or key in edited
                     or needs_xml(facts, stats, now, refresh)
                 ):
                     facts = self._read_facts(dom, name, key, domain_id, facts, now)
@@ -229,6 +244,7 @@ class LibvirtSource:
         if self.agent is not None:
             self.agent.forget({key})
         self.log.clear(f"libvirt-xml:{key}")  # quietly: the domain left, its XML was not fixed
+        self.log.clear(f"libvirt-context:{key}")
 
     # -- one domain --
 
@@ -262,8 +278,12 @@ class LibvirtSource:
             facts.checked_at = now
         else:
             facts = DomainFacts(domain_id, now)
+        context: Tags = {}
         try:
-            skipped = parse_domain_xml(dom.XMLDesc(0), facts)
+            text = dom.XMLDesc(0)
+            skipped = parse_domain_xml(text, facts)
+            if self._contexts:
+                context = self._context(text, name, key)
         except ET.ParseError as exc:
             self.log.fault(f"libvirt-xml:{key}", f"libvirt: domain {name!r}: bad XML: {exc}")
         else:
@@ -278,8 +298,21 @@ class LibvirtSource:
             "guest": name,
             "uuid": key,
             "hypervisor": facts.hypervisor,
+            **context,
         }
         return facts
+
+    def _context(self, text: str, name: str, key: str) -> Tags:
+        """The domain's context tags; metadata of another shape or a value cut: one `W! `."""
+        context = domain_context(text, name, self._contexts)
+        said = list(context.problems)
+        if context.cut:
+            said.append(cut_message(context.cut))
+        if said:
+            self.log.fault(f"libvirt-context:{key}", f"libvirt: domain {name!r}: {'; '.join(said)}")
+        else:
+            self.log.clear(f"libvirt-context:{key}")
+        return context.tags
 
     def _arm(self, dom: Any, name: str, facts: DomainFacts) -> None:
         """Set the stats period on a running domain where it is 0 (again if someone zeroes it)."""

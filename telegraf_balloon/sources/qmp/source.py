@@ -21,9 +21,18 @@ from typing import Callable, Optional
 from ...config import QmpConfig
 from ...log import Log
 from ...model import Fields, PollResult, Sample, Tags
+from ..context import cut_message, tag_value
 from ..hostfacts import local_host, process_rss, process_start
 from ..kvm import AGENT_TIMEOUT, driver_silent
-from ..proxmox import MIB, PVE_DIR, PveConfig, read_config, resolve_dir
+from ..proxmox import (
+    MIB,
+    PVE_DIR,
+    PveConfig,
+    read_config,
+    read_pools,
+    resolve_dir,
+    user_cfg_path,
+)
 from .agent import AgentPing
 from .exchange import exchange
 from .protocol import VmFacts, VmPoll
@@ -54,6 +63,10 @@ class QmpSource:
         self._now = 0.0
         self._faulted: set[str] = set()  # paths with a fault logged and not yet cleared
         self._unpinged: set[str] = set()  # VMs whose agent ping was not sent last poll
+        # context_tags "proxmox": the pools of user.cfg, re-read when the file changed
+        self._proxmox_context = "proxmox" in config.context_tags
+        self._pools: tuple[tuple[str, int, int], dict[str, str]] = (("", 0, 0), {})
+        self._pools_seen = -1.0  # the poll (its `now`) that last looked at user.cfg
 
     def close(self) -> None:
         """Nothing is held between polls."""
@@ -140,6 +153,7 @@ class QmpSource:
         for gone in [c for c in self._pve if os.path.basename(c)[: -len(".conf")] not in stems]:
             del self._pve[gone]  # its VM's socket is gone: the config may stay on disk for ever
             self.log.clear(f"qmp-pve:{gone}")
+            self.log.clear(f"qmp-context:{gone}")
         denied_key = f"qmp-denied:{self.instance}"
         if denied:
             message = (
@@ -228,7 +242,45 @@ class QmpSource:
             tags["uuid"] = facts.uuid
         if vmid is not None:
             tags["vmid"] = vmid
+            if self._proxmox_context and pve_dir is not None:
+                self._context_tags(tags, pve_dir, vmid, pve)
         return Sample(poll.path, tags, self._fields(poll, facts, pve, now))
+
+    def _context_tags(self, tags: Tags, pve_dir: str, vmid: str, pve: Optional[PveConfig]) -> None:
+        """pve_tags (the config's tags:) and pool (user.cfg's pool: lines) of a Proxmox VM."""
+        cut: list[str] = []
+        found = {
+            "pve_tags": ";".join(pve.tags) if pve is not None else "",
+            "pool": self._pool_map(pve_dir).get(vmid, ""),
+        }
+        for tag, raw in found.items():
+            value, was_cut = tag_value(raw)
+            if value is not None:
+                tags[tag] = value
+            if was_cut:
+                cut.append(tag)
+        key = f"qmp-context:{os.path.join(pve_dir, f'{vmid}.conf')}"
+        if cut:
+            self.log.fault(key, f"qmp: VM {vmid}: {cut_message(cut)}")
+        else:
+            self.log.clear(key)
+
+    def _pool_map(self, pve_dir: str) -> dict[str, str]:
+        """vmid -> pool, from user.cfg beside the config directory: looked at once a poll,
+        read again only when it changed (as the VM configs are)."""
+        if self._pools_seen == self._now:
+            return self._pools[1]
+        self._pools_seen = self._now
+        path = user_cfg_path(pve_dir)
+        try:
+            info = os.stat(path)
+        except OSError:
+            self._pools = (("", 0, 0), {})
+            return {}
+        stamp = (path, info.st_mtime_ns, info.st_size)
+        if self._pools[0] != stamp:
+            self._pools = (stamp, read_pools(path) or {})
+        return self._pools[1]
 
     def _fields(self, poll: VmPoll, facts: VmFacts, pve: Optional[PveConfig], now: float) -> Fields:
         fields: Fields = {}

@@ -37,6 +37,7 @@ from .soap import (
     continue_request,
     error_text,
     http_date,
+    objects_request,
     parse_objects,
     retrieve_request,
 )
@@ -145,6 +146,30 @@ class Client:
             with contextlib.suppress(TypeError, ValueError):
                 limit = int(option.value)
                 session.max_query_metrics = limit if limit > 0 else 0  # 0: unlimited
+
+    def retrieve_objects(
+        self, session: Session, kind: str, moids: Sequence[str], paths: Sequence[str]
+    ) -> Iterator[tuple[str, str, Props]]:
+        """`paths` of the named objects of one type, in pages (one call for all of them)."""
+        token: list[str] = []
+        size = self.config.page_size
+        body = objects_request(session.collector, kind, moids, paths, size)
+        while True:
+            token.clear()
+            yield from self.call(session, body, OBJECT_TAGS, parse_objects, token)
+            if not token or not token[0]:
+                return
+            body = continue_request(session.collector, token[0])
+
+    def custom_fields(self, session: Session) -> dict[str, str]:
+        """The custom attributes VMs may carry (CustomFieldsManager.field): key -> name."""
+        manager = session.content.customFieldsManager
+        out: dict[str, str] = {}
+        for definition in (manager.field if manager is not None else None) or ():
+            kind = definition.managedObjectType  # None: an attribute of every type
+            if kind is None or getattr(kind, "_wsdlName", kind) == "VirtualMachine":
+                out[str(definition.key)] = str(definition.name)
+        return out
 
     def _drop(self, logout: bool = False) -> None:
         session, self._session = self._session, None

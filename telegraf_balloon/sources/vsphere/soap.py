@@ -3,7 +3,9 @@
 Three requests (RetrievePropertiesEx over a container view, its continuation, and a realtime
 QueryPerf) and their replies: each ``ObjectContent`` becomes ``(type, moid, {path: value})``
 and each ``PerfEntityMetric`` ``(moid, sample time, {counter id: value})`` as soon as its end
-tag arrives, then is dropped. A SOAP fault in a reply raises :class:`VsphereFault`.
+tag arrives, then is dropped. A SOAP fault in a reply raises :class:`VsphereFault`. (The
+request of named objects, not a view, is the custom attributes' of VMs new since their
+last refresh.)
 
 Nothing here sends anything or knows pyVmomi: the session module posts these bodies on
 pyVmomi's connection, and the unit tests feed these parsers replies captured from the
@@ -40,6 +42,7 @@ _T_TIMESTAMP = f"{{{_NS}}}timestamp"
 _T_VALUE = f"{{{_NS}}}value"
 _T_ID = f"{{{_NS}}}id"
 _T_COUNTER = f"{{{_NS}}}counterId"
+_T_KEY = f"{{{_NS}}}key"
 _T_FAULT = f"{{{_SOAP}}}Fault"
 _XSI_TYPE = f"{{{_XSI}}}type"
 
@@ -86,6 +89,27 @@ def retrieve_request(
         f"<objectSet>{_mor('obj', 'ContainerView', view)}<skip>true</skip>"
         '<selectSet xsi:type="TraversalSpec"><name>view</name><type>ContainerView</type>'
         "<path>view</path><skip>false</skip></selectSet></objectSet>"
+    )
+    body = (
+        f'<RetrievePropertiesEx xmlns="{_NS}">'
+        f"{_mor('_this', 'PropertyCollector', collector)}"
+        f"<specSet>{props}{objects}</specSet>"
+        f"<options><maxObjects>{page_size}</maxObjects></options></RetrievePropertiesEx>"
+    )
+    return _ENVELOPE.format(body=body).encode("utf-8")
+
+
+def objects_request(
+    collector: str, kind: str, moids: Sequence[str], paths: Sequence[str], page_size: int
+) -> bytes:
+    """RetrievePropertiesEx of named objects (no view): `paths` of each of `moids`."""
+    props = (
+        f"<propSet><type>{escape(kind)}</type><all>false</all>"
+        + "".join(f"<pathSet>{escape(p)}</pathSet>" for p in paths)
+        + "</propSet>"
+    )
+    objects = "".join(
+        f"<objectSet>{_mor('obj', kind, moid)}<skip>false</skip></objectSet>" for moid in moids
     )
     body = (
         f'<RetrievePropertiesEx xmlns="{_NS}">'
@@ -165,7 +189,23 @@ def _value(val: ET.Element) -> Any:
     kind = val.get("type")
     if kind is not None:  # a ManagedObjectReference
         return (kind, val.text or "")
-    return val.text or ""
+    text = val.text
+    if (text is None or text.isspace()) and len(val):
+        return _keyed_values(val)
+    return text or ""
+
+
+# <val xsi:type="ArrayOfCustomFieldValue"><CustomFieldValue xsi:type="CustomFieldStringValue">
+#   <key>101</key><value>alice</value></CustomFieldValue>...</val>
+def _keyed_values(val: ET.Element) -> dict[str, str]:
+    """An array of key/value objects (customValue, the only such property asked for) as
+    {key: value}; a key given twice keeps its last value."""
+    out: dict[str, str] = {}
+    for item in val:
+        key = item.findtext(_T_KEY)
+        if key is not None:
+            out[key.strip()] = item.findtext(_T_VALUE) or ""
+    return out
 
 
 def parse_objects(

@@ -13,11 +13,12 @@ import fnmatch
 import gc
 import time
 from collections.abc import Iterator
-from typing import Callable
+from typing import Callable, Optional
 
 from ...config import VsphereConfig
 from ...log import Log
 from ...model import HostInfo, PollResult, Sample, Tags
+from .attributes import CUSTOM_VALUE, CustomAttributes
 from .fields import COMPRESSED_QS, QUICK_PRESENT, SWAPPED_QS, VM_PATH_PATHS, VM_PATHS, vm_fields
 from .inventory import INVENTORY_TYPES, Inventory, inventory_specs
 from .perf import Chosen, RealtimeTargets
@@ -41,6 +42,9 @@ class VsphereSource:
         self.instance = self.client.instance
         self._filter = tuple(config.vm_include) != ("*",)
         self._targets = RealtimeTargets(self.client, log, self.instance, clock)
+        self._attributes: Optional[CustomAttributes] = None
+        if config.custom_attributes:
+            self._attributes = CustomAttributes(config.custom_attributes, self.client, log, clock)
 
     def close(self) -> None:
         self.client.close()
@@ -56,6 +60,9 @@ class VsphereSource:
         inventory = self._inventory(session)
         self.client.retrieve_seconds = 0.0
         paths = VM_PATHS + (VM_PATH_PATHS if self._filter else ())
+        attributes = self._attributes
+        if attributes is not None and attributes.begin(session):
+            paths += (CUSTOM_VALUE,)  # every VM's attribute values, on this poll's pages
         samples: list[Sample] = []
         # Per VM only what the counters step needs: each page's properties are reduced and
         # dropped as the next page streams in (10,000 VMs' property dicts would be ~25 MB).
@@ -86,11 +93,15 @@ class VsphereSource:
                     tags["datacenter"] = host.datacenter
                 if host.cluster:
                     tags["cluster"] = host.cluster
+            if attributes is not None:
+                attributes.tag(props.get(CUSTOM_VALUE), tags, moid)
             fields = vm_fields(props)
             samples.append(Sample(str(uuid) if uuid else moid, tags, fields))
             chosen.append(
                 (moid, QUICK_PRESENT[SWAPPED_QS in props, COMPRESSED_QS in props], fields)
             )
+        if attributes is not None:
+            attributes.finish(session)  # the VMs new since the values were last on the pages
         # The VM pages' round trips, each parsed as it streamed in.
         latency = self.client.retrieve_seconds
         if self.config.target_counters and session.counter_ids:
