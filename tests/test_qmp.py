@@ -143,6 +143,8 @@ class PveQmp:
             return {"enabled": True, "present": True}
         if name == "query-memory-size-summary":
             return {"base-memory": 4294967296, "plugged-memory": 0}
+        if name == "query-memory-devices":
+            return []  # QEMU's answer for a VM without memory devices
         return {}
 
     def close(self) -> None:
@@ -190,6 +192,7 @@ def test_pve_query_balloon_saves_the_guest_stats_round_trip(
     # Then: query-balloon carried the guest figures, so no qom-get guest-stats, no identity.
     assert server.commands[1] == [
         "qmp_capabilities",
+        "query-memory-devices",
         "query-balloon",
         "qom-get guest-stats-polling-interval",
     ]

@@ -18,9 +18,9 @@ from typing import Callable, Optional
 
 from ...config import QmpConfig
 from ...log import Log
-from ...model import Fields, PollResult, Sample, Tags
+from ...model import Detail, Fields, PollResult, Sample, Tags
 from ..hostfacts import local_host, process_rss, process_start
-from ..kvm import driver_silent
+from ..kvm import driver_silent, vmem_fields
 from ..proxmox import MIB, PVE_DIR, PveConfig, read_config, resolve_dir
 from .exchange import exchange
 from .protocol import VmFacts, VmPoll
@@ -101,6 +101,11 @@ class QmpSource:
                 self.log.warn(
                     f"qmp: {poll.path}: cannot set guest-stats-polling-interval: {poll.arm_error}"
                 )
+            if poll.vmem_problems:  # once until the devices read well again
+                skipped = "; ".join(poll.vmem_problems[:3])
+                self.log.fault(f"qmp-vmem:{poll.path}", f"qmp: {poll.path}: skipped {skipped}")
+            else:
+                self.log.clear(f"qmp-vmem:{poll.path}")
             samples.append(self._sample(poll, host_tags, pve_dir, now))
         for path in self._faulted - {p.path for p in polls if p.error is not None}:
             self._faulted.discard(path)
@@ -108,6 +113,7 @@ class QmpSource:
                 self.log.clear(f"qmp:{path}")  # the VM is gone: forget its fault quietly
         for gone in set(self._facts) - set(paths):
             del self._facts[gone]
+            self.log.clear(f"qmp-vmem:{gone}")
         stems = {os.path.basename(path).rsplit(".", 1)[0] for path in paths}
         for gone in [c for c in self._pve if os.path.basename(c)[: -len(".conf")] not in stems]:
             del self._pve[gone]  # its VM's socket is gone: the config may stay on disk for ever
@@ -169,25 +175,45 @@ class QmpSource:
             tags["uuid"] = facts.uuid
         if vmid is not None:
             tags["vmid"] = vmid
-        return Sample(poll.path, tags, self._fields(poll, facts, pve, now))
+        fields = self._fields(poll, facts, pve, now)
+        vmem = poll.vmem
+        detail = None
+        if vmem is not None:
+            worst = vmem.worst
+            detail = Detail(vmem_device=worst.name, vmem_device_plugged=worst.plugged)
+        return Sample(poll.path, tags, fields, detail)
 
     def _fields(self, poll: VmPoll, facts: VmFacts, pve: Optional[PveConfig], now: float) -> Fields:
         fields: Fields = {}
         balloon = poll.balloon
-        maximum = facts.max_bytes
+        # The balloon's own reference: boot memory and DIMMs. query-balloon's actual leaves
+        # virtio-mem out, query-memory-size-summary's plugged-memory counts it: the virtio-mem
+        # part of the latter is taken out here and today's plugged size added to both sides.
+        reference = None
+        if facts.max_bytes is not None and facts.vmem_base is not None:
+            reference = facts.max_bytes - facts.vmem_base
         if balloon is not None and _count(balloon.get("max_mem")) is not None:
-            maximum = int(balloon["max_mem"])
-        if maximum is None and pve is not None:
-            maximum = pve.memory_bytes
-        current = _count(balloon.get("actual")) if balloon is not None else None
-        if maximum is not None:
+            reference = int(balloon["max_mem"])
+        if reference is None and pve is not None and facts.max_bytes is None:
+            reference = pve.memory_bytes
+        actual = _count(balloon.get("actual")) if balloon is not None else None
+        vmem = poll.vmem
+        vmem_now = None  # virtio-mem plugged now; None: some device could not be read
+        if poll.vmem_known or facts.vmem_unsupported:
+            vmem_now = vmem.plugged or 0 if vmem is not None else 0
+        maximum = current = None
+        if reference is not None and vmem_now is not None:
+            maximum = reference + vmem_now
             fields["memory_max_bytes"] = maximum
-            if current is None and poll.no_device:
-                current = maximum  # no balloon: the guest has all of its memory
-        if current is not None:
+            if actual is None and poll.no_device:
+                actual = reference  # no balloon: the guest has all of its memory
+        if actual is not None and vmem_now is not None:
+            current = actual + vmem_now
             fields["memory_current_bytes"] = current
-            if maximum is not None:
-                fields["balloon_actual_bytes"] = max(0, maximum - current)
+        if actual is not None and reference is not None:
+            fields["balloon_actual_bytes"] = max(0, reference - actual)
+        if vmem is not None:
+            vmem_fields(vmem, fields)
         last_update = 0
         if poll.stats is not None:
             stats = poll.stats.get("stats")
