@@ -33,6 +33,9 @@ def needs_xml(
     """
     if now - facts.checked_at >= refresh_interval:
         return True
+    maximum = stats.get("balloon.maximum")
+    if maximum is not None and facts.stats_max is not None and int(maximum) != facts.stats_max:
+        return True  # memory was hot-plugged or unplugged (a DIMM, a virtio-mem device)
     if facts.blocked_model:
         return False
     last_update = int(stats.get("balloon.last-update", 0))
