@@ -550,14 +550,24 @@ class LibvirtStack:
     def _domain_xml(self, name: str, memory_mib: int, stats_period: int, console: Path) -> str:
         return _qemu_domain_xml(name, memory_mib, stats_period, (self.guest_image, console))
 
-    def define_guest(self, name: str, memory_mib: int = 512, stats_period: int = 2) -> str:
-        """Define and start a TCG guest with a virtio balloon; return its console log path."""
+    def define_guest(
+        self,
+        name: str,
+        memory_mib: int = 512,
+        stats_period: int = 2,
+        customize: Optional[Callable[[str], str]] = None,
+    ) -> str:
+        """Define and start a TCG guest with a virtio balloon; return its console log path.
+
+        ``customize`` rewrites the domain XML before it is defined (more devices)."""
         libvirt = _libvirt()
         console = self._wd() / "guests" / f"{_safe_name(name)}.console.log"
         with contextlib.suppress(FileNotFoundError):
             console.unlink()
         self._guests[name] = console
         xml = self._domain_xml(name, memory_mib, stats_period, console)
+        if customize is not None:
+            xml = customize(xml)
         with self.connection() as conn:
             try:
                 dom = conn.defineXML(xml)
@@ -567,7 +577,13 @@ class LibvirtStack:
         self._collect_qemu_pids()
         return str(console)
 
-    def start_paused(self, names: List[str], memory_mib: int = 128, stats_period: int = 2) -> None:
+    def start_paused(
+        self,
+        names: List[str],
+        memory_mib: int = 128,
+        stats_period: int = 2,
+        customize: Optional[Callable[[str], str]] = None,
+    ) -> None:
         """Define and start TCG domains paused (QEMU's ``-S``): real QEMU processes that never
         boot (about 38 MB each) but answer libvirt's stats calls over QMP like any domain.
 
@@ -578,6 +594,8 @@ class LibvirtStack:
         with self.connection() as conn:
             for name in names:
                 xml = _qemu_domain_xml(name, memory_mib, stats_period)
+                if customize is not None:
+                    xml = customize(xml)
                 self._paused.add(name)
                 try:
                     conn.defineXML(xml).createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)

@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from tests.stack.common import pid_alive, wait_for
 from tests.stack.guest_image import GuestImage, parse_console
@@ -125,15 +125,22 @@ class QemuHost:
         name: Optional[str] = None,
         uuid: Optional[str] = None,
         wait: bool = True,
+        maxmem_mib: int = 0,
+        extra_args: Sequence[str] = (),
+        append: str = "",
     ) -> Vm:
-        """Start one QEMU the way Proxmox would (-daemonize, pidfile, QMP socket beside it)."""
+        """Start one QEMU the way Proxmox would (-daemonize, pidfile, QMP socket beside it).
+
+        ``maxmem_mib`` gives the machine room for memory devices, ``extra_args`` more QEMU
+        arguments (such devices), ``append`` more words for the guest's kernel command line.
+        """
         qmp = self.run_dir / f"{vmid}.qmp"
         pidfile = self.run_dir / f"{vmid}.pid"
         console = self.run_dir / f"{vmid}.log"
         cmd = [
             self.qemu,
             "-accel", "tcg",
-            "-m", str(memory_mib),
+            "-m", f"{memory_mib}M,maxmem={maxmem_mib}M,slots=2" if maxmem_mib else str(memory_mib),
             "-nodefaults",
             "-display", "none",
             "-qmp", f"unix:{qmp},server=on,wait=off",
@@ -146,11 +153,12 @@ class QemuHost:
             cmd += ["-device", "virtio-balloon-pci" + (f",id={balloon_id}" if balloon_id else "")]
         if uuid:
             cmd += ["-smbios", f"type=1,uuid={uuid}"]
+        cmd += list(extra_args)
         if boot:
             if self.image is None:
                 raise QemuError("a booted VM needs the guest image")
             cmd += ["-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd)]
-            cmd += ["-append", self.image.cmdline]
+            cmd += ["-append", f"{self.image.cmdline} {append}".strip()]
         else:
             cmd.append("-S")
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
