@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """How fast the qmp source polls N QEMU VMs, next to other ways of asking the same things.
 
-    python bench/bench_qmp.py [--vms 200] [--repeat 5] [--quick]
+    python bench/bench_qmp.py [--vms 200] [--repeat 5] [--no-vmem] [--quick]
 
 Needs root and qemu-system-x86_64: it starts N paused QEMU processes (``-S``: they never
 boot, and answer every QMP command) in Proxmox's layout, with Proxmox configs and a 256 MiB
-virtio-mem device each, and always stops them. One poll of every VM, done six ways in the same
-run, interleaved, median of --repeat after a warm-up:
+virtio-mem device each (none with --no-vmem), and always stops them. One poll of every VM,
+done six ways in the same run, interleaved, median of --repeat after a warm-up:
 
   a. naive: a fresh ``qemu.qmp`` session (its legacy sync class) per command, VM after VM;
   b. ``qemu.qmp``'s sync class, one session per VM for its three commands, VM after VM;
@@ -18,7 +18,8 @@ run, interleaved, median of --repeat after a warm-up:
      commands and ``query-memory-devices`` (virtio-mem), all VMs side by side from one
      thread, each VM's commands in one write;
   f. the same without ``query-memory-devices`` (as the source polls a QEMU that does not
-     know the command): what virtio-mem adds to a poll.
+     know the command): what virtio-mem adds to a poll. Every VM with a device is asked every
+     poll; with --no-vmem, a VM without one is asked again every 10th poll only.
 
 The figures are per VM (total / N). Targets: e within 1.5x d per VM, N = 200 under 1 s, and
 e within 1.1x f (virtio-mem costs at most 10% more).
@@ -154,6 +155,7 @@ def main() -> int:
     p = parser(__doc__)
     p.add_argument("--vms", type=int, default=200)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--no-vmem", action="store_true", help="VMs without a virtio-mem device")
     args = p.parse_args()
     vms = 20 if args.quick else args.vms
     repeat = 2 if args.quick else args.repeat
@@ -170,10 +172,11 @@ def main() -> int:
                 list(range(first, min(first + 20, 1000 + vms))),
                 memory_mib=128,
                 boot=False,
-                maxmem_mib=512,
-                extra_args=qemu_args(256, 0),
+                maxmem_mib=0 if args.no_vmem else 512,
+                extra_args=() if args.no_vmem else qemu_args(256, 0),
             )
-        print(f"started {vms} paused QEMU VMs in {time.monotonic() - started:.1f} s")
+        devices = "no virtio-mem device" if args.no_vmem else "a virtio-mem device each"
+        print(f"started {vms} paused QEMU VMs ({devices}) in {time.monotonic() - started:.1f} s")
         paths = sorted(str(vm.qmp) for vm in host.vms.values())
         config = QmpConfig(sockets=(host.glob,), proxmox_config=str(host.conf_dir))
         source = QmpSource(config, "bench", Log(io.StringIO()))
@@ -186,7 +189,7 @@ def main() -> int:
         def plugin() -> None:
             result = source.poll(time.time())
             assert len(result.samples) == vms, (len(result.samples), result.error)
-            assert all("vmem_max_bytes" in s.fields for s in result.samples)
+            assert all(("vmem_max_bytes" in s.fields) != args.no_vmem for s in result.samples)
 
         def plugin_without() -> None:
             result = without.poll(time.time())

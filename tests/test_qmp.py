@@ -192,7 +192,6 @@ def test_pve_query_balloon_saves_the_guest_stats_round_trip(
     # Then: query-balloon carried the guest figures, so no qom-get guest-stats, no identity.
     assert server.commands[1] == [
         "qmp_capabilities",
-        "query-memory-devices",
         "query-balloon",
         "qom-get guest-stats-polling-interval",
     ]

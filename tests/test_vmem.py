@@ -33,6 +33,7 @@ from telegraf_balloon.sources.libvirt.domainxml import DomainFacts, parse_domain
 from telegraf_balloon.sources.libvirt.fields import domain_fields
 from telegraf_balloon.sources.libvirt.reread import needs_xml
 from telegraf_balloon.sources.logs.events import compile_events, count_events
+from telegraf_balloon.sources.qmp.protocol import VMEM_RECHECK_POLLS
 from telegraf_balloon.sources.qmp.replies import ProtocolError, memory_devices
 from telegraf_balloon.sources.qmp.source import QmpSource
 
@@ -117,6 +118,7 @@ class StandInQmp:
     def __init__(self, path: Path, devices: list[Any]) -> None:
         self.devices = devices
         self.balloon_actual = 384 * MIB
+        self.commands: list[list[str]] = []  # per connection, the commands in order
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
         self.server.listen(2)
@@ -130,8 +132,11 @@ class StandInQmp:
                 return
             with conn:
                 conn.sendall(b'{"QMP": {"version": {}, "capabilities": ["oob"]}}\r\n')
+                seen: list[str] = []
+                self.commands.append(seen)
                 for line in conn.makefile("rb"):
                     message = json.loads(line)
+                    seen.append(message["execute"])
                     reply = {"return": self._answer(message), "id": message.get("id")}
                     conn.sendall(json.dumps(reply).encode() + b"\r\n")
 
@@ -222,6 +227,28 @@ def test_qmp_a_malformed_device_is_skipped_with_one_warning(
     fields = one_vm(source, T0 + 10)
     assert fields["balloon_actual_bytes"] == 0 and fields["memory_max_bytes"] == 640 * MIB
     assert stream.getvalue().count("W! ") == 1
+
+
+def test_qmp_a_vm_without_virtio_mem_is_asked_again_every_tenth_poll(
+    stand_in: tuple[StandInQmp, QmpSource, io.StringIO],
+) -> None:
+    """Most VMs have no virtio-mem device: the command is not repeated every poll for them,
+    but often enough to see one hot-plugged."""
+    peer, source, _ = stand_in
+    peer.devices = [{"type": "dimm", "data": {"size": 128 * MIB, "id": "dimm0"}}]
+    peer.balloon_actual = 512 * MIB  # query-balloon counts a DIMM (and not virtio-mem)
+    asked = []
+    for n in range(VMEM_RECHECK_POLLS + 1):
+        fields = one_vm(source, T0 + n)
+        asked.append("query-memory-devices" in peer.commands[-1])
+        assert "vmem_plugged_bytes" not in fields
+        assert fields["memory_max_bytes"] == 512 * MIB and fields["balloon_actual_bytes"] == 0
+    assert asked == [True] + [False] * (VMEM_RECHECK_POLLS - 1) + [True]
+    peer.devices.append(vmem_device(size=0, **{"requested-size": 0}))  # hot-plugged
+    for n in range(VMEM_RECHECK_POLLS):
+        fields = one_vm(source, T0 + 20 + n)
+    assert fields["vmem_max_bytes"] == 512 * MIB
+    assert "query-memory-devices" in peer.commands[-1]  # every poll from now on
 
 
 # --- libvirt: the live XML ---------------------------------------------------------------------

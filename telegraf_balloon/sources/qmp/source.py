@@ -198,9 +198,7 @@ class QmpSource:
             reference = pve.memory_bytes
         actual = _count(balloon.get("actual")) if balloon is not None else None
         vmem = poll.vmem
-        vmem_now = None  # virtio-mem plugged now; None: some device could not be read
-        if poll.vmem_known or facts.vmem_unsupported:
-            vmem_now = vmem.plugged or 0 if vmem is not None else 0
+        vmem_now = poll.vmem_plugged()  # None: some device could not be read
         maximum = current = None
         if reference is not None and vmem_now is not None:
             maximum = reference + vmem_now
