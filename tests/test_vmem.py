@@ -19,7 +19,7 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -33,9 +33,13 @@ from telegraf_balloon.sources.libvirt.domainxml import DomainFacts, parse_domain
 from telegraf_balloon.sources.libvirt.fields import domain_fields
 from telegraf_balloon.sources.libvirt.reread import needs_xml
 from telegraf_balloon.sources.logs.events import compile_events, count_events
+from telegraf_balloon.sources.logs.kmsg import KMSG_TAG
 from telegraf_balloon.sources.qmp.protocol import VMEM_RECHECK_POLLS
 from telegraf_balloon.sources.qmp.replies import ProtocolError, memory_devices
 from telegraf_balloon.sources.qmp.source import QmpSource
+from tests.test_logs_kmsg import _counts as kmsg_counts
+from tests.test_logs_kmsg import _source as kmsg_source
+from tests.test_logs_kmsg import kernel_log  # noqa: F401  (the fixture: /dev/kmsg or a stand-in)
 
 MIB = 1024 * 1024
 KIB = 1024
@@ -579,3 +583,21 @@ virtio_mem virtio1: unknown error, marking device broken: -22
 def test_virtio_mem_kernel_messages_are_built_in_events() -> None:
     counts = dict(count_events(compile_events([]), KERNEL_LINES))
     assert counts == {"virtio_mem_requested": 2, "virtio_mem_broken": 1}
+
+
+def test_virtio_mem_kernel_messages_through_the_kernel_log_reader(
+    kernel_log: tuple[str, Callable[[str], None], bool],  # noqa: F811  (the fixture imported)
+) -> None:
+    """The same lines as the kmsg reader gets them (records of /dev/kmsg, or its stand-in)."""
+    path, write, _real = kernel_log
+    source = kmsg_source(path)
+    try:
+        assert kmsg_counts(source) == {}
+        for line in KERNEL_LINES.decode().splitlines():
+            write(line)
+        assert kmsg_counts(source) == {
+            (KMSG_TAG, "virtio_mem_requested"): (2, 2),
+            (KMSG_TAG, "virtio_mem_broken"): (1, 1),
+        }
+    finally:
+        source.close()
