@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """How fast the qmp source polls N QEMU VMs, next to other ways of asking the same things.
 
-    python bench/bench_qmp.py [--vms 200] [--repeat 5] [--quick]
+    python bench/bench_qmp.py [--vms 200] [--repeat 5] [--no-vmem] [--quick]
 
 Needs root and qemu-system-x86_64: it starts N paused QEMU processes (``-S``: they never
-boot, and answer every QMP command) in Proxmox's layout, with Proxmox configs, and always
-stops them. One poll of every VM, done five ways in the same run, interleaved, median of
---repeat after a warm-up:
+boot, and answer every QMP command) in Proxmox's layout, with Proxmox configs and a 256 MiB
+virtio-mem device each (none with --no-vmem), and always stops them. One poll of every VM,
+done six ways in the same run, interleaved, median of --repeat after a warm-up:
 
   a. naive: a fresh ``qemu.qmp`` session (its legacy sync class) per command, VM after VM;
   b. ``qemu.qmp``'s sync class, one session per VM for its three commands, VM after VM;
@@ -15,9 +15,14 @@ stops them. One poll of every VM, done five ways in the same run, interleaved, m
      after another (connect, greeting, qmp_capabilities, query-balloon, guest-stats,
      guest-stats-polling-interval, close);
   e. ``QmpSource.poll(now)`` in steady state (identity read once per VM start): the same
-     commands, all VMs side by side from one thread, each VM's commands in one write.
+     commands and ``query-memory-devices`` (virtio-mem), all VMs side by side from one
+     thread, each VM's commands in one write;
+  f. the same without ``query-memory-devices`` (as the source polls a QEMU that does not
+     know the command): what virtio-mem adds to a poll. Every VM with a device is asked every
+     poll; with --no-vmem, a VM without one is asked again every 10th poll only.
 
-The figures are per VM (total / N). Targets: e within 1.5x d per VM, and N = 200 under 1 s.
+The figures are per VM (total / N). Targets: e within 1.5x d per VM, N = 200 under 1 s, and
+e within 1.1x f (virtio-mem costs at most 10% more).
 Table 2: import time and memory of ``qemu.qmp`` against this source's module.
 
 Exits 0 even when a target fails; a failed target prints FAIL.
@@ -40,16 +45,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchlib import fmt_ms, median, parser, table, verdict  # noqa: E402
+from benchlib import CpuMeter, fmt_ms, median, parser, table, verdict  # noqa: E402
 
 from telegraf_balloon.config import QmpConfig  # noqa: E402
 from telegraf_balloon.log import Log  # noqa: E402
 from telegraf_balloon.sources.qmp.source import QmpSource  # noqa: E402
 from tests.stack.common import need_program  # noqa: E402
 from tests.stack.qemu_stack import QemuHost  # noqa: E402
+from tests.stack.vmem import qemu_args  # noqa: E402
 
 TARGET_VS_BARE = 1.5
 TARGET_POLL_SECONDS = 1.0  # for 200 VMs
+TARGET_VMEM = 1.10  # the poll with query-memory-devices against the poll without it
 BALLOON = "/machine/peripheral/balloon0"
 COMMANDS: list[tuple[str, dict[str, Any]]] = [
     ("query-balloon", {}),
@@ -148,6 +155,7 @@ def main() -> int:
     p = parser(__doc__)
     p.add_argument("--vms", type=int, default=200)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--no-vmem", action="store_true", help="VMs without a virtio-mem device")
     args = p.parse_args()
     vms = 20 if args.quick else args.vms
     repeat = 2 if args.quick else args.repeat
@@ -161,17 +169,32 @@ def main() -> int:
         started = time.monotonic()
         for first in range(1000, 1000 + vms, 20):
             host.start_many(
-                list(range(first, min(first + 20, 1000 + vms))), memory_mib=128, boot=False
+                list(range(first, min(first + 20, 1000 + vms))),
+                memory_mib=128,
+                boot=False,
+                maxmem_mib=0 if args.no_vmem else 512,
+                extra_args=() if args.no_vmem else qemu_args(256, 0),
             )
-        print(f"started {vms} paused QEMU VMs in {time.monotonic() - started:.1f} s")
+        devices = "no virtio-mem device" if args.no_vmem else "a virtio-mem device each"
+        print(f"started {vms} paused QEMU VMs ({devices}) in {time.monotonic() - started:.1f} s")
         paths = sorted(str(vm.qmp) for vm in host.vms.values())
         config = QmpConfig(sockets=(host.glob,), proxmox_config=str(host.conf_dir))
         source = QmpSource(config, "bench", Log(io.StringIO()))
         source.poll(time.time())  # first contact: identity, once per VM start
+        without = QmpSource(config, "bench", Log(io.StringIO()))
+        without.poll(time.time())
+        for facts in without._facts.values():
+            facts.vmem_unsupported = True  # what a QEMU without the command gets
 
         def plugin() -> None:
             result = source.poll(time.time())
             assert len(result.samples) == vms, (len(result.samples), result.error)
+            assert all(("vmem_max_bytes" in s.fields) != args.no_vmem for s in result.samples)
+
+        def plugin_without() -> None:
+            result = without.poll(time.time())
+            assert len(result.samples) == vms, (len(result.samples), result.error)
+            assert not any("vmem_max_bytes" in s.fields for s in result.samples)
 
         ways: list[tuple[str, Callable[[], None]]] = [
             ("a. qemu.qmp, a session per command", lambda: library_per_command(paths)),
@@ -179,15 +202,19 @@ def main() -> int:
             ("c. qemu.qmp asyncio, all VMs at once", lambda: library_async(paths)),
             ("d. bare exchange, socket + json", lambda: bare(paths)),
             ("e. QmpSource.poll (the plugin)", plugin),
+            ("f. QmpSource.poll without query-memory-devices", plugin_without),
         ]
         times: dict[str, list[float]] = {name: [] for name, _ in ways}
         for _name, fn in ways:
             fn()  # warm-up
+        pids = [vm.pid for vm in host.vms.values()]
+        meter = CpuMeter(lambda: pids, "this bench and its QEMUs")
         for _ in range(repeat):
             for name, fn in ways:
                 t = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t)
+        load = meter.report()
     finally:
         host.close()
 
@@ -198,10 +225,16 @@ def main() -> int:
         rows.append([name, fmt_ms(total), fmt_ms(total / vms), f"{total / bare_total:.2f}x"])
     print(f"\nTable 1: one poll of {vms} paused QEMU VMs, median of {repeat} (machine under load)")
     print(table(["way", "poll ms", "per VM ms", "vs bare"], rows, [False, True, True, True]))
+    print(load)
     ours = median(times["e. QmpSource.poll (the plugin)"])
     print(
         f"\nper-VM cost of the plugin / bare exchange: {ours / bare_total:.2f}x "
         f"(target <= {TARGET_VS_BARE}x): {verdict(ours <= TARGET_VS_BARE * bare_total)}"
+    )
+    plain = median(times["f. QmpSource.poll without query-memory-devices"])
+    print(
+        f"the poll with query-memory-devices / without: {ours / plain:.2f}x "
+        f"(target <= {TARGET_VMEM}x): {verdict(ours <= TARGET_VMEM * plain)}"
     )
     scaled = ours * 200 / vms
     print(

@@ -31,6 +31,7 @@ def host_lines(samples: list[Sample], hosts: list[HostInfo]) -> list[tuple[Tags,
             continue
         promised = ballooned = targets = with_target = 0
         counts = {"vms_ballooned": 0, "vms_stuck": 0, "vms_stale": 0, "vms_blocked": 0}
+        vmem_stuck = 0
         for fields in vms:
             promised += int(fields.get("memory_max_bytes", 0))
             actual = int(fields.get("balloon_actual_bytes", 0))
@@ -47,7 +48,10 @@ def host_lines(samples: list[Sample], hosts: list[HostInfo]) -> list[tuple[Tags,
                 counts["vms_stale"] += 1
             if fields.get("inflation_blocked") is True:
                 counts["vms_blocked"] += 1
+            if fields.get("vmem_stuck") is True:
+                vmem_stuck += 1
         result: Fields = {"vms_total": len(vms), **counts}
+        result["vms_vmem_stuck"] = vmem_stuck
         result["memory_max_bytes"] = promised
         result["balloon_actual_bytes"] = ballooned
         if with_target == len(vms):

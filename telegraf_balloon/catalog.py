@@ -354,6 +354,80 @@ BALLOON_FIELDS: tuple[Field, ...] = (
         note="libvirt: with agent_ping, through libvirtd's agent command; qmp: on the "
         "<vmid>.qga socket, with agent_ping; absent when the agent did not answer",
     ),
+    # virtio-mem: memory hot(un)plugged in blocks towards a requested size, summed per VM.
+    _f(
+        "vmem_plugged_bytes",
+        int,
+        "bytes",
+        "virtio-mem memory plugged now, summed over the VM's devices",
+        GUEST,
+        LIBVIRT,
+        QMP,
+        note="libvirt: the live XML's <current>; qmp: query-memory-devices size; guest: the "
+        "memory blocks the driver added, as /proc/iomem shows them to root, in whole blocks of "
+        "128 MiB on x86: up to a block per device above the host's figure",
+    ),
+    _f(
+        "vmem_requested_bytes",
+        int,
+        "bytes",
+        "virtio-mem size the host asked for, summed over the VM's devices",
+        LIBVIRT,
+        QMP,
+        note="libvirt: <requested>; qmp: requested-size",
+    ),
+    _f(
+        "vmem_max_bytes",
+        int,
+        "bytes",
+        "virtio-mem devices' maximum size, summed",
+        GUEST,
+        LIBVIRT,
+        QMP,
+        note="libvirt: <size>; qmp: max-size; guest: the devices' regions in /proc/iomem, for root",
+    ),
+    _f(
+        "vmem_block_bytes",
+        int,
+        "bytes",
+        "virtio-mem block size (the largest of the VM's devices): plugged meets requested "
+        "within one block",
+        LIBVIRT,
+        QMP,
+    ),
+    _f(
+        "vmem_gap_bytes",
+        int,
+        "bytes",
+        "virtio-mem plugged - requested (positive: an unplug not done; negative: a plug not taken)",
+        LIBVIRT,
+        QMP,
+    ),
+    _f(
+        "vmem_stuck",
+        bool,
+        "",
+        "virtio-mem plugged more than a block off requested for stuck_for",
+        HEALTH,
+        note="where the requested size is known: libvirt, qmp",
+    ),
+    _f(
+        "vmem_driver_loaded",
+        bool,
+        "",
+        "the virtio_mem driver is bound to every virtio-mem device",
+        GUEST,
+        note="only where the guest has a virtio-mem device",
+    ),
+    _f(
+        "vmem_offline_bytes",
+        int,
+        "bytes",
+        "memory the virtio_mem driver added that is offline: the host counts it plugged, "
+        "the guest cannot use it",
+        GUEST,
+        note="for root only, from /proc/iomem; in whole memory blocks",
+    ),
     _f(
         "alert_level",
         int,
@@ -379,6 +453,7 @@ HOST_FIELDS: tuple[Field, ...] = (
     _f("vms_stuck", int, "count", "VMs with stuck = true", HEALTH),
     _f("vms_stale", int, "count", "VMs with stale = true", HEALTH),
     _f("vms_blocked", int, "count", "VMs with inflation_blocked = true", HEALTH),
+    _f("vms_vmem_stuck", int, "count", "VMs with vmem_stuck = true", HEALTH),
     _f("memory_max_bytes", int, "bytes", "sum of VM memory (memory promised to VMs)", HEALTH),
     _f("balloon_actual_bytes", int, "bytes", "sum of balloon sizes", HEALTH),
     _f(
@@ -483,7 +558,7 @@ LOG_TAGS: dict[str, str] = {
     "host": "the machine the plugin runs on",
     "file": "the log file, or kmsg for the kernel log",
     "event": "balloon_extend_failed, host_pin_failed, vmmemctl_freeze, vmmemctl_pin_failed, "
-    "virtio_out_of_puff, oom_kill, or a configured name",
+    "virtio_out_of_puff, oom_kill, virtio_mem_requested, virtio_mem_broken, or a configured name",
 }
 
 LOG_FIELDS: tuple[Field, ...] = (

@@ -52,6 +52,23 @@ def _t(**by_kind: str) -> dict[str, str]:
 _DEFLATE_LIBVIRT = "$ virsh -c {instance} setmem {vm_uuid} {max_kib}K --live"
 _INSIDE = "Inside the guest, see what holds its memory and whether it fought the balloon:\n"
 
+# virtio-mem remedies: the request made to match what the guest did, and the guest fixed.
+_VMEM_GUEST = (
+    "Inside a Linux guest, memory can be unplugged only where it is movable and free: boot it "
+    "with memhp_default_state=online_movable (or movable_node) on the kernel command line, "
+    "and check that the driver is loaded (lsmod | grep virtio_mem)."
+)
+_VMEM_REMEDY = _t(
+    libvirt="{vmem_advice}\nTo ask only for what the guest has (the device stops retrying):\n"
+    "$ virsh -c {instance} update-memory-device {vm_uuid} --alias {vmem_device} "
+    "--requested-size {vmem_plugged_kib}K --live\n" + _VMEM_GUEST,
+    qmp="{vmem_advice}\nTo ask only for what the guest has (the device stops retrying), through "
+    "the VM's QMP socket {socket} (after qmp_capabilities):\n"
+    '| {{"execute": "qom-set", "arguments": {{"path": {vmem_path}, '
+    '"property": "requested-size", "value": {vmem_plugged_bytes}}}}}\n' + _VMEM_GUEST,
+    any="{vmem_advice}\n" + _VMEM_GUEST,
+)
+
 FINDINGS: tuple[Code, ...] = (
     Code(
         "source_down",
@@ -237,6 +254,48 @@ FINDINGS: tuple[Code, ...] = (
             "PIN_FAILED'; lower the host's demand (DRS, vMotion) or add memory.",
             any="Check the guest's memory pressure and its driver log; lower the host's "
             "demand or return memory to the guest.",
+        ),
+    ),
+    # virtio-mem: the other dynamic-memory device, with its own stuck state.
+    Code(
+        "vmem_short_of_target",
+        "vm",
+        "virtio-mem plugged differs from requested by more than a block now",
+        message=_t(
+            any="virtio-mem has {vmem_plugged} plugged of {vmem_requested} requested: "
+            "{vmem_gap} {vmem_direction}, more than a block ({vmem_block}); {vmem_why}; "
+            "{stuck_note}.",
+        ),
+        remedy=_VMEM_REMEDY,
+    ),
+    Code(
+        "vmem_stuck",
+        "vm",
+        "the `vmem_stuck` field is true (needs `--watch` >= `stuck_for`)",
+        rule="vmem_stuck",
+        message=_t(
+            any="virtio-mem is stuck: {vmem_plugged} plugged of {vmem_requested} requested "
+            "({vmem_gap} {vmem_direction}) for {vmem_held}, beyond stuck_for ({stuck_for}); "
+            "{vmem_why}.",
+        ),
+        remedy=_VMEM_REMEDY,
+    ),
+    Code(
+        "vmem_unused",
+        "vm",
+        "guest: a virtio-mem device without its driver bound, or memory the driver added "
+        "left offline (the host counts it plugged, the guest cannot use it)",
+        message=_t(
+            any="{vmem_unused_why}",
+        ),
+        remedy=_t(
+            any="Inside the guest, load the driver and have hot-plugged memory onlined as "
+            "movable (so that it can be unplugged again): add memhp_default_state=online_movable "
+            "to the kernel command line (GRUB_CMDLINE_LINUX in /etc/default/grub, update-grub, "
+            "reboot), or online what is offline now:\n"
+            "$ modprobe virtio_mem\n"
+            "$ for b in /sys/devices/system/memory/memory*/state; do grep -q offline $b && "
+            "echo online_movable > $b; done",
         ),
     ),
     Code(

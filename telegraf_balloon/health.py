@@ -85,6 +85,7 @@ class _State:
         "stuck_since",
         "swap_in",
         "swap_out",
+        "vmem_since",
         "warn_since",
     )
 
@@ -94,6 +95,7 @@ class _State:
         self.swap_in: Optional[int] = None
         self.swap_out: Optional[int] = None
         self.stuck_since: Optional[float] = None
+        self.vmem_since: Optional[float] = None  # virtio-mem off its request since
         self.warn_since: list[Optional[float]] = [None] * rules
         self.crit_since: list[Optional[float]] = [None] * rules
         self.counters: Optional[dict[str, int]] = None  # host counters at the previous poll
@@ -262,6 +264,12 @@ class Health:
         since = None if state is None else state.stuck_since
         return 0.0 if since is None else now - since
 
+    def vmem_stuck_held(self, instance: str, key: str, now: float) -> float:
+        """Seconds virtio-mem has been more than a block off its request (0 when it is not)."""
+        state = self._state(self._vms, instance, key)
+        since = None if state is None else state.vmem_since
+        return 0.0 if since is None else now - since
+
     def missed(self, instance: str) -> None:
         """A poll of `instance` that did not answer: every VM and host of it missed a poll."""
         for tables in (self._vms, self._hosts):
@@ -310,6 +318,21 @@ class Health:
                     fields["stuck"] = False
             else:
                 state.stuck_since = None
+
+            # virtio-mem stuck: plugged more than a block off requested for stuck_for (an
+            # unplug the guest cannot do, or a plug it did not take); the same grace as stuck.
+            vmem_gap = get("vmem_gap_bytes")
+            if vmem_gap is not None:
+                if abs(vmem_gap) > (get("vmem_block_bytes") or 0):  # type: ignore[operator, arg-type]
+                    since = state.vmem_since
+                    if since is None:
+                        since = state.vmem_since = now
+                    fields["vmem_stuck"] = now - since >= stuck_for
+                else:
+                    state.vmem_since = None
+                    fields["vmem_stuck"] = False
+            else:
+                state.vmem_since = None
 
             last = state.last_time
             swap_in = get("swap_in_bytes_total")

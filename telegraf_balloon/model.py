@@ -21,6 +21,10 @@ class Detail:
     # balloon driver -> where it is blacklisted ("/etc/modprobe.d/x.conf", "the kernel
     # command line"), drivers in the guest source's order of preference
     blacklist_origins: dict[str, list[str]] = field(default_factory=dict)
+    # the virtio-mem device furthest off its request: libvirt's alias or QEMU's id ("" if it
+    # has none), and its plugged size in bytes (the size to ask of it to stop its retries)
+    vmem_device: str = ""
+    vmem_device_plugged: Optional[int] = None
 
 
 class Sample:

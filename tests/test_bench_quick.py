@@ -26,6 +26,7 @@ RULE = re.compile(r"^\s*-{3,}(\s+-+)*\s*$", re.MULTILINE)
 # the programs they need.
 NEEDS: dict[str, tuple[str, ...]] = {
     "bench_libvirt.py": ("libvirtd", "qemu-system-x86_64", "unshare"),
+    "bench_libvirt_vmem.py": ("libvirtd", "qemu-system-x86_64", "unshare"),
     "bench_qmp.py": ("qemu-system-x86_64",),
     "bench_vsphere.py": (),
 }
@@ -50,8 +51,8 @@ def test_every_bench_is_covered() -> None:
 def test_bench_runs_quick(script: Path) -> None:
     for program in NEEDS.get(script.name, ()):
         need_program(program)
-    if script.name == "bench_libvirt.py" and os.geteuid() != 0:
-        unavailable("bench_libvirt starts a private libvirtd: it needs root")
+    if script.name in ("bench_libvirt.py", "bench_libvirt_vmem.py") and os.geteuid() != 0:
+        unavailable(f"{script.name} starts a private libvirtd: it needs root")
     proc = subprocess.run(
         [sys.executable, str(script), "--quick"],
         capture_output=True,

@@ -563,6 +563,7 @@ def test_sample_config_loads() -> None:
     assert fields == [
         ("balloon", "balloon_ratio"),
         ("balloon", "stuck"),
+        ("balloon", "vmem_stuck"),
         ("balloon", "stale"),
         ("balloon", "swap_out_bytes_per_second"),
         ("balloon_host", "reclaimed_ratio"),

@@ -669,6 +669,9 @@ def _context(code: findings.Code, kind: str, variant: str, name: str, instance: 
         tags["vmid"] = "101"
     fields: Fields = {"memory_max_bytes": GIB, "memory_current_bytes": GIB // 2}
     fields["balloon_actual_bytes"] = GIB // 2
+    fields.update(vmem_plugged_bytes=GIB, vmem_requested_bytes=0, vmem_gap_bytes=GIB)
+    fields["vmem_block_bytes"] = 2 * 1024 * 1024
+    detail = Detail(vmem_device="ua-$(id) 'x';", vmem_device_plugged=GIB)  # hostile alias
     key = SOCKET if kind == "qmp" else UUID
     part = SourceBatch(kind, instance, "k", None, [], [], [], {}, {})
     if code.scope == "source":
@@ -676,7 +679,7 @@ def _context(code: findings.Code, kind: str, variant: str, name: str, instance: 
         return judge._source_context(part)
     if code.scope == "host":
         return judge._host_context(part, tags, fields)
-    return judge._vm_context(part, Sample(key, tags, fields), 1000.0, 0.0)
+    return judge._vm_context(part, Sample(key, tags, fields, detail), 1000.0, 0.0)
 
 
 def _intended_argv(line: str, values: Mapping[str, Any]) -> list[str]:
@@ -983,7 +986,7 @@ def test_a_findings_severity_is_the_level_of_its_table_rule() -> None:
 
     ruled = [c for c in findings.FINDINGS if c.rule]
     assert {c.code for c in ruled} == {
-        "stale", "stuck", "balloon_high", "swapping", "host_reclaiming"
+        "stale", "stuck", "balloon_high", "swapping", "host_reclaiming", "vmem_stuck"
     }  # fmt: skip
     for code in findings.FINDINGS:
         other = state("some_other_field", 2)
@@ -1025,6 +1028,10 @@ KNOWN_PLACEHOLDERS = {
     "host_memory", "host", "promised", "physical", "reclaimed", "reclaimed_pct", "overcommit",
     "socket",
     "tools_state", "balloon_use", "agent_latency", "agent_limit",
+    # virtio-mem
+    "vmem_plugged", "vmem_requested", "vmem_gap", "vmem_block", "vmem_direction", "vmem_why",
+    "vmem_held", "vmem_advice", "vmem_device", "vmem_plugged_kib", "vmem_plugged_bytes",
+    "vmem_path", "vmem_unused_why",
 }  # fmt: skip
 
 
@@ -1086,3 +1093,97 @@ def test_watch_judges_a_rule_for() -> None:
     high = assert_found(doc, "balloon_high", "critical")
     assert "past the rule's for (1s)" in high["message"], high["message"]
     assert doc["vms"][0]["fields"]["balloon_ratio_level"] == 2  # the metric agrees
+
+
+# --- virtio-mem ------------------------------------------------------------------------------
+
+
+def _vmem_vm(kind: str, plugged: int, requested: int) -> tuple[dict[str, str], dict[str, Any]]:
+    """A VM whose virtio-mem device (2 MiB blocks) has `plugged` of `requested`; no balloon."""
+    tags = {"host": "kvm1", "guest": "web", "hypervisor": "kvm", "source": kind, "uuid": UUID}
+    fields = {
+        "memory_max_bytes": GIB + plugged,
+        "memory_current_bytes": GIB + plugged,
+        "balloon_actual_bytes": 0,
+        "vmem_plugged_bytes": plugged,
+        "vmem_requested_bytes": requested,
+        "vmem_max_bytes": 2 * GIB,
+        "vmem_block_bytes": 2 * MIB,
+        "vmem_gap_bytes": plugged - requested,
+    }
+    return tags, fields
+
+
+def test_vmem_short_of_target_one_shot() -> None:
+    """One poll: a virtio-mem device 512 MiB off its request is reported as what holds now."""
+    doc = explain_now(
+        guest_toml(CONFIG_ONLY),
+        sources=[HandBuilt("libvirt", [_vmem_vm("libvirt", 512 * MIB, 0)])],
+    )
+    assert codes(doc) == {"vmem_short_of_target"}
+    finding = assert_found(
+        doc,
+        "vmem_short_of_target",
+        "warning",
+        "512 MiB plugged of 0 MiB requested",
+        "above the request",
+        "--watch 5m judges it",
+        "memhp_default_state=online_movable",
+    )
+    # No device alias from a hand-built source: the command is left out, not guessed.
+    assert "No command: the source gave no virtio-mem device alias" in finding["remedy"]
+    # Within a block of the request: a request moving, nothing to say.
+    doc = explain_now(
+        guest_toml(CONFIG_ONLY),
+        sources=[HandBuilt("libvirt", [_vmem_vm("libvirt", 510 * MIB, 512 * MIB)])],
+    )
+    assert codes(doc) == set() and doc["_exit"] == 0
+
+
+def test_vmem_stuck_under_watch_follows_its_rule() -> None:
+    clock = Clock()
+    doc = explain_now(
+        guest_toml(
+            CONFIG_ONLY,
+            extra='[health]\nstuck_for = "10s"\n[[thresholds]]\nfield = "vmem_stuck"\ncrit = 1\n',
+        ),
+        sources=[
+            HandBuilt(
+                "qmp",
+                [_vmem_vm("qmp", 0, 128 * MIB)],
+                hosts=[HostInfo({"host": "kvm1", "source": "qmp", "hypervisor": "kvm"})],
+            )
+        ],
+        watch=12.0,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert codes(doc) == {"vmem_stuck"}  # not also vmem_short_of_target: the same gap
+    finding = assert_found(
+        doc, "vmem_stuck", "critical", "0 MiB plugged of 128 MiB requested", "short of it"
+    )
+    assert "beyond stuck_for (10s)" in finding["message"]
+    assert '"property": "requested-size", "value": 0' in finding["remedy"]
+    assert doc["hosts"][0]["fields"]["vms_vmem_stuck"] == 1
+
+
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("virtio-mem-6.1-no-driver", "no virtio_mem driver bound"),
+        (
+            "virtio-mem-6.1-offline",
+            "256 MiB of the memory virtio-mem added to this guest is offline",
+        ),
+    ],
+)
+def test_vmem_unused_in_the_guest(case: str, fragment: str) -> None:
+    """Real guest trees: the device without its driver, and plugged memory left offline."""
+    doc = explain_now(guest_toml(FIXTURES / case / "root"))
+    assert codes(doc) == {"vmem_unused"}
+    finding = assert_found(doc, "vmem_unused", "warning", fragment)
+    assert "$ modprobe virtio_mem" in finding["remedy"]
+    assert "memhp_default_state=online_movable" in finding["remedy"]
+    # the healthy one: plugged and online
+    doc = explain_now(guest_toml(FIXTURES / "virtio-mem-6.1-plugged" / "root"))
+    assert codes(doc) == set()

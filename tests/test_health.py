@@ -1441,6 +1441,7 @@ def test_sample_config_rules_are_what_its_comments_say() -> None:
     assert config.thresholds == (
         rule("balloon_ratio", warn=0.2, crit=0.4, for_seconds=600),
         rule("stuck", warn=1),
+        rule("vmem_stuck", warn=1),
         rule("stale", warn=1),
         rule("swap_out_bytes_per_second", warn=MiB, crit=10 * MiB, for_seconds=300),
         rule("reclaimed_ratio", warn=0.2, for_seconds=600, measurement=catalog.HOST),

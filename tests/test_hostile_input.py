@@ -316,6 +316,7 @@ QMP_KEYS = [
     "stats", "last-update", "stat-total-memory", "stat-free-memory", "stat-available-memory",
     "stat-disk-caches", "stat-swap-in", "stat-swap-out", "stat-major-faults",
     "stat-minor-faults", "type",
+    "data", "size", "requested-size", "max-size", "block-size", "memaddr", "node", "memdev",
 ]  # fmt: skip
 QMP_INTS = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
@@ -327,7 +328,9 @@ QMP_SCALARS = st.one_of(
     QMP_INTS,
     st.floats(),
     st.text(max_size=12),
-    st.sampled_from(["child<virtio-balloon-pci>", "DeviceNotFound", "DeviceNotActive"]),
+    st.sampled_from(
+        ["child<virtio-balloon-pci>", "DeviceNotFound", "DeviceNotActive", "virtio-mem", "dimm"]
+    ),
 )
 JSON_VALUES = st.recursive(
     QMP_SCALARS,
@@ -366,6 +369,23 @@ QMP_SHAPED: dict[str, st.SearchStrategy[Any]] = {
         base_memory=_member(SIZES), plugged_memory=_member(SIZES)
     ),
     "query-balloon": st.fixed_dictionaries({"actual": _member(SIZES)}, optional=PVE_MEMBERS),
+    "query-memory-devices": _member(
+        st.lists(
+            _members(
+                type=_member(st.sampled_from(["virtio-mem", "dimm", "virtio-pmem"])),
+                data=_member(
+                    _members(
+                        size=_member(SIZES),
+                        requested_size=_member(SIZES),
+                        max_size=_member(SIZES),
+                        block_size=_member(SIZES),
+                        id=_member(st.text(max_size=8)),
+                    )
+                ),
+            ),
+            max_size=3,
+        )
+    ),
     "qom-get guest-stats": _members(
         stats=_member(
             _members(
@@ -453,7 +473,7 @@ def test_hostile_qmp_replies(data: st.DataObject) -> None:
 
 QMP_REQUESTS = [
     qmp.CAPABILITIES, qmp.QUERY_NAME, qmp.QUERY_UUID, qmp.QUERY_KVM, qmp.QUERY_MEMORY,
-    qmp.QUERY_BALLOON, qmp.qom_get_stats(qmp.BALLOON_PATH),
+    qmp.QUERY_BALLOON, qmp.QUERY_MEMORY_DEVICES, qmp.qom_get_stats(qmp.BALLOON_PATH),
     qmp.qom_get_period(qmp.BALLOON_PATH), qmp.qom_set_period(qmp.BALLOON_PATH, 2),
     qmp.qom_list(qmp.PERIPHERAL), qmp.qom_list(qmp.PERIPHERAL_ANON),
 ]  # fmt: skip

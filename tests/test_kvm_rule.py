@@ -94,6 +94,7 @@ class Monitor:
             "query-kvm": {"enabled": True, "present": True},
             "query-memory-size-summary": {"base-memory": 512 * MIB, "plugged-memory": 0},
             "query-balloon": {"actual": 512 * MIB},
+            "query-memory-devices": [],  # QEMU's answer for a VM without memory devices
         }
         if name == "qom-get" and prop == "guest-stats":
             if self.stats_fail:

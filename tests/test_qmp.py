@@ -143,6 +143,8 @@ class PveQmp:
             return {"enabled": True, "present": True}
         if name == "query-memory-size-summary":
             return {"base-memory": 4294967296, "plugged-memory": 0}
+        if name == "query-memory-devices":
+            return []  # QEMU's answer for a VM without memory devices
         return {}
 
     def close(self) -> None:

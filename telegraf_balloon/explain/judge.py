@@ -6,10 +6,11 @@ procedure goes; what a finding is (scope, severity rule, texts) is the findings 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from .. import catalog
 from ..config import Config
@@ -251,6 +252,9 @@ class Judge:
                     )
                 add("short_of_target")
 
+        # Step 3b: is virtio-mem reaching its requested size?
+        self._vmem(part, sample, ctx, now, add)
+
         # Step 4: how much does the balloon hold?
         ratio_rules = [r for r in rules if r.field == "balloon_ratio"]
         raw = max((r.raw for r in ratio_rules), default=0)
@@ -392,7 +396,103 @@ class Judge:
             period = _number(fields, "stats_period_seconds") or 0.0
             stale_after = max(60.0, 3.0 * period)
         ctx["stale_after"] = duration(stale_after)
+        self._vmem_context(sample, ctx)
         return ctx
+
+    def _vmem(
+        self,
+        part: SourceBatch,
+        sample: Sample,
+        ctx: Context,
+        now: float,
+        add: Callable[[str], None],
+    ) -> None:
+        """virtio-mem off its request (host side), or unused by the guest (guest side)."""
+        fields = sample.fields
+        if part.kind == catalog.GUEST:
+            offline = _number(fields, "vmem_offline_bytes") or 0.0
+            if fields.get("vmem_driver_loaded") is False:
+                ctx["vmem_unused_why"] = (
+                    "This guest has a virtio-mem device but no virtio_mem driver bound to it: "
+                    "the host can plug nothing into it, and its requested size is never met."
+                )
+                add("vmem_unused")
+            elif offline > 0:
+                ctx["vmem_unused_why"] = (
+                    f"{size(offline)} of the memory virtio-mem added to this guest is offline: "
+                    "the host counts it as plugged, the guest cannot use it (hot-plugged "
+                    "memory is not onlined here: no memhp_default_state, no udev rule)."
+                )
+                add("vmem_unused")
+            return
+        gap = _number(fields, "vmem_gap_bytes")
+        block = _number(fields, "vmem_block_bytes") or 0.0
+        if gap is None or abs(gap) <= block:
+            return
+        held = self.runner.health.vmem_stuck_held(part.key, sample.key, now)
+        ctx["vmem_held"] = duration(held)
+        if fields.get("vmem_stuck") is True:
+            add("vmem_stuck")
+            return
+        stuck_for = self.config.health.stuck_for
+        if self.watching:
+            ctx["stuck_note"] = f"it has held {duration(held)} of stuck_for ({duration(stuck_for)})"
+        else:
+            ctx["stuck_note"] = (
+                "one poll cannot tell whether it is stuck or still moving: that needs the gap "
+                f"to hold for stuck_for ({duration(stuck_for)}); --watch {duration(stuck_for)} "
+                "judges it"
+            )
+        add("vmem_short_of_target")
+
+    @staticmethod
+    def _vmem_context(sample: Sample, ctx: Context) -> None:
+        """The virtio-mem figures and the words for its direction, where it has a request."""
+        fields = sample.fields
+        plugged = _number(fields, "vmem_plugged_bytes")
+        gap = _number(fields, "vmem_gap_bytes")
+        if plugged is None or gap is None:
+            return
+        block = _number(fields, "vmem_block_bytes") or 0.0
+        ctx["vmem_plugged"] = size(plugged)
+        ctx["vmem_requested"] = size(fields.get("vmem_requested_bytes"))
+        ctx["vmem_gap"] = size(abs(gap))
+        ctx["vmem_block"] = size(block) if block else "unknown"
+        detail = sample.detail
+        device = detail.vmem_device if detail is not None else ""
+        # The size to ask of that one device: what it has plugged (the VM's sum when unknown).
+        own = detail.vmem_device_plugged if detail is not None else None
+        ask = float(own) if own is not None else plugged
+        ctx["vmem_plugged_kib"] = f"{ask / 1024:.0f}"
+        ctx["vmem_plugged_bytes"] = f"{ask:.0f}"
+        if device:
+            ctx["vmem_device"] = device
+        ctx["vmem_path"] = json.dumps(
+            f"/machine/peripheral/{device}"
+            if device
+            else "(no id: find the virtio-mem-pci device with qom-list /machine/peripheral-anon)"
+        )
+        if gap > 0:
+            ctx["vmem_direction"] = "above the request"
+            ctx["vmem_why"] = (
+                "the guest cannot unplug that memory (in use, or not in a movable zone), and "
+                "its driver retries in the background, silently, for as long as it differs"
+            )
+            ctx["vmem_advice"] = (
+                "The guest holds memory it cannot give back. Free memory in the guest, or "
+                "stop asking for it."
+            )
+        else:
+            ctx["vmem_direction"] = "short of it"
+            ctx["vmem_why"] = (
+                "the guest has not taken the memory: the VM is paused, its virtio_mem driver "
+                "is not loaded, or it cannot add memory (blocks left offline, too much offline "
+                "already)"
+            )
+            ctx["vmem_advice"] = (
+                "The guest did not plug what was asked. Check that the VM runs and that the "
+                "guest has the virtio_mem driver; or ask for less."
+            )
 
     @staticmethod
     def _blacklist_context(sample: Sample, ctx: Context) -> None:

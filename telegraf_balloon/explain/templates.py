@@ -34,6 +34,8 @@ _VALUE_NAMES = {
     "half_kib": "memory size",
     "half_mib": "memory size",
     "max_mib": "memory size",
+    "vmem_device": "virtio-mem device alias",
+    "vmem_plugged_kib": "virtio-mem plugged size",
 }
 
 

@@ -1,8 +1,12 @@
-"""What the libvirt and QMP sources share: a virtio balloon seen from the host side."""
+"""What the libvirt and QMP sources share: a virtio balloon and virtio-mem devices seen from
+the host side."""
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Sequence
+from typing import NamedTuple, Optional
+
+from ..model import Fields
 
 DRIVER_GRACE = 30.0  # least time before a silent guest driver counts as missing
 # How long a QEMU guest agent has to answer a guest-ping (libvirt and the .qga socket alike;
@@ -54,3 +58,55 @@ def driver_silent(
 ) -> bool:
     """A balloon device whose guest driver never reported, past the grace (see driver_verdict)."""
     return driver_verdict(period, reported, current, maximum, seen_for) is True
+
+
+class VmemDevice(NamedTuple):
+    """One virtio-mem device (bytes): its name (libvirt's alias, QEMU's id; "" if none),
+    plugged now (None: not known), requested, maximum and block size."""
+
+    name: str
+    plugged: Optional[int]
+    requested: int
+    maximum: int
+    block: int
+
+
+class Vmem(NamedTuple):
+    """A VM's virtio-mem devices, summed (bytes); `plugged` None when a device did not say.
+    `worst` is the device furthest off its request (the one a remedy names)."""
+
+    plugged: Optional[int]
+    requested: int
+    maximum: int
+    block: int
+    devices: int
+    worst: VmemDevice
+
+
+def vmem_sum(devices: Sequence[VmemDevice]) -> Optional[Vmem]:
+    """The devices summed; None when there are none."""
+    if not devices:
+        return None
+    known = [d.plugged for d in devices if d.plugged is not None]
+    plugged = sum(known) if len(known) == len(devices) else None
+    worst = max(
+        devices, key=lambda d: abs(d.plugged - d.requested) if d.plugged is not None else -1
+    )
+    return Vmem(
+        plugged,
+        sum(d.requested for d in devices),
+        sum(d.maximum for d in devices),
+        max(d.block for d in devices),
+        len(devices),
+        worst,
+    )
+
+
+def vmem_fields(vmem: Vmem, fields: Fields) -> None:
+    """The vmem_* fields of a VM's devices (gap and plugged only where plugged is known)."""
+    if vmem.plugged is not None:
+        fields["vmem_plugged_bytes"] = vmem.plugged
+        fields["vmem_gap_bytes"] = vmem.plugged - vmem.requested
+    fields["vmem_requested_bytes"] = vmem.requested
+    fields["vmem_max_bytes"] = vmem.maximum
+    fields["vmem_block_bytes"] = vmem.block

@@ -509,6 +509,7 @@ def _normal_reply(command: str, arguments: dict[str, Any]) -> Any:
         "query-kvm": {"enabled": False, "present": False},
         "query-memory-size-summary": {"base-memory": 256 * MIB},
         "query-balloon": {"actual": 256 * MIB},
+        "query-memory-devices": [],
         "qom-get guest-stats": {"stats": {}, "last-update": 0},
         "qom-get guest-stats-polling-interval": 0,
     }

@@ -79,6 +79,10 @@ GUEST_MODULES = (
     "virtio_console",  # virtio-serial ports: the guest agent's channel (loads without a device)
 )
 
+#: In the initramfs but loaded only by the /init block that asks for it (not every guest
+#: wants it: a virtio-mem device without its driver is a case of its own).
+VMEM_MODULES = ("virtio_mem",)
+
 GUEST_CMDLINE = "console=ttyS0 quiet loglevel=1 panic=-1"
 
 SNAPSHOT_BEGIN = "=== SNAPSHOT"
@@ -134,6 +138,53 @@ if grep -q "tb.agent=1" /proc/cmdline; then
     done
   ) &
 fi
+# virtio-mem (tb.vmem=1 on the kernel command line; tb.vmem=nodriver leaves its driver out):
+# every second, what the guest shows of it, between "=== VMEM <n> ===" and "=== VMEM END <n> ===":
+# the virtio devices (id, features, driver), DMI vendor, memory block size and states,
+# /proc/iomem, MemTotal.
+# tb.vmem.fill=<MiB>: once memory was plugged (MemTotal grown, and steady for a second), fill
+# that much of the guest's memory with a file on a ramfs: pages that cannot be moved, placed in
+# the plugged memory first where it is onlined as kernel memory (memhp_default_state=
+# online_kernel): the guest then cannot unplug it. (Where it is movable, no such page goes in.)
+if grep -q 'tb\.vmem=' /proc/cmdline; then
+  boot=$(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)
+  if ! grep -q 'tb\.vmem=nodriver' /proc/cmdline; then
+    insmod /lib/modules/virtio_mem.ko || echo "GUEST: insmod virtio_mem FAILED"
+  fi
+  (
+    v=0
+    fill=$(sed -n 's/.*tb\.vmem\.fill=\([0-9]*\).*/\1/p' /proc/cmdline)
+    while true; do
+      v=$((v + 1))
+      last=$total
+      total=$(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)
+      if [ -n "$fill" ] && [ ! -e /tmp/vmem-filled ] && [ "$total" -gt "$boot" ] \
+          && [ "$total" = "$last" ]; then
+        mkdir -p /vmem-fill && mount -t ramfs ramfs /vmem-fill  # pages that cannot move
+        dd if=/dev/zero of=/vmem-fill/fill bs=1M count="$fill" 2>/dev/null
+        touch /tmp/vmem-filled
+        echo "GUEST: VMEM-FILLED $fill MiB"
+      fi
+      {
+        echo "=== VMEM $v ==="
+        for d in /sys/bus/virtio/devices/virtio*; do
+          echo "VMEM-DEVICE ${d##*/} $(cat $d/device) $(cat $d/features)" \
+            "$(readlink $d/driver | sed 's|.*/||')"
+        done
+        echo "VMEM-DMI $(cat /sys/class/dmi/id/sys_vendor)"
+        echo "VMEM-BLOCK-SIZE $(cat /sys/devices/system/memory/block_size_bytes)"
+        for b in /sys/devices/system/memory/memory*; do
+          echo "VMEM-STATE ${b##*/} $(cat $b/state)"
+        done
+        sed 's/^/VMEM-IOMEM /' /proc/iomem
+        sed -n 's/^MemTotal:/VMEM-MEMTOTAL/p' /proc/meminfo
+        echo "=== VMEM END $v ==="
+      } > /tmp/vmem
+      cat /tmp/vmem
+      sleep 1
+    done
+  ) &
+fi
 n=0
 while true; do
   n=$((n + 1))
@@ -166,7 +217,8 @@ class GuestImage:
 
 def _recipe_id() -> str:
     h = hashlib.sha256()
-    for part in (RECIPE_VERSION, _INIT_SCRIPT, " ".join(GUEST_MODULES), GUEST_CMDLINE):
+    modules = " ".join(GUEST_MODULES + VMEM_MODULES)
+    for part in (RECIPE_VERSION, _INIT_SCRIPT, modules, GUEST_CMDLINE):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:12]
@@ -224,7 +276,7 @@ def _extract_kernel(deb: Path) -> Tuple[str, bytes, Dict[str, bytes]]:
     assert proc.stdout is not None
     vmlinuz: Tuple[str, bytes] | None = None
     modules: Dict[str, bytes] = {}
-    wanted = set(GUEST_MODULES)
+    wanted = set(GUEST_MODULES + VMEM_MODULES)
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             for member in tar:
@@ -348,7 +400,7 @@ def _build_initrd(busybox: Path, modules: Dict[str, bytes]) -> bytes:
     cpio.chardev("dev/console", 5, 1)
     cpio.chardev("dev/null", 1, 3, perm=0o666)
     cpio.file("bin/busybox", busybox.read_bytes(), perm=0o755)
-    for name in GUEST_MODULES:
+    for name in GUEST_MODULES + VMEM_MODULES:
         cpio.file(f"lib/modules/{name}.ko", modules[name])
     cpio.file("init", _INIT_SCRIPT.encode(), perm=0o755)
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)

@@ -576,11 +576,13 @@ class LibvirtStack:
         *,
         agent_channel: bool = False,
         cmdline_extra: str = "",
+        customize: Optional[Callable[[str], str]] = None,
     ) -> str:
         """Define and start a TCG guest with a virtio balloon; return its console log path.
 
         ``agent_channel``: give it the guest agent's channel; ``cmdline_extra``: options for
-        the guest's /init (``tb.agent=1`` starts its stand-in agent on that channel).
+        the guest's /init (``tb.agent=1`` starts its stand-in agent on that channel);
+        ``customize`` rewrites the domain XML before it is defined (more devices).
         """
         libvirt = _libvirt()
         console = self._wd() / "guests" / f"{_safe_name(name)}.console.log"
@@ -595,6 +597,8 @@ class LibvirtStack:
             agent_channel=agent_channel,
             cmdline_extra=cmdline_extra,
         )
+        if customize is not None:
+            xml = customize(xml)
         with self.connection() as conn:
             try:
                 dom = conn.defineXML(xml)
@@ -610,6 +614,7 @@ class LibvirtStack:
         memory_mib: int = 128,
         stats_period: int = 2,
         metadata: Optional[Dict[str, str]] = None,
+        customize: Optional[Callable[[str], str]] = None,
     ) -> None:
         """Define and start TCG domains paused (QEMU's ``-S``): real QEMU processes that never
         boot (about 38 MB each) but answer libvirt's stats calls over QMP like any domain.
@@ -622,6 +627,8 @@ class LibvirtStack:
             for name in names:
                 extra = (metadata or {}).get(name, "")
                 xml = _qemu_domain_xml(name, memory_mib, stats_period, metadata=extra)
+                if customize is not None:
+                    xml = customize(xml)
                 self._paused.add(name)
                 try:
                     conn.defineXML(xml).createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)

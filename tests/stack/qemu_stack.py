@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from tests.stack.common import pid_alive, wait_for
 from tests.stack.guest_image import GuestImage, parse_console
@@ -134,12 +134,16 @@ class QemuHost:
         wait: bool = True,
         agent: bool = False,
         cmdline_extra: str = "",
+        maxmem_mib: int = 0,
+        extra_args: Sequence[str] = (),
     ) -> Vm:
         """Start one QEMU the way Proxmox would (-daemonize, pidfile, QMP socket beside it).
 
         ``agent``: the guest agent's virtio-serial port, its socket ``<vmid>.qga`` beside the
         monitor, as Proxmox starts a VM whose config has ``agent: 1``; ``cmdline_extra``: options
-        for the guest's /init (``tb.agent=1`` starts its stand-in agent on that port).
+        for the guest's /init (``tb.agent=1`` starts its stand-in agent on that port, ``tb.vmem=1``
+        shows its virtio-mem devices); ``maxmem_mib`` gives the machine room for memory devices,
+        ``extra_args`` more QEMU arguments (such devices).
         """
         qmp = self.run_dir / f"{vmid}.qmp"
         pidfile = self.run_dir / f"{vmid}.pid"
@@ -147,7 +151,7 @@ class QemuHost:
         cmd = [
             self.qemu,
             "-accel", "tcg",
-            "-m", str(memory_mib),
+            "-m", f"{memory_mib}M,maxmem={maxmem_mib}M,slots=2" if maxmem_mib else str(memory_mib),
             "-nodefaults",
             "-display", "none",
             "-qmp", f"unix:{qmp},server=on,wait=off",
@@ -165,6 +169,7 @@ class QemuHost:
             cmd += ["-chardev", f"socket,path={qga},server=on,wait=off,id=qga0"]
             cmd += ["-device", "virtio-serial,id=qga0"]
             cmd += ["-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
+        cmd += list(extra_args)
         if boot:
             if self.image is None:
                 raise QemuError("a booted VM needs the guest image")

@@ -84,6 +84,31 @@ def _virtio_balloon_device(files: GuestFiles) -> Optional[Driver]:
     return None
 
 
+VIRTIO_MEM_ID = ("0x0018", "0x18")  # include/uapi/linux/virtio_ids.h: VIRTIO_ID_MEM 24
+
+
+def virtio_mem_devices(files: GuestFiles) -> list[tuple[str, bool]]:
+    """The guest's virtio-mem devices: (virtioN, whether virtio_mem is bound to it)."""
+    found = []
+    for device_file in sorted(glob.glob(files.path("sys/bus/virtio/devices/virtio*/device"))):
+        try:
+            device_id = read_regular(device_file).strip().lower()
+        except OSError:
+            continue
+        if device_id not in VIRTIO_MEM_ID:
+            continue
+        device_dir = os.path.dirname(device_file)
+        name = os.path.basename(device_dir)
+        try:
+            bound = (
+                os.path.basename(os.readlink(os.path.join(device_dir, "driver"))) == "virtio_mem"
+            )
+        except OSError:  # no driver bound (or a copied tree without the link)
+            bound = files.exists(f"sys/bus/virtio/drivers/virtio_mem/{name}")
+        found.append((name, bound))
+    return found
+
+
 def _module_loaded(files: GuestFiles, name: str, modules: Optional[str]) -> bool:
     if files.exists(f"sys/module/{name}"):
         return True

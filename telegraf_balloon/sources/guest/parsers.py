@@ -201,3 +201,57 @@ def blacklisted_modules(conf_texts: list[str], cmdline: str) -> set[str]:
         elif name == "module_blacklist":  # matched by the kernel as written
             out.update(v for v in value.split(",") if v)
     return out
+
+
+# 8000000\n  (memory/block_size_bytes: "%lx\n", no 0x)
+def parse_hex(text: str) -> int:
+    """A positive hexadecimal number without 0x."""
+    digits = text.strip()
+    if not digits or len(digits) > 15 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+        raise Malformed(f"not a hexadecimal number: {digits[:40]!r}")
+    value = int(digits, 16)
+    if value <= 0:
+        raise Malformed(f"not a size: {digits[:40]!r}")
+    return value
+
+
+# /proc/iomem (kernel/resource.c: two spaces per level, "start-end : name"); virtio-mem
+# (drivers/virtio/virtio_mem.c) claims its device's whole region under the device's name and
+# adds each memory block it plugs into as "System RAM (virtio_mem)" beneath it:
+# 100000000-11fffffff : virtio0
+#   100000000-10fffffff : System RAM (virtio_mem)
+# Readers other than root see every address as 0.
+VMEM_RAM = "System RAM (virtio_mem)"
+
+
+def parse_vmem_iomem(
+    text: str, devices: set[str]
+) -> Optional[dict[str, tuple[int, list[tuple[int, int]]]]]:
+    """/proc/iomem -> {virtio device: (region size, [(start, end) of each block added])}
+    for the named virtio-mem devices found at the top level; None where the addresses are
+    hidden (a reader other than root)."""
+    out: dict[str, tuple[int, list[tuple[int, int]]]] = {}
+    current: Optional[list[tuple[int, int]]] = None
+    hidden = True
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        span, sep, name = line.strip().partition(" : ")
+        first, dash, last = span.partition("-")
+        if not sep or not dash:
+            raise Malformed(f"unexpected line {line[:60]!r}")
+        try:
+            start, end = int(first, 16), int(last, 16)
+        except ValueError:
+            raise Malformed(f"unexpected line {line[:60]!r}") from None
+        if end:
+            hidden = False
+        if indent == 0:
+            current = None
+            if name in devices:
+                current = []
+                out[name] = (end - start + 1 if end >= start else 0, current)
+        elif indent == 2 and current is not None and name == VMEM_RAM and end >= start:
+            current.append((start, end))
+    return None if hidden else out

@@ -18,6 +18,7 @@ from .detect import (
     detect_blacklist,
     detect_driver,
     detect_hypervisor,
+    virtio_mem_devices,
 )
 from .files import GuestFiles
 from .parsers import (
@@ -28,17 +29,20 @@ from .parsers import (
     INT64_MAX,
     decimal,
     parse_features,
+    parse_hex,
     parse_hv_balloon,
     parse_meminfo,
     parse_thp,
     parse_ulong,
     parse_uuid,
+    parse_vmem_iomem,
     parse_vmmemctl,
     parse_vmstat,
 )
 
 KIB = 1024
 VMW_PAGE = 4096  # vmw_balloon counts in 4 KiB pages whatever the guest's page size
+MAX_VMEM_BLOCKS = 4096  # memory blocks whose state is read per poll (x86: 512 GiB or more)
 
 
 class GuestSource:
@@ -196,6 +200,7 @@ class GuestSource:
                 fields["driver_blacklisted"] = any(m in blacklist for m in BALLOON_MODULES)
             fields["inflation_blocked"] = driver is None or not driver.bound
             fields["virtio_console_blacklisted"] = VIRTIO_CONSOLE in blacklist
+        self._vmem(fields)
         readable = debugfs_world_readable(self.files, driver)
         if readable is not None:
             fields["debugfs_world_readable"] = readable
@@ -228,3 +233,41 @@ class GuestSource:
             origins = blacklist_origins(self.root)
             sample.detail = Detail({m: origins[m] for m in BALLOON_MODULES if m in origins})
         return PollResult(samples=[sample], api_latency_seconds=self._clock() - started)
+
+    def _vmem(self, fields: Fields) -> None:
+        """virtio-mem devices: their driver, and the memory the kernel shows they added.
+
+        The guest kernel shows no plugged or requested size per device (only its log does,
+        at each request): /proc/iomem holds each device's region and, beneath it, every
+        memory block the driver added, whose state says whether it is online. Root only:
+        other readers see every address as 0, and get the driver's state alone.
+        """
+        devices = virtio_mem_devices(self.files)
+        if not devices:
+            return
+        fields["vmem_driver_loaded"] = all(bound for _, bound in devices)
+        text = self.files.read("proc/iomem")
+        if text is None:
+            return
+        names = {name for name, _ in devices}
+        regions = self.files.parse_text(
+            "proc/iomem", text, lambda t: parse_vmem_iomem(t, names) or {}
+        )
+        if not regions:
+            return
+        fields["vmem_max_bytes"] = sum(size for size, _ in regions.values())
+        blocks = [span for _, spans in regions.values() for span in spans]
+        fields["vmem_plugged_bytes"] = sum(end - start + 1 for start, end in blocks)
+        block_size = self.files.parse("sys/devices/system/memory/block_size_bytes", parse_hex)
+        if not block_size:
+            return
+        spans = [(start // block_size, (end + 1) // block_size) for start, end in blocks]
+        if sum(last - first for first, last in spans) > MAX_VMEM_BLOCKS:
+            return
+        offline = 0
+        for first, last in spans:
+            for index in range(first, last):
+                state = self.files.read(f"sys/devices/system/memory/memory{index}/state")
+                if state is not None and state.strip() == "offline":
+                    offline += 1
+        fields["vmem_offline_bytes"] = offline * block_size

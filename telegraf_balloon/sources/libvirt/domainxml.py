@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from typing import Optional
 
 from ...model import Tags
+from ..kvm import Vmem, VmemDevice, vmem_sum
 
 KIB = 1024  # libvirt gives memory in KiB
 _UNIT_BYTES = {
@@ -49,7 +50,10 @@ class DomainFacts:
         "max_kib",
         "period",
         "reservation_bytes",
+        "stats_max",
         "tags",
+        "vmem",
+        "vmem_text",
     )
 
     def __init__(self, domain_id: int, now: float) -> None:
@@ -68,6 +72,9 @@ class DomainFacts:
         self.tags: Tags = {}
         self.agent_channel = False  # a virtio channel for the QEMU guest agent
         self.agent_connected: Optional[bool] = None  # its state in the live XML, when given
+        self.vmem: Optional[Vmem] = None  # <memory model='virtio-mem'> devices, summed
+        self.vmem_text = ""  # their XML as last read: re-parsed only when it differs
+        self.stats_max: Optional[int] = None  # balloon.maximum (KiB) when the XML was read
 
 
 def _integer(text: str) -> Optional[int]:
@@ -135,6 +142,79 @@ def parse_domain_xml(text: str, facts: DomainFacts) -> list[str]:
         root.find("./memtune/min_guarantee"), "memtune/min_guarantee", skipped
     )
     agent_channel(root, facts)
+    devices = root.find("devices")
+    facts.vmem = _vmem(devices, skipped) if devices is not None else None
+    facts.vmem_text = vmem_spans(text) if facts.vmem is not None else ""
+    return skipped
+
+
+# virtio-mem (libvirt 7.9+), in <devices>; <current> only in the live XML (libvirt 7.10+):
+#   <memory model='virtio-mem'>
+#     <target><size unit='KiB'>524288</size><node>0</node><block unit='KiB'>2048</block>
+#       <requested unit='KiB'>262144</requested><current unit='KiB'>262144</current></target>
+#     <alias name='virtiomem0'/>
+#   </memory>
+_VMEM_OPEN = "<memory model='virtio-mem'"
+_VMEM_CLOSE = "</memory>"
+
+
+def vmem_spans(text: str) -> str:
+    """The text of every virtio-mem device in a domain XML, found without parsing it (libvirt
+    writes its XML one way: single quotes, the model first); "" when there is none."""
+    spans = []
+    start = text.find(_VMEM_OPEN)
+    while start >= 0:
+        end = text.find(_VMEM_CLOSE, start)
+        if end < 0:
+            break
+        end += len(_VMEM_CLOSE)
+        spans.append(text[start:end])
+        start = text.find(_VMEM_OPEN, end)
+    return "".join(spans)
+
+
+def _vmem(devices: ET.Element, skipped: list[str]) -> Optional[Vmem]:
+    """The <memory model='virtio-mem'> devices under `devices`, summed; a device without a
+    readable size, requested size or block is skipped (and named in `skipped`)."""
+    found: list[VmemDevice] = []
+    for index, device in enumerate(devices.findall("memory[@model='virtio-mem']")):
+        where = f"memory model='virtio-mem' {index}"
+        alias = device.find("alias")
+        name = alias.get("name", "") if alias is not None else ""
+        problems: list[str] = []
+        sizes = {
+            key: _size_bytes(device.find(f"target/{key}"), f"{key}", problems)
+            for key in ("size", "requested", "block", "current")
+        }
+        missing = [k for k in ("size", "requested", "block") if sizes[k] is None]
+        if problems or missing:
+            why = "; ".join(problems) or "no <" + ">, <".join(missing) + ">"
+            skipped.append(f"<{where}>: {why}")
+            continue
+        found.append(
+            VmemDevice(
+                name,
+                sizes["current"],
+                int(sizes["requested"] or 0),
+                int(sizes["size"] or 0),
+                int(sizes["block"] or 0),
+            )
+        )
+    return vmem_sum(found)
+
+
+def update_vmem(text: str, facts: DomainFacts) -> list[str]:
+    """Read the virtio-mem devices again from a fresh domain XML, parsing only their own
+    text, and only when it differs from the last read; return what was skipped.
+
+    Raises ET.ParseError when that text is not XML.
+    """
+    spans = vmem_spans(text)
+    if spans == facts.vmem_text:
+        return []
+    skipped: list[str] = []
+    facts.vmem = _vmem(ET.fromstring(f"<devices>{spans}</devices>"), skipped)
+    facts.vmem_text = spans
     return skipped
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...model import Fields
-from ..kvm import driver_silent
+from ..kvm import driver_silent, vmem_fields
 from .domainxml import KIB, DomainFacts
 
 # balloon.* keys (KiB or counts) -> (field, scale)
@@ -50,6 +50,17 @@ def domain_fields(stats: dict[str, Any], facts: DomainFacts, now: float) -> Fiel
     fields: Fields = {}
     maximum = stats.get("balloon.maximum")
     current = stats.get("balloon.current")
+    vmem = facts.vmem
+    if vmem is not None:
+        # libvirt's maximum counts each virtio-mem device at its full <size>, its current at
+        # what is plugged (<current>, live XML, libvirt 7.10+): memory_max_bytes is what the
+        # VM has with the balloon empty, virtio-mem at what it has plugged now, so that the
+        # balloon figures are the balloon's alone.
+        vmem_fields(vmem, fields)
+        if maximum is not None:
+            maximum = int(maximum) - (vmem.maximum - (vmem.plugged or 0)) // KIB
+        if current is not None and facts.blocked_model and maximum is not None:
+            current = maximum  # no balloon: libvirt's current is its total memory
     if maximum is not None:
         fields["memory_max_bytes"] = int(maximum) * KIB
     if current is not None:

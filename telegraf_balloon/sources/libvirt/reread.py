@@ -38,6 +38,9 @@ def needs_xml(
         return True
     if facts.agent_connected is False and now - facts.checked_at >= RECHECK_SECONDS:
         return True  # a guest agent not connected yet (the guest boots) or any more
+    maximum = stats.get("balloon.maximum")
+    if maximum is not None and facts.stats_max is not None and int(maximum) != facts.stats_max:
+        return True  # memory was hot-plugged or unplugged (a DIMM, a virtio-mem device)
     if facts.blocked_model:
         return False
     last_update = int(stats.get("balloon.last-update", 0))

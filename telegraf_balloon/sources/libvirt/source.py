@@ -9,6 +9,7 @@ source connects is a parameter (connection.py).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import xml.etree.ElementTree as ET
 from typing import Any, Callable, Optional
@@ -17,7 +18,7 @@ import libvirt
 
 from ...config import LibvirtConfig
 from ...log import Log
-from ...model import HostInfo, PollResult, Sample, Tags
+from ...model import Detail, HostInfo, PollResult, Sample, Tags
 from ..context import cut_message
 from ..hostfacts import local_host
 from ..kvm import AGENT_TIMEOUT
@@ -32,7 +33,7 @@ from .connection import (
     start_event_loop,
 )
 from .context import domain_context
-from .domainxml import KIB, DomainFacts, parse_domain_xml
+from .domainxml import KIB, DomainFacts, parse_domain_xml, update_vmem
 from .events import MetadataWatch
 from .fields import MEMORY_STATS_KEYS, domain_fields
 from .reread import needs_xml
@@ -193,6 +194,10 @@ class LibvirtSource:
                 ):
                     facts = self._read_facts(dom, name, key, domain_id, facts, now)
                     facts_by_key[key] = facts
+                    maximum = stats.get("balloon.maximum")
+                    facts.stats_max = int(maximum) if maximum is not None else None
+                elif facts.vmem is not None:
+                    self._reread_vmem(dom, name, key, facts)
                 if fallback and "balloon.maximum" not in stats:
                     # from the cached XML's <memory>, not one more round trip
                     known = facts.max_kib
@@ -204,7 +209,11 @@ class LibvirtSource:
                     continue  # gone or stopped between the bulk call and ours: not an error
                 raise
             seen.add(key)
-            samples.append(Sample(key, facts.tags, domain_fields(stats, facts, now)))
+            sample = Sample(key, facts.tags, domain_fields(stats, facts, now))
+            if facts.vmem is not None:  # the device a remedy names: its alias and plugged size
+                worst = facts.vmem.worst
+                sample.detail = Detail(vmem_device=worst.name, vmem_device_plugged=worst.plugged)
+            samples.append(sample)
         for gone in set(facts_by_key) - seen:
             self._forget(gone)
         if self.agent is not None:
@@ -313,6 +322,29 @@ class LibvirtSource:
         else:
             self.log.clear(f"libvirt-context:{key}")
         return context.tags
+
+    def _reread_vmem(self, dom: Any, name: str, key: str, facts: DomainFacts) -> None:
+        """A domain with virtio-mem devices: their plugged and requested sizes, every poll.
+
+        A requested size changes without any event (`virsh update-memory-device`), and a
+        paused or stuck guest then sends none either: the live XML is fetched (one call, no
+        QEMU round trip) and only the devices' own text is compared with the last poll's and
+        parsed when it differs. Where that text cannot be found (an XML written otherwise),
+        the whole XML is read again.
+        """
+        text = dom.XMLDesc(0)
+        read = update_vmem if facts.vmem_text else parse_domain_xml
+        try:
+            skipped = read(text, facts)
+        except ET.ParseError as exc:
+            facts.vmem = None  # the sizes are not known this poll
+            facts.checked_at = -math.inf  # the next poll reads the whole XML again
+            self.log.fault(f"libvirt-xml:{key}", f"libvirt: domain {name!r}: bad XML: {exc}")
+            return
+        if skipped:
+            self.log.fault(
+                f"libvirt-xml:{key}", f"libvirt: domain {name!r}: skipped {'; '.join(skipped)}"
+            )
 
     def _arm(self, dom: Any, name: str, facts: DomainFacts) -> None:
         """Set the stats period on a running domain where it is 0 (again if someone zeroes it)."""

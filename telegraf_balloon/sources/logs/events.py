@@ -18,6 +18,11 @@ BUILTIN_EVENTS: tuple[tuple[str, str], ...] = (
     # memory" that of a cgroup limit. Starting with a literal (not [Oo]) lets the regex engine
     # skip ahead by it: 15x faster on a file of log lines.
     ("oom_kill", r"ut of memory: Kill(?:ed)? process"),
+    # virtio-mem's driver (drivers/virtio/virtio_mem.c): each size request it reads from the
+    # device ("virtio_mem virtio0: requested size: 0x10000000", also once at probe), and the
+    # error that stops it for good until the guest reboots.
+    ("virtio_mem_requested", r"virtio_mem virtio\d+: requested size: "),
+    ("virtio_mem_broken", re.escape("unknown error, marking device broken")),
 )
 Events = list[tuple[str, re.Pattern[str]]]
 

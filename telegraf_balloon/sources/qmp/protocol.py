@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, NamedTuple, Optional
 
+from ..kvm import Vmem
 from .replies import (
     MAX_INT64,
     MAX_MEMORY,
@@ -26,6 +27,7 @@ from .replies import (
     error_of,
     guest_stats,
     integer_member,
+    memory_devices,
     shown,
     string_member,
 )
@@ -72,7 +74,11 @@ QUERY_UUID = Request("query-uuid")
 QUERY_KVM = Request("query-kvm")
 QUERY_MEMORY = Request("query-memory-size-summary")
 QUERY_BALLOON = Request("query-balloon")
+QUERY_MEMORY_DEVICES = Request("query-memory-devices")  # virtio-mem: plugged and requested
 IDENTITY = (QUERY_NAME, QUERY_UUID, QUERY_KVM)  # asked once per QEMU process start
+# A VM with no virtio-mem device is asked again every this many polls (one may be hot-plugged):
+# most VMs have none, and the command costs a tenth of a poll.
+VMEM_RECHECK_POLLS = 10
 
 
 def qom_get_stats(balloon: str) -> Request:
@@ -108,6 +114,10 @@ class VmFacts:
         "pve_stats",
         "start",
         "uuid",
+        "vmem_absent",
+        "vmem_base",
+        "vmem_unsupported",
+        "vmem_wait",
     )
 
     def __init__(self, start: tuple[int, int], now: float) -> None:
@@ -120,6 +130,12 @@ class VmFacts:
         self.last_update = 0  # the guest's latest report seen: a poll without one is no news
         self.max_bytes: Optional[int] = None
         self.memory_stale = True  # query-memory-size-summary wanted (again: hotplug)
+        # virtio-mem plugged when max_bytes was read (query-memory-size-summary counts it in
+        # plugged-memory, query-balloon's actual does not); None: not known then
+        self.vmem_base: Optional[int] = None
+        self.vmem_unsupported = False  # query-memory-devices refused (QEMU before 2.1)
+        self.vmem_absent = False  # its last answer had no virtio-mem device
+        self.vmem_wait = 0  # polls left before such a VM is asked again
         self.balloon_path: Optional[str] = BALLOON_PATH  # None: no balloon object found
         self.no_device = False  # query-balloon said DeviceNotActive: no qom-get until it changes
         self.pve_stats = False  # query-balloon carries the guest figures (Proxmox's QEMU)
@@ -146,6 +162,11 @@ class VmPoll:
         self.armed = False
         self.arm_error: Optional[str] = None
         self.identity_waiting: set[Request] = set()  # identity commands not answered yet
+        self.summary_read = False  # this poll read query-memory-size-summary
+        self.vmem: Optional[Vmem] = None  # the VM's virtio-mem devices, summed
+        self.vmem_asked = False  # query-memory-devices is one of this poll's commands
+        self.vmem_known = False  # query-memory-devices answered and every device was read
+        self.vmem_problems: list[str] = []  # virtio-mem devices skipped, and why
 
     # -- what to send --
 
@@ -158,6 +179,11 @@ class VmPoll:
             self.identity_waiting = set(IDENTITY)
         if facts.memory_stale:
             requests.append(QUERY_MEMORY)
+        if facts.vmem_absent and facts.vmem_wait > 0:
+            facts.vmem_wait -= 1
+        elif not facts.vmem_unsupported:
+            requests.append(QUERY_MEMORY_DEVICES)
+            self.vmem_asked = True
         requests.append(QUERY_BALLOON)
         if facts.balloon_path is not None and not facts.no_device:
             requests += self._stats_requests(facts.balloon_path, not facts.pve_stats)
@@ -228,6 +254,38 @@ class VmPoll:
             assert base is not None
             facts.max_bytes = base + (plugged or 0)
             facts.memory_stale = False
+            self.summary_read = True
+            if not self.vmem_asked:  # a VM known to have no virtio-mem device
+                facts.vmem_base = 0
+        return []
+
+    def vmem_plugged(self) -> Optional[int]:
+        """virtio-mem plugged now (0 without a device); None when a device was not read."""
+        facts = self._facts()
+        if self.vmem_known:
+            return self.vmem.plugged or 0 if self.vmem is not None else 0
+        if facts.vmem_unsupported or (facts.vmem_absent and not self.vmem_asked):
+            return 0
+        return None
+
+    def _query_memory_devices(self, request: Request, error: Error, value: object) -> list[Request]:
+        """virtio-mem devices summed; sent after query-memory-size-summary, so that a poll
+        reading both sees virtio-mem's part of plugged-memory at the same moment."""
+        facts = self._facts()
+        if error is not None:
+            if error_class(error) == "CommandNotFound":
+                facts.vmem_unsupported = True  # no memory devices at all: not asked again
+        else:
+            self.vmem, self.vmem_problems = memory_devices(value)
+            self.vmem_known = not self.vmem_problems
+            facts.vmem_absent = self.vmem is None and self.vmem_known
+            facts.vmem_wait = VMEM_RECHECK_POLLS - 1
+        if self.summary_read:
+            if self.vmem_known or facts.vmem_unsupported:
+                facts.vmem_base = self.vmem.plugged or 0 if self.vmem is not None else 0
+            else:
+                facts.vmem_base = None
+                facts.memory_stale = True  # read both again until every device is readable
         return []
 
     def _query_balloon(self, request: Request, error: Error, value: object) -> list[Request]:
@@ -255,7 +313,7 @@ class VmPoll:
             facts.pve_stats = "last_update" in info
             if was and not facts.pve_stats and facts.balloon_path is not None:
                 return [qom_get_stats(facts.balloon_path)]
-        elif facts.max_bytes is not None and actual > facts.max_bytes:
+        elif facts.max_bytes is not None and actual > facts.max_bytes - (facts.vmem_base or 0):
             facts.memory_stale = True  # memory was hotplugged: read the size again next poll
         return []
 
@@ -307,6 +365,7 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("query-uuid", ""): VmPoll._query_uuid,
     ("query-kvm", ""): VmPoll._query_kvm,
     ("query-memory-size-summary", ""): VmPoll._query_memory,
+    ("query-memory-devices", ""): VmPoll._query_memory_devices,
     ("query-balloon", ""): VmPoll._query_balloon,
     ("qom-get", STATS): VmPoll._qom_get_stats,
     ("qom-get", PERIOD): VmPoll._qom_get_period,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ..kvm import Vmem, VmemDevice, vmem_sum
+
 NOT_REPORTED = 2**64 - 1  # a guest stat the guest did not send
 MAX_MEMORY = 2**52  # bytes: no machine addresses more (52-bit physical addresses at most)
 MAX_INT64 = 2**63 - 1  # QAPI's `int`; also the largest integer a line-protocol field holds
@@ -128,6 +130,41 @@ def devices(value: object) -> list[tuple[str, str]]:
             raise ProtocolError("qom-list: a property without name or type")
         out.append((name, kind))
     return out
+
+
+# query-memory-devices: [{"type": "virtio-mem", "data": {"size": 0, "requested-size": 0,
+#   "max-size": 536870912, "block-size": 2097152, "memaddr": ..., "node": 0, "memdev":
+#   "/objects/vmem0", "id": "vm0"}}, {"type": "dimm", "data": {...}}, ...]
+VMEM_SIZES = ("size", "requested-size", "max-size", "block-size")
+
+
+def memory_devices(value: object) -> tuple[Optional[Vmem], list[str]]:
+    """The virtio-mem devices of a query-memory-devices reply, summed; None when there are
+    none. A virtio-mem device with a member missing or of the wrong type is skipped and
+    named in the returned problems; other device types are not ours to read.
+
+    ProtocolError when the reply is not an array: that is not QEMU."""
+    if not isinstance(value, list):
+        raise ProtocolError(f"query-memory-devices: returned {shown(value)}, not an array")
+    found: list[VmemDevice] = []
+    problems: list[str] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or item.get("type") != "virtio-mem":
+            continue
+        data = item.get("data")
+        what = f"virtio-mem device {index}"
+        try:
+            info = as_object(data, what)
+            size, asked, most, step = (
+                int(integer_member(info, key, what, MAX_MEMORY, required=True) or 0)
+                for key in VMEM_SIZES
+            )
+            ident = string_member(info, "id", what) or ""
+        except ProtocolError as exc:
+            problems.append(str(exc))
+            continue
+        found.append(VmemDevice(ident, size, asked, most, step))
+    return vmem_sum(found), problems
 
 
 def error_of(message: dict[str, Any], command: str) -> Optional[dict[str, Any]]:

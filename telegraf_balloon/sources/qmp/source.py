@@ -20,10 +20,10 @@ from typing import Callable, Optional
 
 from ...config import QmpConfig
 from ...log import Log
-from ...model import Fields, PollResult, Sample, Tags
+from ...model import Detail, Fields, PollResult, Sample, Tags
 from ..context import cut_message, tag_value
 from ..hostfacts import local_host, process_rss, process_start
-from ..kvm import AGENT_TIMEOUT, driver_silent
+from ..kvm import AGENT_TIMEOUT, driver_silent, vmem_fields
 from ..proxmox import (
     MIB,
     PVE_DIR,
@@ -138,6 +138,11 @@ class QmpSource:
                 self.log.warn(
                     f"qmp: {poll.path}: cannot set guest-stats-polling-interval: {poll.arm_error}"
                 )
+            if poll.vmem_problems:  # once until the devices read well again
+                skipped = "; ".join(poll.vmem_problems[:3])
+                self.log.fault(f"qmp-vmem:{poll.path}", f"qmp: {poll.path}: skipped {skipped}")
+            else:
+                self.log.clear(f"qmp-vmem:{poll.path}")
             sample = self._sample(poll, host_tags, pve_dir, now)
             ping = pings.get(poll.path)
             if ping is not None:
@@ -149,6 +154,7 @@ class QmpSource:
                 self.log.clear(f"qmp:{path}")  # the VM is gone: forget its fault quietly
         for gone in set(self._facts) - set(paths):
             del self._facts[gone]
+            self.log.clear(f"qmp-vmem:{gone}")
         stems = {os.path.basename(path).rsplit(".", 1)[0] for path in paths}
         for gone in [c for c in self._pve if os.path.basename(c)[: -len(".conf")] not in stems]:
             del self._pve[gone]  # its VM's socket is gone: the config may stay on disk for ever
@@ -244,7 +250,13 @@ class QmpSource:
             tags["vmid"] = vmid
             if self._proxmox_context and pve_dir is not None:
                 self._context_tags(tags, pve_dir, vmid, pve)
-        return Sample(poll.path, tags, self._fields(poll, facts, pve, now))
+        fields = self._fields(poll, facts, pve, now)
+        vmem = poll.vmem
+        detail = None
+        if vmem is not None:
+            worst = vmem.worst
+            detail = Detail(vmem_device=worst.name, vmem_device_plugged=worst.plugged)
+        return Sample(poll.path, tags, fields, detail)
 
     def _context_tags(self, tags: Tags, pve_dir: str, vmid: str, pve: Optional[PveConfig]) -> None:
         """pve_tags (the config's tags:) and pool (user.cfg's pool: lines) of a Proxmox VM."""
@@ -285,20 +297,32 @@ class QmpSource:
     def _fields(self, poll: VmPoll, facts: VmFacts, pve: Optional[PveConfig], now: float) -> Fields:
         fields: Fields = {}
         balloon = poll.balloon
-        maximum = facts.max_bytes
+        # The balloon's own reference: boot memory and DIMMs. query-balloon's actual leaves
+        # virtio-mem out, query-memory-size-summary's plugged-memory counts it: the virtio-mem
+        # part of the latter is taken out here and today's plugged size added to both sides.
+        reference = None
+        if facts.max_bytes is not None and facts.vmem_base is not None:
+            reference = facts.max_bytes - facts.vmem_base
         if balloon is not None and _count(balloon.get("max_mem")) is not None:
-            maximum = int(balloon["max_mem"])
-        if maximum is None and pve is not None:
-            maximum = pve.memory_bytes
-        current = _count(balloon.get("actual")) if balloon is not None else None
-        if maximum is not None:
+            reference = int(balloon["max_mem"])
+        if reference is None and pve is not None and facts.max_bytes is None:
+            reference = pve.memory_bytes
+        actual = _count(balloon.get("actual")) if balloon is not None else None
+        vmem = poll.vmem
+        vmem_now = poll.vmem_plugged()  # None: some device could not be read
+        maximum = current = None
+        if reference is not None and vmem_now is not None:
+            maximum = reference + vmem_now
             fields["memory_max_bytes"] = maximum
-            if current is None and poll.no_device:
-                current = maximum  # no balloon: the guest has all of its memory
-        if current is not None:
+            if actual is None and poll.no_device:
+                actual = reference  # no balloon: the guest has all of its memory
+        if actual is not None and vmem_now is not None:
+            current = actual + vmem_now
             fields["memory_current_bytes"] = current
-            if maximum is not None:
-                fields["balloon_actual_bytes"] = max(0, maximum - current)
+        if actual is not None and reference is not None:
+            fields["balloon_actual_bytes"] = max(0, reference - actual)
+        if vmem is not None:
+            vmem_fields(vmem, fields)
         last_update = 0
         if poll.stats is not None:
             stats = poll.stats.get("stats")
