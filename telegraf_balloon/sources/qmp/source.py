@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from ...config import QmpConfig
 from ...log import Log
 from ...model import Fields, PollResult, Sample, Tags
-from ..hostfacts import local_host, process_rss, process_start
+from ..hostfacts import HostReclaim, QemuProcess, local_host, process_rss, process_start
 from ..kvm import driver_silent
 from ..proxmox import MIB, PVE_DIR, PveConfig, read_config, resolve_dir
 from .exchange import exchange
@@ -50,6 +50,14 @@ class QmpSource:
         self._pve: dict[str, tuple[tuple[int, int], Optional[PveConfig]]] = {}
         self._now = 0.0
         self._faulted: set[str] = set()  # paths with a fault logged and not yet cleared
+        # The host's side of reclaim: the host's swap, KSM, zswap and pressure, and each VM's
+        # QEMU process (from the socket's peer credentials), resolved once per QEMU start.
+        self._reclaim = HostReclaim(config.host_root)
+        self._procs: dict[str, QemuProcess] = {}  # socket path -> its QEMU
+        self._said_shared = False
+        missing = self._reclaim.missing()
+        if missing:
+            log.info(f"qmp {self.instance}: this host will not give {'; '.join(missing)}")
 
     def close(self) -> None:
         """Nothing is held between polls."""
@@ -78,6 +86,8 @@ class QmpSource:
         latency = self._clock() - started
         pve_dir = resolve_dir(self.config.proxmox_config, self._pve_dir)
         host_tags: Tags = {"host": self.hostname, "source": "qmp"}
+        # the host's figures first: a host with nothing in swap has nothing of any VM there
+        host_figures = self._reclaim.host_figures()
         samples: list[Sample] = []
         denied = 0
         for poll in polls:
@@ -108,6 +118,8 @@ class QmpSource:
                 self.log.clear(f"qmp:{path}")  # the VM is gone: forget its fault quietly
         for gone in set(self._facts) - set(paths):
             del self._facts[gone]
+        for gone in set(self._procs) - set(paths):
+            del self._procs[gone]
         stems = {os.path.basename(path).rsplit(".", 1)[0] for path in paths}
         for gone in [c for c in self._pve if os.path.basename(c)[: -len(".conf")] not in stems]:
             del self._pve[gone]  # its VM's socket is gone: the config may stay on disk for ever
@@ -127,7 +139,9 @@ class QmpSource:
             return PollResult(api_latency_seconds=latency)
         kinds = {s.tags["hypervisor"] for s in samples}
         hypervisor = kinds.pop() if len(kinds) == 1 else ("kvm" if "kvm" in kinds else "qemu")
-        host = local_host({**host_tags, "hypervisor": hypervisor}, self.config.host_root)
+        host = local_host(
+            {**host_tags, "hypervisor": hypervisor}, self.config.host_root, host_figures
+        )
         return PollResult(samples=samples, hosts=[host], api_latency_seconds=latency)
 
     def _proxmox(self, pve_dir: Optional[str], vmid: Optional[str]) -> Optional[PveConfig]:
@@ -203,9 +217,13 @@ class QmpSource:
                 if value is not None:
                     fields.setdefault(name, value)
             last_update = max(last_update, _count(balloon.get("last_update")) or 0)
-        rss = process_rss(poll.pid, self.config.host_root) if poll.pid else None
-        if rss is not None:
-            fields["rss_bytes"] = rss
+        proc = self._process(poll, facts)
+        if proc is not None:
+            proc.read(fields, self._reclaim, rss=True)
+        elif poll.pid:
+            rss = process_rss(poll.pid, self.config.host_root)
+            if rss is not None:
+                fields["rss_bytes"] = rss
         facts.last_update = max(facts.last_update, last_update)
         if facts.last_update > 0:
             fields["stats_age_seconds"] = max(0.0, now - facts.last_update)
@@ -226,6 +244,25 @@ class QmpSource:
             or driver_silent(period, reported, current, maximum, now - facts.first_seen)
         )
         return fields
+
+    def _process(self, poll: VmPoll, facts: VmFacts) -> Optional[QemuProcess]:
+        """The VM's QEMU process, resolved again only when the process changed."""
+        pid, start = facts.start
+        proc = self._procs.get(poll.path)
+        if proc is not None and (proc.pid, proc.start) == (pid, start):
+            return proc
+        self._procs.pop(poll.path, None)
+        proc = self._reclaim.process(pid) if pid and start else None
+        if proc is None:
+            return None
+        self._procs[poll.path] = proc
+        if proc.shared is not None and not self._said_shared:
+            self._said_shared = True
+            self.log.info(
+                f"qmp: {poll.path}: its QEMU has no cgroup of its own: "
+                f"{self._reclaim.shared_note(proc)}"
+            )
+        return proc
 
 
 def _count(value: object) -> Optional[int]:
