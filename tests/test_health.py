@@ -1445,6 +1445,10 @@ def test_sample_config_rules_are_what_its_comments_say() -> None:
         rule("swap_out_bytes_per_second", warn=MiB, crit=10 * MiB, for_seconds=300),
         rule("reclaimed_ratio", warn=0.2, for_seconds=600, measurement=catalog.HOST),
         rule("ecc_uncorrected_new", crit=1, measurement=catalog.HOST),
+        rule("host_swapped_bytes_per_second", crit=1),
+        rule("host_swap_out_bytes_per_second", crit=1, measurement=catalog.HOST),
+        rule("host_memory_stall_ratio", warn=0.1, crit=0.4, for_seconds=120),
+        rule("guest_memory_stall_ratio", warn=0.1, crit=0.4, for_seconds=120),
     )
 
 

@@ -34,6 +34,9 @@ _VALUE_NAMES = {
     "half_kib": "memory size",
     "half_mib": "memory size",
     "max_mib": "memory size",
+    "relief_kib": "memory size",
+    "relief_mib": "memory size",
+    "relief_bytes": "memory size",
 }
 
 
