@@ -121,17 +121,26 @@ def _is_qemu(pid: int) -> bool:
 
 
 def _qemu_domain_xml(
-    name: str, memory_mib: int, stats_period: int, boot: Optional[Tuple[GuestImage, Path]] = None
+    name: str,
+    memory_mib: int,
+    stats_period: int,
+    boot: Optional[Tuple[GuestImage, Path]] = None,
+    prealloc: bool = False,
 ) -> str:
     """A TCG domain with a virtio balloon (``stats_period`` > 0: its ``<stats>`` period).
 
     With ``boot`` (the guest image and a console file) it boots the image, printing to that
     file; without, it has no kernel, console or disk: started paused, it never boots.
+    ``prealloc``: QEMU touches all of the guest's RAM at start (``<allocation
+    mode='immediate'/>``), as zero-filled pages KSM can merge.
     """
     dom = ET.Element("domain", type="qemu")
     ET.SubElement(dom, "name").text = name
     ET.SubElement(dom, "memory", unit="MiB").text = str(memory_mib)
     ET.SubElement(dom, "currentMemory", unit="MiB").text = str(memory_mib)
+    if prealloc:
+        backing = ET.SubElement(dom, "memoryBacking")
+        ET.SubElement(backing, "allocation", mode="immediate")
     ET.SubElement(dom, "vcpu").text = "1"
     os_el = ET.SubElement(dom, "os")
     ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
@@ -567,17 +576,23 @@ class LibvirtStack:
         self._collect_qemu_pids()
         return str(console)
 
-    def start_paused(self, names: List[str], memory_mib: int = 128, stats_period: int = 2) -> None:
+    def start_paused(
+        self,
+        names: List[str],
+        memory_mib: int = 128,
+        stats_period: int = 2,
+        prealloc: bool = False,
+    ) -> None:
         """Define and start TCG domains paused (QEMU's ``-S``): real QEMU processes that never
         boot (about 38 MB each) but answer libvirt's stats calls over QMP like any domain.
 
         No kernel, console or disk: a virtio ``<memballoon>`` (with a stats period) and
-        nothing else.
+        nothing else; ``prealloc``: all of its RAM touched at start (zero pages).
         """
         libvirt = _libvirt()
         with self.connection() as conn:
             for name in names:
-                xml = _qemu_domain_xml(name, memory_mib, stats_period)
+                xml = _qemu_domain_xml(name, memory_mib, stats_period, prealloc=prealloc)
                 self._paused.add(name)
                 try:
                     conn.defineXML(xml).createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -125,8 +126,15 @@ class QemuHost:
         name: Optional[str] = None,
         uuid: Optional[str] = None,
         wait: bool = True,
+        append: str = "",
+        wrapper: Sequence[str] = (),
+        extra: Sequence[str] = (),
     ) -> Vm:
-        """Start one QEMU the way Proxmox would (-daemonize, pidfile, QMP socket beside it)."""
+        """Start one QEMU the way Proxmox would (-daemonize, pidfile, QMP socket beside it).
+
+        `append`: more of the guest kernel's command line (a booted VM); `wrapper`: a command
+        QEMU's own is appended to and run by (one that enters a cgroup, then execs it);
+        `extra`: more QEMU arguments."""
         qmp = self.run_dir / f"{vmid}.qmp"
         pidfile = self.run_dir / f"{vmid}.pid"
         console = self.run_dir / f"{vmid}.log"
@@ -150,9 +158,10 @@ class QemuHost:
             if self.image is None:
                 raise QemuError("a booted VM needs the guest image")
             cmd += ["-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd)]
-            cmd += ["-append", self.image.cmdline]
+            cmd += ["-append", f"{self.image.cmdline} {append}".strip()]
         else:
             cmd.append("-S")
+        cmd = [*wrapper, *cmd, *extra]
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         vm = Vm(vmid, 0, qmp, console)
         if wait:
