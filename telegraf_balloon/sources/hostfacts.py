@@ -79,20 +79,19 @@ def _value(data: Optional[bytes], key: bytes) -> Optional[int]:
 def meminfo(root: str) -> dict[str, int]:
     """The lines of root/proc/meminfo the plugin uses (MemTotal, MemFree, swap, zswap), in
     bytes; a line that is missing or malformed is left out."""
-    try:
-        with open(os.path.join(root, "proc", "meminfo"), "rb") as handle:
-            text = handle.read(65536).decode("ascii", "replace")
-    except OSError:
-        return {}
+    data = _read(os.path.join(root, "proc", "meminfo"), 65536)
     found: dict[str, int] = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition(":")
-        if name not in _MEMINFO_KEYS:
+    if data is None:
+        return found
+    for name in _MEMINFO_KEYS:
+        key = name.encode() + b":"
+        at = 0 if data.startswith(key) else data.find(b"\n" + key) + 1
+        if at == 0 and not data.startswith(key):
             continue
-        parts = rest.split()
-        if parts and parts[0].isascii() and parts[0].isdigit():
-            scale = KIB if len(parts) > 1 and parts[1] == "kB" else 1
-            found[name] = int(parts[0]) * scale
+        end = data.find(b"\n", at)
+        words = data[at + len(key) : end if end >= 0 else len(data)].split()
+        if words and words[0].isdigit():
+            found[name] = int(words[0]) * (KIB if len(words) > 1 and words[1] == b"kB" else 1)
     return found
 
 
@@ -382,7 +381,7 @@ class HostReclaim:
         if zswapped is not None:
             out["host_zswap_bytes"] = zswapped
         self.zswap_in_use = zswapped != 0
-        vmstat = _read(self._vmstat, 1 << 16)
+        vmstat = _read(self._vmstat, 32768)
         for key, name in (
             (b"pswpin ", "host_swap_in_bytes_total"),
             (b"pswpout ", "host_swap_out_bytes_total"),
@@ -573,7 +572,8 @@ class QemuProcess:
         Nothing in the host's swap (or zswap) means nothing of this VM there: 0 without a
         read. A file that cannot be read leaves its field out.
         """
-        status = _read(self.status_path) if rss or self.swap_kind == SWAP_STATUS else None
+        vmswap = self.swap_kind == SWAP_STATUS and host.swap_in_use
+        status = _read(self.status_path) if rss or vmswap else None
         if rss:
             value = _kib(status, b"VmRSS:")
             if value is not None:
