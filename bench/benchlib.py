@@ -238,12 +238,13 @@ def smaps_swap(pids: Sequence[int]) -> int:
 
 def every_file_read(reclaim: object) -> None:
     """Make a source's HostReclaim read every VM's files each poll, as on a host with pages in
-    swap and zswap (on a host with none, each VM's swap figure is 0 without a read)."""
+    swap, zswap and KSM (on a host with none, each VM's figure there is 0 without a read)."""
     original = reclaim.host_figures  # type: ignore[attr-defined]
 
     def figures() -> dict[str, object]:
         found: dict[str, object] = original()
         reclaim.swap_in_use = reclaim.zswap_in_use = True  # type: ignore[attr-defined]
+        reclaim.ksm_in_use = True  # type: ignore[attr-defined]
         return found
 
     reclaim.host_figures = figures  # type: ignore[attr-defined]

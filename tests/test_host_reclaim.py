@@ -191,19 +191,23 @@ def test_hybrid_host_reads_v1_swap_and_v2_pressure(tmp_path: Path) -> None:
 
 
 def test_a_host_with_nothing_in_swap_reads_no_vm_file(tmp_path: Path) -> None:
-    """SwapFree = SwapTotal and Zswapped 0: every VM has 0 there, without its files."""
+    """SwapFree = SwapTotal, Zswapped 0 and no page merged by KSM: every VM has 0 there,
+    without its files."""
     root = pure_v2(tmp_path)
     host_files(root, swap_used_kib=0, zswapped_kib=0)
+    for name in ("pages_sharing", "pages_shared", "ksm_zero_pages"):
+        write(root, f"sys/kernel/mm/ksm/{name}", "0\n")
     host = reclaim(root)
     proc = host.process(QEMU)
-    assert proc is not None
-    os.unlink(proc.swap_path)  # were it read, the field would be missing
-    assert proc.zswap_path is not None
-    os.unlink(proc.zswap_path)
+    assert proc is not None and proc.zswap_path is not None and proc.ksm_path is not None
+    for path in (proc.swap_path, proc.zswap_path, proc.ksm_path):
+        os.unlink(path)  # were one read, its field would be missing
     fields = read(proc, host)
     assert (fields["host_swapped_bytes"], fields["compressed_bytes"]) == (0, 0)
-    host_files(root, swap_used_kib=4)  # the host swaps again: the file is read, and is gone
-    assert "host_swapped_bytes" not in read(proc, host)
+    assert fields["shared_bytes"] == 0
+    host_files(root, swap_used_kib=4)  # the host swaps and merges again: the files are read
+    write(root, "sys/kernel/mm/ksm/pages_shared", "1\n")
+    assert not {"host_swapped_bytes", "shared_bytes"} & set(read(proc, host))
 
 
 @pytest.mark.parametrize(

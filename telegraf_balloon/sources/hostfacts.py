@@ -319,10 +319,11 @@ class HostReclaim:
             if directory is not None
         }
         self._vmstat = os.path.join(root, "proc", "vmstat")
-        # The host's state at the last host_figures(): nothing in swap (or zswap) on the host
-        # means nothing of any VM there, without reading each VM's files.
+        # The host's state at the last host_figures(): nothing in swap (zswap, merged by KSM)
+        # on the host means nothing of any VM there, without reading each VM's files.
         self.swap_in_use = True
         self.zswap_in_use = True
+        self.ksm_in_use = True  # no page merged on the host: no VM has one
 
     def missing(self) -> list[str]:
         """The figures this host will not give, each with why (for one `I! ` line)."""
@@ -389,11 +390,14 @@ class HostReclaim:
             pages = _value(vmstat, key)
             if pages is not None and pages >= 0:
                 out[name] = pages * PAGE_SIZE
+        self.ksm_in_use = self.ksm
         if self.ksm:
             sharing = _value(_read(os.path.join(self._ksm, "pages_sharing"), 64), b"")
             if sharing is not None:
                 zero = _value(_read(os.path.join(self._ksm, "ksm_zero_pages"), 64), b"") or 0
                 out["ksm_saved_bytes"] = (sharing + zero) * PAGE_SIZE
+                shared = _value(_read(os.path.join(self._ksm, "pages_shared"), 64), b"")
+                self.ksm_in_use = bool(sharing or zero or shared or shared is None)
             if self.ksm_profit:
                 profit = _value(_read(os.path.join(self._ksm, "general_profit"), 64), b"")
                 if profit is not None:
@@ -569,7 +573,7 @@ class QemuProcess:
     def read(self, fields: Fields, host: HostReclaim, rss: bool = False) -> None:
         """This poll's figures into `fields` (rss: also rss_bytes from /proc/<pid>/status).
 
-        Nothing in the host's swap (or zswap) means nothing of this VM there: 0 without a
+        Nothing in the host's swap (zswap, KSM) means nothing of this VM there: 0 without a
         read. A file that cannot be read leaves its field out.
         """
         vmswap = self.swap_kind == SWAP_STATUS and host.swap_in_use
@@ -596,7 +600,7 @@ class QemuProcess:
             if zswapped is not None and zswapped >= 0:
                 fields["compressed_bytes"] = zswapped
         if self.ksm_path is not None:
-            pages = _value(_read(self.ksm_path, 64), b"")
+            pages = _value(_read(self.ksm_path, 64), b"") if host.ksm_in_use else 0
             if pages is not None and pages >= 0:
                 fields["shared_bytes"] = pages * PAGE_SIZE
         if self.pressure_path is not None:
