@@ -74,10 +74,10 @@ from benchlib import (  # noqa: E402
     every_file_read,
     fmt_ms,
     fmt_us,
+    host_facts_rounds,
     host_facts_table,
     median,
     parser,
-    smaps_swap,
     table,
     timed,
     verdict,
@@ -518,31 +518,9 @@ def host_facts(stack: LibvirtStack, names: list[str], repeat: int, log: Log) -> 
     assert full._reclaim is not None
     every_file_read(full._reclaim)
     pids = [stack.guest_pid(name) for name in names]
-    sources = {"d0": without, "h": shipped, "h1": full}
-    totals: dict[str, list[float]] = {k: [] for k in (*sources, "n")}
-    owns: dict[str, list[float]] = {k: [] for k in totals}
-
-    def poll(key: str) -> tuple[float, float]:
-        started = time.perf_counter()
-        result = sources[key].poll(time.time())
-        took = time.perf_counter() - started
-        check_result(result, n, "Table 0h")
-        assert result.api_latency_seconds is not None
-        return took, took - result.api_latency_seconds
-
+    sources: dict[str, object] = {"d0": without, "h": shipped, "h1": full}
     try:
-        for key in sources:
-            poll(key)  # first contact: connect, every domain's XML, every QEMU found
-            poll(key)  # warm-up
-        for _ in range(repeat):
-            for key in sources:
-                took, own = poll(key)
-                totals[key].append(took)
-                owns[key].append(own)
-                if key == "d0":  # the naive way: this poll, plus every QEMU's smaps_rollup
-                    naive = timed(lambda: smaps_swap(pids))
-                    totals["n"].append(took + naive)
-                    owns["n"].append(own + naive)
+        totals, owns = host_facts_rounds(sources, n, "d0", pids, repeat)
         sample = shipped.poll(time.time()).samples[0].fields
     finally:
         for source in (without, shipped, full):

@@ -52,12 +52,11 @@ if str(REPO_ROOT) not in sys.path:
 from benchlib import (  # noqa: E402
     every_file_read,
     fmt_ms,
+    host_facts_rounds,
     host_facts_table,
     median,
     parser,
-    smaps_swap,
     table,
-    timed,
     verdict,
 )
 
@@ -264,31 +263,9 @@ def host_facts(host: QemuHost, config: QmpConfig, vms: int, repeat: int) -> str:
     shipped = QmpSource(config, "bench", Log(io.StringIO()))
     full = QmpSource(config, "bench", Log(io.StringIO()))
     every_file_read(full._reclaim)
-    sources = {"e0": without, "h": shipped, "h1": full}
+    sources: dict[str, object] = {"e0": without, "h": shipped, "h1": full}
     pids = [vm.pid for vm in host.vms.values()]
-    totals: dict[str, list[float]] = {k: [] for k in (*sources, "n")}
-    owns: dict[str, list[float]] = {k: [] for k in totals}
-
-    def poll(key: str) -> tuple[float, float]:
-        started = time.perf_counter()
-        result = sources[key].poll(time.time())
-        took = time.perf_counter() - started
-        assert len(result.samples) == vms, (len(result.samples), result.error)
-        assert result.api_latency_seconds is not None
-        return took, took - result.api_latency_seconds
-
-    for key in sources:
-        poll(key)  # first contact: identity, every QEMU resolved
-        poll(key)  # warm-up
-    for _ in range(repeat):
-        for key in sources:
-            took, own = poll(key)
-            totals[key].append(took)
-            owns[key].append(own)
-            if key == "e0":  # the naive way: this poll, plus every QEMU's smaps_rollup
-                naive = timed(lambda: smaps_swap(pids))
-                totals["n"].append(took + naive)
-                owns["n"].append(own + naive)
+    totals, owns = host_facts_rounds(sources, vms, "e0", pids, repeat)
     sample = shipped.poll(time.time()).samples[0].fields
     labels = {
         "e0": "e0. QmpSource.poll without host facts",

@@ -250,6 +250,39 @@ def every_file_read(reclaim: object) -> None:
     reclaim.host_figures = figures  # type: ignore[attr-defined]
 
 
+def host_facts_rounds(
+    sources: dict[str, object], vms: int, base: str, pids: Sequence[int], repeat: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Poll each source (its `poll(now)` gives a PollResult) once to make first contact and
+    once to warm up, then `repeat` interleaved rounds; return each way's whole poll times and
+    its times less the API round trips. The naive way, "n", is the `base` poll plus reading
+    every QEMU's smaps_rollup, timed in the same round."""
+    totals: dict[str, list[float]] = {k: [] for k in (*sources, "n")}
+    owns: dict[str, list[float]] = {k: [] for k in totals}
+
+    def poll(key: str) -> tuple[float, float]:
+        started = time.perf_counter()
+        result = sources[key].poll(time.time())  # type: ignore[attr-defined]
+        took = time.perf_counter() - started
+        assert result.error is None and len(result.samples) == vms, (key, result.error)
+        assert result.api_latency_seconds is not None
+        return took, took - float(result.api_latency_seconds)
+
+    for key in sources:
+        poll(key)  # first contact: identity or XML, every QEMU found and resolved
+        poll(key)  # warm-up
+    for _ in range(repeat):
+        for key in sources:
+            took, own = poll(key)
+            totals[key].append(took)
+            owns[key].append(own)
+            if key == base:
+                naive = timed(lambda: smaps_swap(pids))
+                totals["n"].append(took + naive)
+                owns["n"].append(own + naive)
+    return totals, owns
+
+
 def host_facts_table(
     totals: dict[str, list[float]],
     owns: dict[str, list[float]],

@@ -297,7 +297,6 @@ class HostReclaim:
         self._ksm = ksm
         self.ksm = os.path.exists(os.path.join(ksm, "pages_sharing"))
         self.ksm_profit = os.path.exists(os.path.join(ksm, "general_profit"))
-        self.ksm_zero = os.path.exists(os.path.join(ksm, "ksm_zero_pages"))
         self.ksm_process = os.path.exists(os.path.join(root, "proc", "self", "ksm_merging_pages"))
         # Reading another user's /proc/<pid>/ksm_merging_pages needs ptrace rights: root.
         self.ksm_readable = os.geteuid() == 0

@@ -29,6 +29,7 @@ from typing import Any
 import line_protocol_parser
 import pytest
 
+import telegraf_balloon
 from telegraf_balloon import catalog
 from telegraf_balloon.config import LibvirtConfig, load_text
 from telegraf_balloon.explain.judge import Judge
@@ -49,15 +50,9 @@ MIB = 1024 * 1024
 VMID = 301
 HOG_MIB = 150  # what the guest writes, beyond the group's limit
 LIMIT_MIB = 128
-RULES = """
-[[thresholds]]
-field = "host_swapped_bytes_per_second"
-crit = 1
-[[thresholds]]
-measurement = "balloon_host"
-field = "host_swap_out_bytes_per_second"
-crit = 1
-"""
+# The shipped sample config (its guest source on /, this machine, and its rules: host swap
+# critical), with the test's QMP socket directory as a source.
+SAMPLE = (Path(telegraf_balloon.__file__).with_name("sample.toml")).read_text()
 
 
 @pytest.fixture()
@@ -97,11 +92,8 @@ def test_a_vm_swapped_out_by_its_host(booted_qemu: tuple[str, GuestImage]) -> No
             vm = host.start(
                 VMID, memory_mib=384, append=f"tb.hog={HOG_MIB}", wrapper=groups.wrapper()
             )
-            toml = (
-                '[agent]\nhostname = "kvm-under-test"\n'
-                f'[[sources.qmp]]\nsockets = ["{host.glob}"]\nproxmox_config = ""\n'
-                '[[sources.guest]]\nroot = "/"\n' + RULES
-            )
+            toml = SAMPLE + f'\n[[sources.qmp]]\nsockets = ["{host.glob}"]\nproxmox_config = ""\n'
+
             config = load_text(toml, "test.toml")
             stream, out = io.StringIO(), io.BytesIO()
             log = Log(stream)
