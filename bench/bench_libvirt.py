@@ -520,7 +520,7 @@ def host_facts(stack: LibvirtStack, names: list[str], repeat: int, log: Log) -> 
     pids = [stack.guest_pid(name) for name in names]
     sources: dict[str, object] = {"d0": without, "h": shipped, "h1": full}
     try:
-        totals, owns = host_facts_rounds(sources, n, "d0", pids, repeat)
+        totals, owns, inside = host_facts_rounds(sources, n, "d0", pids, repeat)
         sample = shipped.poll(time.time()).samples[0].fields
     finally:
         for source in (without, shipped, full):
@@ -531,7 +531,7 @@ def host_facts(stack: LibvirtStack, names: list[str], repeat: int, log: Log) -> 
         "h1": "h1. with host facts, every VM's files read",
         "n": "n. d0 + smaps_rollup of every QEMU (the naive way)",
     }
-    text, verdicts = host_facts_table(totals, owns, labels, n, "d0", "h1", "n")
+    text, verdicts = host_facts_table(totals, owns, inside, labels, n, "d0", "h1", "n")
     print(
         f"== Table 0h: the host's side of reclaim on the same {n} domains (local URI): host "
         "swap, KSM and zswap, the host's pressure; per VM its QEMU's VmSwap (the tests' "
