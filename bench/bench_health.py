@@ -45,7 +45,7 @@ import telegraf_balloon
 from telegraf_balloon import catalog, lineprotocol
 from telegraf_balloon.aggregate import host_lines
 from telegraf_balloon.config import HealthConfig, ThresholdRule, load_text
-from telegraf_balloon.health import GRACE_POLLS, Health, _deltas, _levels, _State
+from telegraf_balloon.health import GRACE_POLLS, HOST_BETWEEN, VM_BETWEEN, Health, _State
 from telegraf_balloon.model import Fields, FieldValue, HostInfo, Sample
 
 GiB = 1 << 30
@@ -246,7 +246,8 @@ class NaiveHealth:
 
 
 class PreviousHealth(Health):
-    """The package's judgement with the previous release's eviction, copied as it was.
+    """The package's judgement of each VM (Health.judge_vm, judge_host) with the previous
+    release's eviction rule, copied as it was.
 
     Each poll built a new dict of the VMs it reported: a VM missing from one poll lost its
     clocks and rate baselines.
@@ -262,73 +263,23 @@ class PreviousHealth(Health):
         return sum(len(table) for table in tables)
 
     def vms(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
-        cfg = self.config
-        gap_limit = cfg.stuck_gap_ratio
-        stuck_for = cfg.stuck_for
-        stale_after = cfg.stale_after
-        rules = self.vm_rules
-        nrules = len(rules)
+        nrules, between = len(self.vm_rules), len(VM_BETWEEN)
         old = self._old_vms.get(instance, {})
         new: dict[str, _State] = {}
         for key, fields in items:
-            state = old.pop(key, None) or new.get(key) or _State(nrules)
+            state = old.pop(key, None) or new.get(key) or _State(nrules, between)
             new[key] = state
-            get = fields.get
-
-            maximum = get("memory_max_bytes")
-            actual = get("balloon_actual_bytes")
-            target = get("balloon_target_bytes")
-            if actual is not None and maximum:
-                fields["balloon_ratio"] = actual / maximum  # type: ignore[operator]
-            if target is not None and actual is not None:
-                gap = target - actual  # type: ignore[operator]
-                fields["balloon_gap_bytes"] = gap
-                if maximum and gap / maximum > gap_limit:  # type: ignore[operator]
-                    since = state.stuck_since
-                    if since is None:
-                        since = state.stuck_since = now
-                    fields["stuck"] = now - since >= stuck_for
-                else:
-                    state.stuck_since = None
-                    fields["stuck"] = False
-            else:
-                state.stuck_since = None
-
-            last = state.last_time
-            swap_in = get("swap_in_bytes_total")
-            swap_out = get("swap_out_bytes_total")
-            if last is not None and now > last:
-                elapsed = now - last
-                prev = state.swap_in
-                if prev is not None and swap_in is not None and swap_in >= prev:  # type: ignore[operator]
-                    fields["swap_in_bytes_per_second"] = (swap_in - prev) / elapsed  # type: ignore[operator]
-                prev = state.swap_out
-                if prev is not None and swap_out is not None and swap_out >= prev:  # type: ignore[operator]
-                    fields["swap_out_bytes_per_second"] = (swap_out - prev) / elapsed  # type: ignore[operator]
-            state.last_time = now
-            state.swap_in = swap_in  # type: ignore[assignment]
-            state.swap_out = swap_out  # type: ignore[assignment]
-
-            age = get("stats_age_seconds")
-            if age is not None and "stale" not in fields:
-                limit = stale_after
-                if limit is None:
-                    period = get("stats_period_seconds") or 0
-                    limit = max(60.0, 3.0 * period)  # type: ignore[operator]
-                fields["stale"] = age > limit  # type: ignore[operator]
-
-            fields["alert_level"] = _levels(rules, fields, state, now) if nrules else 0
+            self.judge_vm(fields, state, now)
         self._old_vms[instance] = new
 
     def hosts(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
-        rules = self.host_rules
+        nrules, between = len(self.host_rules), len(HOST_BETWEEN)
         old = self._old_hosts.get(instance, {})
         new: dict[str, _State] = {}
         for key, fields in items:
-            state = old.pop(key, None) or new.get(key) or _State(len(rules))
+            state = old.pop(key, None) or new.get(key) or _State(nrules, between)
             new[key] = state
-            _deltas(fields, state)
-            fields["alert_level"] = _levels(rules, fields, state, now) if rules else 0
+            self.judge_host(fields, state, now)
         self._old_hosts[instance] = new
 
 

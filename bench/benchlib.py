@@ -212,3 +212,199 @@ class GcClock:
             return timed(fn)
         finally:
             gc.callbacks.remove(self)
+
+
+# -- the host's side of reclaim: with host facts, without, and the naive way --
+
+HOST_FACTS_MAX_SHARE = 0.15  # host facts may add at most this share to a poll
+HOST_FACTS_MAX_US_PER_VM = 40.0  # and at most this per VM
+
+
+def smaps_swap(pids: Sequence[int]) -> int:
+    """The naive way to a VM's host swap and sharing: read and parse every QEMU's
+    /proc/<pid>/smaps_rollup (the kernel walks all of its mappings for it) each poll."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith((b"Swap:", b"Rss:", b"SwapPss:")):
+                total += int(line.split()[1])
+    return total
+
+
+def every_file_read(reclaim: object) -> None:
+    """Make a source's HostReclaim read every VM's files each poll, as on a host with pages in
+    swap, zswap and KSM (on a host with none, each VM's figure there is 0 without a read)."""
+    original = reclaim.host_figures  # type: ignore[attr-defined]
+
+    def figures() -> dict[str, object]:
+        found: dict[str, object] = original()
+        reclaim.swap_in_use = reclaim.zswap_in_use = True  # type: ignore[attr-defined]
+        reclaim.ksm_in_use = True  # type: ignore[attr-defined]
+        return found
+
+    reclaim.host_figures = figures  # type: ignore[attr-defined]
+
+
+def host_facts_rounds(
+    sources: dict[str, object],
+    vms: int,
+    base: str,
+    pids: Sequence[int],
+    repeat: int,
+    also_timed: Sequence[tuple[object, str]] = (),
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
+    """Poll each source (its `poll(now)` gives a PollResult) once to make first contact and
+    once to warm up, then `repeat` interleaved rounds. Returns, per way, its whole poll times,
+    its times less the API round trips, and the time spent in the host facts themselves
+    (the host's figures and every VM's reads, timed inside the poll). The naive way, "n", is
+    the `base` poll plus reading every QEMU's smaps_rollup, timed in the same round.
+    `also_timed`: (module, function name) whose calls count as inside too: what the poll
+    without host facts does instead (the qmp source's rss read, which a QEMU's read does
+    with its other figures), shown beside the host facts' own time."""
+    from telegraf_balloon.sources.hostfacts import QemuProcess
+
+    totals: dict[str, list[float]] = {k: [] for k in (*sources, "n")}
+    owns: dict[str, list[float]] = {k: [] for k in totals}
+    inside: dict[str, list[float]] = {k: [] for k in totals}
+    spent = [0.0]
+    read = QemuProcess.read
+
+    def timed_read(proc: QemuProcess, *args: object, **kwargs: object) -> None:
+        started = time.perf_counter()
+        read(proc, *args, **kwargs)  # type: ignore[arg-type]
+        spent[0] += time.perf_counter() - started
+
+    for source in sources.values():
+        reclaim = getattr(source, "_reclaim", None)
+        if reclaim is not None:
+            figures = reclaim.host_figures
+
+            def timed_figures(figures: Callable[[], object] = figures) -> object:
+                started = time.perf_counter()
+                found = figures()
+                spent[0] += time.perf_counter() - started
+                return found
+
+            reclaim.host_figures = timed_figures
+
+    def poll(key: str) -> tuple[float, float]:
+        spent[0] = 0.0
+        started = time.perf_counter()
+        result = sources[key].poll(time.time())  # type: ignore[attr-defined]
+        took = time.perf_counter() - started
+        assert result.error is None and len(result.samples) == vms, (key, result.error)
+        assert result.api_latency_seconds is not None
+        return took, took - float(result.api_latency_seconds)
+
+    def timer(function: Callable[..., object]) -> Callable[..., object]:
+        def timed_call(*args: object, **kwargs: object) -> object:
+            started = time.perf_counter()
+            found = function(*args, **kwargs)
+            spent[0] += time.perf_counter() - started
+            return found
+
+        return timed_call
+
+    saved = [(owner, name, getattr(owner, name)) for owner, name in also_timed]
+    for owner, name, function in saved:
+        setattr(owner, name, timer(function))
+    QemuProcess.read = timed_read  # type: ignore[method-assign, assignment]
+    try:
+        for key in sources:
+            poll(key)  # first contact: identity or XML, every QEMU found and resolved
+            poll(key)  # warm-up
+        for _ in range(repeat):
+            for key in sources:
+                took, own = poll(key)
+                totals[key].append(took)
+                owns[key].append(own)
+                inside[key].append(spent[0])
+                if key == base:
+                    naive = timed(lambda: smaps_swap(pids))
+                    totals["n"].append(took + naive)
+                    owns["n"].append(own + naive)
+                    inside["n"].append(naive)
+    finally:
+        QemuProcess.read = read  # type: ignore[method-assign]
+        for owner, name, function in saved:
+            setattr(owner, name, function)
+    return totals, owns, inside
+
+
+def host_facts_table(
+    totals: dict[str, list[float]],
+    owns: dict[str, list[float]],
+    inside: dict[str, list[float]],
+    labels: dict[str, str],
+    vms: int,
+    base: str,
+    full: str,
+    naive: str,
+) -> tuple[str, list[str]]:
+    """The ways side by side, and the verdicts of every way with host facts against the
+    targets. `totals`: each way's whole poll; `owns`: the poll less its API round trips (the
+    stats fetch, the QMP exchange); `inside`: the time spent in the host facts themselves (or,
+    for `naive`, in reading smaps_rollup). What host facts add is that inside time, measured
+    where it is spent (with whatever a VM's read does that the poll did before: an upper
+    bound); the difference of two polls' medians on a loaded machine moves by more than the
+    few microseconds per VM being measured (it is shown beside it). `base` is the poll
+    without host facts, `full` reads every VM's files."""
+    floor, own_floor = median(totals[base]), median(owns[base])
+
+    def spent(key: str) -> float:
+        return median(inside[key])
+
+    rows = []
+    for key, label in labels.items():
+        added = median(owns[key]) - own_floor
+        rows.append(
+            [
+                label,
+                fmt_ms(median(totals[key])),
+                fmt_us(median(owns[key]) / vms),
+                "-" if key == base else f"{added * 1e6 / vms:+,.1f}",
+                "-" if key == base else fmt_us(spent(key) / vms),
+                "-" if key == base else f"{spent(key) / floor:.1%}",
+            ]
+        )
+    text = table(
+        [
+            "way (one poll of every VM)",
+            "ms/poll",
+            "own µs/VM",
+            "own - base",
+            "facts µs/VM",
+            "of the poll",
+        ],
+        rows,
+        [False, True, True, True, True, True],
+    )
+    verdicts = []
+    for key in labels:
+        if key in (base, naive):
+            continue
+        share, per_vm = spent(key) / floor, spent(key) * 1e6 / vms
+        ok = share <= HOST_FACTS_MAX_SHARE and per_vm <= HOST_FACTS_MAX_US_PER_VM
+        verdicts.append(
+            f"  {key}: host facts add {share:.1%} to the poll and {per_vm:.1f} µs per VM "
+            f"(targets <= {HOST_FACTS_MAX_SHARE:.0%} and <= {HOST_FACTS_MAX_US_PER_VM:g} µs)  "
+            f"{verdict(ok)}"
+        )
+    cost = spent(naive) * 1e6 / vms
+    ours = spent(full) * 1e6 / vms
+    ratio = f"{cost / ours:.1f}x" if ours > 0 else "n/a"
+    verdicts.append(
+        f"  the naive way (smaps_rollup per VM per poll) costs {cost:.1f} µs per VM, every "
+        f"host fact read {ours:.1f}: {ratio} as much"
+    )
+    if median(inside[base]) > 0:
+        verdicts.append(
+            f"  (facts µs/VM include what the poll without them also does, "
+            f"{median(inside[base]) * 1e6 / vms:.1f} µs per VM there: an upper bound)"
+        )
+    return text, verdicts

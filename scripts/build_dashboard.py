@@ -188,6 +188,41 @@ ROWS: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = (
         ),
     ),
     (
+        "Host reclaim (KVM and vSphere)",
+        (
+            PanelSpec(
+                "vm_host_reclaim",
+                "Taken by the host: swapped, compressed, shared",
+                "timeseries",
+                "bytes",
+                VM,
+                8,
+                description="Hypervisor-level swap is the expensive one: the host_swapping "
+                "finding and the sample rule (critical) fire while it grows.",
+            ),
+            PanelSpec(
+                "vm_memory_stall",
+                "Waiting for memory (PSI): on the host, in the guest",
+                "timeseries",
+                "percentunit",
+                VM,
+                8,
+                warn=0.10,
+                crit=0.40,
+            ),
+            PanelSpec(
+                "host_reclaim",
+                "Host swap in use, KSM saved and profit, zswap",
+                "timeseries",
+                "bytes",
+                HOST,
+                8,
+                legend="$tag_host $col",
+                description="Local KVM hosts only (libvirt with a local URI, qmp).",
+            ),
+        ),
+    ),
+    (
         "Logs",
         (
             PanelSpec(

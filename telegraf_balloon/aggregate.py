@@ -3,7 +3,8 @@
 One line per host per source poll that saw a VM there. A source that sees no VM on a host
 writes no line for it: on a machine that two sources describe (libvirt and qmp, as the
 all-sources example runs them), only the one with VMs speaks for it, so every sum over
-`balloon_host` counts a machine once. Host-level figures (memory, ECC) ride on that line.
+`balloon_host` counts a machine once. Host-level figures (memory, ECC, the host's reclaim:
+swap, KSM, zswap, pressure) ride on that line.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def host_lines(samples: list[Sample], hosts: list[HostInfo]) -> list[tuple[Tags,
         promised = ballooned = targets = with_target = 0
         counts = {"vms_ballooned": 0, "vms_stuck": 0, "vms_stale": 0, "vms_blocked": 0}
         vmem_stuck = 0
+        host_swapped = swap_known = 0
         for fields in vms:
             promised += int(fields.get("memory_max_bytes", 0))
             actual = int(fields.get("balloon_actual_bytes", 0))
@@ -50,6 +52,11 @@ def host_lines(samples: list[Sample], hosts: list[HostInfo]) -> list[tuple[Tags,
                 counts["vms_blocked"] += 1
             if fields.get("vmem_stuck") is True:
                 vmem_stuck += 1
+            swapped = fields.get("host_swapped_bytes")
+            if swapped is not None:
+                swap_known += 1
+                if swapped:
+                    host_swapped += 1
         result: Fields = {"vms_total": len(vms), **counts}
         result["vms_vmem_stuck"] = vmem_stuck
         result["memory_max_bytes"] = promised
@@ -67,5 +74,8 @@ def host_lines(samples: list[Sample], hosts: list[HostInfo]) -> list[tuple[Tags,
             result["ecc_corrected_total"] = info.ecc_corrected_total
         if info.ecc_uncorrected_total is not None:
             result["ecc_uncorrected_total"] = info.ecc_uncorrected_total
+        if swap_known:  # VMs whose memory the host swapped, where the source can see it
+            result["vms_host_swapped"] = host_swapped
+        result.update(info.figures)
         out.append((dict(info.tags), result))
     return out

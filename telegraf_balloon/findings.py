@@ -19,6 +19,7 @@ class Code:
     scope: str  # "vm", "host" or "source"
     when: str  # for the README
     rule: str = ""  # the [[thresholds]] field whose level sets the severity; "" = warning
+    also: tuple[str, ...] = ()  # further fields whose rules set it too (the highest level wins)
     message: dict[str, str] = field(default_factory=dict)  # source kind (or "*") -> template
     remedy: dict[str, str] = field(default_factory=dict)  # "kind:variant", kind or "*"
     needs_watch: tuple[str, ...] = ()  # source kinds where one poll cannot judge it ("*": all)
@@ -27,11 +28,17 @@ class Code:
     watch_per_vm: bool = False
 
     def severity_doc(self) -> str:
-        return (
-            f"the `{self.rule}` rule's level (warning at 0 or without a rule)"
-            if self.rule
-            else "warning"
-        )
+        if not self.rule:
+            return "warning"
+        if not self.also:
+            return f"the `{self.rule}` rule's level (warning at 0 or without a rule)"
+        names = ", ".join(f"`{name}`" for name in (self.rule, *self.also))
+        return f"the level of the rules on {names} (warning at 0 or without a rule)"
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """Every [[thresholds]] field whose rule's level sets this code's severity."""
+        return (self.rule, *self.also) if self.rule else ()
 
     def needs_watch_for(self, kind: str) -> bool:
         """One poll of a `kind` source cannot judge this code."""
@@ -452,6 +459,90 @@ FINDINGS: tuple[Code, ...] = (
             "$ virsh -c {instance} domstats {vm_uuid} --vcpu --balloon",
             any="See what the guest waits on: inside it, `vmstat 1` (steal time, swap-in, "
             "blocked tasks); on the host, its vCPUs' CPU time and the host's memory pressure.",
+        ),
+    ),
+    # -- the host's side of reclaim: swap, pressure, KSM --
+    Code(
+        "host_swapping",
+        "vm, host",
+        "VM: its `host_swapped_bytes` grew between the last two polls (the host takes its "
+        "memory by force); host: its swap-out rate > 0 (needs two polls: `--watch`)",
+        rule="host_swapped_bytes_per_second",
+        also=("host_swap_out_bytes_per_second",),
+        message=_t(
+            any="The host is swapping this VM's memory out: {swap_rate}/s between the last two "
+            "polls, {host_swapped} swapped in all. Hypervisor-level swap is far slower for the "
+            "guest than its own paging: the guest cannot choose which pages go.",
+            host="{host} swaps out {host_swap_rate}/s ({host_swap_used} of {host_swap_total} "
+            "swap in use): the host is short of memory and takes it from its VMs by force.",
+        ),
+        remedy=_t(
+            libvirt="Let the balloon take the memory instead, so that the guest gives up the "
+            "pages it can spare: lower the domain's memory by what the host swapped (at most "
+            "by half):\n$ virsh -c {instance} setmem {vm_uuid} {relief_kib}K --live\n"
+            "Else move VMs to a host with room, or add RAM.",
+            qmp_proxmox="Let the balloon take the memory instead: lower the VM's balloon minimum, "
+            "so that auto-ballooning takes memory back from the guest before the host swaps "
+            "it:\n$ qm set {vmid} --balloon {relief_mib}\n"
+            "Else move VMs to a host with room, or add RAM.",
+            qmp="Let the balloon take the memory instead: through the VM's QMP socket {socket} "
+            "(after qmp_capabilities) ask the guest for it:\n"
+            '| {{"execute": "balloon", "arguments": {{"value": {relief_bytes}}}}}\n'
+            "Else move VMs to a host with room, or add RAM.",
+            vsphere="ESXi swaps this VM after ballooning and compression could not cover its "
+            "host's demand: check that VMware Tools (the balloon driver) runs in the VM, move "
+            "VMs (DRS, vMotion) or add memory.",
+            any="Lower the VM's memory on the hypervisor so that its balloon gives the host the "
+            "memory, move VMs off the host, or add RAM.",
+            libvirt_host="The VMs whose memory it swaps are listed above: lower their memory "
+            "(the balloon then takes it back without swap), move VMs to a host with room, or "
+            "add RAM. The host's own figures:\n$ virsh -c {instance} nodememstats",
+            host="The VMs whose memory it swaps are listed above: lower their balloon targets "
+            "(or Proxmox balloon minimums), move VMs to a host with room, or add RAM.",
+        ),
+        needs_watch=("libvirt", "qmp", "vsphere"),
+    ),
+    Code(
+        "memory_stall",
+        "vm",
+        "a VM's `host_memory_stall_ratio` or a guest's `guest_memory_stall_ratio` at or above "
+        "its rule's warn (0.10 without a rule; needs two polls: `--watch`)",
+        rule="host_memory_stall_ratio",
+        also=("guest_memory_stall_ratio",),
+        message=_t(
+            guest="The guest spent {stall_pct} of the time between the last two polls waiting "
+            "for memory (its own PSI, some), with the balloon holding {actual}: the balloon "
+            "takes memory the guest needs.",
+            any="The VM's QEMU spent {stall_pct} of the time between the last two polls waiting "
+            "for host memory (PSI some of its cgroup): the host is reclaiming memory under it, "
+            "and the guest runs slowly.",
+        ),
+        remedy=_t(
+            guest="Give the guest memory back on the hypervisor (deflate its balloon) or lower "
+            "its load; inside, see what holds the memory:\n$ free -m\n"
+            "$ cat /proc/pressure/memory",
+            libvirt="Free host memory: lower the memory of VMs that can give it (their balloons "
+            "take it back), move VMs to a host with room, or add RAM; see the host's swap and "
+            "KSM on its line below and:\n$ virsh -c {instance} nodememstats",
+            any="Free host memory: lower the balloon targets of VMs that can give memory, move "
+            "VMs to a host with room, or add RAM; the host's swap and KSM figures are on its "
+            "line below.",
+        ),
+        needs_watch=("guest", "libvirt", "qmp"),
+    ),
+    Code(
+        "ksm_unprofitable",
+        "host",
+        "host: `ksm_profit_bytes` < 0 (KSM's metadata costs more than its merging saves)",
+        message=_t(
+            any="KSM on {host} costs more than it saves: its profit is {ksm_profit} "
+            "({ksm_saved} saved by merging): it keeps metadata for far more pages than it "
+            "merges.",
+        ),
+        remedy=_t(
+            any="Stop KSM and unmerge, which frees its metadata (more than the merged pages "
+            "cost), or let a tuner run it only under memory pressure (ksmtuned, KSM_THRES_COEF "
+            "in /etc/ksmtuned.conf):\n$ echo 2 > /sys/kernel/mm/ksm/run",
         ),
     ),
     Code(

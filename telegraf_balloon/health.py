@@ -7,7 +7,8 @@ monitor, a late slice, the source down) keeps its state for up to GRACE_POLLS po
 poll more, it is freed. Memory is bounded by the VMs seen in the last GRACE_POLLS + 1 polls.
 
 Across a skipped poll nothing is assumed: a rate is the counter's growth over the real
-time between the two polls that saw it; a `since` clock runs on, since no poll showed the
+time between the two polls that saw it (every rate, ratio and growth between two polls comes
+from one table, VM_BETWEEN and HOST_BETWEEN); a `since` clock runs on, since no poll showed the
 condition clear (an absence is evidence neither way), and the level still needs a poll
 that shows the condition to rise.
 """
@@ -78,27 +79,24 @@ class _State:
     """What one VM (or host) needs remembered from earlier polls."""
 
     __slots__ = (
-        "counters",
         "crit_since",
         "last_time",
+        "previous",
         "seen",
         "stuck_since",
-        "swap_in",
-        "swap_out",
         "vmem_since",
         "warn_since",
     )
 
-    def __init__(self, rules: int) -> None:
+    def __init__(self, rules: int, between: int) -> None:
         self.seen = 0  # the number of the last poll of its table that reported it
         self.last_time: Optional[float] = None
-        self.swap_in: Optional[int] = None
-        self.swap_out: Optional[int] = None
+        # the value of each BETWEEN entry's field at the previous poll (None: not on it)
+        self.previous: list[Optional[float]] = [None] * between
         self.stuck_since: Optional[float] = None
         self.vmem_since: Optional[float] = None  # virtio-mem off its request since
         self.warn_since: list[Optional[float]] = [None] * rules
         self.crit_since: list[Optional[float]] = [None] * rules
-        self.counters: Optional[dict[str, int]] = None  # host counters at the previous poll
 
 
 class _Table:
@@ -121,31 +119,86 @@ class _Table:
             del states[key]
 
 
-# Host counters whose growth since the previous poll is a field of its own: a rule on a
-# `_total` would fire for ever once it is nonzero; a rule on the growth fires on new errors.
-HOST_DELTAS: tuple[tuple[str, str], ...] = (
-    ("ecc_corrected_total", "ecc_corrected_new"),
-    ("ecc_uncorrected_total", "ecc_uncorrected_new"),
+# -- between two polls ------------------------------------------------------------------------
+# Every field the stage computes from how another one moved between two polls of the same VM
+# (or host), in one table per line, like the catalog: a new rate or ratio is a row here.
+RATE = "rate"  # a counter's growth per second; a counter that fell was reset: no value then
+CHANGE = "change"  # a level's change per second, signed: it may fall
+NEW = "new"  # a counter's growth since the previous poll; after a reset, all it holds is new
+
+
+@dataclass(frozen=True)
+class Between:
+    """`result` from how `total` moved since the previous poll that had it.
+
+    Absent on the first poll, when the previous poll lacked `total` (a missing figure is no
+    baseline), and, per second, when no time passed. Across polls the VM missed (within the
+    grace) the change is over the real time between the two polls that saw it. A RATE of a
+    `_seconds_total` is a share of wall time: `cap` 1 (the source reads its files a little
+    after the poll's own time, so two reads may span a little more than the polls do).
+    """
+
+    total: str
+    result: str
+    kind: str = RATE
+    cap: Optional[float] = None
+
+
+VM_BETWEEN: tuple[Between, ...] = (
+    Between("swap_in_bytes_total", "swap_in_bytes_per_second"),
+    Between("swap_out_bytes_total", "swap_out_bytes_per_second"),
+    Between("host_swapped_bytes", "host_swapped_bytes_per_second", CHANGE),
+    Between("host_memory_stall_seconds_total", "host_memory_stall_ratio", cap=1.0),
+    Between("guest_memory_stall_seconds_total", "guest_memory_stall_ratio", cap=1.0),
 )
 
+# A rule on a `_total` would fire for ever once it is nonzero; a rule on the growth fires on
+# new errors.
+HOST_BETWEEN: tuple[Between, ...] = (
+    Between("ecc_corrected_total", "ecc_corrected_new", NEW),
+    Between("ecc_uncorrected_total", "ecc_uncorrected_new", NEW),
+    Between("host_swap_in_bytes_total", "host_swap_in_bytes_per_second"),
+    Between("host_swap_out_bytes_total", "host_swap_out_bytes_per_second"),
+    Between("host_memory_stall_seconds_total", "host_memory_stall_ratio", cap=1.0),
+    Between("host_memory_stall_full_seconds_total", "host_memory_stall_full_ratio", cap=1.0),
+)
 
-def _deltas(fields: Fields, state: _State) -> None:
-    """Add `<counter>_new` (growth since the previous poll) for each host counter on the line.
+_Compiled = tuple[tuple[int, str, str, str, Optional[float]], ...]
 
-    Absent on the first poll (no baseline). A counter that went down was reset (EDAC's
-    reset_counters, a reboot): everything it holds now came after the previous poll.
-    """
-    previous = state.counters
-    current: dict[str, int] = {}
-    for total, new in HOST_DELTAS:
-        value = fields.get(total)
-        if value is None or type(value) is not int:
+
+def _compile_between(table: tuple[Between, ...]) -> _Compiled:
+    return tuple((i, b.total, b.result, b.kind, b.cap) for i, b in enumerate(table))
+
+
+def _between(table: _Compiled, fields: Fields, state: _State, now: float) -> None:
+    """Add each table row's result the line's fields allow; remember this poll's values."""
+    last = state.last_time
+    elapsed = now - last if last is not None and now > last else 0.0
+    state.last_time = now
+    previous = state.previous
+    get = fields.get
+    for i, total, result, kind, cap in table:
+        value = get(total)
+        before = previous[i]
+        if value is None:
+            if before is not None:
+                previous[i] = None
             continue
-        current[total] = value
-        before = previous.get(total) if previous is not None else None
-        if before is not None:
-            fields[new] = value - before if value >= before else value
-    state.counters = current
+        if value.__class__ is bool or value.__class__ is str:
+            previous[i] = None
+            continue
+        previous[i] = value  # type: ignore[assignment]
+        if before is None:
+            continue
+        if kind == NEW:
+            fields[result] = value - before if value >= before else value  # type: ignore[operator]
+        elif not elapsed:
+            continue
+        elif kind == CHANGE:
+            fields[result] = (value - before) / elapsed  # type: ignore[operator]
+        elif value >= before:  # type: ignore[operator]
+            rate = (value - before) / elapsed  # type: ignore[operator]
+            fields[result] = cap if cap is not None and rate > cap else rate
 
 
 def _levels(rules: list[_Rule], fields: Fields, state: _State, now: float) -> int:
@@ -231,6 +284,8 @@ class Health:
         self.config = config
         self.vm_rules = _compile(thresholds, catalog.BALLOON)
         self.host_rules = _compile(thresholds, catalog.HOST)
+        self._vm_between = _compile_between(VM_BETWEEN)
+        self._host_between = _compile_between(HOST_BETWEEN)
         self.grace = grace_polls
         self._vms: dict[str, _Table] = {}
         self._hosts: dict[str, _Table] = {}
@@ -280,89 +335,79 @@ class Health:
 
     def vms(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
         """Judge every VM of one source poll in place; state of VMs long missing is freed."""
-        cfg = self.config
-        gap_limit = cfg.stuck_gap_ratio
-        stuck_for = cfg.stuck_for
-        stale_after = cfg.stale_after
-        rules = self.vm_rules
-        nrules = len(rules)
+        nrules = len(self.vm_rules)
+        between = len(VM_BETWEEN)
         table = self._table(self._vms, instance)
         table.polls = poll = table.polls + 1
         states = table.states
+        judge = self.judge_vm
         present = 0
         for key, fields in items:
             state = states.get(key)
             if state is None:
-                state = states[key] = _State(nrules)
+                state = states[key] = _State(nrules, between)
             if state.seen != poll:
                 state.seen = poll
                 present += 1
-            get = fields.get
+            judge(fields, state, now)
+        table.sweep(present)
 
-            maximum = get("memory_max_bytes")
-            actual = get("balloon_actual_bytes")
-            target = get("balloon_target_bytes")
-            if actual is not None and maximum:
-                fields["balloon_ratio"] = actual / maximum  # type: ignore[operator]
-            if target is not None and actual is not None:
-                gap = target - actual  # type: ignore[operator]
-                fields["balloon_gap_bytes"] = gap
-                # Stuck: the balloon holds less than asked, by more than the ratio, for long.
-                if maximum and gap / maximum > gap_limit:  # type: ignore[operator]
-                    since = state.stuck_since
-                    if since is None:
-                        since = state.stuck_since = now
-                    fields["stuck"] = now - since >= stuck_for
-                else:
-                    state.stuck_since = None
-                    fields["stuck"] = False
+    def judge_vm(self, fields: Fields, state: _State, now: float) -> None:
+        """One VM's judgement at one poll, against what `state` remembers of it."""
+        cfg = self.config
+        get = fields.get
+        maximum = get("memory_max_bytes")
+        actual = get("balloon_actual_bytes")
+        target = get("balloon_target_bytes")
+        if actual is not None and maximum:
+            fields["balloon_ratio"] = actual / maximum  # type: ignore[operator]
+        if target is not None and actual is not None:
+            gap = target - actual  # type: ignore[operator]
+            fields["balloon_gap_bytes"] = gap
+            # Stuck: the balloon holds less than asked, by more than the ratio, for long.
+            if maximum and gap / maximum > cfg.stuck_gap_ratio:  # type: ignore[operator]
+                since = state.stuck_since
+                if since is None:
+                    since = state.stuck_since = now
+                fields["stuck"] = now - since >= cfg.stuck_for
             else:
                 state.stuck_since = None
+                fields["stuck"] = False
+        else:
+            state.stuck_since = None
 
-            # virtio-mem stuck: plugged more than a block off requested for stuck_for (an
-            # unplug the guest cannot do, or a plug it did not take); the same grace as stuck.
-            vmem_gap = get("vmem_gap_bytes")
-            if vmem_gap is not None:
-                if abs(vmem_gap) > (get("vmem_block_bytes") or 0):  # type: ignore[operator, arg-type]
-                    since = state.vmem_since
-                    if since is None:
-                        since = state.vmem_since = now
-                    fields["vmem_stuck"] = now - since >= stuck_for
-                else:
-                    state.vmem_since = None
-                    fields["vmem_stuck"] = False
+        # virtio-mem stuck: plugged more than a block off requested for stuck_for (an
+        # unplug the guest cannot do, or a plug it did not take); the same grace as stuck.
+        vmem_gap = get("vmem_gap_bytes")
+        if vmem_gap is not None:
+            if abs(vmem_gap) > (get("vmem_block_bytes") or 0):  # type: ignore[operator, arg-type]
+                since = state.vmem_since
+                if since is None:
+                    since = state.vmem_since = now
+                fields["vmem_stuck"] = now - since >= cfg.stuck_for
             else:
                 state.vmem_since = None
+                fields["vmem_stuck"] = False
+        else:
+            state.vmem_since = None
 
-            last = state.last_time
-            swap_in = get("swap_in_bytes_total")
-            swap_out = get("swap_out_bytes_total")
-            if last is not None and now > last:
-                elapsed = now - last
-                prev = state.swap_in
-                if prev is not None and swap_in is not None and swap_in >= prev:  # type: ignore[operator]
-                    fields["swap_in_bytes_per_second"] = (swap_in - prev) / elapsed  # type: ignore[operator]
-                prev = state.swap_out
-                if prev is not None and swap_out is not None and swap_out >= prev:  # type: ignore[operator]
-                    fields["swap_out_bytes_per_second"] = (swap_out - prev) / elapsed  # type: ignore[operator]
-            state.last_time = now
-            state.swap_in = swap_in  # type: ignore[assignment]
-            state.swap_out = swap_out  # type: ignore[assignment]
+        _between(self._vm_between, fields, state, now)
 
-            age = get("stats_age_seconds")
-            if age is not None and "stale" not in fields:
-                limit = stale_after
-                if limit is None:
-                    period = get("stats_period_seconds") or 0
-                    limit = max(60.0, 3.0 * period)  # type: ignore[operator]
-                fields["stale"] = age > limit  # type: ignore[operator]
+        age = get("stats_age_seconds")
+        if age is not None and "stale" not in fields:
+            limit = cfg.stale_after
+            if limit is None:
+                period = get("stats_period_seconds") or 0
+                limit = max(60.0, 3.0 * period)  # type: ignore[operator]
+            fields["stale"] = age > limit  # type: ignore[operator]
 
-            fields["alert_level"] = _levels(rules, fields, state, now) if nrules else 0
-        table.sweep(present)
+        rules = self.vm_rules
+        fields["alert_level"] = _levels(rules, fields, state, now) if rules else 0
 
     def hosts(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
         """Threshold levels for the host lines of one source poll (call it with [] too)."""
-        rules = self.host_rules
+        nrules = len(self.host_rules)
+        between = len(HOST_BETWEEN)
         table = self._table(self._hosts, instance)
         table.polls = poll = table.polls + 1
         states = table.states
@@ -370,10 +415,15 @@ class Health:
         for key, fields in items:
             state = states.get(key)
             if state is None:
-                state = states[key] = _State(len(rules))
+                state = states[key] = _State(nrules, between)
             if state.seen != poll:
                 state.seen = poll
                 present += 1
-            _deltas(fields, state)
-            fields["alert_level"] = _levels(rules, fields, state, now) if rules else 0
+            self.judge_host(fields, state, now)
         table.sweep(present)
+
+    def judge_host(self, fields: Fields, state: _State, now: float) -> None:
+        """One host line's judgement at one poll: what moved since the last, and levels."""
+        _between(self._host_between, fields, state, now)
+        rules = self.host_rules
+        fields["alert_level"] = _levels(rules, fields, state, now) if rules else 0

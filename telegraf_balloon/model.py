@@ -58,6 +58,9 @@ class HostInfo:
     free_bytes: Optional[int] = None
     ecc_corrected_total: Optional[int] = None  # EDAC, where the host has it and it is local
     ecc_uncorrected_total: Optional[int] = None
+    # Further host figures already named as balloon_host fields (host reclaim on local KVM
+    # hosts: swap, swap traffic, KSM, zswap, memory stall totals), copied onto the host line.
+    figures: Fields = field(default_factory=dict)
 
 
 @dataclass

@@ -118,7 +118,7 @@ def test_check_config_sample(tmp_path: Path) -> None:
     config = write_config(tmp_path / "sample.toml", SAMPLE.read_text(encoding="utf-8"))
     done = run("--check-config", "--config", config)
     assert done.returncode == 0, done.stderr
-    assert "8 threshold rule(s)" in done.stdout
+    assert "12 threshold rule(s)" in done.stdout
 
 
 def test_check_config_expands_environment(tmp_path: Path) -> None:

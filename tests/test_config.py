@@ -569,6 +569,10 @@ def test_sample_config_loads() -> None:
         ("balloon_host", "reclaimed_ratio"),
         ("balloon_host", "ecc_uncorrected_new"),
         ("balloon", "guest_agent_latency_seconds"),
+        ("balloon", "host_swapped_bytes_per_second"),
+        ("balloon_host", "host_swap_out_bytes_per_second"),
+        ("balloon", "host_memory_stall_ratio"),
+        ("balloon", "guest_memory_stall_ratio"),
     ]
     first = loaded.thresholds[0]
     assert (first.warn, first.crit, first.for_seconds, first.below) == (0.2, 0.4, 600.0, False)

@@ -166,8 +166,8 @@ def test_large_balloon_without_swap_and_thp_always() -> None:
     assert vm["fields"]["balloon_actual_bytes"] == 256 * MIB  # the metrics stay in bytes
     assert doc["_exit"] == 1
     # One poll cannot judge what needs history: said so, not silently skipped.
-    assert set(doc["sources"][0]["not_judged"]) == {"swapping", "oom_kills"}
-    assert "Not judged: oom_kills (guest: needs --watch)" in doc["_text"]
+    assert set(doc["sources"][0]["not_judged"]) == {"swapping", "oom_kills", "memory_stall"}
+    assert "Not judged: memory_stall (guest: needs --watch); oom_kills (guest:" in doc["_text"]
 
 
 def test_balloon_high_with_for_zero_counts_at_once_and_no_rule_means_no_finding() -> None:
@@ -386,6 +386,189 @@ for = "5m"
     assert "/s on average" in finding["message"]
     oom = assert_found(doc, "oom_kills", "warning", "ran 4 time(s)")
     assert "out of memory" in oom["remedy"]
+
+
+# --- the host's side of reclaim: host swap, memory stall, KSM --------------------------------
+
+
+class Scripted(HandBuilt):
+    """A hand-built source whose samples and host figures move: poll n gives the n-th entry
+    (the last one for ever after)."""
+
+    def __init__(
+        self,
+        kind: str,
+        tags: Mapping[str, str],
+        polls: Sequence[tuple[Mapping[str, Any], Fields]],
+        instance: str = "qemu:///system",
+    ) -> None:
+        super().__init__(kind, [], instance=instance)
+        self.tags = dict(tags)
+        self.polls = list(polls)
+        self.count = 0
+
+    def poll(self, now: float) -> PollResult:
+        vm, host = self.polls[min(self.count, len(self.polls) - 1)]
+        self.count += 1
+        info = HostInfo({"host": self.tags["host"], "source": self.kind}, 64 * GIB, 8 * GIB)
+        info.figures.update(host)
+        sample = Sample(self.tags["guest"], dict(self.tags), cast(Fields, dict(vm)))
+        return PollResult(samples=[sample], hosts=[info])
+
+
+KVM_VM = {"host": "kvm1", "guest": "web 01", "hypervisor": "kvm", "source": "libvirt", "uuid": UUID}
+HOST_SWAP_RULES = """
+[[thresholds]]
+field = "host_swapped_bytes_per_second"
+crit = 1
+[[thresholds]]
+measurement = "balloon_host"
+field = "host_swap_out_bytes_per_second"
+crit = 1
+"""
+
+
+def _kvm_vm(swapped: int) -> dict[str, Any]:
+    return {
+        "memory_max_bytes": 2 * GIB,
+        "memory_current_bytes": GIB,
+        "balloon_actual_bytes": GIB,
+        "host_swapped_bytes": swapped,
+    }
+
+
+def test_host_swapping_a_vm_fires_while_its_swap_grows_and_clears_when_it_stops() -> None:
+    """A VM whose host_swapped_bytes grows between the last two polls: host_swapping,
+    critical by the rule, with the balloon as the remedy (lower the domain's memory by what
+    the host took, by UUID); the same VM once its swap stops growing: no finding."""
+    toml = guest_toml(CONFIG_ONLY, extra=HOST_SWAP_RULES)
+    steady: Fields = {"host_swap_out_bytes_total": 0}
+    growing = Scripted(
+        "libvirt", KVM_VM, [(_kvm_vm(100 * MIB), steady), (_kvm_vm(150 * MIB), steady)]
+    )
+    # One poll: a rate needs two, and the text says so.
+    doc = explain_now(toml, sources=[Scripted("libvirt", KVM_VM, growing.polls)])
+    assert "host_swapping" not in codes(doc)
+    assert "host_swapping" in doc["sources"][0]["not_judged"]
+    doc = explain_now(toml, sources=[growing], watch=0.1, interval=0.1)
+    finding = assert_found(doc, "host_swapping", "critical", "150 MiB swapped in all")
+    assert "/s between the last two polls" in finding["message"]
+    [command] = [line for line in finding["remedy"].split("\n") if line.startswith("$ ")]
+    # 1 GiB now, 150 MiB swapped by the host: ask the balloon for 874 MiB
+    assert shlex.split(command[2:]) == [
+        "virsh", "-c", "qemu:///system", "setmem", UUID, str(874 * 1024) + "K", "--live",
+    ]  # fmt: skip
+    [vm] = doc["vms"]
+    assert vm["fields"]["host_swapped_bytes_per_second"] > 0
+    assert vm["fields"]["host_swapped_bytes_per_second_level"] == 2
+    assert doc["hosts"][0]["fields"]["vms_host_swapped"] == 1
+
+    stopped = Scripted(
+        "libvirt",
+        KVM_VM,
+        [(_kvm_vm(100 * MIB), steady), (_kvm_vm(150 * MIB), steady), (_kvm_vm(150 * MIB), steady)],
+    )
+    doc = explain_now(toml, sources=[stopped], watch=0.2, interval=0.1)
+    assert "host_swapping" not in codes(doc)  # swapped memory that stays put is a figure
+    assert doc["vms"][0]["fields"]["host_swapped_bytes_per_second"] == 0.0
+
+
+def test_host_swapping_on_a_proxmox_vm_lowers_its_balloon_minimum_by_vmid() -> None:
+    tags = {**KVM_VM, "source": "qmp", "vmid": "101"}
+    polls: list[tuple[dict[str, Any], Fields]] = [(_kvm_vm(0), {}), (_kvm_vm(64 * MIB), {})]
+    doc = explain_now(
+        guest_toml(CONFIG_ONLY), sources=[Scripted("qmp", tags, polls)], watch=0.1, interval=0.1
+    )
+    finding = assert_found(doc, "host_swapping", "warning", "64 MiB swapped in all")  # no rule
+    assert "$ qm set 101 --balloon 960" in finding["remedy"]
+
+
+def test_a_host_swapping_out_is_found_on_the_host_line() -> None:
+    """The host's own swap-out rate (pswpout between two polls) > 0: host_swapping on the host,
+    critical by the balloon_host rule, naming the host's swap use; none while it is steady."""
+    toml = guest_toml(CONFIG_ONLY, extra=HOST_SWAP_RULES)
+    figures: list[Fields] = [
+        {"host_swap_total_bytes": GIB, "host_swap_used_bytes": 0, "host_swap_out_bytes_total": 0},
+        {
+            "host_swap_total_bytes": GIB,
+            "host_swap_used_bytes": 300 * MIB,
+            "host_swap_out_bytes_total": 300 * MIB,
+        },
+    ]
+    polls = [(_kvm_vm(0), f) for f in figures]
+    doc = explain_now(toml, sources=[Scripted("libvirt", KVM_VM, polls)], watch=0.1, interval=0.1)
+    finding = assert_found(doc, "host_swapping", "critical", "kvm1 swaps out", "300 MiB of 1.0 GiB")
+    assert finding["remedy"].endswith("$ virsh -c qemu:///system nodememstats")
+    [host] = doc["hosts"]
+    assert host["fields"]["host_swap_out_bytes_per_second"] > 0
+    assert host["fields"]["host_swap_out_bytes_per_second_level"] == 2
+    assert not doc["vms"][0]["findings"]  # the VM itself is not swapped: no VM finding
+
+
+def test_ksm_that_costs_more_than_it_saves_is_found_on_one_poll() -> None:
+    figures: Fields = {"ksm_saved_bytes": 4 * MIB, "ksm_profit_bytes": -6 * MIB}
+    doc = explain_now(
+        guest_toml(CONFIG_ONLY), sources=[Scripted("qmp", KVM_VM, [(_kvm_vm(0), figures)])]
+    )
+    finding = assert_found(doc, "ksm_unprofitable", "warning", "-6.0 MiB", "4.0 MiB saved")
+    assert "$ echo 2 > /sys/kernel/mm/ksm/run" in finding["remedy"]
+    profitable: Fields = {"ksm_saved_bytes": 4 * MIB, "ksm_profit_bytes": 3 * MIB}
+    doc = explain_now(
+        guest_toml(CONFIG_ONLY), sources=[Scripted("qmp", KVM_VM, [(_kvm_vm(0), profitable)])]
+    )
+    assert "ksm_unprofitable" not in codes(doc)
+
+
+def test_memory_stall_of_a_guest_from_its_own_pressure_file(tmp_path: Path) -> None:
+    """The real guest source on a tree whose /proc/pressure/memory grows between polls: the
+    guest waits for memory a fifth of the time, at or above the rule's warn."""
+    root = tree(tmp_path, "vmware-4.20-current-below-target")
+    pressure = root / "proc" / "pressure" / "memory"
+    pressure.parent.mkdir()
+    totals = {"some": 1_000_000, "full": 400_000}  # µs, as the kernel counts
+
+    def write() -> None:
+        pressure.write_text(
+            "".join(
+                f"{kind} avg10=0.00 avg60=0.00 avg300=0.00 total={total}\n"
+                for kind, total in totals.items()
+            )
+        )
+
+    def grow(seconds: float) -> None:
+        totals["some"] += 80_000  # 0.08 s of stall per 0.25 s poll interval: about 30%
+        write()
+        time.sleep(seconds)
+
+    write()
+    rules = '\n[[thresholds]]\nfield = "guest_memory_stall_ratio"\nwarn = 0.10\ncrit = 0.90\n'
+    doc = explain_now(guest_toml(root, extra=rules))
+    assert "memory_stall" not in codes(doc) and "memory_stall" in doc["sources"][0]["not_judged"]
+    assert doc["vms"][0]["fields"]["guest_memory_stall_seconds_total"] == 1.0
+    doc = explain_now(guest_toml(root, extra=rules), watch=0.5, interval=0.25, sleep=grow)
+    finding = assert_found(doc, "memory_stall", "warning", "waiting for memory (its own PSI")
+    assert "$ cat /proc/pressure/memory" in finding["remedy"]
+    ratio = doc["vms"][0]["fields"]["guest_memory_stall_ratio"]
+    assert 0.10 <= ratio < 0.90
+
+
+def test_memory_stall_of_a_kvm_vm_on_its_host() -> None:
+    """A VM's QEMU whose cgroup's PSI grew by more than the wall time between two polls (the
+    stall of several threads at once): a ratio capped at 1, and memory_stall without a rule
+    (the 10% default), naming the host's side as the cause."""
+    polls: list[tuple[dict[str, Any], Fields]] = [
+        ({**_kvm_vm(0), "host_memory_stall_seconds_total": 2.0}, {}),
+        ({**_kvm_vm(0), "host_memory_stall_seconds_total": 1000.0}, {}),
+    ]
+    doc = explain_now(
+        guest_toml(CONFIG_ONLY),
+        sources=[Scripted("qmp", KVM_VM, polls)],
+        watch=0.1,
+        interval=0.1,
+    )
+    finding = assert_found(doc, "memory_stall", "warning", "waiting for host memory")
+    assert "100.0% of the time" in finding["message"]  # capped: a share of wall time
+    assert doc["vms"][0]["fields"]["host_memory_stall_ratio"] == 1.0
 
 
 def test_source_down_is_reported_on_the_source_only(tmp_path: Path) -> None:
@@ -648,10 +831,13 @@ SOCKET = "/run/q s/101;$(id).qmp"
 
 
 def _template_keys(code: findings.Code) -> list[tuple[str, str, str]]:
-    """(kind, variant, template) for every remedy template of a code, "*" under every kind."""
+    """(kind, variant, template) for every remedy template of a code, "*" under every kind;
+    a host's own template ("host", "libvirt:host") under variant "host"."""
     out: list[tuple[str, str, str]] = []
     for key, template in code.remedy.items():
         kind, _, variant = key.partition(":")
+        if kind == "host":  # a host's template of any kind that writes host lines
+            kind, variant = "*", "host"
         kinds = list(HOSTILE_INSTANCES) if kind == "*" else [kind]
         out.extend((k, variant, template) for k in kinds)
     return out
@@ -677,7 +863,7 @@ def _context(code: findings.Code, kind: str, variant: str, name: str, instance: 
     if code.scope == "source":
         part.error = "refused"
         return judge._source_context(part)
-    if code.scope == "host":
+    if code.scope == "host" or variant == "host":
         return judge._host_context(part, tags, fields)
     return judge._vm_context(part, Sample(key, tags, fields, detail), 1000.0, 0.0)
 
@@ -986,16 +1172,17 @@ def test_a_findings_severity_is_the_level_of_its_table_rule() -> None:
 
     ruled = [c for c in findings.FINDINGS if c.rule]
     assert {c.code for c in ruled} == {
-        "stale", "stuck", "balloon_high", "swapping", "host_reclaiming", "vmem_stuck"
+        "stale", "stuck", "balloon_high", "swapping", "host_reclaiming", "vmem_stuck",
+        "host_swapping", "memory_stall",
     }  # fmt: skip
     for code in findings.FINDINGS:
         other = state("some_other_field", 2)
         assert severity(code.code, [other]) == "warning", code.code
         assert severity(code.code, []) == "warning", code.code
-        if code.rule:
-            assert severity(code.code, [other, state(code.rule, 1)]) == "warning"
-            assert severity(code.code, [state(code.rule, 2), other]) == "critical", code.code
-        else:
+        for rule in code.rules:  # the table's rule, and any it names `also`: the highest wins
+            assert severity(code.code, [other, state(rule, 1)]) == "warning"
+            assert severity(code.code, [state(rule, 2), other]) == "critical", code.code
+        if not code.rules:
             assert severity(code.code, [state("balloon_ratio", 2)]) == "warning", code.code
 
 
@@ -1032,6 +1219,8 @@ KNOWN_PLACEHOLDERS = {
     "vmem_plugged", "vmem_requested", "vmem_gap", "vmem_block", "vmem_direction", "vmem_why",
     "vmem_held", "vmem_advice", "vmem_device", "vmem_plugged_kib", "vmem_plugged_bytes",
     "vmem_path", "vmem_unused_why",
+    "host_swapped", "relief_kib", "relief_mib", "relief_bytes", "host_swap_rate",
+    "host_swap_used", "host_swap_total", "stall_pct", "ksm_profit", "ksm_saved",
 }  # fmt: skip
 
 

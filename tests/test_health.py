@@ -1447,6 +1447,10 @@ def test_sample_config_rules_are_what_its_comments_say() -> None:
         rule("reclaimed_ratio", warn=0.2, for_seconds=600, measurement=catalog.HOST),
         rule("ecc_uncorrected_new", crit=1, measurement=catalog.HOST),
         rule("guest_agent_latency_seconds", warn=0.5, for_seconds=300),
+        rule("host_swapped_bytes_per_second", crit=1),
+        rule("host_swap_out_bytes_per_second", crit=1, measurement=catalog.HOST),
+        rule("host_memory_stall_ratio", warn=0.1, crit=0.4, for_seconds=120),
+        rule("guest_memory_stall_ratio", warn=0.1, crit=0.4, for_seconds=120),
     )
 
 
@@ -1845,3 +1849,117 @@ def test_two_kinds_with_the_same_instance_string_keep_separate_state() -> None:
         assert all(OUT in line["fields"] for line in lines)
     finally:
         runner.close()
+
+
+# --- between two polls: the host's reclaim (one table with the swap rates and ECC growth) ----
+
+SWAPPED, STALL, GUEST_STALL = (
+    "host_swapped_bytes_per_second",
+    "host_memory_stall_ratio",
+    "guest_memory_stall_ratio",
+)
+
+RECLAIM_CASES = [
+    Case(
+        "host-swap-change-is-signed-per-second",
+        [
+            one(0, {"host_swapped_bytes": 100 * MiB}, **{SWAPPED: ABSENT}),
+            one(10, {"host_swapped_bytes": 150 * MiB}, **{SWAPPED: 5.0 * MiB}),
+            one(20, {"host_swapped_bytes": 150 * MiB}, **{SWAPPED: 0.0}),
+            # the host swaps it back in (or the VM restarted): a fall, not a reset
+            one(30, {"host_swapped_bytes": 120 * MiB}, **{SWAPPED: -3.0 * MiB}),
+            one(40, {}, **{SWAPPED: ABSENT}),  # its QEMU not found this poll: no baseline
+            one(50, {"host_swapped_bytes": 0}, **{SWAPPED: ABSENT}),
+        ],
+    ),
+    Case(
+        "stall-ratio-is-a-share-of-wall-time-capped-at-1",
+        [
+            one(0, {"host_memory_stall_seconds_total": 1.0}, **{STALL: ABSENT}),
+            one(10, {"host_memory_stall_seconds_total": 3.5}, **{STALL: 0.25}),
+            # a read a little after the poll's own time: more stall than wall time
+            one(20, {"host_memory_stall_seconds_total": 13.6}, **{STALL: 1.0}),
+            one(30, {"host_memory_stall_seconds_total": 0.5}, **{STALL: ABSENT}),  # reset
+            one(40, {"host_memory_stall_seconds_total": 1.5}, **{STALL: 0.1}),
+        ],
+    ),
+    Case(
+        "guest-stall-ratio-and-its-rule",
+        [
+            one(0, {"guest_memory_stall_seconds_total": 0.0}, alert_level=0),
+            one(10, {"guest_memory_stall_seconds_total": 2.0}, **{GUEST_STALL: 0.2}),
+            one(20, {"guest_memory_stall_seconds_total": 7.0}, **{GUEST_STALL: 0.5}),
+        ],
+        rules=(rule(GUEST_STALL, warn=0.1, crit=0.4),),
+    ),
+    Case(
+        # Missing for two polls (a busy monitor), within the grace: the ratio spans the real
+        # time between the two polls that saw the VM, not one poll interval.
+        "stall-ratio-across-skipped-polls-uses-the-real-elapsed-time",
+        [
+            one(0, {"host_memory_stall_seconds_total": 0.0}),
+            Step(10, {"other": {}}),
+            Step(20, {"other": {}}),
+            one(30, {"host_memory_stall_seconds_total": 3.0}, **{STALL: 0.1}),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("case", RECLAIM_CASES, ids=lambda c: c.id)
+def test_host_reclaim_between_polls(case: Case) -> None:
+    run_case(case)
+
+
+def test_host_swap_rule_is_critical_while_the_swap_grows_and_clears_at_once() -> None:
+    steps = [
+        one(0, {"host_swapped_bytes": 0}, alert_level=0),
+        one(10, {"host_swapped_bytes": 4096}, **{SWAPPED + "_level": 2}, alert_level=2),
+        one(20, {"host_swapped_bytes": 4096}, **{SWAPPED + "_level": 0}, alert_level=0),
+    ]
+    run_case(Case("host-swap-rule", steps, rules=(rule(SWAPPED, crit=1),)))
+
+
+def test_host_line_rates_and_ratios_share_the_table() -> None:
+    """The host's pswpin/pswpout rates and its stall ratios, beside the ECC growth."""
+    health = Health(
+        HealthConfig(), (rule("host_swap_out_bytes_per_second", crit=1, measurement=catalog.HOST),)
+    )
+    polls = [
+        (0.0, {"host_swap_out_bytes_total": 0, "host_swap_in_bytes_total": 0,
+               "host_memory_stall_seconds_total": 1.0, "host_memory_stall_full_seconds_total": 0.5,
+               "ecc_corrected_total": 3}),
+        (10.0, {"host_swap_out_bytes_total": 10 * MiB, "host_swap_in_bytes_total": MiB,
+                "host_memory_stall_seconds_total": 2.0, "host_memory_stall_full_seconds_total": 1.0,
+                "ecc_corrected_total": 5}),
+    ]  # fmt: skip
+    lines: list[Fields] = []
+    for t, figures in polls:
+        fields: Fields = dict(figures)
+        health.hosts(INSTANCE, [("kvm1", fields)], T0 + t)
+        lines.append(fields)
+    first, second = lines
+    assert not {"host_swap_out_bytes_per_second", "host_memory_stall_ratio"} & set(first)
+    assert second["host_swap_out_bytes_per_second"] == float(MiB)
+    assert second["host_swap_in_bytes_per_second"] == MiB / 10
+    assert second["host_memory_stall_ratio"] == pytest.approx(0.1)
+    assert second["host_memory_stall_full_ratio"] == pytest.approx(0.05)
+    assert second["ecc_corrected_new"] == 2
+    assert second["host_swap_out_bytes_per_second_level"] == 2 and second["alert_level"] == 2
+    for fields in lines:
+        assert catalog.check_point(catalog.HOST, {}, dict(fields)) == []
+
+
+def test_every_between_row_is_in_the_catalog() -> None:
+    """Each row reads a field of its line and writes one the catalog has, computed here."""
+    from telegraf_balloon.health import CHANGE, HOST_BETWEEN, NEW, RATE, VM_BETWEEN
+
+    for measurement, table in ((catalog.BALLOON, VM_BETWEEN), (catalog.HOST, HOST_BETWEEN)):
+        for row in table:
+            total = catalog.field(measurement, row.total)
+            result = catalog.field(measurement, row.result)
+            assert total is not None and result is not None, row
+            assert catalog.HEALTH in result.sources and catalog.HEALTH not in total.sources, row
+            assert row.kind in (RATE, CHANGE, NEW), row
+            assert result.type is (int if row.kind == NEW else float), row
+            assert (row.cap == 1.0) == (result.unit == "ratio"), row

@@ -105,6 +105,12 @@ def source(conn: FakeConnection, **overrides: Any) -> tuple[LibvirtSource, io.St
     stream = io.StringIO()
     opened = Opened(conn)
     made = LibvirtSource(LibvirtConfig(**settings), Log(stream), connect=opened)
+    # A remote URI says once, at start, that the host's reclaim figures are not readable from
+    # here: that line is checked once here, and the tests below see what comes after it.
+    start = stream.getvalue().splitlines()
+    assert len(start) == 1 and start[0].startswith(f"I! libvirt {settings['uri']}: a remote URI")
+    stream.seek(0)
+    stream.truncate()
     return made, stream, opened
 
 

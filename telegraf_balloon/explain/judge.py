@@ -36,6 +36,7 @@ from .templates import Context, make_finding, template_keys
 WATCH_INTERVAL = 2.0  # seconds between polls under --watch
 DEFAULT_BALLOON_WARN = 0.20  # a balloon above 20% of its VM, where no balloon_ratio rule says
 DEFAULT_RECLAIMED_WARN = 0.20
+DEFAULT_STALL_WARN = 0.10  # a tenth of the time waiting for memory, where no rule says
 HOST_FREE_RATIO = 0.5  # "host RAM usage is low": more than half of it free
 _SEVERITY = {1: WARNING, 2: CRITICAL}  # a rule's raw level -> the severity it gives
 
@@ -54,14 +55,15 @@ _SIZES = (
     ("balloon_target_bytes", "target"),
     ("balloon_gap_bytes", "gap"),
     ("reservation_bytes", "reservation"),
+    ("host_swapped_bytes", "host_swapped"),
 )
 
 
 def severity(code_name: str, rules: list[RuleState]) -> str:
     """A finding's severity, as the table says: the level its rule (the code's `rule`, a
     [[thresholds]] field) reaches now; warning without a rule or below the rule's warn."""
-    rule = BY_CODE[code_name].rule
-    raw = max((r.raw for r in rules if r.field == rule), default=0) if rule else 0
+    fields = BY_CODE[code_name].rules
+    raw = max((r.raw for r in rules if r.field in fields), default=0)
     return _SEVERITY.get(raw, WARNING)
 
 
@@ -288,6 +290,9 @@ class Judge:
         if large and fields.get("thp_mode") == "always":
             add("thp_always_under_balloon")
 
+        # Step 6: the host's side: does it take memory by force, does the VM wait for memory?
+        self._host_reclaim(fields, rules, ctx, add)
+
         # A large balloon on a host with plenty free: the guest may have lost contact with the host.
         host = hosts_by_name.get(tags.get("host", ""))
         if large and host is not None:
@@ -383,6 +388,15 @@ class Judge:
             gap = _number(fields, "balloon_gap_bytes")
             if gap is not None and maximum:
                 ctx["gap_pct"] = percent(gap / maximum)
+        current = _number(fields, "memory_current_bytes")
+        if current is not None and current > 0:
+            # What the balloon should take back when the host swaps the VM: what the host
+            # took by force, at most half of what the guest has at once.
+            swapped = _number(fields, "host_swapped_bytes") or 0.0
+            relief = max(current - swapped, current / 2)
+            ctx["relief_bytes"] = f"{relief:.0f}"
+            ctx["relief_kib"] = f"{relief / 1024:.0f}"
+            ctx["relief_mib"] = f"{relief / MIB:.0f}"
         ratio = _number(fields, "balloon_ratio")
         if ratio is not None:
             ctx["ratio_pct"] = percent(ratio)
@@ -494,6 +508,25 @@ class Judge:
                 "guest has the virtio_mem driver; or ask for less."
             )
 
+    def _host_reclaim(
+        self, fields: Fields, rules: list[RuleState], ctx: Context, add: Callable[[str], None]
+    ) -> None:
+        """host_swapping and memory_stall of one VM, from the rates the health stage judged
+        between its last two polls (absent after one poll: nothing is raised then)."""
+        growth = _number(fields, "host_swapped_bytes_per_second")
+        if growth is not None and growth > 0:
+            ctx["swap_rate"] = size(growth)
+            add("host_swapping")
+        for name in ("host_memory_stall_ratio", "guest_memory_stall_ratio"):
+            stall = _number(fields, name)
+            if stall is None:
+                continue
+            warn = self._warn([r for r in rules if r.field == name], DEFAULT_STALL_WARN)
+            if stall >= warn:
+                ctx["stall_pct"] = percent(stall)
+                add("memory_stall")
+                break
+
     @staticmethod
     def _blacklist_context(sample: Sample, ctx: Context) -> None:
         """The driver and where it is blacklisted, as the guest source saw them at its poll."""
@@ -566,6 +599,16 @@ class Judge:
             reclaimed_pct=percent(fields.get("reclaimed_ratio")),
             for_note="",
         )
+        for name, short in (
+            ("host_swap_out_bytes_per_second", "host_swap_rate"),
+            ("host_swap_used_bytes", "host_swap_used"),
+            ("host_swap_total_bytes", "host_swap_total"),
+            ("ksm_saved_bytes", "ksm_saved"),
+            ("ksm_profit_bytes", "ksm_profit"),
+        ):
+            value = fields.get(name)
+            if value is not None:
+                ctx[short] = size(value)
         overcommit = _number(fields, "overcommit_ratio")
         if overcommit is not None:
             ctx["overcommit"] = f"{overcommit:.2f}x"
@@ -578,13 +621,21 @@ class Judge:
         overcommit = _number(fields, "overcommit_ratio")
         found: list[Finding] = []
 
-        keys = (part.kind, "*")
+        # a host's own templates first ("libvirt:host", "host"): a code about VMs and hosts
+        # both (host_swapping) keeps its VM templates under the kind alone
+        keys = (f"{part.kind}:host", "host", part.kind, "*")
 
         def add(code_name: str) -> None:
             found.append(make_finding(code_name, severity(code_name, rules), ctx, keys))
 
         if overcommit is not None and overcommit > 1:
             add("host_overcommitted")
+        swap_out = _number(fields, "host_swap_out_bytes_per_second")
+        if swap_out is not None and swap_out > 0:
+            add("host_swapping")
+        profit = _number(fields, "ksm_profit_bytes")
+        if profit is not None and profit < 0:
+            add("ksm_unprofitable")
         reclaimed = _number(fields, "reclaimed_ratio")
         ratio_rules = [r for r in rules if r.field == "reclaimed_ratio"]
         warn = self._warn(ratio_rules, DEFAULT_RECLAIMED_WARN)

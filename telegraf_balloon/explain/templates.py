@@ -36,6 +36,9 @@ _VALUE_NAMES = {
     "max_mib": "memory size",
     "vmem_device": "virtio-mem device alias",
     "vmem_plugged_kib": "virtio-mem plugged size",
+    "relief_kib": "memory size",
+    "relief_mib": "memory size",
+    "relief_bytes": "memory size",
 }
 
 

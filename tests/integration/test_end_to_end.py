@@ -102,6 +102,10 @@ def world(
     logs.mkdir()
     (logs / "web.log").write_text("qemu started\n")
     fc_root = copy_guest_root(tmp / "firecracker")
+    # the guest's own memory pressure, as the same kind of guest reports it
+    (fc_root / "proc/pressure").mkdir()
+    pressure = FIXTURES / "firecracker-6.18-memory-pressure/root/proc/pressure/memory"
+    (fc_root / "proc/pressure/memory").write_bytes(pressure.read_bytes())
     (tmp / "qmp-empty").mkdir()
     sim = start_vcsim({"dc": 1, "cluster": 1, "host": 2, "standalone_host": 0, "vm": 2})
     si = connect(sim)
@@ -344,6 +348,33 @@ def check_vm_vsphere_memory(w: World, rows: list[dict[str, Any]]) -> None:
     ballooned = last[(VSPHERE_BALLOONED,)]
     assert (ballooned["host_swapped"], ballooned["compressed"]) == (64 * MIB, 2048 * 1024)
     assert last[(VSPHERE_PINNED,)]["host_swapped"] == 0
+
+
+def check_vm_host_reclaim(w: World, rows: list[dict[str, Any]]) -> None:
+    last = _by(rows, "host", "guest")
+    vsphere = last[(w.vsphere_vm_host[VSPHERE_BALLOONED], VSPHERE_BALLOONED)]
+    assert (vsphere["host_swapped"], vsphere["compressed"]) == (64 * MIB, 2048 * 1024)
+    # the QEMU guest on a local URI: its QEMU's figures (the tests' daemon gives it no cgroup
+    # of its own: its swap is its VmSwap, and there is no compressed figure)
+    qemu = last[(w.kvm_host, w.qemu_guest)]
+    assert isinstance(qemu["host_swapped"], int) and qemu["host_swapped"] >= 0
+    assert isinstance(qemu["shared"], int) and qemu["compressed"] is None
+    assert (TDRV_HOST, "tdrv-ballooned") not in last  # the test driver: no host to read
+
+
+def check_vm_memory_stall(w: World, rows: list[dict[str, Any]]) -> None:
+    last = _by(rows, "host", "guest")
+    # the one guest tree with a pressure file; its totals do not move between polls
+    assert set(last) == {("fc-guest", "fc-guest")}
+    assert last[("fc-guest", "fc-guest")]["guest_stall"] == 0.0
+
+
+def check_host_reclaim(w: World, rows: list[dict[str, Any]]) -> None:
+    last = _by(rows, "host", "source")
+    assert set(last) == {(w.kvm_host, "libvirt")}  # the one local KVM host (the QMP one has no VM)
+    host = last[(w.kvm_host, "libvirt")]
+    assert isinstance(host["swap_used"], int) and host["swap_used"] >= 0
+    assert isinstance(host["ksm_saved"], int) and isinstance(host["ksm_profit"], int)
 
 
 def check_host_ratios(w: World, rows: list[dict[str, Any]]) -> None:

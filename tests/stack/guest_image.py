@@ -100,6 +100,17 @@ for m in @MODULES@; do
   insmod /lib/modules/$m.ko || echo "GUEST: insmod $m FAILED"
 done
 echo "GUEST: modules loaded at $(cut -d' ' -f1 /proc/uptime)s"
+# --- tb.hog=<MiB>: fill that much guest memory with random data (zero pages would not be
+# swapped by the host), in a tmpfs, then say "GUEST: HOG-DONE <MiB>"; a host that limits the
+# VM's memory must swap it out. Guests without the option skip this block.
+hog=$(sed -n 's/.*tb\.hog=\([0-9][0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$hog" ]; then
+  mkdir -p /hog && mount -t tmpfs -o size=$((hog + 8))m,mode=0700 hog /hog
+  echo "GUEST: HOG-START $hog"
+  dd if=/dev/urandom of=/hog/fill bs=1M count="$hog" 2>/dev/null
+  echo "GUEST: HOG-DONE $hog"
+fi
+# --- end tb.hog
 if ls /sys/bus/virtio/drivers/virtio_balloon/ 2>/dev/null | grep -q virtio; then
   echo "GUEST: BALLOON-READY"
 else

@@ -129,6 +129,7 @@ def _qemu_domain_xml(
     agent_channel: bool = False,
     cmdline_extra: str = "",
     metadata: str = "",
+    prealloc: bool = False,
 ) -> str:
     """A TCG domain with a virtio balloon (``stats_period`` > 0: its ``<stats>`` period).
 
@@ -137,6 +138,8 @@ def _qemu_domain_xml(
     ``agent_channel`` adds the QEMU guest agent's virtio channel (libvirt picks the socket);
     ``cmdline_extra`` is appended to the guest's kernel command line (``tb.agent=1``).
     ``metadata``: the XML of the elements of its ``<metadata>`` (each in its own namespace).
+    ``prealloc``: QEMU touches all of the guest's RAM at start (``<allocation
+    mode='immediate'/>``), as zero-filled pages KSM can merge.
     """
     dom = ET.Element("domain", type="qemu")
     ET.SubElement(dom, "name").text = name
@@ -144,6 +147,9 @@ def _qemu_domain_xml(
         dom.append(ET.fromstring(f"<metadata>{metadata}</metadata>"))
     ET.SubElement(dom, "memory", unit="MiB").text = str(memory_mib)
     ET.SubElement(dom, "currentMemory", unit="MiB").text = str(memory_mib)
+    if prealloc:
+        backing = ET.SubElement(dom, "memoryBacking")
+        ET.SubElement(backing, "allocation", mode="immediate")
     ET.SubElement(dom, "vcpu").text = "1"
     os_el = ET.SubElement(dom, "os")
     ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
@@ -615,18 +621,22 @@ class LibvirtStack:
         stats_period: int = 2,
         metadata: Optional[Dict[str, str]] = None,
         customize: Optional[Callable[[str], str]] = None,
+        prealloc: bool = False,
     ) -> None:
         """Define and start TCG domains paused (QEMU's ``-S``): real QEMU processes that never
         boot (about 38 MB each) but answer libvirt's stats calls over QMP like any domain.
 
         No kernel, console or disk: a virtio ``<memballoon>`` (with a stats period) and
-        nothing else; ``metadata`` (name -> XML of its ``<metadata>`` elements) for those named.
+        nothing else; ``metadata`` (name -> XML of its ``<metadata>`` elements) for those named;
+        ``prealloc``: all of its RAM touched at start (zero pages).
         """
         libvirt = _libvirt()
         with self.connection() as conn:
             for name in names:
                 extra = (metadata or {}).get(name, "")
-                xml = _qemu_domain_xml(name, memory_mib, stats_period, metadata=extra)
+                xml = _qemu_domain_xml(
+                    name, memory_mib, stats_period, metadata=extra, prealloc=prealloc
+                )
                 if customize is not None:
                     xml = customize(xml)
                 self._paused.add(name)

@@ -26,9 +26,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from tests.stack.common import pid_alive, wait_for
 from tests.stack.guest_image import GuestImage, parse_console
@@ -136,14 +137,16 @@ class QemuHost:
         cmdline_extra: str = "",
         maxmem_mib: int = 0,
         extra_args: Sequence[str] = (),
+        wrapper: Sequence[str] = (),
     ) -> Vm:
         """Start one QEMU the way Proxmox would (-daemonize, pidfile, QMP socket beside it).
 
         ``agent``: the guest agent's virtio-serial port, its socket ``<vmid>.qga`` beside the
         monitor, as Proxmox starts a VM whose config has ``agent: 1``; ``cmdline_extra``: options
         for the guest's /init (``tb.agent=1`` starts its stand-in agent on that port, ``tb.vmem=1``
-        shows its virtio-mem devices); ``maxmem_mib`` gives the machine room for memory devices,
-        ``extra_args`` more QEMU arguments (such devices).
+        shows its virtio-mem devices, ``tb.hog=`` fills memory); ``maxmem_mib`` gives the machine
+        room for memory devices, ``extra_args`` more QEMU arguments (such devices); ``wrapper``:
+        a command QEMU's own is appended to and run by (one that enters a cgroup, then execs it).
         """
         qmp = self.run_dir / f"{vmid}.qmp"
         pidfile = self.run_dir / f"{vmid}.pid"
@@ -177,6 +180,7 @@ class QemuHost:
             cmd += ["-append", f"{self.image.cmdline} {cmdline_extra}".strip()]
         else:
             cmd.append("-S")
+        cmd = [*wrapper, *cmd]
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         vm = Vm(vmid, 0, qmp, console, qga)
         if wait:

@@ -69,6 +69,25 @@ def parse_vmstat(text: str) -> dict[str, int]:
     return out
 
 
+# some avg10=0.00 avg60=0.00 avg300=0.00 total=4511963
+# full avg10=0.00 avg60=0.00 avg300=0.00 total=3982741
+def parse_psi(text: str) -> tuple[float, Optional[float]]:
+    """/proc/pressure/memory -> (some, full) stall totals in seconds (µs in the file); full
+    is None where the kernel writes no full line."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        fields = dict(word.partition("=")[::2] for word in words[1:])
+        if words[0] not in ("some", "full") or "total" not in fields:
+            raise Malformed(f"unexpected line {line[:60]!r}")
+        totals[words[0]] = decimal(fields["total"]) / 1e6
+    if "some" not in totals:
+        raise Malformed("no some line")
+    return totals["some"], totals.get("full")
+
+
 # 01100101000000000000000000000000100000000000...   (character i = feature bit i)
 def parse_features(text: str) -> list[bool]:
     """virtio device `features` file -> bit list."""

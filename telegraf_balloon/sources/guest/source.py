@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from typing import Callable, Optional
@@ -20,7 +21,7 @@ from .detect import (
     detect_hypervisor,
     virtio_mem_devices,
 )
-from .files import GuestFiles
+from .files import GuestFiles, read_regular
 from .parsers import (
     F_DEFLATE_ON_OOM,
     F_FREE_PAGE_HINT,
@@ -32,6 +33,7 @@ from .parsers import (
     parse_hex,
     parse_hv_balloon,
     parse_meminfo,
+    parse_psi,
     parse_thp,
     parse_ulong,
     parse_uuid,
@@ -66,9 +68,43 @@ class GuestSource:
         self._clock = clock
         self.files = GuestFiles(config.root, log)
         self._cpu_flag = CpuFlag(self.files)  # read once: it cannot change while the machine runs
+        self._psi: Optional[bool] = None  # the kernel's PSI: None until a poll has seen
 
     def close(self) -> None:
         pass
+
+    def _pressure(self, fields: Fields) -> None:
+        """The guest's own memory pressure (PSI): what the balloon costs it.
+
+        A kernel without PSI, or booted with it off, says so once (`I! `) on the first poll
+        that sees the tree, and the file is not read again: PSI cannot be turned on while the
+        kernel runs. Any other fault is a file fault like the others (said once, retried).
+        """
+        if self._psi is False:
+            return
+        rel = "proc/pressure/memory"
+        if self._psi is None:
+            try:
+                read_regular(self.files.path(rel))
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.EOPNOTSUPP):
+                    self._psi = False
+                    why = (
+                        "PSI is off in this kernel (boot it with psi=1)"
+                        if exc.errno == errno.EOPNOTSUPP
+                        else "this kernel has no PSI (no proc/pressure/memory)"
+                    )
+                    self.log.info(f"guest {self.root}: no guest_memory_stall_* fields: {why}")
+                    return
+        text = self.files.read(rel)  # a fault is said once, and again when it clears
+        if text is None:
+            return
+        self._psi = True
+        totals = self.files.parse_text(rel, text, parse_psi)
+        if totals is not None:
+            fields["guest_memory_stall_seconds_total"] = totals[0]
+            if totals[1] is not None:
+                fields["guest_memory_stall_full_seconds_total"] = totals[1]
 
     def poll(self, now: float) -> PollResult:
         started = self._clock()
@@ -182,6 +218,8 @@ class GuestSource:
         ):
             if key in vmstat:
                 fields[name] = vmstat[key] * scale
+
+        self._pressure(fields)
 
         thp = self.files.parse("sys/kernel/mm/transparent_hugepage/enabled", parse_thp)
         if thp is not None:

@@ -18,9 +18,9 @@ import libvirt
 
 from ...config import LibvirtConfig
 from ...log import Log
-from ...model import Detail, HostInfo, PollResult, Sample, Tags
+from ...model import Detail, Fields, HostInfo, PollResult, Sample, Tags
 from ..context import cut_message
-from ..hostfacts import local_host
+from ..hostfacts import HostReclaim, QemuProcess, find_qemu, local_host
 from ..kvm import AGENT_TIMEOUT
 from .agent import AgentPinger
 from .connection import (
@@ -84,6 +84,24 @@ class LibvirtSource:
         # A local host's own /proc/meminfo has all its memory (libvirt's node info sums NUMA
         # nodes, which can leave memory out) and its /sys has the EDAC counters.
         self._local = is_local(config.uri)
+        # The host's side of reclaim (swap, KSM, zswap, pressure; per VM from its QEMU's
+        # process and cgroups) is only readable on the host itself.
+        self._reclaim: Optional[HostReclaim] = None
+        # domain UUID -> (its domain ID, its QEMU, when it was looked for)
+        self._procs: dict[str, tuple[int, Optional[QemuProcess], float]] = {}
+        self._said_shared = False
+        if self._local:
+            self._reclaim = HostReclaim(config.host_root)
+            missing = self._reclaim.missing()
+            if missing:
+                log.info(f"libvirt {self.instance}: this host will not give {'; '.join(missing)}")
+        elif not is_test_driver(config.uri):
+            log.info(
+                f"libvirt {self.instance}: a remote URI: no host reclaim figures (per VM "
+                "host_swapped_bytes, compressed_bytes, shared_bytes, host_memory_stall_*; per "
+                "host swap, KSM, zswap, pressure): they are read from the host's own /proc and "
+                "/sys, by a plugin running there"
+            )
         budget = FETCH_SHARE * 5.0 if fetch_budget is None else fetch_budget
         self.stats = StatsFetch(config, log, self.instance, self._open_for_stats, budget)
         self._deadline = budget / FETCH_SHARE  # the runner's timeout for one poll
@@ -170,6 +188,10 @@ class LibvirtSource:
         latency = self._clock() - started
         patterns = self.config.domains
         host = self._host_tags
+        reclaim = self._reclaim
+        # the host's figures first: a host with nothing in swap has nothing of any VM there
+        host_figures = reclaim.host_figures() if reclaim is not None else None
+        local: list[tuple[str, str, int, Fields]] = []  # (UUID, name, domain ID, fields)
         samples: list[Sample] = []
         facts_by_key = self._facts
         refresh = self.config.refresh_interval
@@ -209,20 +231,25 @@ class LibvirtSource:
                     continue  # gone or stopped between the bulk call and ours: not an error
                 raise
             seen.add(key)
-            sample = Sample(key, facts.tags, domain_fields(stats, facts, now))
+            fields = domain_fields(stats, facts, now)
+            sample = Sample(key, facts.tags, fields)
             if facts.vmem is not None:  # the device a remedy names: its alias and plugged size
                 worst = facts.vmem.worst
                 sample.detail = Detail(vmem_device=worst.name, vmem_device_plugged=worst.plugged)
             samples.append(sample)
+            if reclaim is not None:
+                local.append((key, name, domain_id, fields))
         for gone in set(facts_by_key) - seen:
             self._forget(gone)
+        if reclaim is not None:
+            self._processes(reclaim, local, now)
         if self.agent is not None:
             self._ping_agents(self.agent, samples, started)
         kinds = {s.tags["hypervisor"] for s in samples}
         hypervisor = kinds.pop() if len(kinds) == 1 else self._driver_type
         host_tags = {**host, "hypervisor": hypervisor}
         if self._local:
-            info = local_host(host_tags, self.config.host_root)
+            info = local_host(host_tags, self.config.host_root, host_figures)
             if info.memory_bytes is None:  # no readable meminfo under host_root: libvirt's
                 info.memory_bytes, info.free_bytes = self._host_memory, conn.getFreeMemory()
         else:
@@ -252,8 +279,50 @@ class LibvirtSource:
         del self._facts[key]
         if self.agent is not None:
             self.agent.forget({key})
+        self._procs.pop(key, None)
         self.log.clear(f"libvirt-xml:{key}")  # quietly: the domain left, its XML was not fixed
         self.log.clear(f"libvirt-context:{key}")
+
+    def _processes(
+        self, reclaim: HostReclaim, domains: list[tuple[str, str, int, Fields]], now: float
+    ) -> None:
+        """Each domain's figures from its QEMU process and cgroups (local hosts).
+
+        The process is found once per domain start (a new domain ID): libvirt's pid file
+        under host_root, else the `-uuid` on QEMU command lines, one pass over /proc for all
+        the domains new this poll. A domain whose QEMU cannot be found is looked for again
+        after refresh_interval.
+        """
+        procs = self._procs
+        retry = self.config.refresh_interval
+        wanted: dict[str, str] = {}
+        pidfiles: dict[str, tuple[str, ...]] = {}
+        for key, name, domain_id, _ in domains:
+            known = procs.get(key)
+            fresh = known is not None and known[0] == domain_id
+            if fresh and known is not None and (known[1] is not None or now - known[2] < retry):
+                continue
+            wanted[key] = key
+            if "/" not in name and name not in (".", ".."):
+                pidfiles[key] = (f"run/libvirt/qemu/{name}.pid",)
+        if wanted:
+            pids = find_qemu(wanted, self.config.host_root, pidfiles)
+            for key, name, domain_id, _ in domains:
+                if key not in wanted:
+                    continue
+                pid = pids.get(key)
+                proc = reclaim.process(pid) if pid is not None else None
+                procs[key] = (domain_id, proc, now)
+                if proc is not None and proc.shared is not None and not self._said_shared:
+                    self._said_shared = True
+                    self.log.info(
+                        f"libvirt {self.instance}: the QEMU of domain {name!r} has no cgroup "
+                        f"of its own: {reclaim.shared_note(proc)}"
+                    )
+        for key, _, _, fields in domains:
+            proc = procs[key][1]
+            if proc is not None:
+                proc.read(fields, reclaim)
 
     # -- one domain --
 

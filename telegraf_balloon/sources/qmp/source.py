@@ -22,7 +22,7 @@ from ...config import QmpConfig
 from ...log import Log
 from ...model import Detail, Fields, PollResult, Sample, Tags
 from ..context import cut_message, tag_value
-from ..hostfacts import local_host, process_rss, process_start
+from ..hostfacts import HostReclaim, QemuProcess, local_host, process_rss, process_start
 from ..kvm import AGENT_TIMEOUT, driver_silent, vmem_fields
 from ..proxmox import (
     MIB,
@@ -67,6 +67,14 @@ class QmpSource:
         self._proxmox_context = "proxmox" in config.context_tags
         self._pools: tuple[tuple[str, int, int], dict[str, str]] = (("", 0, 0), {})
         self._pools_seen = -1.0  # the poll (its `now`) that last looked at user.cfg
+        # The host's side of reclaim: the host's swap, KSM, zswap and pressure, and each VM's
+        # QEMU process (from the socket's peer credentials), resolved once per QEMU start.
+        self._reclaim = HostReclaim(config.host_root)
+        self._procs: dict[str, QemuProcess] = {}  # socket path -> its QEMU
+        self._said_shared = False
+        missing = self._reclaim.missing()
+        if missing:
+            log.info(f"qmp {self.instance}: this host will not give {'; '.join(missing)}")
 
     def close(self) -> None:
         """Nothing is held between polls."""
@@ -115,6 +123,8 @@ class QmpSource:
         else:
             self.log.clear(late_key)
         host_tags: Tags = {"host": self.hostname, "source": "qmp"}
+        # the host's figures first: a host with nothing in swap has nothing of any VM there
+        host_figures = self._reclaim.host_figures()
         samples: list[Sample] = []
         denied = 0
         for poll in polls:
@@ -155,6 +165,8 @@ class QmpSource:
         for gone in set(self._facts) - set(paths):
             del self._facts[gone]
             self.log.clear(f"qmp-vmem:{gone}")
+        for gone in set(self._procs) - set(paths):
+            del self._procs[gone]
         stems = {os.path.basename(path).rsplit(".", 1)[0] for path in paths}
         for gone in [c for c in self._pve if os.path.basename(c)[: -len(".conf")] not in stems]:
             del self._pve[gone]  # its VM's socket is gone: the config may stay on disk for ever
@@ -175,7 +187,9 @@ class QmpSource:
             return PollResult(api_latency_seconds=latency)
         kinds = {s.tags["hypervisor"] for s in samples}
         hypervisor = kinds.pop() if len(kinds) == 1 else ("kvm" if "kvm" in kinds else "qemu")
-        host = local_host({**host_tags, "hypervisor": hypervisor}, self.config.host_root)
+        host = local_host(
+            {**host_tags, "hypervisor": hypervisor}, self.config.host_root, host_figures
+        )
         return PollResult(samples=samples, hosts=[host], api_latency_seconds=latency)
 
     def _agent_pings(self, paths: list[str], pve_dir: Optional[str]) -> dict[str, AgentPing]:
@@ -338,9 +352,13 @@ class QmpSource:
                 if value is not None:
                     fields.setdefault(name, value)
             last_update = max(last_update, _count(balloon.get("last_update")) or 0)
-        rss = process_rss(poll.pid, self.config.host_root) if poll.pid else None
-        if rss is not None:
-            fields["rss_bytes"] = rss
+        proc = self._process(poll, facts)
+        if proc is not None:
+            proc.read(fields, self._reclaim, rss=True)
+        elif poll.pid:
+            rss = process_rss(poll.pid, self.config.host_root)
+            if rss is not None:
+                fields["rss_bytes"] = rss
         facts.last_update = max(facts.last_update, last_update)
         if facts.last_update > 0:
             fields["stats_age_seconds"] = max(0.0, now - facts.last_update)
@@ -361,6 +379,25 @@ class QmpSource:
             or driver_silent(period, reported, current, maximum, now - facts.first_seen)
         )
         return fields
+
+    def _process(self, poll: VmPoll, facts: VmFacts) -> Optional[QemuProcess]:
+        """The VM's QEMU process, resolved again only when the process changed."""
+        pid, start = facts.start
+        proc = self._procs.get(poll.path)
+        if proc is not None and (proc.pid, proc.start) == (pid, start):
+            return proc
+        self._procs.pop(poll.path, None)
+        proc = self._reclaim.process(pid) if pid and start else None
+        if proc is None:
+            return None
+        self._procs[poll.path] = proc
+        if proc.shared is not None and not self._said_shared:
+            self._said_shared = True
+            self.log.info(
+                f"qmp: {poll.path}: its QEMU has no cgroup of its own: "
+                f"{self._reclaim.shared_note(proc)}"
+            )
+        return proc
 
 
 def _count(value: object) -> Optional[int]:
