@@ -30,7 +30,7 @@ from telegraf_balloon.config import QmpConfig
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import PollResult, Sample
 from telegraf_balloon.sources.qmp.source import QmpSource
-from tests.stack.common import need_program, unavailable
+from tests.stack.common import logged, need_program, unavailable
 from tests.stack.fixtures import QMP_BOOTED, QMP_NO_BALLOON, QMP_PLAIN, QMP_UUID
 from tests.stack.inprocess import Plugin
 from tests.stack.libvirt_stack import LibvirtStack
@@ -50,16 +50,9 @@ def source_for(
     return QmpSource(config, "node-1", Log(stream))
 
 
-def logged(stream: io.StringIO) -> list[str]:
-    """The lines of a log but those a source writes once at start: the host figures this
-    machine will not give, a QEMU with no cgroup of its own (as these tests' QEMUs are)."""
-    start = ("will not give", "no cgroup of its own")
-    return [ln for ln in stream.getvalue().splitlines() if not any(s in ln for s in start)]
-
-
 def said(stream: io.StringIO) -> list[str]:
-    """The `I! ` lines of `logged`."""
-    return [line for line in logged(stream) if line.startswith("I! ")]
+    """The `I! ` lines of the log but those about this machine (`logged`)."""
+    return [line for line in logged(stream.getvalue()) if line.startswith("I! ")]
 
 
 def _wait_refused(path: Path, timeout: float = 10.0) -> None:
@@ -285,7 +278,7 @@ def test_vm_exiting_between_glob_and_connect(qmp_host: QemuHost) -> None:
     vms = by_vmid(source.poll(time.time()))
     assert 110 not in vms
     assert {QMP_BOOTED, QMP_NO_BALLOON, QMP_PLAIN} <= set(vms)
-    assert logged(stream) == []  # a VM that stopped is no fault
+    assert logged(stream.getvalue()) == []  # a VM that stopped is no fault
 
 
 def test_socket_file_with_nothing_listening(qmp_host: QemuHost) -> None:
@@ -498,7 +491,7 @@ def test_fifty_paused_vms_in_one_poll(fifty_paused: QemuHost) -> None:
         assert sample.fields["balloon_actual_bytes"] == 0
         assert sample.fields["reservation_bytes"] == 64 * MIB
     assert result.api_latency_seconds is not None and result.api_latency_seconds < 2.0
-    assert logged(stream) == []
+    assert logged(stream.getvalue()) == []
 
 
 # --- a hostile peer among real QEMUs ------------------------------------------------------------
