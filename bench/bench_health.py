@@ -261,7 +261,7 @@ class PreviousHealth(Health):
         tables = [*self._old_vms.values(), *self._old_hosts.values()]
         return sum(len(table) for table in tables)
 
-    def vms(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
+    def vms(self, instance: str, items: Iterable[tuple[str, Fields]], now: float) -> None:
         cfg = self.config
         gap_limit = cfg.stuck_gap_ratio
         stuck_for = cfg.stuck_for
@@ -271,7 +271,7 @@ class PreviousHealth(Health):
         old = self._old_vms.get(instance, {})
         new: dict[str, _State] = {}
         for key, fields in items:
-            state = old.pop(key, None) or new.get(key) or _State(nrules)
+            state = old.pop(key, None) or new.get(key) or _State()
             new[key] = state
             get = fields.get
 
@@ -325,7 +325,7 @@ class PreviousHealth(Health):
         old = self._old_hosts.get(instance, {})
         new: dict[str, _State] = {}
         for key, fields in items:
-            state = old.pop(key, None) or new.get(key) or _State(len(rules))
+            state = old.pop(key, None) or new.get(key) or _State()
             new[key] = state
             _deltas(fields, state)
             fields["alert_level"] = _levels(rules, fields, state, now) if rules else 0

@@ -14,6 +14,7 @@ that shows the condition to rise.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -79,23 +80,23 @@ class _State:
 
     __slots__ = (
         "counters",
-        "crit_since",
         "last_time",
         "seen",
+        "since",
         "stuck_since",
         "swap_in",
         "swap_out",
-        "warn_since",
     )
 
-    def __init__(self, rules: int) -> None:
+    def __init__(self) -> None:
         self.seen = 0  # the number of the last poll of its table that reported it
         self.last_time: Optional[float] = None
         self.swap_in: Optional[int] = None
         self.swap_out: Optional[int] = None
         self.stuck_since: Optional[float] = None
-        self.warn_since: list[Optional[float]] = [None] * rules
-        self.crit_since: list[Optional[float]] = [None] * rules
+        # Per rule i, since when its warn (i) and crit (rules + i) condition has held; None
+        # while no rule's condition holds, as for most VMs: their state stays small.
+        self.since: Optional[list[Optional[float]]] = None
         self.counters: Optional[dict[str, int]] = None  # host counters at the previous poll
 
 
@@ -149,11 +150,13 @@ def _deltas(fields: Fields, state: _State) -> None:
 def _levels(rules: list[_Rule], fields: Fields, state: _State, now: float) -> int:
     """Add `<field>_level` for every rule whose field is on the line; return the highest."""
     highest = 0
-    warn_since, crit_since = state.warn_since, state.crit_since
+    count = len(rules)
+    since = state.since
     for i, rule in enumerate(rules):
         value = fields.get(rule.field)
         if value is None or type(value) is str:
-            warn_since[i] = crit_since[i] = None
+            if since is not None:
+                since[i] = since[count + i] = None
             continue
         number = -float(value) if rule.below else float(value)
         raw = (
@@ -166,36 +169,41 @@ def _levels(rules: list[_Rule], fields: Fields, state: _State, now: float) -> in
         # A level rises only once its condition has held `for`; it falls at once.
         level = 0
         if raw >= _WARN:
-            since = warn_since[i]
             if since is None:
-                since = warn_since[i] = now
-            if now - since >= rule.for_seconds:
+                since = state.since = [None] * (2 * count)
+            held = since[i]
+            if held is None:
+                held = since[i] = now
+            if now - held >= rule.for_seconds:
                 level = _WARN
-        else:
-            warn_since[i] = None
-        if raw == _CRIT:
-            since = crit_since[i]
-            if since is None:
-                since = crit_since[i] = now
-            if now - since >= rule.for_seconds:
-                level = _CRIT
-        else:
-            crit_since[i] = None
+            if raw == _CRIT:
+                held = since[count + i]
+                if held is None:
+                    held = since[count + i] = now
+                if now - held >= rule.for_seconds:
+                    level = _CRIT
+            else:
+                since[count + i] = None
+        elif since is not None:
+            since[i] = since[count + i] = None
         # Several rules may watch one field (warn after 10 min, crit at once): the highest wins.
         if rule.shared:
             level = max(level, int(fields.get(rule.level_key, 0)))
         fields[rule.level_key] = level
         if level > highest:
             highest = level
+    if since is not None and since.count(None) == 2 * count:
+        state.since = None  # every condition clear again
     return highest
 
 
 def _rule_states(rules: list[_Rule], state: Optional[_State], now: float) -> list[RuleState]:
     """Read back what _levels remembered: a condition holds now iff its `since` is set."""
     out: list[RuleState] = []
+    since = state.since if state is not None else None
     for i, rule in enumerate(rules):
-        warn_since = state.warn_since[i] if state is not None else None
-        crit_since = state.crit_since[i] if state is not None else None
+        warn_since = since[i] if since is not None else None
+        crit_since = since[len(rules) + i] if since is not None else None
         raw = _CRIT if crit_since is not None else _WARN if warn_since is not None else 0
         level = 0
         if crit_since is not None and now - crit_since >= rule.for_seconds:
@@ -270,7 +278,7 @@ class Health:
                 table.polls += 1
                 table.sweep(0)
 
-    def vms(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
+    def vms(self, instance: str, items: Iterable[tuple[str, Fields]], now: float) -> None:
         """Judge every VM of one source poll in place; state of VMs long missing is freed."""
         cfg = self.config
         gap_limit = cfg.stuck_gap_ratio
@@ -285,7 +293,7 @@ class Health:
         for key, fields in items:
             state = states.get(key)
             if state is None:
-                state = states[key] = _State(nrules)
+                state = states[key] = _State()
             if state.seen != poll:
                 state.seen = poll
                 present += 1
@@ -347,7 +355,7 @@ class Health:
         for key, fields in items:
             state = states.get(key)
             if state is None:
-                state = states[key] = _State(len(rules))
+                state = states[key] = _State()
             if state.seen != poll:
                 state.seen = poll
                 present += 1

@@ -8,14 +8,12 @@ which logs in again or reconnects when it must.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import gc
 import time
-from collections.abc import Iterator
 from typing import Callable
 
 from ...config import VsphereConfig
+from ...gcpause import gc_paused
 from ...log import Log
 from ...model import HostInfo, PollResult, Sample, Tags
 from .fields import COMPRESSED_QS, QUICK_PRESENT, SWAPPED_QS, VM_PATH_PATHS, VM_PATHS, vm_fields
@@ -59,7 +57,7 @@ class VsphereSource:
         samples: list[Sample] = []
         # Per VM only what the counters step needs: each page's properties are reduced and
         # dropped as the next page streams in (10,000 VMs' property dicts would be ~25 MB).
-        chosen: list[Chosen] = []
+        chosen = Chosen()
         vcenter = self.instance
         pages = self.client.retrieve(session, "VirtualMachine", [("VirtualMachine", paths)])
         for _, moid, props in pages:
@@ -88,9 +86,9 @@ class VsphereSource:
                     tags["cluster"] = host.cluster
             fields = vm_fields(props)
             samples.append(Sample(str(uuid) if uuid else moid, tags, fields))
-            chosen.append(
-                (moid, QUICK_PRESENT[SWAPPED_QS in props, COMPRESSED_QS in props], fields)
-            )
+            chosen.moids.append(moid)
+            chosen.present.append(QUICK_PRESENT[SWAPPED_QS in props, COMPRESSED_QS in props])
+            chosen.fields.append(fields)
         # The VM pages' round trips, each parsed as it streamed in.
         latency = self.client.retrieve_seconds
         if self.config.target_counters and session.counter_ids:
@@ -121,23 +119,3 @@ class VsphereSource:
             inventory.add(kind, moid, props)
         inventory.resolve()
         return inventory
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for one poll, back on after (if it was on).
-
-    A poll builds about 50 parser elements and a dozen dicts and strings per VM, none of them
-    in a reference cycle (each page is freed by reference counting as the next streams in), yet
-    their sheer number sets off collections that walk every object of the process, pyVmomi's
-    type tables included: measured at 10,000 VMs, 14 µs of CPU per VM (a sixth of the poll).
-    Nothing cyclic is left uncollected: the collector runs as usual once it is back on.
-    """
-    if not gc.isenabled():  # off already (by the program, or another source's poll)
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
