@@ -54,6 +54,9 @@ class HostInfo:
     free_bytes: Optional[int] = None
     ecc_corrected_total: Optional[int] = None  # EDAC, where the host has it and it is local
     ecc_uncorrected_total: Optional[int] = None
+    # The source reports only some of the host's VMs (a filter left others out): its sums are
+    # partial, and ratios against the host's memory are not written.
+    partial: bool = False
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 from ...config import VsphereConfig
 from ...gcpause import gc_paused
@@ -20,6 +20,7 @@ from .fields import COMPRESSED_QS, QUICK_PRESENT, SWAPPED_QS, VM_PATH_PATHS, VM_
 from .inventory import INVENTORY_TYPES, Inventory, inventory_specs
 from .perf import Chosen, RealtimeTargets
 from .session import Client, Session
+from .shards import Scope, scope
 
 
 class VsphereSource:
@@ -36,7 +37,9 @@ class VsphereSource:
     ) -> None:
         self.client = Client(config, log, timeout, clock)
         self.config, self.log, self.timeout = config, log, timeout
-        self.instance = self.client.instance
+        self.vcenter = self.client.instance
+        # One agent's part of a vCenter is a source instance of its own (logs, collector line).
+        self.instance = f"{self.vcenter}#{config.shard}" if config.shard else self.vcenter
         self._filter = tuple(config.vm_include) != ("*",)
         self._targets = RealtimeTargets(self.client, log, self.instance, clock)
 
@@ -52,23 +55,43 @@ class VsphereSource:
 
     def _collect(self, session: Session, now: float) -> PollResult:
         inventory = self._inventory(session)
+        part = self._scope(session, inventory)  # None: the whole vCenter
+        mine = part.hosts if part is not None else None
         self.client.retrieve_seconds = 0.0
         paths = VM_PATHS + (VM_PATH_PATHS if self._filter else ())
         samples: list[Sample] = []
         # Per VM only what the counters step needs: each page's properties are reduced and
         # dropped as the next page streams in (10,000 VMs' property dicts would be ~25 MB).
         chosen = Chosen()
-        vcenter = self.instance
-        pages = self.client.retrieve(session, "VirtualMachine", [("VirtualMachine", paths)])
+        vcenter = self.vcenter
+        shard = self.config.shard
+        partial: set[str] = set()  # hosts some of whose VMs vm_include leaves out
+        # Several views may reach one VM (its host in one subtree, its resource pool in
+        # another): the property collector answers each object once, and so does this.
+        seen: Optional[set[str]] = set() if part is not None and len(part.roots) > 1 else None
+        pages = self.client.retrieve(
+            session,
+            "VirtualMachine",
+            [("VirtualMachine", paths)],
+            part.roots if part is not None else None,
+        )
         for _, moid, props in pages:
             if props.get("config.template") == "true":
                 continue
             if props.get("runtime.powerState") != "poweredOn":
                 continue  # as libvirt's shut-off domains: no line
-            if self._filter and not self._included(inventory.vm_path(moid, props)):
-                continue
             host_ref = props.get("runtime.host")
-            host = inventory.hosts.get(host_ref[1]) if isinstance(host_ref, tuple) else None
+            host_id = host_ref[1] if isinstance(host_ref, tuple) else ""
+            if mine is not None and host_id not in mine:
+                continue  # runs on another shard's host (moved there since its pool was read)
+            if seen is not None:
+                if moid in seen:
+                    continue
+                seen.add(moid)
+            if self._filter and not self._included(inventory.vm_path(moid, props)):
+                partial.add(host_id)
+                continue
+            host = inventory.hosts.get(host_id)
             tags: Tags = {
                 "host": host.name if host else "",
                 "guest": str(props.get("name", moid)),
@@ -84,11 +107,14 @@ class VsphereSource:
                     tags["datacenter"] = host.datacenter
                 if host.cluster:
                     tags["cluster"] = host.cluster
+            if shard:
+                tags["shard"] = shard
             fields = vm_fields(props)
             samples.append(Sample(str(uuid) if uuid else moid, tags, fields))
             chosen.moids.append(moid)
             chosen.present.append(QUICK_PRESENT[SWAPPED_QS in props, COMPRESSED_QS in props])
             chosen.fields.append(fields)
+        del seen
         # The VM pages' round trips, each parsed as it streamed in.
         latency = self.client.retrieve_seconds
         if self.config.target_counters and session.counter_ids:
@@ -102,13 +128,39 @@ class VsphereSource:
                     "vcenter": vcenter,
                     **({"datacenter": h.datacenter} if h.datacenter else {}),
                     **({"cluster": h.cluster} if h.cluster else {}),
+                    **({"shard": shard} if shard else {}),
                 },
                 h.memory_bytes,
                 h.free_bytes,
+                partial=moid in partial,
             )
-            for h in inventory.hosts.values()
+            for moid, h in inventory.hosts.items()
+            if mine is None or moid in mine
         ]
         return PollResult(samples=samples, hosts=hosts, api_latency_seconds=latency)
+
+    def _scope(self, session: Session, inventory: Inventory) -> Optional[Scope]:
+        """This agent's part of the vCenter when it is one of several; None for the whole."""
+        if not self.config.shards:
+            return None
+        root = session.content.rootFolder._moId
+        part = scope(inventory, self.config.shards, self.config.shard, root)
+        problems = []
+        if part.unknown:
+            problems.append(f"shards name {_few(part.unknown)}, found nowhere in the inventory")
+        if part.unassigned:
+            problems.append(
+                f"{len(part.unassigned)} host(s) belong to no shard ({_few(part.unassigned)}): "
+                'no agent reports their VMs; add them to a shard, or "*" to one'
+            )
+        key = f"vsphere-shards:{self.instance}"
+        if problems:
+            self.log.fault(key, f"vsphere {self.instance}: " + "; ".join(problems))
+        else:
+            self.log.clear(
+                key, f"vsphere {self.instance}: every path of shards found, every host in a shard"
+            )
+        return part
 
     def _included(self, path: str) -> bool:
         return any(fnmatch.fnmatchcase(path, p) for p in self.config.vm_include)
@@ -119,3 +171,8 @@ class VsphereSource:
             inventory.add(kind, moid, props)
         inventory.resolve()
         return inventory
+
+
+def _few(names: list[str], most: int = 3) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
