@@ -303,7 +303,8 @@ class Health:
             actual = get("balloon_actual_bytes")
             target = get("balloon_target_bytes")
             if actual is not None and maximum:
-                fields["balloon_ratio"] = actual / maximum  # type: ignore[operator]
+                # Most balloons are empty: one 0.0 for all of them, not a float per VM.
+                fields["balloon_ratio"] = actual / maximum if actual else 0.0  # type: ignore[operator]
             if target is not None and actual is not None:
                 gap = target - actual  # type: ignore[operator]
                 fields["balloon_gap_bytes"] = gap

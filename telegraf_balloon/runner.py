@@ -23,7 +23,7 @@ from .model import Fields, PollResult, Sample, Source, Tags
 _TRIGGER = "trigger"
 _STOP = "stop"
 _DONE = "done"
-WRITE_CHUNK = 500  # points per write of a batch (one flush per batch)
+WRITE_CHUNK = 100  # points per write of a batch (one flush per batch): about 60 kB of text
 
 
 class StdoutClosed(Exception):

@@ -123,8 +123,9 @@ class RealtimeTargets:
                 )
                 if due_all:
                     self._perf_asked = self._clock()
-        for gone in set(perf).difference(chosen.moids):  # VMs gone since: their samples too
-            del perf[gone]
+        if sum(1 for moid in chosen.moids if moid in perf) < len(perf):
+            for gone in set(perf).difference(chosen.moids):  # VMs gone: their samples too
+                del perf[gone]
         clock = self._clock()
         late = 0
         oldest = 0.0
