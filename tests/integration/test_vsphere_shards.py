@@ -223,3 +223,26 @@ def test_agents_split_by_vm_include_mark_the_hosts_they_share_partial(
         assert a["host_memory_bytes"] == b["host_memory_bytes"] == fields["host_memory_bytes"]
     shards = {p["tags"].get("shard") for points in halves for p in of(points, "balloon_host")}
     assert shards == {"even", "odd"}  # the two agents' lines for one host stay apart
+
+
+def test_a_map_that_leaves_hosts_out_says_so(sim: Vcsim, tmp_path: Path) -> None:
+    """No "*", and a path that leads nowhere: the agent reports its part and names the rest."""
+    config = write_config(sim, tmp_path / "gaps.toml", {"east": ["/DC0", "/DC9"]})
+    done = subprocess.run(
+        [sys.executable, "-m", "telegraf_balloon", "--config", str(config), "--once"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=child_env({"BALLOON_SHARD": "east"}),
+        cwd=str(REPO),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("W! ")]
+    assert len(warnings) == 1, done.stderr
+    assert "/DC9, found nowhere" in warnings[0]
+    assert (
+        "7 host(s) belong to no shard (DC1_C0_H0, DC1_C0_H1, DC1_C0_H2 and 4 more)" in (warnings[0])
+    )
+    points = [line_protocol_parser.parse_line(line) for line in done.stdout.splitlines()]
+    assert {p["tags"]["host"][:4] for p in of(points, "balloon")} == {"DC0_"}

@@ -1,4 +1,5 @@
-"""The vSphere source: one poll of every VM of a vCenter, and its hosts.
+"""The vSphere source: one poll of every VM of a vCenter (or of one agent's part of it,
+shards.py), and its hosts.
 
 A poll retrieves the inventory above the VMs (inventory.py), then every VM's properties in
 pages (fields.py turns each powered-on, non-template VM's into its fields and tags), then the
