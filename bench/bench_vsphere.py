@@ -118,7 +118,6 @@ RSS_POLLS = 3  # polls of the peak-RSS children (--rss-polls; 100 to show RSS st
 TARGET_VS_FLOOR = 2.0  # a within this many times e
 TARGET_VS_PYVMOMI = 3.5  # a at least this many times faster than b (at 10,000)
 TARGET_CPU_US = 70.0  # the plugin's CPU per VM, at the largest size
-TARGET_CPU_GROWTH = 1.15  # CPU per VM at the largest size / at 10,000: linear, within noise
 TARGET_WHOLE_RSS_MB = {10000: 60.0, 40000: 150.0}  # the whole plugin's peak RSS
 TARGET_VS_NAIVE = 5.0  # a at least this many times faster than c (at 2,000)
 TARGET_VS_EXPORTER = 5.0  # and than d
@@ -1023,10 +1022,10 @@ def verdicts(results: dict[int, dict[str, Any]], quick: bool) -> str:
         floor = (e / results[large]["samples"]) / ((med(mid, "e") or 0.0) / results[mid]["samples"])
         rows.append(
             [
-                f"CPU per VM grows linearly (<= {TARGET_CPU_GROWTH:g}x from {mid:,})",
+                f"per VM, CPU and wall time at {large:,} over {mid:,} (linear: 1)",
                 large,
-                f"{growth:.2f}x (a's wall per VM {wall:.2f}x, the floor's {floor:.2f}x)",
-                growth <= TARGET_CPU_GROWTH,
+                f"CPU {growth:.2f}x, a's wall {wall:.2f}x, the floor's {floor:.2f}x",
+                "info",
             ]
         )
     for size, limit in TARGET_WHOLE_RSS_MB.items():
@@ -1070,7 +1069,9 @@ def verdicts(results: dict[int, dict[str, Any]], quick: bool) -> str:
     cells = []
     for target, size, got, ok in rows:
         judged_always = target.startswith(("a's figures", "whole plugin's"))  # not timings
-        if ok is None:
+        if ok == "info":
+            judged = "(shown, not judged)"
+        elif ok is None:
             judged = "not run"
         elif quick and not judged_always:
             judged = "(quick run: not judged)"
