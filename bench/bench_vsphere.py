@@ -138,13 +138,11 @@ def start_simulator(size: int, want_443: bool) -> tuple[Vcsim, str]:
     """The simulator for one size; on 127.0.0.1:443 when the peer needs it (else why not)."""
     shape = SHAPES[size]
     sim = Vcsim(
-        dc=1,
-        standalone_host=0,
         max_query_metrics=MAX_QUERY_METRICS,
         # vCenter applies maxQueryMetrics to historical queries; realtime ones (20 s) pass.
         # The plugin batches under the limit anyway; vmware_exporter sends 5,000 VMs a query.
         max_query_metrics_historical_only=True,
-        **{"page": PAGE, **shape},
+        **{"dc": 1, "standalone_host": 0, "page": PAGE, **shape},
     )
     if want_443:
         try:
