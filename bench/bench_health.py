@@ -262,22 +262,22 @@ class PreviousHealth(Health):
         tables = [*self._old_vms.values(), *self._old_hosts.values()]
         return sum(len(table) for table in tables)
 
-    def vms(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
-        nrules, between = len(self.vm_rules), len(VM_BETWEEN)
+    def vms(self, instance: str, items: Iterable[tuple[str, Fields]], now: float) -> None:
+        between = len(VM_BETWEEN)
         old = self._old_vms.get(instance, {})
         new: dict[str, _State] = {}
         for key, fields in items:
-            state = old.pop(key, None) or new.get(key) or _State(nrules, between)
+            state = old.pop(key, None) or new.get(key) or _State(between)
             new[key] = state
             self.judge_vm(fields, state, now)
         self._old_vms[instance] = new
 
     def hosts(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
-        nrules, between = len(self.host_rules), len(HOST_BETWEEN)
+        between = len(HOST_BETWEEN)
         old = self._old_hosts.get(instance, {})
         new: dict[str, _State] = {}
         for key, fields in items:
-            state = old.pop(key, None) or new.get(key) or _State(nrules, between)
+            state = old.pop(key, None) or new.get(key) or _State(between)
             new[key] = state
             self.judge_host(fields, state, now)
         self._old_hosts[instance] = new

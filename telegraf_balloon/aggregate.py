@@ -63,9 +63,13 @@ def host_lines(samples: list[Sample], hosts: list[HostInfo]) -> list[tuple[Tags,
         result["balloon_actual_bytes"] = ballooned
         if with_target == len(vms):
             result["balloon_target_bytes"] = targets
+        if info.partial:
+            # Other VMs of the host are summed elsewhere (another agent's shard) or nowhere:
+            # these sums add up with the others, a ratio of them to the host would not.
+            result["partial"] = True
         if info.memory_bytes is not None:
             result["host_memory_bytes"] = info.memory_bytes
-            if info.memory_bytes > 0:
+            if info.memory_bytes > 0 and not info.partial:
                 result["overcommit_ratio"] = promised / info.memory_bytes
                 result["reclaimed_ratio"] = ballooned / info.memory_bytes
         if info.free_bytes is not None:

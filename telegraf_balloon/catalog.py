@@ -46,6 +46,7 @@ BALLOON_TAGS: dict[str, str] = {
     "datacenter": "vsphere only: the VM's datacenter",
     "cluster": "vsphere only: the VM's cluster (absent on a standalone host)",
     "vmid": "qmp source on Proxmox VE only: the VM's id",
+    "shard": "vsphere only, when set: the part of the vCenter this agent reports (`shard`)",
 }
 
 # Opt-in context tags (`context_tags` of a source): the names operators search by. Each is
@@ -524,6 +525,7 @@ HOST_TAGS: dict[str, str] = {
     "vcenter": "as on balloon",
     "datacenter": "as on balloon",
     "cluster": "as on balloon",
+    "shard": "as on balloon",
 }
 
 HOST_FIELDS: tuple[Field, ...] = (
@@ -597,6 +599,16 @@ HOST_FIELDS: tuple[Field, ...] = (
         "uncorrected ECC errors since the previous poll (the default rule: critical at 1)",
         HEALTH,
         note="with ecc_uncorrected_total, from the second poll on",
+    ),
+    _f(
+        "partial",
+        bool,
+        "",
+        "true: the sums cover only the VMs this agent reports, vm_include left others out",
+        VSPHERE,
+        note="absent when the sums are the host's whole; the other VMs' sums are on other "
+        "agents' lines (tell them apart by shard); no ratios on a partial line, and "
+        "host_memory_bytes and host_free_bytes are the host's own on each, not to be added up",
     ),
     _f("overcommit_ratio", float, "ratio", "memory promised to VMs / physical memory", HEALTH),
     _f("reclaimed_ratio", float, "ratio", "ballooned memory / physical memory", HEALTH),

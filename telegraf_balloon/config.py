@@ -73,6 +73,11 @@ class VsphereConfig:
     page_size: int = 500
     target_counters: bool = True
     custom_attributes: tuple[str, ...] = ()  # custom attribute names added as tags
+    # Scaling out: this agent's part of the vCenter, a name of `shards` (or, without `shards`,
+    # a label on its lines); `shards` maps each part to inventory paths of datacenters, folders,
+    # clusters or hosts ("*": the rest), the same map in every agent.
+    shard: str = ""
+    shards: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -483,9 +488,59 @@ def _vsphere(r: _Reader) -> VsphereConfig:
         page_size=r.integer("page_size", default.page_size, minimum=1),
         target_counters=r.boolean("target_counters", default.target_counters),
         custom_attributes=_custom_attributes(r, default.custom_attributes),
+        shard=r.string("shard", default.shard),
+        shards=_shards(r),
     )
+    names = [name for name, _ in out.shards]
+    if names and out.shard not in names:
+        raise r.error(
+            "shard",
+            f"{'must be' if out.shard else 'set it to'} this agent's part of shards, one of "
+            + ", ".join(f'"{name}"' for name in names),
+        )
     r.finish()
     return out
+
+
+def _shards(r: _Reader) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """[sources.vsphere.shards]: shard name -> inventory paths, each path in one shard only.
+
+    A host belongs to the shard whose path is the longest that leads to it (a cluster's over
+    its datacenter's, "*" last), so the shards of one map can never overlap.
+    """
+    table = r.table_of("shards")
+    if table is None:
+        return ()
+    owner: dict[str, str] = {}
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for name in table.table:
+        if not name.strip():
+            raise table.error(name, "a shard needs a name")
+        paths: list[str] = []
+        for raw in table.strings(name, ()):
+            path = raw if raw == "*" else "/" + "/".join(p for p in raw.split("/") if p)
+            if raw != "*" and (not raw.startswith("/") or path == "/"):
+                raise table.error(
+                    name,
+                    f'"{raw}" is not an inventory path such as "/DC1" or '
+                    '"/DC1/host/Cluster-A" (or "*" for the rest)',
+                )
+            if path in owner:
+                where = "this shard" if owner[path] == name else f'shard "{owner[path]}"'
+                raise table.error(
+                    name,
+                    f'"{raw}" is in {where} already: each datacenter, folder, cluster or host '
+                    "belongs to one shard",
+                )
+            owner[path] = name
+            paths.append(path)
+        if not paths:
+            raise table.error(name, "list the inventory paths of this shard")
+        out.append((name, tuple(paths)))
+    table.finish()
+    if not out:
+        raise r.error("shards", "name at least one shard")
+    return tuple(out)
 
 
 def _logs(r: _Reader) -> LogsConfig:
@@ -620,7 +675,7 @@ _SOURCES: dict[str, Callable[[_Reader], Any]] = {
 _IDENTITY: dict[str, Callable[[Any], str]] = {
     "guest": lambda c: os.path.normpath(c.root),
     "libvirt": lambda c: c.uri,
-    "vsphere": lambda c: c.url,
+    "vsphere": lambda c: f"{c.url}#{c.shard}",
     "logs": lambda c: "\0".join(sorted(c.files)),
     "qmp": lambda c: "\0".join(sorted(c.sockets)),
 }

@@ -15,6 +15,7 @@ that shows the condition to rise.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional
 
@@ -79,24 +80,24 @@ class _State:
     """What one VM (or host) needs remembered from earlier polls."""
 
     __slots__ = (
-        "crit_since",
         "last_time",
         "previous",
         "seen",
+        "since",
         "stuck_since",
         "vmem_since",
-        "warn_since",
     )
 
-    def __init__(self, rules: int, between: int) -> None:
+    def __init__(self, between: int) -> None:
         self.seen = 0  # the number of the last poll of its table that reported it
         self.last_time: Optional[float] = None
         # the value of each BETWEEN entry's field at the previous poll (None: not on it)
         self.previous: list[Optional[float]] = [None] * between
         self.stuck_since: Optional[float] = None
         self.vmem_since: Optional[float] = None  # virtio-mem off its request since
-        self.warn_since: list[Optional[float]] = [None] * rules
-        self.crit_since: list[Optional[float]] = [None] * rules
+        # Per rule i, since when its warn (i) and crit (rules + i) condition has held; None
+        # while no rule's condition holds, as for most VMs: their state stays small.
+        self.since: Optional[list[Optional[float]]] = None
 
 
 class _Table:
@@ -204,11 +205,13 @@ def _between(table: _Compiled, fields: Fields, state: _State, now: float) -> Non
 def _levels(rules: list[_Rule], fields: Fields, state: _State, now: float) -> int:
     """Add `<field>_level` for every rule whose field is on the line; return the highest."""
     highest = 0
-    warn_since, crit_since = state.warn_since, state.crit_since
+    count = len(rules)
+    since = state.since
     for i, rule in enumerate(rules):
         value = fields.get(rule.field)
         if value is None or type(value) is str:
-            warn_since[i] = crit_since[i] = None
+            if since is not None:
+                since[i] = since[count + i] = None
             continue
         number = -float(value) if rule.below else float(value)
         raw = (
@@ -221,36 +224,41 @@ def _levels(rules: list[_Rule], fields: Fields, state: _State, now: float) -> in
         # A level rises only once its condition has held `for`; it falls at once.
         level = 0
         if raw >= _WARN:
-            since = warn_since[i]
             if since is None:
-                since = warn_since[i] = now
-            if now - since >= rule.for_seconds:
+                since = state.since = [None] * (2 * count)
+            held = since[i]
+            if held is None:
+                held = since[i] = now
+            if now - held >= rule.for_seconds:
                 level = _WARN
-        else:
-            warn_since[i] = None
-        if raw == _CRIT:
-            since = crit_since[i]
-            if since is None:
-                since = crit_since[i] = now
-            if now - since >= rule.for_seconds:
-                level = _CRIT
-        else:
-            crit_since[i] = None
+            if raw == _CRIT:
+                held = since[count + i]
+                if held is None:
+                    held = since[count + i] = now
+                if now - held >= rule.for_seconds:
+                    level = _CRIT
+            else:
+                since[count + i] = None
+        elif since is not None:
+            since[i] = since[count + i] = None
         # Several rules may watch one field (warn after 10 min, crit at once): the highest wins.
         if rule.shared:
             level = max(level, int(fields.get(rule.level_key, 0)))
         fields[rule.level_key] = level
         if level > highest:
             highest = level
+    if since is not None and since.count(None) == 2 * count:
+        state.since = None  # every condition clear again
     return highest
 
 
 def _rule_states(rules: list[_Rule], state: Optional[_State], now: float) -> list[RuleState]:
     """Read back what _levels remembered: a condition holds now iff its `since` is set."""
     out: list[RuleState] = []
+    since = state.since if state is not None else None
     for i, rule in enumerate(rules):
-        warn_since = state.warn_since[i] if state is not None else None
-        crit_since = state.crit_since[i] if state is not None else None
+        warn_since = since[i] if since is not None else None
+        crit_since = since[len(rules) + i] if since is not None else None
         raw = _CRIT if crit_since is not None else _WARN if warn_since is not None else 0
         level = 0
         if crit_since is not None and now - crit_since >= rule.for_seconds:
@@ -333,9 +341,8 @@ class Health:
                 table.polls += 1
                 table.sweep(0)
 
-    def vms(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
+    def vms(self, instance: str, items: Iterable[tuple[str, Fields]], now: float) -> None:
         """Judge every VM of one source poll in place; state of VMs long missing is freed."""
-        nrules = len(self.vm_rules)
         between = len(VM_BETWEEN)
         table = self._table(self._vms, instance)
         table.polls = poll = table.polls + 1
@@ -345,7 +352,7 @@ class Health:
         for key, fields in items:
             state = states.get(key)
             if state is None:
-                state = states[key] = _State(nrules, between)
+                state = states[key] = _State(between)
             if state.seen != poll:
                 state.seen = poll
                 present += 1
@@ -360,7 +367,8 @@ class Health:
         actual = get("balloon_actual_bytes")
         target = get("balloon_target_bytes")
         if actual is not None and maximum:
-            fields["balloon_ratio"] = actual / maximum  # type: ignore[operator]
+            # Most balloons are empty: one 0.0 for all of them, not a float per VM.
+            fields["balloon_ratio"] = actual / maximum if actual else 0.0  # type: ignore[operator]
         if target is not None and actual is not None:
             gap = target - actual  # type: ignore[operator]
             fields["balloon_gap_bytes"] = gap
@@ -406,7 +414,6 @@ class Health:
 
     def hosts(self, instance: str, items: list[tuple[str, Fields]], now: float) -> None:
         """Threshold levels for the host lines of one source poll (call it with [] too)."""
-        nrules = len(self.host_rules)
         between = len(HOST_BETWEEN)
         table = self._table(self._hosts, instance)
         table.polls = poll = table.polls + 1
@@ -415,7 +422,7 @@ class Health:
         for key, fields in items:
             state = states.get(key)
             if state is None:
-                state = states[key] = _State(nrules, between)
+                state = states[key] = _State(between)
             if state.seen != poll:
                 state.seen = poll
                 present += 1

@@ -53,6 +53,8 @@ _field_prefix_cache: dict[str, str] = {}
 _head_cache: dict[tuple[object, ...], str] = {}  # this generation's heads
 _head_older: dict[tuple[object, ...], str] = {}  # the previous generation's, until a batch ends
 _batch_lines = 0  # lines formatted by format_lines since the last end_batch()
+# A character that a tag value's escape changes (see _escape_key): without one, it is itself.
+_PLAIN_TAG = re.compile("[\\\\,= \n\r\t\f\x00]")
 
 
 def _fix_backslashes(text: str, specials: str) -> str:
@@ -116,7 +118,13 @@ def key(name: str) -> str:
 
 
 def tag_value(value: str) -> str:
-    """An escaped tag value. Its own bounded cache: a flood of VM names must not evict keys."""
+    """An escaped tag value. Its own bounded cache: a flood of VM names must not evict keys.
+
+    A value with nothing to escape (most VM names, every UUID) is itself, and is not cached:
+    a line head holds it already, and a copy per VM would double what 40,000 VMs' names cost.
+    """
+    if _PLAIN_TAG.search(value) is None:
+        return value
     return _cached_escape(_tag_value_cache, value)
 
 
@@ -223,7 +231,9 @@ def format_line(
     if not parts:
         return None
     # The head of a VM's line is the same poll after poll: escape and sort its tags once.
-    head_key: tuple[object, ...] = (name, *tags.items())
+    # Keyed by one flat tuple (name, keys..., values...), not by (name, *items): a tuple per tag
+    # would cost five times the memory, for every VM written.
+    head_key: tuple[object, ...] = (name, *tags, *tags.values())
     head = _head_cache.get(head_key)
     if head is None:
         head = _new_head(head_key, name, tags)

@@ -61,6 +61,9 @@ class HostInfo:
     # Further host figures already named as balloon_host fields (host reclaim on local KVM
     # hosts: swap, swap traffic, KSM, zswap, memory stall totals), copied onto the host line.
     figures: Fields = field(default_factory=dict)
+    # The source reports only some of the host's VMs (a filter left others out): its sums are
+    # partial, and ratios against the host's memory are not written.
+    partial: bool = False
 
 
 @dataclass

@@ -591,7 +591,9 @@ def test_sample_config_commented_defaults_are_the_defaults() -> None:
             continue
         if line.strip().startswith("["):
             # vsphere needs a password and a reachable vCenter: leave that section out.
-            skipping = line.strip() == "[[sources.vsphere]]"
+            skipping = line.strip() == "[[sources.vsphere]]" or (
+                skipping and line.strip().startswith("[sources.vsphere.")
+            )
         if not skipping:
             kept.append(line)
     loaded = load_text("\n".join(kept) + "\n", "sample.toml", {})
@@ -653,7 +655,7 @@ SAMPLE_EXAMPLES = {
     "health.stale_after": "unset by default: the larger of 60 s and 3 stats periods",
 }
 # Tables that hold only examples: extra log events and threshold rules have no defaults.
-EXAMPLE_TABLES = ("sources.logs.patterns", "thresholds")
+EXAMPLE_TABLES = ("sources.logs.patterns", "sources.vsphere.shards", "thresholds")
 
 Pick = Callable[[config.Config], object]
 # Each table whose keys have defaults: a config holding one of its keys (with what the table

@@ -192,6 +192,18 @@ def test_requests_escape_what_they_quote() -> None:
     assert ET.fromstring(body).find(".//{urn:vim25}maxObjects").text == "7"  # type: ignore[union-attr]
 
 
+def test_one_retrieval_over_several_views() -> None:
+    """One agent's part of a vCenter: its subtrees' views in one paged retrieval."""
+    body = S.retrieve_request("pc", ["session[a]", "session[b]"], [("VirtualMachine", ["name"])], 9)
+    root = ET.fromstring(body)
+    views = [e.text for e in root.iter("{urn:vim25}obj")]
+    assert views == ["session[a]", "session[b]"]
+    assert len(list(root.iter("{urn:vim25}objectSet"))) == 2
+    assert len(list(root.iter("{urn:vim25}propSet"))) == 1
+    one = S.retrieve_request("pc", "session[a]", [("VirtualMachine", ["name"])], 9)
+    assert one == S.retrieve_request("pc", ["session[a]"], [("VirtualMachine", ["name"])], 9)
+
+
 def _queries(draw_counts: list[int]) -> list[tuple[str, list[int]]]:
     return [(f"vm-{i}", list(range(n))) for i, n in enumerate(draw_counts)]
 

@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from telegraf_balloon.sources.vsphere.source import gc_paused
+from telegraf_balloon.gcpause import gc_paused
 
 
 def test_gc_paused_during_a_poll_and_restored_after() -> None:

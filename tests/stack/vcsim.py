@@ -359,6 +359,18 @@ class Vcsim:
     def log_tail(self, lines: int = 40) -> str:
         return _tail(self.stderr_path, lines)
 
+    def resident_mb(self) -> tuple[float, float]:
+        """The launcher's resident memory now and at its peak (VmRSS, VmHWM), in MB."""
+        if self.process is None:
+            raise VcsimError("the simulator is not running")
+        values = {}
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    values[key] = int(rest.split()[0]) / 1024
+        return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     def _args(self, listen: str) -> List[str]:

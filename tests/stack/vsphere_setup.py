@@ -91,13 +91,15 @@ def disconnect(si: Any) -> None:
 
 
 @contextlib.contextmanager
-def container_view(content: Any, types: Sequence[Any]) -> Iterator[Any]:
-    """A ContainerView of every object of ``types`` below the root folder, destroyed on exit.
+def container_view(content: Any, types: Sequence[Any], root: Any = None) -> Iterator[Any]:
+    """A ContainerView of every object of ``types`` below the root folder (or ``root``, a
+    datacenter, folder, cluster or host), destroyed on exit.
 
     ``content`` is the ServiceContent (``si.RetrieveContent()``, a round trip: callers that
     loop keep theirs).
     """
-    view = content.viewManager.CreateContainerView(content.rootFolder, list(types), True)
+    container = content.rootFolder if root is None else root
+    view = content.viewManager.CreateContainerView(container, list(types), True)
     try:
         yield view
     finally:
@@ -130,16 +132,21 @@ def view_filter_spec(view: Any, specs: Sequence[Tuple[Any, Sequence[str]]]) -> A
 
 
 def retrieve_pages(
-    content: Any, specs: Sequence[Tuple[Any, Sequence[str]]], *, max_objects: int = 0
+    content: Any,
+    specs: Sequence[Tuple[Any, Sequence[str]]],
+    *,
+    max_objects: int = 0,
+    root: Any = None,
 ) -> Iterator[Any]:
     """Each RetrievePropertiesEx page (a RetrieveResult) for every object of ``specs``' types,
-    ``[(type, paths)]``, through one container view, following the tokens to the last page.
+    ``[(type, paths)]``, through one container view (of everything, or below ``root``),
+    following the tokens to the last page.
 
     ``max_objects`` 0 leaves the page size to the server.
     """
     PC = vmodl.query.PropertyCollector
     pc = content.propertyCollector
-    with container_view(content, [kind for kind, _ in specs]) as view:
+    with container_view(content, [kind for kind, _ in specs], root) as view:
         opts = PC.RetrieveOptions(maxObjects=max_objects) if max_objects else PC.RetrieveOptions()
         res = pc.RetrievePropertiesEx([view_filter_spec(view, specs)], opts)
         while res is not None:

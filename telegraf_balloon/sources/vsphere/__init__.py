@@ -14,6 +14,7 @@ One concept per module:
 - ``fields``: the property paths asked, and properties and counters to balloon fields;
 - ``inventory``: folders, datacenters, clusters and hosts: host tags and inventory paths;
 - ``perf``: balloon targets from realtime counters, batched, used only while fresh;
+- ``shards``: one agent's part of a vCenter shared by several: its hosts and subtrees;
 - ``session``: pyVmomi's session, the calls on its connection, re-login and reconnect;
 - ``source``: :class:`VsphereSource`, one poll put together from the above.
 

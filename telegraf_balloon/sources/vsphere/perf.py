@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Container, Iterator
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ...log import Log
 from ...model import Fields
-from .fields import counter_fields, counters_for
+from .fields import COUNTERS, counter_fields, counters_for
 from .soap import (
     PERF_TAGS,
     REALTIME_INTERVAL,
@@ -35,9 +35,27 @@ if TYPE_CHECKING:
 MAX_SAMPLE_AGE = 2 * REALTIME_INTERVAL
 REPLY_ELEMENTS = 200_000  # keep each QueryPerf reply well under vCenter's 500,000 elements
 
-# One polled VM as the targets step sees it: its moid, which quickStats its reply carried
-# (fields.QUICK_PRESENT), and its fields, which the step completes in place.
-Chosen = tuple[str, Container[str], Fields]
+# A realtime sample held between polls: its age when it came (by the server's clock), our
+# clock then, and the counters' values in COUNTERS order (None: not in the sample); just the
+# first two when the answer left the VM out. One flat tuple per VM: every VM's sample is held
+# across polls, and a dict of counters each would cost twice as much.
+Held = tuple[Optional[float], ...]
+
+
+class Chosen:
+    """The polled VMs as the targets step sees them, in three lists (not a tuple per VM): each
+    one's moid, which quickStats its reply carried (fields.QUICK_PRESENT), and its fields, which
+    the step completes in place."""
+
+    __slots__ = ("fields", "moids", "present")
+
+    def __init__(self) -> None:
+        self.moids: list[str] = []
+        self.present: list[Container[str]] = []
+        self.fields: list[Fields] = []
+
+    def __len__(self) -> int:
+        return len(self.moids)
 
 
 def batches(
@@ -69,20 +87,25 @@ class RealtimeTargets:
         self.log = log
         self.instance = instance
         self._clock = clock
-        # The last realtime sample per VM moid: (its age when it came, by the server's clock;
-        # our clock then; {counter name: KB}). Its age now is the first plus the time since.
-        self._perf: dict[str, tuple[float, float, dict[str, int]]] = {}
+        # The last realtime sample per VM moid (Held). Its age now is its age when it came
+        # plus the time since, by our clock.
+        self._perf: dict[str, Held] = {}
         self._perf_asked = -float(REALTIME_INTERVAL)  # monotonic time of the last full query
 
-    def fill(self, session: Session, chosen: list[Chosen], now: float) -> None:
+    def fill(self, session: Session, chosen: Chosen, now: float) -> None:
         """Fill target (and swapped/compressed where quickStats lack them) from counters."""
         ids = session.counter_ids
         due_all = self._clock() - self._perf_asked >= REALTIME_INTERVAL
         queries: list[tuple[str, list[int]]] = []
-        for moid, present, _ in chosen:
-            if not due_all and moid in self._perf:
+        perf = self._perf
+        asked: dict[Container[str], list[int]] = {}  # one id list per quickStats combination
+        for moid, present in zip(chosen.moids, chosen.present):
+            if not due_all and moid in perf:
                 continue
-            queries.append((moid, [ids[n] for n in counters_for(present) if n in ids]))
+            wanted = asked.get(present)
+            if wanted is None:
+                wanted = asked[present] = [ids[n] for n in counters_for(present) if n in ids]
+            queries.append((moid, wanted))
         key = f"vsphere-perf:{self.instance}"
         if queries:
             try:
@@ -100,22 +123,24 @@ class RealtimeTargets:
                 )
                 if due_all:
                     self._perf_asked = self._clock()
-        present_vms = {moid for moid, _, _ in chosen}
-        for gone in set(self._perf) - present_vms:
-            del self._perf[gone]
+        if sum(1 for moid in chosen.moids if moid in perf) < len(perf):
+            for gone in set(perf).difference(chosen.moids):  # VMs gone: their samples too
+                del perf[gone]
         clock = self._clock()
         late = 0
         oldest = 0.0
-        for moid, present, fields in chosen:
-            held = self._perf.get(moid)
-            if held is None or not held[2]:
+        for moid, present, fields in zip(chosen.moids, chosen.present, chosen.fields):
+            held = perf.get(moid)
+            if held is None or len(held) == 2:
                 continue
-            came_age, came_at, values = held
+            came_age, came_at = held[0], held[1]
+            assert came_age is not None and came_at is not None
             if came_age > MAX_SAMPLE_AGE:  # old already when vCenter answered with it
                 late += 1
                 oldest = max(oldest, came_age)
                 continue
             if came_age + (clock - came_at) <= MAX_SAMPLE_AGE:
+                values = {n: int(v) for n, v in zip(COUNTERS, held[2:]) if v is not None}
                 counter_fields(values, present, fields)
         late_key = f"vsphere-perf-age:{self.instance}"
         if late:
@@ -133,8 +158,11 @@ class RealtimeTargets:
     def _query_perf(
         self, session: Session, queries: list[tuple[str, list[int]]], now: float
     ) -> None:
-        names = {v: k for k, v in session.counter_ids.items()}
+        # Each counter id's place in a held sample (COUNTERS order).
+        ids = session.counter_ids
+        places = {ids[name]: i for i, name in enumerate(COUNTERS) if name in ids}
         client = self._client
+        perf = self._perf
         for batch in batches(queries, session.max_query_metrics):
             body = query_perf_request(session.perf_manager, batch)
             answer = client.call(session, body, PERF_TAGS, parse_perf)
@@ -143,13 +171,20 @@ class RealtimeTargets:
             # here neither ages nor rejuvenates them; the poll's time when it sends no Date.
             server_now = client.reply_date if client.reply_date is not None else now
             asked = {moid for moid, _ in batch}
+            ages: dict[float, float] = {}  # one age per sample time (usually one per reply)
             for moid, stamp, values in answer:
-                age = max(0.0, server_now - stamp) if stamp > 0 else 0.0
-                named = {names[c]: v for c, v in values.items() if c in names}
-                self._perf[moid] = (age, came_at, named)
+                age = ages.get(stamp)
+                if age is None:
+                    age = ages[stamp] = max(0.0, server_now - stamp) if stamp > 0 else 0.0
+                sample: list[Optional[float]] = [age, came_at, None, None, None, None]
+                for counter, value in values.items():
+                    place = places.get(counter)
+                    if place is not None:
+                        sample[2 + place] = value
+                perf[moid] = tuple(sample)
                 asked.discard(moid)
             for moid in asked:  # asked, left out of the answer: no sample (not asked again
-                self._perf[moid] = (0.0, came_at, {})  # until the next 20 s), no target
+                perf[moid] = (0.0, came_at)  # until the next 20 s), no target
             if asked:
                 self.log.debug(
                     f"vsphere {self.instance}: no realtime sample for {len(asked)} VM(s)"

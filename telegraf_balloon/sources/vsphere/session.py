@@ -236,17 +236,30 @@ class Client:
         session: Session,
         types: str | Sequence[str],
         specs: Sequence[tuple[str, Sequence[str]]],
+        roots: Optional[Sequence[tuple[str, str]]] = None,
     ) -> Iterator[tuple[str, str, Props]]:
-        """Every object of a container view, a page at a time (the next page is asked once this
-        one is consumed); the view is destroyed in any case, when the caller is done."""
-        kinds = [types] if isinstance(types, str) else list(types)
+        """Every object of a container view over the whole inventory, or over each of `roots`
+        ((type, moid) of a folder, datacenter, cluster or host), a page at a time (the next
+        page is asked once this one is consumed); the views are destroyed in any case, when
+        the caller is done."""
+        kinds = [getattr(vim, k) for k in ([types] if isinstance(types, str) else types)]
         content = session.content
-        view = content.viewManager.CreateContainerView(
-            content.rootFolder, [getattr(vim, k) for k in kinds], True
+        containers = (
+            [content.rootFolder]
+            if roots is None
+            else [getattr(vim, kind)(moid, session.stub) for kind, moid in roots]
         )
+        if not containers:
+            return
+        views: list[Any] = []
         try:
+            for container in containers:
+                views.append(content.viewManager.CreateContainerView(container, kinds, True))
             token: list[str] = []
-            body = retrieve_request(session.collector, view._moId, specs, self.config.page_size)
+            ids = [view._moId for view in views]
+            body = retrieve_request(
+                session.collector, ids[0] if len(ids) == 1 else ids, specs, self.config.page_size
+            )
             while True:
                 token.clear()
                 begun = self._clock()
@@ -258,8 +271,9 @@ class Client:
                     return
                 body = continue_request(session.collector, token[0])
         finally:
-            with contextlib.suppress(Exception):
-                view.Destroy()
+            for view in views:
+                with contextlib.suppress(Exception):
+                    view.Destroy()
 
     def call(
         self,

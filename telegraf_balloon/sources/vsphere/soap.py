@@ -76,19 +76,24 @@ def _mor(tag: str, kind: str, moid: str) -> str:
 
 
 def retrieve_request(
-    collector: str, view: str, specs: Sequence[tuple[str, Sequence[str]]], page_size: int
+    collector: str,
+    views: str | Sequence[str],
+    specs: Sequence[tuple[str, Sequence[str]]],
+    page_size: int,
 ) -> bytes:
-    """RetrievePropertiesEx over a container view: property paths per type, `page_size` a page."""
+    """RetrievePropertiesEx over one container view or several (each object once, as the
+    property collector answers): property paths per type, `page_size` objects a page."""
     props = "".join(
         f"<propSet><type>{kind}</type><all>false</all>"
         + "".join(f"<pathSet>{escape(p)}</pathSet>" for p in paths)
         + "</propSet>"
         for kind, paths in specs
     )
-    objects = (
+    objects = "".join(
         f"<objectSet>{_mor('obj', 'ContainerView', view)}<skip>true</skip>"
         '<selectSet xsi:type="TraversalSpec"><name>view</name><type>ContainerView</type>'
         "<path>view</path><skip>false</skip></selectSet></objectSet>"
+        for view in ([views] if isinstance(views, str) else views)
     )
     body = (
         f'<RetrievePropertiesEx xmlns="{_NS}">'
