@@ -280,6 +280,35 @@ def _rule_states(rules: list[_Rule], state: Optional[_State], now: float) -> lis
     return out
 
 
+class VmPass:
+    """One source poll's VMs, judged as they come; `finish` frees the state of VMs missing
+    for longer than the grace."""
+
+    __slots__ = ("_between", "_judge", "_now", "_poll", "_states", "_table", "present")
+
+    def __init__(self, health: Health, table: _Table, now: float) -> None:
+        self._judge = health.judge_vm
+        self._table = table
+        self._states = table.states
+        self._poll = table.polls
+        self._between = len(VM_BETWEEN)
+        self._now = now
+        self.present = 0
+
+    def __call__(self, key: str, fields: Fields) -> None:
+        """Judge one VM's fields in place."""
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = _State(self._between)
+        if state.seen != self._poll:
+            state.seen = self._poll
+            self.present += 1
+        self._judge(fields, state, self._now)
+
+    def finish(self) -> None:
+        self._table.sweep(self.present)
+
+
 class Health:
     """One stage between the sources and the serializer; call once per source poll."""
 
@@ -343,21 +372,18 @@ class Health:
 
     def vms(self, instance: str, items: Iterable[tuple[str, Fields]], now: float) -> None:
         """Judge every VM of one source poll in place; state of VMs long missing is freed."""
-        between = len(VM_BETWEEN)
-        table = self._table(self._vms, instance)
-        table.polls = poll = table.polls + 1
-        states = table.states
-        judge = self.judge_vm
-        present = 0
+        judged = self.vm_pass(instance, now)
         for key, fields in items:
-            state = states.get(key)
-            if state is None:
-                state = states[key] = _State(between)
-            if state.seen != poll:
-                state.seen = poll
-                present += 1
-            judge(fields, state, now)
-        table.sweep(present)
+            judged(key, fields)
+        judged.finish()
+
+    def vm_pass(self, instance: str, now: float) -> VmPass:
+        """The VMs of one source poll, judged one at a time (call `finish` after the last):
+        the Runner judges each VM as it writes its line, so no poll's judged lines all exist
+        at once."""
+        table = self._table(self._vms, instance)
+        table.polls += 1
+        return VmPass(self, table, now)
 
     def judge_vm(self, fields: Fields, state: _State, now: float) -> None:
         """One VM's judgement at one poll, against what `state` remembers of it."""

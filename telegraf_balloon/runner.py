@@ -13,16 +13,17 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional
 
 from . import catalog, lineprotocol
-from .aggregate import host_lines
+from .aggregate import HostSums, host_lines
 from .config import Config
 from .gcpause import gc_paused
 from .health import Health
 from .log import Log
-from .model import Fields, PollResult, Sample, Source, Tags
+from .model import Fields, HostInfo, PollResult, Sample, Source, Tags
 
 _TRIGGER = "trigger"
 _STOP = "stop"
 _DONE = "done"
+Point = tuple[str, Tags, Fields, int]  # measurement, tags, fields, time in ns
 WRITE_CHUNK = 100  # points per write of a batch (one flush per batch): about 60 kB of text
 
 
@@ -43,6 +44,9 @@ class SourceBatch:
     points: list[tuple[str, Tags, Fields]]  # other measurements (balloon_log)
     collector_tags: Tags
     status: Fields  # the balloon_collector fields
+    # Not judged yet: the VMs are judged and summed into these hosts' lines as they are
+    # written (Runner.points), each dropped once written. None: judged (samples, hosts).
+    unjudged_hosts: Optional[list[HostInfo]] = None
 
     @property
     def up(self) -> bool:
@@ -140,16 +144,24 @@ class Runner:
     # -- one poll --
 
     def poll(self) -> bool:
-        """Poll every source once, write the batch; True when every source answered."""
-        batch = self.poll_batch()
+        """Poll every source once, write the batch; True when every source answered.
+
+        Each VM is judged as its line is written and dropped after: the judged fields (a few
+        more keys per VM, which makes every VM's dict grow) never exist for every VM at once.
+        """
+        batch = self.poll_batch(judge_vms=False)
         if batch is None:
             return False  # abandoned: exit promptly, nothing half-judged is written
         with gc_paused():  # a line per VM made and dropped: no cycle among them (gcpause.py)
             self.write_points(self.points(batch))
         return batch.all_up
 
-    def poll_batch(self) -> Optional[Batch]:
-        """Poll every source once and judge the answers; None when stopped meanwhile."""
+    def poll_batch(self, judge_vms: bool = True) -> Optional[Batch]:
+        """Poll every source once and judge the answers; None when stopped meanwhile.
+
+        With `judge_vms` false the VMs of every source that answered (and so its host
+        lines) are judged by `points`, one at a time as they are written.
+        """
         self._poll_id += 1
         poll_id = self._poll_id
         now = self.clock()
@@ -181,7 +193,7 @@ class Runner:
         for worker in waiting:
             results[worker] = (PollResult(error=f"no answer within timeout {timeout:g}s"), timeout)
         with gc_paused():
-            return self._judge(results, now, time_ns)
+            return self._judge(results, now, time_ns, judge_vms)
 
     def _handle(
         self,
@@ -205,7 +217,11 @@ class Runner:
             # else: a late answer to an abandoned poll; the worker is free again
 
     def _judge(
-        self, results: dict[_Worker, tuple[PollResult, float]], now: float, time_ns: int
+        self,
+        results: dict[_Worker, tuple[PollResult, float]],
+        now: float,
+        time_ns: int,
+        judge_vms: bool,
     ) -> Batch:
         """Judge every source's answer (health stage, host sums) into data, not yet text."""
         batch = Batch(now, time_ns, [])
@@ -217,9 +233,10 @@ class Runner:
             hosts: list[tuple[Tags, Fields]] = []
             if up:
                 self.log.clear(worker.key, f"{source.kind} {source.instance}: answering again")
-                self.health.vms(worker.key, ((s.key, s.fields) for s in result.samples), now)
-                hosts = host_lines(result.samples, result.hosts)
-                self.health.hosts(worker.key, [(t.get("host", ""), f) for t, f in hosts], now)
+                if judge_vms:
+                    self.health.vms(worker.key, ((s.key, s.fields) for s in result.samples), now)
+                    hosts = host_lines(result.samples, result.hosts)
+                    self._judge_hosts(worker.key, hosts, now)
             else:
                 worker.errors_total += 1
                 self.health.missed(worker.key)  # its VMs keep their state for a few polls
@@ -248,15 +265,39 @@ class Runner:
                     result.points if up else [],
                     worker.collector_tags,
                     status,
+                    None if judge_vms or not up else result.hosts,
                 )
             )
         return batch
 
-    def points(self, batch: Batch) -> Iterator[tuple[str, Tags, Fields, int]]:
+    def _judge_hosts(self, key: str, hosts: list[tuple[Tags, Fields]], now: float) -> None:
+        self.health.hosts(key, [(t.get("host", ""), f) for t, f in hosts], now)
+
+    def _judged_as_written(self, part: SourceBatch, now: float, time_ns: int) -> Iterator[Point]:
+        """A source's VM lines, each judged and summed into its host's line as it goes out,
+        then its host lines (judged once every VM was). The batch lets go of each VM."""
+        assert part.unjudged_hosts is not None
+        judge = self.health.vm_pass(part.key, now)
+        sums = HostSums(part.unjudged_hosts)
+        samples = part.samples
+        samples.reverse()  # popped from the end, in the source's order
+        while samples:
+            sample = samples.pop()
+            judge(sample.key, sample.fields)
+            sums.add(sample)
+            yield (catalog.BALLOON, sample.tags, sample.fields, time_ns)
+        judge.finish()
+        part.hosts = sums.lines()
+        part.unjudged_hosts = None
+        self._judge_hosts(part.key, part.hosts, now)
+
+    def points(self, batch: Batch) -> Iterator[Point]:
         """The batch's points, in the order the sources were configured."""
         time_ns = batch.time_ns
         internal = self.config.agent.internal
         for part in batch.sources:
+            if part.unjudged_hosts is not None:
+                yield from self._judged_as_written(part, batch.now, time_ns)
             for sample in part.samples:
                 yield (catalog.BALLOON, sample.tags, sample.fields, time_ns)
             for tags, fields in part.hosts:
@@ -270,7 +311,7 @@ class Runner:
         """The batch as line protocol, in the order the sources were configured."""
         return lineprotocol.format_lines(self.points(batch))
 
-    def write_points(self, points: Iterable[tuple[str, Tags, Fields, int]]) -> None:
+    def write_points(self, points: Iterable[Point]) -> None:
         """Write a batch in whole-line chunks and flush it once; StdoutClosed when nobody reads.
 
         Chunks keep a 10,000-VM batch from existing three times over (lines, their join, its

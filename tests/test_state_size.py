@@ -162,13 +162,13 @@ def test_a_polls_judging_and_writing_run_with_the_collector_paused(
     seen: list[bool] = []
     runner = Runner(sample_config(), [VcenterLike()], io.BytesIO(), Log(io.StringIO()), "h")
     if stage == "judge":
-        real_vms = runner.health.vms
+        real_pass = runner.health.vm_pass
 
-        def vms(*args: object) -> None:
+        def vm_pass(*args: object) -> object:
             seen.append(gc.isenabled())
-            real_vms(*args)  # type: ignore[arg-type]
+            return real_pass(*args)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(runner.health, "vms", vms)
+        monkeypatch.setattr(runner.health, "vm_pass", vm_pass)
     else:
         real_write = runner.write_points
 
