@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 from benchlib import fmt_ms, fmt_us, median, parser, table, verdict
 
-from telegraf_balloon.config import QmpConfig, VsphereConfig
+from telegraf_balloon.config import QmpConfig
 from telegraf_balloon.log import Log
 from telegraf_balloon.sources.qmp.source import QmpSource
 from telegraf_balloon.sources.vsphere import source as vsphere_source
@@ -101,13 +101,7 @@ class Poller:
     def __init__(self, sim: Vcsim, paths: tuple[str, ...]) -> None:
         self.paths = paths
         self.clock = Clock(1_000_000.0)
-        config = VsphereConfig(
-            url=sim.url,
-            username=sim.username,
-            password=sim.password,
-            ca_file=sim.cert_file or "",
-            page_size=int(sim.inventory["page"]),
-        )
+        config = sim.source_config()
         self.source = vsphere_source.VsphereSource(
             config, Log(io.StringIO()), timeout=120, clock=self.clock
         )

@@ -71,12 +71,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-import libvirt  # noqa: E402
-from benchlib import (  # noqa: E402
+import libvirt
+from benchlib import (
     CpuMeter,
     GcClock,
     SpeedCheck,
@@ -92,22 +88,22 @@ from benchlib import (  # noqa: E402
     verdict,
 )
 
-from telegraf_balloon import catalog  # noqa: E402
-from telegraf_balloon.config import AgentConfig, Config, LibvirtConfig  # noqa: E402
-from telegraf_balloon.log import Log  # noqa: E402
-from telegraf_balloon.model import PollResult  # noqa: E402
-from telegraf_balloon.runner import Runner  # noqa: E402
-from telegraf_balloon.sources.hostfacts import HostReclaim, find_qemu  # noqa: E402
-from telegraf_balloon.sources.libvirt.connection import (  # noqa: E402
+from telegraf_balloon import catalog
+from telegraf_balloon.config import AgentConfig, Config, LibvirtConfig
+from telegraf_balloon.log import Log
+from telegraf_balloon.model import PollResult
+from telegraf_balloon.runner import Runner
+from telegraf_balloon.sources.hostfacts import HostReclaim, find_qemu
+from telegraf_balloon.sources.libvirt.connection import (
     open_connection,
     open_libvirt,
     start_event_loop,
 )
-from telegraf_balloon.sources.libvirt.domainxml import DomainFacts, parse_domain_xml  # noqa: E402
-from telegraf_balloon.sources.libvirt.source import LibvirtSource  # noqa: E402
-from telegraf_balloon.sources.libvirt.stats import FETCH_SHARE  # noqa: E402
-from tests.fakes.libvirt_conn import FakeConnection, Recording, RecordingConnection  # noqa: E402
-from tests.stack.libvirt_stack import DomainSpec, LibvirtStack, write_node_xml  # noqa: E402
+from telegraf_balloon.sources.libvirt.domainxml import DomainFacts, parse_domain_xml
+from telegraf_balloon.sources.libvirt.source import LibvirtSource
+from telegraf_balloon.sources.libvirt.stats import FETCH_SHARE
+from tests.fakes.libvirt_conn import FakeConnection, Recording, RecordingConnection
+from tests.stack.libvirt_stack import DomainSpec, LibvirtStack, write_node_xml
 
 TARGET_VS_VIRSH = 50.0  # plugin end to end at least this many times faster than virsh
 TARGET_VS_BARE = 1.25  # plugin end to end at most this many times the bare libvirt calls

@@ -27,27 +27,21 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import time
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import Any, Callable
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from benchlib import CpuMeter, fmt_ms, fmt_us, median, parser, table, verdict
 
-from benchlib import CpuMeter, fmt_ms, fmt_us, median, parser, table, verdict  # noqa: E402
-
-from telegraf_balloon.config import LibvirtConfig  # noqa: E402
-from telegraf_balloon.log import Log  # noqa: E402
-from telegraf_balloon.sources.libvirt.domainxml import (  # noqa: E402
+from telegraf_balloon.config import LibvirtConfig
+from telegraf_balloon.log import Log
+from telegraf_balloon.sources.libvirt.domainxml import (
     DomainFacts,
     parse_domain_xml,
     vmem_spans,
 )
-from tests.stack.common import StackError  # noqa: E402
-from tests.stack.vmem import libvirt_vmem  # noqa: E402
+from tests.stack.common import StackError
+from tests.stack.vmem import libvirt_vmem
 
 TARGET = 1.25
 

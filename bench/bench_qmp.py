@@ -47,14 +47,10 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from benchlib import (  # noqa: E402
+from benchlib import (
+    REPO_ROOT,
     CpuMeter,
     every_file_read,
     fmt_ms,
@@ -66,14 +62,14 @@ from benchlib import (  # noqa: E402
     verdict,
 )
 
-from telegraf_balloon.config import QmpConfig  # noqa: E402
-from telegraf_balloon.log import Log  # noqa: E402
-from telegraf_balloon.sources.qmp import source as qmp_source  # noqa: E402
-from telegraf_balloon.sources.qmp.source import QmpSource  # noqa: E402
-from tests.stack.common import need_program  # noqa: E402
-from tests.stack.host_reclaim import MemoryGroups  # noqa: E402
-from tests.stack.qemu_stack import QemuHost  # noqa: E402
-from tests.stack.vmem import qemu_args  # noqa: E402
+from telegraf_balloon.config import QmpConfig
+from telegraf_balloon.log import Log
+from telegraf_balloon.sources.qmp import source as qmp_source
+from telegraf_balloon.sources.qmp.source import QmpSource
+from tests.stack.common import need_program
+from tests.stack.host_reclaim import MemoryGroups
+from tests.stack.qemu_stack import QemuHost
+from tests.stack.vmem import qemu_args
 
 TARGET_VS_BARE = 1.5
 TARGET_POLL_SECONDS = 1.0  # for 200 VMs

@@ -23,14 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from benchlib import REPO_ROOT, median, parser, table, verdict
 
-from benchlib import median, parser, table, verdict  # noqa: E402
-
-from tests.stack.common import child_env  # noqa: E402
-from tests.stack.soak import (  # noqa: E402
+from tests.stack.common import child_env
+from tests.stack.soak import (
     LogFeeder,
     SoakResult,
     soak,

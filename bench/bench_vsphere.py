@@ -236,14 +236,7 @@ def set_attributes(si: Any) -> int:
 
 
 def plugin_config(sim: Vcsim, attributes: tuple[str, ...] = ()) -> VsphereConfig:
-    return VsphereConfig(
-        url=sim.url,
-        username=sim.username,
-        password=sim.password,
-        ca_file=sim.cert_file or "",
-        page_size=int(sim.inventory["page"]),
-        custom_attributes=attributes,
-    )
+    return sim.source_config(custom_attributes=attributes)
 
 
 class Plugin:

@@ -18,7 +18,7 @@ import line_protocol_parser
 import pytest
 
 from telegraf_balloon import catalog, lineprotocol
-from telegraf_balloon.config import VsphereConfig, custom_attribute_tag
+from telegraf_balloon.config import custom_attribute_tag
 from telegraf_balloon.log import Log
 from telegraf_balloon.model import PollResult
 from telegraf_balloon.sources.context import MAX_TAG_BYTES, tag_value
@@ -38,15 +38,9 @@ HOSTILE = 'ops team, "night" = on\\call\n#1 \u00e9\u4e2d'
 
 
 def make_source(sim: Vcsim, attributes: tuple[str, ...], log: io.StringIO) -> VsphereSource:
-    config = VsphereConfig(
-        url=sim.url,
-        username=sim.username,
-        password=sim.password,
-        ca_file=sim.cert_file or "",
-        page_size=int(sim.inventory["page"]),
-        custom_attributes=attributes,
+    return VsphereSource(
+        sim.source_config(custom_attributes=attributes), Log(log), clock=Clock(1000.0)
     )
-    return VsphereSource(config, Log(log), clock=Clock(1000.0))
 
 
 def later(source: VsphereSource, seconds: float) -> None:

@@ -20,7 +20,7 @@ import line_protocol_parser
 import pytest
 
 from telegraf_balloon import catalog
-from telegraf_balloon.config import VsphereConfig, load_text
+from telegraf_balloon.config import load_text
 from telegraf_balloon.log import Log
 from telegraf_balloon.runner import Runner
 from telegraf_balloon.sources.vsphere.source import VsphereSource
@@ -81,12 +81,7 @@ class Harness:
         self.clock = Clock(1000.0)  # the source's monotonic clock and the runner's wall clock
         self.log_stream = io.StringIO()
         log = Log(self.log_stream)
-        config = VsphereConfig(
-            url=sim.url,
-            username=MONITOR,
-            password=MONITOR_PASSWORD,
-            ca_file=sim.cert_file or "",
-        )
+        config = sim.source_config(username=MONITOR, password=MONITOR_PASSWORD, page_size=500)
         self.source = VsphereSource(config, log, timeout=10, clock=self.clock)
         toml = f'[[sources.vsphere]]\nurl = "{sim.url}"\n{health}'
         self.out = io.BytesIO()

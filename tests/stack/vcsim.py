@@ -67,6 +67,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Dict, List, Optional, Type
 
+from telegraf_balloon.config import VsphereConfig
 from tests.stack.libvirt_stack import StackError
 
 __all__ = [
@@ -340,6 +341,18 @@ class Vcsim:
         if not self.inventory["tls"] or self.workdir is None:
             return None
         return str(self.workdir / "server.pem")
+
+    def source_config(self, **options: Any) -> VsphereConfig:
+        """A vsphere source's config for this simulator: its URL, user, CA and page size."""
+        settings: dict[str, Any] = {
+            "url": self.url,
+            "username": self.username,
+            "password": self.password,
+            "ca_file": self.cert_file or "",
+            "page_size": int(self.inventory["page"]),
+        }
+        settings.update(options)
+        return VsphereConfig(**settings)
 
     @property
     def vms(self) -> int:
