@@ -12,8 +12,6 @@ import io
 import itertools
 import json
 import os
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -34,6 +32,7 @@ from telegraf_balloon.sources.qmp.protocol import (
 )
 from telegraf_balloon.sources.qmp.replies import NOT_REPORTED, ProtocolError
 from telegraf_balloon.sources.qmp.source import QmpSource
+from tests.fakes.qmp_peer import QmpPeer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "proxmox"
 MIB = 1024 * 1024
@@ -83,7 +82,7 @@ def test_proxmox_resolve_dir(tmp_path: Path) -> None:
 # --- Proxmox's query-balloon -------------------------------------------------------------------
 
 
-class PveQmp:
+class PveQmp(QmpPeer):
     """A QMP server answering as Proxmox's patched QEMU would (a stand-in: no such QEMU here).
 
     It speaks the protocol as the real QEMU does (greeting, capabilities, one JSON object per
@@ -94,40 +93,14 @@ class PveQmp:
         self.path = path
         self.balloon = balloon
         self.interval = interval
-        self.commands: list[list[str]] = []  # per connection, the commands in order
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(path)
-        self.server.listen(2)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(path)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                self._session(conn)
-
-    def _session(self, conn: socket.socket) -> None:
-        seen: list[str] = []
-        self.commands.append(seen)
-        conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
-        stream = conn.makefile("rb")
-        for line in stream:
-            message = json.loads(line)
-            seen.append(self._name(message))
-            reply = {"return": self._answer(message), "id": message.get("id")}
-            conn.sendall(json.dumps(reply).encode() + b"\r\n")
-
-    @staticmethod
-    def _name(message: dict[str, Any]) -> str:
+    def name(self, message: dict[str, Any]) -> str:
         arguments = message.get("arguments", {})
         return f"{message['execute']} {arguments.get('property', '')}".strip()
 
-    def _answer(self, message: dict[str, Any]) -> Any:
-        name = self._name(message)
+    def answer(self, message: dict[str, Any]) -> Any:
+        name = self.name(message)
         if name == "query-balloon":
             return self.balloon
         if name == "qom-get guest-stats":
@@ -146,9 +119,6 @@ class PveQmp:
         if name == "query-memory-devices":
             return []  # QEMU's answer for a VM without memory devices
         return {}
-
-    def close(self) -> None:
-        self.server.close()
 
 
 @pytest.fixture()
