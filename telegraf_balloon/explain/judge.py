@@ -67,6 +67,28 @@ def severity(code_name: str, rules: list[RuleState]) -> str:
     return _SEVERITY.get(raw, WARNING)
 
 
+def _vm_report(
+    part: SourceBatch,
+    sample: Sample,
+    found: list[Finding],
+    pending: Optional[list[Pending]] = None,
+    not_a_vm: bool = False,
+) -> VmReport:
+    """The report of one VM of `part`: its line as polled, and what was found of it."""
+    tags = sample.tags
+    return VmReport(
+        part.kind,
+        part.instance,
+        tags.get("host", ""),
+        dict(tags),
+        dict(sample.fields),
+        found,
+        guest=tags.get("guest", ""),
+        pending=[] if pending is None else pending,
+        not_a_vm=not_a_vm,
+    )
+
+
 @dataclass
 class _Watch:
     """What the first poll of a watch saw of one VM, to tell what grew since."""
@@ -162,16 +184,7 @@ class Judge:
         fields, tags, kind = sample.fields, sample.tags, part.kind
         if kind == catalog.GUEST and tags.get("hypervisor") == "none":
             # Not a VM: no balloon to judge, and the source sent no judgement to turn into one.
-            return VmReport(
-                kind,
-                part.instance,
-                tags.get("host", ""),
-                dict(tags),
-                dict(fields),
-                [],
-                guest=tags.get("guest", ""),
-                not_a_vm=True,
-            )
+            return _vm_report(part, sample, [], not_a_vm=True)
         health = self.runner.health
         rules = health.vm_rules_now(part.key, sample.key, now)
         ctx = self._vm_context(part, sample, now, watched)
@@ -304,16 +317,7 @@ class Judge:
                 add("balloon_without_pressure")
 
         found.sort(key=lambda f: -RANK[f.severity])
-        return VmReport(
-            kind,
-            part.instance,
-            tags.get("host", ""),
-            dict(tags),
-            dict(fields),
-            found,
-            guest=tags.get("guest", ""),
-            pending=pending,
-        )
+        return _vm_report(part, sample, found, pending=pending)
 
     @staticmethod
     def _integration(fields: Fields, rules: list[RuleState], ctx: Context) -> list[str]:
