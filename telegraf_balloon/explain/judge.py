@@ -48,7 +48,7 @@ def _number(fields: Fields, name: str) -> Optional[float]:
     return float(value)
 
 
-# fields shown in messages as sizes for people, and their template names
+# fields shown in messages as sizes for people, and their template names: a VM's, a host's
 _SIZES = (
     ("memory_max_bytes", "max"),
     ("balloon_actual_bytes", "actual"),
@@ -57,6 +57,21 @@ _SIZES = (
     ("reservation_bytes", "reservation"),
     ("host_swapped_bytes", "host_swapped"),
 )
+_HOST_SIZES = (
+    ("host_swap_out_bytes_per_second", "host_swap_rate"),
+    ("host_swap_used_bytes", "host_swap_used"),
+    ("host_swap_total_bytes", "host_swap_total"),
+    ("ksm_saved_bytes", "ksm_saved"),
+    ("ksm_profit_bytes", "ksm_profit"),
+)
+
+
+def _put_sizes(ctx: Context, fields: Fields, names: tuple[tuple[str, str], ...]) -> None:
+    """Each of the `names` (field, template name) the line carries, as a size for people."""
+    for name, short in names:
+        value = fields.get(name)
+        if value is not None:
+            ctx[short] = size(value)
 
 
 def severity(code_name: str, rules: list[RuleState]) -> str:
@@ -378,10 +393,7 @@ class Judge:
             ctx["vmid"] = tags["vmid"]
         if part.kind == catalog.QMP:
             ctx["socket"] = sample.key
-        for name, short in _SIZES:
-            value = fields.get(name)
-            if value is not None:
-                ctx[short] = size(value)
+        _put_sizes(ctx, fields, _SIZES)
         maximum = _number(fields, "memory_max_bytes")
         if maximum is not None:
             ctx["max_bytes"] = f"{maximum:.0f}"
@@ -603,16 +615,7 @@ class Judge:
             reclaimed_pct=percent(fields.get("reclaimed_ratio")),
             for_note="",
         )
-        for name, short in (
-            ("host_swap_out_bytes_per_second", "host_swap_rate"),
-            ("host_swap_used_bytes", "host_swap_used"),
-            ("host_swap_total_bytes", "host_swap_total"),
-            ("ksm_saved_bytes", "ksm_saved"),
-            ("ksm_profit_bytes", "ksm_profit"),
-        ):
-            value = fields.get(name)
-            if value is not None:
-                ctx[short] = size(value)
+        _put_sizes(ctx, fields, _HOST_SIZES)
         overcommit = _number(fields, "overcommit_ratio")
         if overcommit is not None:
             ctx["overcommit"] = f"{overcommit:.2f}x"
