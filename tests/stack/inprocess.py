@@ -22,7 +22,8 @@ __all__ = ["Plugin", "wait_for"]  # wait_for: the toolkit's, for the tests that 
 
 
 class Plugin:
-    """The real runner with real sources, its output parsed line by line."""
+    """The real runner with real sources, its output parsed line by line (closed at the end
+    of a `with` block)."""
 
     def __init__(self, toml: str) -> None:
         self.log_stream = io.StringIO()
@@ -52,3 +53,9 @@ class Plugin:
 
     def close(self) -> None:
         self.runner.close()
+
+    def __enter__(self) -> Plugin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
