@@ -143,18 +143,30 @@ def _source(run: Path, conf: Path, stream: io.StringIO) -> QmpSource:
     return QmpSource(config, "pve-1", Log(stream), pve_dir=str(conf))
 
 
-def test_pve_query_balloon_saves_the_guest_stats_round_trip(
-    pve_host: tuple[Path, Path], pve_replies: dict[str, dict[str, Any]]
-) -> None:
+Replies = dict[str, dict[str, Any]]
+
+
+@pytest.fixture()
+def pve_101(
+    pve_host: tuple[Path, Path], pve_replies: Replies
+) -> Iterator[tuple[PveQmp, QmpSource]]:
+    """VM 101 served as Proxmox's QEMU does (its guest's stats flowing), and a source on the
+    node; the stand-in is closed after the test."""
     run, conf = pve_host
     server = PveQmp(str(run / "101.qmp"), pve_replies["stats_flowing"])
     try:
-        source = _source(run, conf, io.StringIO())
-        now = 1795848265.0
-        first = source.poll(now)
-        second = source.poll(now + 10)
+        yield server, _source(run, conf, io.StringIO())
     finally:
         server.close()
+
+
+def test_pve_query_balloon_saves_the_guest_stats_round_trip(
+    pve_101: tuple[PveQmp, QmpSource], pve_replies: Replies
+) -> None:
+    server, source = pve_101
+    now = 1795848265.0
+    first = source.poll(now)
+    second = source.poll(now + 10)
     assert first.error is None and second.error is None
     # First contact: identity once, and guest-stats (QEMU might be unpatched).
     assert "qom-get guest-stats" in server.commands[0]
@@ -198,21 +210,16 @@ def test_pve_query_balloon_saves_the_guest_stats_round_trip(
 
 
 def test_pve_query_balloon_without_stats_asks_guest_stats_again(
-    pve_host: tuple[Path, Path], pve_replies: dict[str, dict[str, Any]]
+    pve_101: tuple[PveQmp, QmpSource], pve_replies: Replies
 ) -> None:
     """Stats stop (interval set to 0): query-balloon drops them, qom-get is asked again."""
-    run, conf = pve_host
-    server = PveQmp(str(run / "101.qmp"), pve_replies["stats_flowing"])
-    try:
-        source = _source(run, conf, io.StringIO())
-        source.poll(1795848265.0)
-        source.poll(1795848275.0)
-        server.balloon = pve_replies["period_zero"]
-        server.interval = 0
-        third = source.poll(1795848285.0)
-        fourth = source.poll(1795848295.0)
-    finally:
-        server.close()
+    server, source = pve_101
+    source.poll(1795848265.0)
+    source.poll(1795848275.0)
+    server.balloon = pve_replies["period_zero"]
+    server.interval = 0
+    third = source.poll(1795848285.0)
+    fourth = source.poll(1795848295.0)
     assert "qom-get guest-stats" in server.commands[2]  # the same exchange, a follow-up
     assert "qom-get guest-stats" in server.commands[3]
     fields = third.samples[0].fields
@@ -222,17 +229,13 @@ def test_pve_query_balloon_without_stats_asks_guest_stats_again(
 
 
 def test_pve_query_balloon_partial_figures(
-    pve_host: tuple[Path, Path], pve_replies: dict[str, dict[str, Any]]
+    pve_101: tuple[PveQmp, QmpSource], pve_replies: Replies
 ) -> None:
     """A figure the guest did not send is absent from Proxmox's reply, so absent here."""
-    run, conf = pve_host
-    server = PveQmp(str(run / "101.qmp"), pve_replies["partial"])
-    try:
-        source = _source(run, conf, io.StringIO())
-        source.poll(1795848265.0)
-        second = source.poll(1795848275.0)
-    finally:
-        server.close()
+    server, source = pve_101
+    server.balloon = pve_replies["partial"]
+    source.poll(1795848265.0)
+    second = source.poll(1795848275.0)
     fields = second.samples[0].fields
     assert fields["guest_free_bytes"] == pve_replies["partial"]["free_mem"]
     for absent in ("swap_in_bytes_total", "major_faults_total", "guest_available_bytes"):
