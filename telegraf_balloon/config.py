@@ -287,6 +287,14 @@ class _Reader:
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
 
+    def seconds(self, key: str, default: float, positive: bool = False) -> float:
+        """A duration that has a default; `positive`: zero or less is an error."""
+        value = self.duration(key, default)
+        assert value is not None
+        if positive and value <= 0:
+            raise self.error(key, "must be greater than zero")
+        return value
+
     def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = self._typed(
             key,
@@ -352,10 +360,7 @@ def _agent(r: Optional[_Reader]) -> AgentConfig:
     default = AgentConfig()
     if r is None:
         return default
-    timeout = r.duration("timeout", default.timeout)
-    assert timeout is not None
-    if timeout <= 0:
-        raise r.error("timeout", "must be greater than zero")
+    timeout = r.seconds("timeout", default.timeout, positive=True)
     out = AgentConfig(
         hostname=r.string("hostname", default.hostname),
         timeout=timeout,
@@ -387,8 +392,7 @@ def _libvirt(r: _Reader) -> LibvirtConfig:
         raise r.error(
             "agent_ping", "needs read_only = false (libvirt refuses agent commands read-only)"
         )
-    refresh = r.duration("refresh_interval", default.refresh_interval)
-    assert refresh is not None
+    refresh = r.seconds("refresh_interval", default.refresh_interval)
     out = LibvirtConfig(
         uri=uri,
         domains=r.strings("domains", default.domains),
@@ -595,10 +599,7 @@ def _qmp(r: _Reader) -> QmpConfig:
     proxmox = r.string("proxmox_config", default.proxmox_config)
     if proxmox not in ("", "auto") and not os.path.isdir(proxmox):
         raise r.error("proxmox_config", f'{proxmox!r} is not a directory (or use "auto" or "")')
-    connect_timeout = r.duration("connect_timeout", default.connect_timeout)
-    assert connect_timeout is not None
-    if connect_timeout <= 0:
-        raise r.error("connect_timeout", "must be greater than zero")
+    connect_timeout = r.seconds("connect_timeout", default.connect_timeout, positive=True)
     out = QmpConfig(
         sockets=sockets,
         proxmox_config=proxmox,
@@ -616,8 +617,7 @@ def _health(r: Optional[_Reader]) -> HealthConfig:
     default = HealthConfig()
     if r is None:
         return default
-    stuck_for = r.duration("stuck_for", default.stuck_for)
-    assert stuck_for is not None
+    stuck_for = r.seconds("stuck_for", default.stuck_for)
     out = HealthConfig(
         stuck_gap_ratio=r.ratio("stuck_gap_ratio", default.stuck_gap_ratio),
         stuck_for=stuck_for,
@@ -657,8 +657,7 @@ def _threshold(r: _Reader) -> ThresholdRule:
     if warn is not None and crit is not None and (warn < crit if below else warn > crit):
         side = "above" if below else "beyond"
         raise r.error("warn", f"warn ({warn:g}) is {side} crit ({crit:g})")
-    for_seconds = r.duration("for", _THRESHOLD_DEFAULTS["for_seconds"])
-    assert for_seconds is not None
+    for_seconds = r.seconds("for", _THRESHOLD_DEFAULTS["for_seconds"])
     out = ThresholdRule(name, measurement, warn, crit, for_seconds, below)
     r.finish()
     return out

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from telegraf_balloon import catalog
-from tests.stack.common import unavailable
+from tests.stack.inprocess import rootless_plugin
+from tests.stack.node_xml import DomainSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST_ROOTS = sorted((ROOT / "tests/fixtures/guest").glob("*/root"))
@@ -23,21 +24,11 @@ GUEST_ROOTS = sorted((ROOT / "tests/fixtures/guest").glob("*/root"))
 
 @pytest.fixture(scope="module")
 def lines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, Any]]]:
-    try:
-        import libvirt  # noqa: F401
-    except ImportError:
-        unavailable("libvirt-python is not installed (make setup)")
-    from tests.stack.inprocess import Plugin
-    from tests.stack.node_xml import DomainSpec, write_node_xml
-
-    tmp = tmp_path_factory.mktemp("catalog")
-    node = tmp / "node.xml"
-    write_node_xml(node, [DomainSpec("web", memory_kib=1048576, current_kib=786432)])
-    (tmp / "qmp").mkdir()
     guests = "".join(f'[[sources.guest]]\nroot = "{root}"\n' for root in GUEST_ROOTS)
-    plugin = Plugin(
-        f'[[sources.libvirt]]\nuri = "test://{node}"\n'
-        f'[[sources.qmp]]\nsockets = ["{tmp}/qmp/*.qmp"]\nproxmox_config = ""\n' + guests
+    plugin = rootless_plugin(
+        tmp_path_factory.mktemp("catalog"),
+        [DomainSpec("web", memory_kib=1048576, current_kib=786432)],
+        guests,
     )
     try:
         yield plugin.poll() + plugin.poll()

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from telegraf_balloon import catalog
-from tests.stack.common import unavailable
+from tests.stack.inprocess import rootless_plugin
+from tests.stack.node_xml import DomainSpec
 from tests.stack.telegraf_outputs import GraphiteOutput, graphite_lines
 
 if sys.version_info >= (3, 11):
@@ -102,35 +103,22 @@ def test_the_serializer_port_agrees_with_telegrafs_own_cases(
 @pytest.fixture(scope="module")
 def real_lines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict[str, Any]]]:
     """Three polls of the real runner over every kind of source that runs without root."""
-    try:
-        import libvirt  # noqa: F401
-    except ImportError:
-        unavailable("libvirt-python is not installed (make setup)")
-    from tests.stack.inprocess import Plugin
-    from tests.stack.node_xml import DomainSpec, write_node_xml
-
     tmp = tmp_path_factory.mktemp("graphite")
-    node = tmp / "node.xml"
-    write_node_xml(
-        node,
-        [
-            DomainSpec("web.example", memory_kib=1048576, current_kib=786432),
-            DomainSpec("db", memory_kib=2097152, stats_period=0),
-        ],
-    )
     qemu_logs, guest_logs = tmp / "qemu", tmp / "guest"
     for folder, names in ((qemu_logs, ("web.log", "db.log")), (guest_logs, ("web.log",))):
         folder.mkdir()
         for name in names:
             (folder / name).write_text("started\n")
-    (tmp / "qmp").mkdir()
-    plugin = Plugin(
-        f'[[sources.libvirt]]\nuri = "test://{node}"\n'
+    plugin = rootless_plugin(
+        tmp,
+        [
+            DomainSpec("web.example", memory_kib=1048576, current_kib=786432),
+            DomainSpec("db", memory_kib=2097152, stats_period=0),
+        ],
         f'[[sources.guest]]\nroot = "{GUEST_ROOT}"\n'
-        f'[[sources.qmp]]\nsockets = ["{tmp}/qmp/*.qmp"]\nproxmox_config = ""\n'
         f'[[sources.logs]]\nfiles = ["{qemu_logs}/*.log"]\n'
         f'[[sources.logs]]\nfiles = ["{guest_logs}/*.log"]\n'
-        '[[thresholds]]\nfield = "balloon_ratio"\nwarn = 0.2\n'
+        '[[thresholds]]\nfield = "balloon_ratio"\nwarn = 0.2\n',
     )
     try:
         lines = plugin.poll()

@@ -10,11 +10,12 @@ and the comments of telegraf_balloon/sample.toml ([health], [[thresholds]]).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import random
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -1697,27 +1698,41 @@ def by_measurement(lines: list[dict[str, Any]], measurement: str) -> list[dict[s
     return [line for line in lines if line["measurement"] == measurement]
 
 
-def make_runner(
-    sources: list[ToySource], clock: FakeClock, config: Config
-) -> tuple[Runner, io.BytesIO]:
-    out = io.BytesIO()
-    runner = Runner(config, sources, out=out, log=Log(io.StringIO()), hostname="h", clock=clock)
-    return runner, out
+class ToyRun:
+    """The real runner over toy sources, on a clock the test sets (from T0)."""
+
+    def __init__(self, sources: list[ToySource]) -> None:
+        self.clock = FakeClock(T0)
+        self.out = io.BytesIO()
+        config = Config(path="toy", health=SAMPLE.health, thresholds=SAMPLE.thresholds)
+        self.runner = Runner(
+            config, sources, out=self.out, log=Log(io.StringIO()), hostname="h", clock=self.clock
+        )
+
+    def at(self, t: float) -> list[dict[str, Any]]:
+        """One poll `t` seconds after T0: its lines, parsed."""
+        self.clock.t = T0 + t
+        return parsed_poll(self.runner, self.out)
+
+    def vms_at(self, t: float) -> list[dict[str, Any]]:
+        """One poll `t` seconds after T0: its balloon lines."""
+        return by_measurement(self.at(t), catalog.BALLOON)
 
 
-def toy_config() -> Config:
-    return Config(path="toy", health=SAMPLE.health, thresholds=SAMPLE.thresholds)
+@contextlib.contextmanager
+def toy_run(*sources: ToySource) -> Iterator[ToyRun]:
+    run = ToyRun(list(sources))
+    try:
+        yield run
+    finally:
+        run.runner.close()
 
 
 def test_a_new_source_kind_gets_rates_stuck_and_levels_through_the_runner() -> None:
-    clock = FakeClock(T0)
-    toy = ToySource("toy://one")
-    runner, out = make_runner([toy], clock, toy_config())
-    try:
+    with toy_run(ToySource("toy://one")) as run:
         seen: list[tuple[float, dict[str, Any], dict[str, Any]]] = []
         for t in (0.0, 10.0, 299.0, 300.0, 310.0, 600.0):
-            clock.t = T0 + t
-            lines = parsed_poll(runner, out)
+            lines = run.at(t)
             (vm_line,) = by_measurement(lines, catalog.BALLOON)
             (host_line,) = by_measurement(lines, catalog.HOST)
             (collector,) = by_measurement(lines, catalog.COLLECTOR)
@@ -1725,8 +1740,6 @@ def test_a_new_source_kind_gets_rates_stuck_and_levels_through_the_runner() -> N
             assert vm_line["tags"]["source"] == collector["tags"]["source"] == "toy"
             assert collector["fields"]["up"] is True and collector["fields"]["vms"] == 1
             seen.append((t, vm_line["fields"], host_line["fields"]))
-    finally:
-        runner.close()
     by_t = {t: (v, h) for t, v, h in seen}
     v0, h0 = by_t[0.0]
     assert v0["balloon_ratio"] == 0.125 and v0["balloon_gap_bytes"] == 2 * GiB
@@ -1744,111 +1757,80 @@ def test_a_new_source_kind_gets_rates_stuck_and_levels_through_the_runner() -> N
 
 
 def test_a_new_source_kind_vm_that_leaves_is_forgotten_after_the_grace() -> None:
-    clock = FakeClock(T0)
     toy = ToySource("toy://one")
-    runner, out = make_runner([toy], clock, toy_config())
-    try:
+    with toy_run(toy) as run:
         for t in (0.0, 300.0):
-            clock.t = T0 + t
-            (vm_line,) = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
+            (vm_line,) = run.vms_at(t)
         assert vm_line["fields"]["stuck"] is True
         toy.present = False
         for n in range(GRACE + 1):
-            clock.t = T0 + 310 + n
-            lines = parsed_poll(runner, out)
+            lines = run.at(310 + n)
             assert by_measurement(lines, catalog.BALLOON) == []
             assert by_measurement(lines, catalog.HOST) == []  # no VM there: no host line
             # the VM and its host keep their state within the grace, and are freed after it
-            assert runner.health.tracked() == (2 if n < GRACE else 0), n
+            assert run.runner.health.tracked() == (2 if n < GRACE else 0), n
         toy.present = True
-        clock.t = T0 + 320
-        (vm_line,) = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
+        (vm_line,) = run.vms_at(320)
         assert vm_line["fields"]["stuck"] is False and OUT not in vm_line["fields"]
-    finally:
-        runner.close()
 
 
 def test_a_vm_missing_from_one_poll_keeps_its_stuck_clock_through_the_runner() -> None:
-    clock = FakeClock(T0)
     toy = ToySource("toy://one")
-    runner, out = make_runner([toy], clock, toy_config())
-    try:
-        clock.t = T0
-        parsed_poll(runner, out)
+    with toy_run(toy) as run:
+        run.at(0)
         toy.present = False
-        clock.t = T0 + 150
-        parsed_poll(runner, out)
+        run.at(150)
         toy.present = True
-        clock.t = T0 + 300
-        (vm_line,) = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
+        (vm_line,) = run.vms_at(300)
         assert vm_line["fields"]["stuck"] is True  # on time: 5 min after it was first seen
         assert vm_line["fields"][OUT] == 2 * 10 * MiB / 300  # two polls' growth over 300 s
-    finally:
-        runner.close()
 
 
 def test_a_source_down_for_a_few_polls_keeps_its_state_a_long_outage_frees_it() -> None:
     """The runner does not judge a source that did not answer; it tells the stage it missed."""
-    clock = FakeClock(T0)
     toy = ToySource("toy://one")
-    runner, out = make_runner([toy], clock, toy_config())
-    try:
-        clock.t = T0
-        parsed_poll(runner, out)
+    with toy_run(toy) as run:
+        run.at(0)
         toy.down = True
         for n in range(GRACE):
-            clock.t = T0 + 60 * (n + 1)
-            assert not runner.poll()
-            assert runner.health.tracked() == 2  # the VM and its host
+            run.clock.t = T0 + 60 * (n + 1)
+            assert not run.runner.poll()
+            assert run.runner.health.tracked() == 2  # the VM and its host
         toy.down = False
-        clock.t = T0 + 300
-        (vm_line,) = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
+        (vm_line,) = run.vms_at(300)
         assert vm_line["fields"]["stuck"] is True  # the outage did not restart its clock
         assert OUT in vm_line["fields"]
         toy.down = True
         for n in range(GRACE + 1):
-            clock.t = T0 + 400 + n
-            assert not runner.poll()
-        assert runner.health.tracked() == 0
+            run.clock.t = T0 + 400 + n
+            assert not run.runner.poll()
+        assert run.runner.health.tracked() == 0
         toy.down = False
-        clock.t = T0 + 700
-        (vm_line,) = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
+        (vm_line,) = run.vms_at(700)
         assert vm_line["fields"]["stuck"] is False and OUT not in vm_line["fields"]
-    finally:
-        runner.close()
+
+
+def assert_stuck_and_fine(stuck: ToySource, fine: ToySource, times: Sequence[float]) -> None:
+    """Polled side by side at `times`: one VM stuck, the other not, both with their rates."""
+    with toy_run(stuck, fine) as run:
+        for t in times:
+            lines = run.vms_at(t)
+        assert len(lines) == 2
+        flags = sorted(line["fields"]["stuck"] for line in lines)
+        assert flags == [False, True]
+        assert all(OUT in line["fields"] for line in lines)
 
 
 def test_two_sources_of_one_new_kind_keep_separate_state() -> None:
-    clock = FakeClock(T0)
-    stuck, fine = ToySource("toy://stuck"), ToySource("toy://fine", gap_bytes=0)
-    runner, out = make_runner([stuck, fine], clock, toy_config())
-    try:
-        for t in (0.0, 300.0):
-            clock.t = T0 + t
-            lines = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
-        assert len(lines) == 2
-        flags = sorted(line["fields"]["stuck"] for line in lines)
-        assert flags == [False, True]  # same VM key "toy-1" in both instances
-        assert all(OUT in line["fields"] for line in lines)
-    finally:
-        runner.close()
+    # the same VM key "toy-1" in both instances
+    assert_stuck_and_fine(ToySource("toy://stuck"), ToySource("toy://fine", gap_bytes=0), (0, 300))
 
 
 def test_two_kinds_with_the_same_instance_string_keep_separate_state() -> None:
     """State is per (kind, instance): a new kind may reuse another kind's instance string."""
-    clock = FakeClock(T0)
     toy, other = ToySource("shared"), ToySource("shared", gap_bytes=0)
     other.kind = "toy2"
-    runner, out = make_runner([toy, other], clock, toy_config())
-    try:
-        for t in (0.0, 299.0, 300.0):
-            clock.t = T0 + t
-            lines = by_measurement(parsed_poll(runner, out), catalog.BALLOON)
-        flags = sorted(line["fields"]["stuck"] for line in lines)
-        assert flags == [False, True]
-        assert all(OUT in line["fields"] for line in lines)
-    finally:
-        runner.close()
+    assert_stuck_and_fine(toy, other, (0, 299, 300))
 
 
 # --- between two polls: the host's reclaim (one table with the swap rates and ECC growth) ----

@@ -10,9 +10,6 @@ memory of the last report.
 from __future__ import annotations
 
 import io
-import json
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +20,7 @@ from telegraf_balloon.config import QmpConfig
 from telegraf_balloon.log import Log
 from telegraf_balloon.sources.kvm import DRIVER_GRACE, driver_grace, driver_silent, driver_verdict
 from telegraf_balloon.sources.qmp import QmpSource
+from tests.fakes.qmp_peer import QmpPeer
 
 MIB = 1024 * 1024
 
@@ -54,7 +52,7 @@ def test_driver_verdict(
     assert driver_verdict(period, reported, current, None, seen_for) is False
 
 
-class Monitor:
+class Monitor(QmpPeer):
     """A QMP server for one VM whose guest-stats read fails while `stats_fail` is set.
 
     A stand-in (comment required by the project's rules): a real QEMU answers qom-get of
@@ -66,26 +64,9 @@ class Monitor:
     def __init__(self, path: str, last_update: int) -> None:
         self.last_update = last_update
         self.stats_fail = False
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(path)
-        self.server.listen(2)
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(path)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
-                for line in conn.makefile("rb"):
-                    message = json.loads(line)
-                    reply = self._answer(message)
-                    reply["id"] = message.get("id")
-                    conn.sendall(json.dumps(reply).encode() + b"\r\n")
-
-    def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
+    def reply(self, message: dict[str, Any]) -> dict[str, Any]:
         name = message["execute"]
         prop = message.get("arguments", {}).get("property")
         answers: dict[str, Any] = {
@@ -104,9 +85,6 @@ class Monitor:
         if name == "qom-get" and prop == "guest-stats-polling-interval":
             return {"return": 2}
         return {"return": answers.get(name, {})}
-
-    def close(self) -> None:
-        self.server.close()
 
 
 @pytest.fixture()

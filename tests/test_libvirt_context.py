@@ -29,12 +29,12 @@ except ImportError:  # pragma: no cover - make setup installs the binding
     pytest.skip("libvirt-python is not installed", allow_module_level=True)
 
 from telegraf_balloon import catalog, lineprotocol
-from telegraf_balloon.config import LibvirtConfig
-from telegraf_balloon.log import Log
 from telegraf_balloon.sources.context import MAX_TAG_BYTES, tag_value
 from telegraf_balloon.sources.libvirt.context import domain_context
 from telegraf_balloon.sources.libvirt.source import LibvirtSource
-from tests.fakes.libvirt_conn import FakeConnection, Recording
+from tests.fakes.libvirt_conn import FakeConnection
+from tests.test_libvirt_source import fake as recorded_host
+from tests.test_libvirt_source import remote_source
 
 NOVA = "http://openstack.org/xmlns/libvirt/nova/1.1"
 UUID = "5f0c1e33-6a3e-4c8e-9d1b-0d1a2b3c4d5e"
@@ -95,26 +95,13 @@ def kubevirt_metadata() -> ET.Element:
 
 
 def fake(name: str, xml: str) -> FakeConnection:
-    host = {
-        "getHostname": "kvm1",
-        "getInfo": ["x86_64", 65536, 16, 2400, 1, 2, 8, 1],
-        "getType": "QEMU",
-        "getFreeMemory": 40 * 1024**3,
-    }
+    """One domain on the recorded host."""
     calls = {"name": name, "UUIDString": UUID, "ID": 1, "XMLDesc": xml}
-    return FakeConnection(Recording(host=host, domains=[(calls, dict(BULK))]))
+    return recorded_host((calls, dict(BULK)))
 
 
 def source(conn: FakeConnection, **overrides: Any) -> tuple[LibvirtSource, io.StringIO]:
-    settings_: dict[str, Any] = {
-        "uri": "qemu+ssh://kvm1/system",
-        "keepalive_interval": 0,
-        "concurrency": 1,
-    }
-    settings_.update(overrides)
-    stream = io.StringIO()
-    made = LibvirtSource(LibvirtConfig(**settings_), Log(stream), connect=lambda _u, _r: conn)
-    return made, stream
+    return remote_source(lambda _u, _r: conn, **overrides)
 
 
 def said(log: io.StringIO) -> list[str]:

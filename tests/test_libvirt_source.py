@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -94,8 +94,10 @@ class Opened:
         return self.conn
 
 
-def source(conn: FakeConnection, **overrides: Any) -> tuple[LibvirtSource, io.StringIO, Opened]:
-    """A source on a remote host (its host line from libvirt), one bulk call a poll."""
+def remote_source(
+    connect: Callable[[str, bool], FakeConnection], **overrides: Any
+) -> tuple[LibvirtSource, io.StringIO]:
+    """A source on a remote host (its host line from libvirt), one bulk call a poll; its log."""
     settings: dict[str, Any] = {
         "uri": "qemu+ssh://kvm1/system",
         "keepalive_interval": 0,
@@ -103,12 +105,17 @@ def source(conn: FakeConnection, **overrides: Any) -> tuple[LibvirtSource, io.St
     }
     settings.update(overrides)
     stream = io.StringIO()
+    return LibvirtSource(LibvirtConfig(**settings), Log(stream), connect=connect), stream
+
+
+def source(conn: FakeConnection, **overrides: Any) -> tuple[LibvirtSource, io.StringIO, Opened]:
+    """A remote source (:func:`remote_source`) through a counting seam."""
     opened = Opened(conn)
-    made = LibvirtSource(LibvirtConfig(**settings), Log(stream), connect=opened)
+    made, stream = remote_source(opened, **overrides)
     # A remote URI says once, at start, that the host's reclaim figures are not readable from
     # here: that line is checked once here, and the tests below see what comes after it.
     start = stream.getvalue().splitlines()
-    assert len(start) == 1 and start[0].startswith(f"I! libvirt {settings['uri']}: a remote URI")
+    assert len(start) == 1 and start[0].startswith(f"I! libvirt {made.config.uri}: a remote URI")
     stream.seek(0)
     stream.truncate()
     return made, stream, opened

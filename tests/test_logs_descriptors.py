@@ -18,14 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from telegraf_balloon import catalog
 from telegraf_balloon.config import load_text
 from telegraf_balloon.log import Log
 from telegraf_balloon.sources.logs.files import OPEN_FILES, READ_LIMIT, open_bound
 from telegraf_balloon.sources.logs.source import LogsSource
 from tests.stack.execd import run_cli
+from tests.test_logs_source import Counts, _counts
 
-Counts = dict[tuple[str, str], tuple[int, int]]
 PUFF = "virtio_balloon virtio0: Out of puff! Can't get 256 pages\n"
 
 
@@ -35,16 +34,6 @@ def _source(folder: Path, open_files: Optional[int] = None) -> tuple[LogsSource,
     if open_files is None:
         return LogsSource(config.logs[0], "h", Log(stream)), stream
     return LogsSource(config.logs[0], "h", Log(stream), open_files=open_files), stream
-
-
-def _counts(source: LogsSource) -> Counts:
-    out: Counts = {}
-    for measurement, tags, fields in source.poll(0.0).points:
-        assert catalog.check_point(measurement, tags, dict(fields)) == []
-        count, total = fields["count"], fields["count_total"]
-        assert isinstance(count, int) and isinstance(total, int)
-        out[(os.path.basename(tags["file"]), tags["event"])] = (count, total)
-    return out
 
 
 def _held(folder: Path) -> dict[str, int]:

@@ -18,13 +18,12 @@ from typing import Callable
 
 import pytest
 
-from telegraf_balloon import catalog
 from telegraf_balloon.config import load_text
 from telegraf_balloon.log import Log
 from telegraf_balloon.sources.logs.kmsg import KMSG_PATH, KMSG_TAG
 from telegraf_balloon.sources.logs.source import LogsSource
-
-Counts = dict[tuple[str, str], tuple[int, int]]
+from tests.test_logs_source import Counts
+from tests.test_logs_source import _counts as file_counts
 
 
 class StandIn:
@@ -100,13 +99,8 @@ def _source(path: str, files: str = "[]", log: Log | None = None, extra: str = "
 
 
 def _counts(source: LogsSource) -> Counts:
-    out: Counts = {}
-    for measurement, tags, fields in source.poll(0.0).points:
-        assert catalog.check_point(measurement, tags, dict(fields)) == []
-        count, total = fields["count"], fields["count_total"]
-        assert isinstance(count, int) and isinstance(total, int)
-        out[(tags["file"], tags["event"])] = (count, total)
-    return out
+    """By the whole `file` tag: kmsg, or a log file's path."""
+    return file_counts(source, str)
 
 
 def test_guest_kernel_events_from_the_kernel_log(

@@ -7,6 +7,7 @@ import os
 import re
 import resource
 from pathlib import Path
+from typing import Callable
 
 from telegraf_balloon import catalog
 from telegraf_balloon.config import load_text
@@ -15,6 +16,8 @@ from telegraf_balloon.sources.logs.events import matching_lines
 from telegraf_balloon.sources.logs.files import POLL_BUDGET, READ_LIMIT
 from telegraf_balloon.sources.logs.lines import MAX_LINE, Lines
 from telegraf_balloon.sources.logs.source import LogsSource
+
+Counts = dict[tuple[str, str], tuple[int, int]]
 
 # What a kernel >= 4.19 logs for one OOM kill: both lines, which must count once.
 OOM = (
@@ -29,16 +32,33 @@ def _source(tmp_path: Path, extra: str = "") -> tuple[LogsSource, io.StringIO]:
     return LogsSource(config.logs[0], "h", Log(stream)), stream
 
 
-def _counts(source: LogsSource) -> dict[tuple[str, str], tuple[int, int]]:
-    result = source.poll(0.0)
-    out = {}
-    for measurement, tags, fields in result.points:
+def _counts(source: LogsSource, name: Callable[[str], str] = os.path.basename) -> Counts:
+    """One poll's lines, each held to the catalog: (name(file tag), event) -> (count, total)."""
+    out: Counts = {}
+    for measurement, tags, fields in source.poll(0.0).points:
         assert measurement == catalog.LOG
         assert catalog.check_point(measurement, tags, dict(fields)) == []
         count, total = fields["count"], fields["count_total"]
         assert isinstance(count, int) and isinstance(total, int)
-        out[(os.path.basename(tags["file"]), tags["event"])] = (count, total)
+        out[(name(tags["file"]), tags["event"])] = (count, total)
     return out
+
+
+def _following(
+    tmp_path: Path, name: str, text: str = "", extra: str = ""
+) -> tuple[Path, LogsSource, io.StringIO]:
+    """The log `name` holding `text`, and a source that has polled once (what was there is
+    history from then on)."""
+    log = tmp_path / name
+    log.write_text(text)
+    source, stream = _source(tmp_path, extra)
+    _counts(source)
+    return log, source, stream
+
+
+def _append(log: Path, text: str) -> None:
+    with log.open("a") as handle:
+        handle.write(text)
 
 
 def test_only_new_lines_count_and_totals_accumulate(tmp_path: Path) -> None:
@@ -46,15 +66,13 @@ def test_only_new_lines_count_and_totals_accumulate(tmp_path: Path) -> None:
     log.write_text("old: Failed to extend balloon\n")
     source, _ = _source(tmp_path)
     assert _counts(source) == {}  # what was there before the plugin started is history
-    with log.open("a") as handle:
-        handle.write("x Failed to extend balloon y\nInsufficient host resources to pin memory\n")
+    _append(log, "x Failed to extend balloon y\nInsufficient host resources to pin memory\n")
     assert _counts(source) == {
         ("hostd.log", "balloon_extend_failed"): (1, 1),
         ("hostd.log", "host_pin_failed"): (1, 1),
     }
     assert _counts(source) == {}  # nothing new: no line
-    with log.open("a") as handle:
-        handle.write("Failed to extend balloon\n" + OOM)
+    _append(log, "Failed to extend balloon\n" + OOM)
     assert _counts(source) == {
         ("hostd.log", "balloon_extend_failed"): (1, 2),
         ("hostd.log", "oom_kill"): (1, 1),
@@ -62,15 +80,10 @@ def test_only_new_lines_count_and_totals_accumulate(tmp_path: Path) -> None:
 
 
 def test_partial_lines_wait_for_their_end(tmp_path: Path) -> None:
-    log = tmp_path / "messages.log"
-    log.write_text("")
-    source, _ = _source(tmp_path)
-    _counts(source)
-    with log.open("a") as handle:
-        handle.write("kernel: virtio_balloon virtio0: Out of puff! Can't get 256 pa")
+    log, source, _ = _following(tmp_path, "messages.log")
+    _append(log, "kernel: virtio_balloon virtio0: Out of puff! Can't get 256 pa")
     assert _counts(source) == {}
-    with log.open("a") as handle:
-        handle.write("ges\nvmmemctl: G_FREEZE\nvmmemctl: PIN_FAILED\n")
+    _append(log, "ges\nvmmemctl: G_FREEZE\nvmmemctl: PIN_FAILED\n")
     assert _counts(source) == {
         ("messages.log", "virtio_out_of_puff"): (1, 1),
         ("messages.log", "vmmemctl_freeze"): (1, 1),
@@ -79,16 +92,14 @@ def test_partial_lines_wait_for_their_end(tmp_path: Path) -> None:
 
 
 def test_rotation_truncation_and_new_files(tmp_path: Path) -> None:
-    log = tmp_path / "a.log"
-    log.write_text("start\n")
-    source, _ = _source(tmp_path, '[sources.logs.patterns]\nrefused = "balloon .* refused"\n')
-    _counts(source)
+    log, source, _ = _following(
+        tmp_path, "a.log", "start\n", '[sources.logs.patterns]\nrefused = "balloon .* refused"\n'
+    )
     log.rename(tmp_path / "a.log.1")  # rotated: a new file under the old name
     log.write_text("balloon 7 refused\n")
     assert _counts(source) == {("a.log", "refused"): (1, 1)}
     log.write_text("")  # truncated (copytruncate)
-    with log.open("a") as handle:
-        handle.write("balloon 8 refused\n")
+    _append(log, "balloon 8 refused\n")
     assert _counts(source) == {("a.log", "refused"): (1, 2)}
     (tmp_path / "b.log").write_text("Out of memory: Killed process 1 (x)\n")
     assert _counts(source) == {("b.log", "oom_kill"): (1, 1)}  # new files count from the start
@@ -103,10 +114,7 @@ def test_unreadable_file_warns_once(tmp_path: Path) -> None:
 
 def test_rotation_by_rename_finishes_the_old_file(tmp_path: Path) -> None:
     """logrotate's default: rename, the writer keeps its handle a while, then a new file."""
-    log = tmp_path / "hostd.log"
-    log.write_text("start\n")
-    source, _ = _source(tmp_path)
-    _counts(source)
+    log, source, _ = _following(tmp_path, "hostd.log", "start\n")
     writer = log.open("a")
     writer.write("Failed to extend balloon\n")
     writer.flush()
@@ -122,18 +130,13 @@ def test_rotation_by_rename_finishes_the_old_file(tmp_path: Path) -> None:
         ("hostd.log", "vmmemctl_freeze"): (1, 1),  # the old file's last line, then ...
         ("hostd.log", "host_pin_failed"): (1, 1),  # ... the new file, from its start
     }
-    with log.open("a") as handle:
-        handle.write("Failed to extend balloon\n")
+    _append(log, "Failed to extend balloon\n")
     assert _counts(source) == {("hostd.log", "balloon_extend_failed"): (1, 3)}
 
 
 def test_rotation_replaced_at_once_reads_old_end_then_new(tmp_path: Path) -> None:
-    log = tmp_path / "a.log"
-    log.write_text("")
-    source, _ = _source(tmp_path)
-    _counts(source)
-    with log.open("a") as handle:
-        handle.write("Out of puff! 1\nOut of puff! 2\n")
+    log, source, _ = _following(tmp_path, "a.log")
+    _append(log, "Out of puff! 1\nOut of puff! 2\n")
     log.rename(tmp_path / "a.log.1")
     log.write_text("Out of puff! 3\n")
     assert _counts(source) == {("a.log", "virtio_out_of_puff"): (3, 3)}
@@ -141,12 +144,8 @@ def test_rotation_replaced_at_once_reads_old_end_then_new(tmp_path: Path) -> Non
 
 
 def test_deleted_file_is_finished_and_forgotten(tmp_path: Path) -> None:
-    log = tmp_path / "gone.log"
-    log.write_text("")
-    source, _ = _source(tmp_path)
-    _counts(source)
-    with log.open("a") as handle:
-        handle.write("Out of memory: Killed process 7 (x)\n")
+    log, source, _ = _following(tmp_path, "gone.log")
+    _append(log, "Out of memory: Killed process 7 (x)\n")
     log.unlink()
     assert _counts(source) == {("gone.log", "oom_kill"): (1, 1)}
     log.write_text("Out of memory: Killed process 8 (y)\n")  # a new file: counts from 1
@@ -177,14 +176,10 @@ def _line(number: int) -> str:
 
 
 def test_burst_of_100000_lines_counted_exactly_over_bounded_polls(tmp_path: Path) -> None:
-    log = tmp_path / "messages.log"
-    log.write_text("")
-    source, stream = _source(tmp_path)
-    _counts(source)
+    log, source, stream = _following(tmp_path, "messages.log")
     burst = "".join(_line(n) for n in range(1, 100_001))
     assert len(burst) > READ_LIMIT  # more than one poll's worth
-    with log.open("a") as handle:
-        handle.write(burst)
+    _append(log, burst)
     totals: dict[str, int] = {}
     polls = 0
     while True:
@@ -206,10 +201,7 @@ def test_growth_of_1_gib_is_read_in_bounded_chunks_and_said(tmp_path: Path) -> N
     It is read READ_LIMIT bytes per poll, the W! line says how far behind it is (once), the
     endless line is not kept, and the events before and after it are counted once each.
     """
-    log = tmp_path / "qemu.log"
-    log.write_text("")
-    source, stream = _source(tmp_path)
-    _counts(source)
+    log, source, stream = _following(tmp_path, "qemu.log")
     with log.open("a") as handle:
         handle.write("Failed to extend balloon\n")
         handle.truncate(handle.tell() + (1 << 30))
@@ -217,7 +209,7 @@ def test_growth_of_1_gib_is_read_in_bounded_chunks_and_said(tmp_path: Path) -> N
         handle.write("\nInsufficient host resources to pin memory\nFailed to extend balloon\n")
     size = log.stat().st_size
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    seen: list[dict[tuple[str, str], tuple[int, int]]] = []
+    seen: list[Counts] = []
     for _ in range(size // READ_LIMIT + 2):
         counts = _counts(source)
         if counts:
@@ -275,12 +267,8 @@ def test_long_lines_are_matched_on_their_head_and_never_kept_whole() -> None:
 def test_something_unreadable_replacing_a_rotated_file(tmp_path: Path) -> None:
     """A FIFO put where the log was (opening it could block for ever): the old file's end
     still counts, a W! line says it once, and a real file there later is read again."""
-    log = tmp_path / "a.log"
-    log.write_text("")
-    source, stream = _source(tmp_path)
-    _counts(source)
-    with log.open("a") as handle:
-        handle.write("Out of puff! 1\n")
+    log, source, stream = _following(tmp_path, "a.log")
+    _append(log, "Out of puff! 1\n")
     log.rename(tmp_path / "a.log.1")
     os.mkfifo(log)
     assert _counts(source) == {("a.log", "virtio_out_of_puff"): (1, 1)}
@@ -296,8 +284,6 @@ def test_something_unreadable_replacing_a_rotated_file(tmp_path: Path) -> None:
 def test_events_count_matching_lines_and_anchors_are_line_ends(tmp_path: Path) -> None:
     """As grep -c: an event counts the lines it matches; `^`/`$` are each line's start and
     end; no match spans a newline. Written in one go, so one poll reads them as one chunk."""
-    log = tmp_path / "messages.log"
-    log.write_text("")
     patterns = {
         "anchored": "^kernel: balloon refused$",
         "loose": "kernel: balloon refused",
@@ -305,17 +291,17 @@ def test_events_count_matching_lines_and_anchors_are_line_ends(tmp_path: Path) -
         "empty_line": "^$",
     }
     listed = "".join(f'{name} = "{regex}"\n' for name, regex in patterns.items())
-    source, _ = _source(tmp_path, "[sources.logs.patterns]\n" + listed.replace("\\", "\\\\"))
-    _counts(source)
-    with log.open("a") as handle:
-        handle.write(
-            "kernel: balloon refused\n" * 3
-            + "kernel: balloon refused kernel: balloon refused again\n"  # two matches
-            + "guest kernel: balloon refused\n"
-            + "\n"
-            + "Out of puff! Out of puff! Out of puff!\n"  # a built-in, three times on a line
-            + "Out of puff! Can't get 256 pages\n"
-        )
+    extra = "[sources.logs.patterns]\n" + listed.replace("\\", "\\\\")
+    log, source, _ = _following(tmp_path, "messages.log", extra=extra)
+    _append(
+        log,
+        "kernel: balloon refused\n" * 3
+        + "kernel: balloon refused kernel: balloon refused again\n"  # two matches
+        + "guest kernel: balloon refused\n"
+        + "\n"
+        + "Out of puff! Out of puff! Out of puff!\n"  # a built-in, three times on a line
+        + "Out of puff! Can't get 256 pages\n",
+    )
     assert _counts(source) == {
         ("messages.log", "anchored"): (3, 3),
         ("messages.log", "loose"): (5, 5),

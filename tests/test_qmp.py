@@ -12,8 +12,6 @@ import io
 import itertools
 import json
 import os
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -34,6 +32,7 @@ from telegraf_balloon.sources.qmp.protocol import (
 )
 from telegraf_balloon.sources.qmp.replies import NOT_REPORTED, ProtocolError
 from telegraf_balloon.sources.qmp.source import QmpSource
+from tests.fakes.qmp_peer import QmpPeer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "proxmox"
 MIB = 1024 * 1024
@@ -83,7 +82,7 @@ def test_proxmox_resolve_dir(tmp_path: Path) -> None:
 # --- Proxmox's query-balloon -------------------------------------------------------------------
 
 
-class PveQmp:
+class PveQmp(QmpPeer):
     """A QMP server answering as Proxmox's patched QEMU would (a stand-in: no such QEMU here).
 
     It speaks the protocol as the real QEMU does (greeting, capabilities, one JSON object per
@@ -94,40 +93,14 @@ class PveQmp:
         self.path = path
         self.balloon = balloon
         self.interval = interval
-        self.commands: list[list[str]] = []  # per connection, the commands in order
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(path)
-        self.server.listen(2)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(path)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                self._session(conn)
-
-    def _session(self, conn: socket.socket) -> None:
-        seen: list[str] = []
-        self.commands.append(seen)
-        conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\r\n')
-        stream = conn.makefile("rb")
-        for line in stream:
-            message = json.loads(line)
-            seen.append(self._name(message))
-            reply = {"return": self._answer(message), "id": message.get("id")}
-            conn.sendall(json.dumps(reply).encode() + b"\r\n")
-
-    @staticmethod
-    def _name(message: dict[str, Any]) -> str:
+    def name(self, message: dict[str, Any]) -> str:
         arguments = message.get("arguments", {})
         return f"{message['execute']} {arguments.get('property', '')}".strip()
 
-    def _answer(self, message: dict[str, Any]) -> Any:
-        name = self._name(message)
+    def answer(self, message: dict[str, Any]) -> Any:
+        name = self.name(message)
         if name == "query-balloon":
             return self.balloon
         if name == "qom-get guest-stats":
@@ -146,9 +119,6 @@ class PveQmp:
         if name == "query-memory-devices":
             return []  # QEMU's answer for a VM without memory devices
         return {}
-
-    def close(self) -> None:
-        self.server.close()
 
 
 @pytest.fixture()
@@ -173,18 +143,30 @@ def _source(run: Path, conf: Path, stream: io.StringIO) -> QmpSource:
     return QmpSource(config, "pve-1", Log(stream), pve_dir=str(conf))
 
 
-def test_pve_query_balloon_saves_the_guest_stats_round_trip(
-    pve_host: tuple[Path, Path], pve_replies: dict[str, dict[str, Any]]
-) -> None:
+Replies = dict[str, dict[str, Any]]
+
+
+@pytest.fixture()
+def pve_101(
+    pve_host: tuple[Path, Path], pve_replies: Replies
+) -> Iterator[tuple[PveQmp, QmpSource]]:
+    """VM 101 served as Proxmox's QEMU does (its guest's stats flowing), and a source on the
+    node; the stand-in is closed after the test."""
     run, conf = pve_host
     server = PveQmp(str(run / "101.qmp"), pve_replies["stats_flowing"])
     try:
-        source = _source(run, conf, io.StringIO())
-        now = 1795848265.0
-        first = source.poll(now)
-        second = source.poll(now + 10)
+        yield server, _source(run, conf, io.StringIO())
     finally:
         server.close()
+
+
+def test_pve_query_balloon_saves_the_guest_stats_round_trip(
+    pve_101: tuple[PveQmp, QmpSource], pve_replies: Replies
+) -> None:
+    server, source = pve_101
+    now = 1795848265.0
+    first = source.poll(now)
+    second = source.poll(now + 10)
     assert first.error is None and second.error is None
     # First contact: identity once, and guest-stats (QEMU might be unpatched).
     assert "qom-get guest-stats" in server.commands[0]
@@ -228,21 +210,16 @@ def test_pve_query_balloon_saves_the_guest_stats_round_trip(
 
 
 def test_pve_query_balloon_without_stats_asks_guest_stats_again(
-    pve_host: tuple[Path, Path], pve_replies: dict[str, dict[str, Any]]
+    pve_101: tuple[PveQmp, QmpSource], pve_replies: Replies
 ) -> None:
     """Stats stop (interval set to 0): query-balloon drops them, qom-get is asked again."""
-    run, conf = pve_host
-    server = PveQmp(str(run / "101.qmp"), pve_replies["stats_flowing"])
-    try:
-        source = _source(run, conf, io.StringIO())
-        source.poll(1795848265.0)
-        source.poll(1795848275.0)
-        server.balloon = pve_replies["period_zero"]
-        server.interval = 0
-        third = source.poll(1795848285.0)
-        fourth = source.poll(1795848295.0)
-    finally:
-        server.close()
+    server, source = pve_101
+    source.poll(1795848265.0)
+    source.poll(1795848275.0)
+    server.balloon = pve_replies["period_zero"]
+    server.interval = 0
+    third = source.poll(1795848285.0)
+    fourth = source.poll(1795848295.0)
     assert "qom-get guest-stats" in server.commands[2]  # the same exchange, a follow-up
     assert "qom-get guest-stats" in server.commands[3]
     fields = third.samples[0].fields
@@ -252,17 +229,13 @@ def test_pve_query_balloon_without_stats_asks_guest_stats_again(
 
 
 def test_pve_query_balloon_partial_figures(
-    pve_host: tuple[Path, Path], pve_replies: dict[str, dict[str, Any]]
+    pve_101: tuple[PveQmp, QmpSource], pve_replies: Replies
 ) -> None:
     """A figure the guest did not send is absent from Proxmox's reply, so absent here."""
-    run, conf = pve_host
-    server = PveQmp(str(run / "101.qmp"), pve_replies["partial"])
-    try:
-        source = _source(run, conf, io.StringIO())
-        source.poll(1795848265.0)
-        second = source.poll(1795848275.0)
-    finally:
-        server.close()
+    server, source = pve_101
+    server.balloon = pve_replies["partial"]
+    source.poll(1795848265.0)
+    second = source.poll(1795848275.0)
     fields = second.samples[0].fields
     assert fields["guest_free_bytes"] == pve_replies["partial"]["free_mem"]
     for absent in ("swap_in_bytes_total", "major_faults_total", "guest_available_bytes"):

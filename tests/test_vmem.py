@@ -14,8 +14,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import socket
-import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +35,7 @@ from telegraf_balloon.sources.logs.kmsg import KMSG_TAG
 from telegraf_balloon.sources.qmp.protocol import VMEM_RECHECK_POLLS
 from telegraf_balloon.sources.qmp.replies import ProtocolError, memory_devices
 from telegraf_balloon.sources.qmp.source import QmpSource
+from tests.fakes.qmp_peer import QmpPeer
 from tests.test_logs_kmsg import _counts as kmsg_counts
 from tests.test_logs_kmsg import _source as kmsg_source
 from tests.test_logs_kmsg import kernel_log  # noqa: F401  (the fixture: /dev/kmsg or a stand-in)
@@ -115,36 +114,18 @@ def test_a_reply_that_is_not_an_array_is_not_qemu() -> None:
         memory_devices({"size": 1})
 
 
-class StandInQmp:
+class StandInQmp(QmpPeer):
     """A QMP peer answering as QEMU 7.2 does, with the memory devices it is given (a stand-in:
     real QEMU never sends a virtio-mem device with members missing or of the wrong type)."""
+
+    capabilities = ("oob",)
 
     def __init__(self, path: Path, devices: list[Any]) -> None:
         self.devices = devices
         self.balloon_actual = 384 * MIB
-        self.commands: list[list[str]] = []  # per connection, the commands in order
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(str(path))
-        self.server.listen(2)
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(str(path))
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(b'{"QMP": {"version": {}, "capabilities": ["oob"]}}\r\n')
-                seen: list[str] = []
-                self.commands.append(seen)
-                for line in conn.makefile("rb"):
-                    message = json.loads(line)
-                    seen.append(message["execute"])
-                    reply = {"return": self._answer(message), "id": message.get("id")}
-                    conn.sendall(json.dumps(reply).encode() + b"\r\n")
-
-    def _answer(self, message: dict[str, Any]) -> Any:
+    def answer(self, message: dict[str, Any]) -> Any:
         prop = message.get("arguments", {}).get("property")
         if prop == "guest-stats":
             return {"stats": {}, "last-update": 0}
@@ -164,9 +145,6 @@ class StandInQmp:
             "query-memory-devices": self.devices,
             "query-balloon": {"actual": self.balloon_actual},
         }.get(message["execute"], {})
-
-    def close(self) -> None:
-        self.server.close()
 
 
 @pytest.fixture()

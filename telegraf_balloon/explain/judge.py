@@ -48,7 +48,7 @@ def _number(fields: Fields, name: str) -> Optional[float]:
     return float(value)
 
 
-# fields shown in messages as sizes for people, and their template names
+# fields shown in messages as sizes for people, and their template names: a VM's, a host's
 _SIZES = (
     ("memory_max_bytes", "max"),
     ("balloon_actual_bytes", "actual"),
@@ -57,6 +57,21 @@ _SIZES = (
     ("reservation_bytes", "reservation"),
     ("host_swapped_bytes", "host_swapped"),
 )
+_HOST_SIZES = (
+    ("host_swap_out_bytes_per_second", "host_swap_rate"),
+    ("host_swap_used_bytes", "host_swap_used"),
+    ("host_swap_total_bytes", "host_swap_total"),
+    ("ksm_saved_bytes", "ksm_saved"),
+    ("ksm_profit_bytes", "ksm_profit"),
+)
+
+
+def _put_sizes(ctx: Context, fields: Fields, names: tuple[tuple[str, str], ...]) -> None:
+    """Each of the `names` (field, template name) the line carries, as a size for people."""
+    for name, short in names:
+        value = fields.get(name)
+        if value is not None:
+            ctx[short] = size(value)
 
 
 def severity(code_name: str, rules: list[RuleState]) -> str:
@@ -65,6 +80,28 @@ def severity(code_name: str, rules: list[RuleState]) -> str:
     fields = BY_CODE[code_name].rules
     raw = max((r.raw for r in rules if r.field in fields), default=0)
     return _SEVERITY.get(raw, WARNING)
+
+
+def _vm_report(
+    part: SourceBatch,
+    sample: Sample,
+    found: list[Finding],
+    pending: Optional[list[Pending]] = None,
+    not_a_vm: bool = False,
+) -> VmReport:
+    """The report of one VM of `part`: its line as polled, and what was found of it."""
+    tags = sample.tags
+    return VmReport(
+        part.kind,
+        part.instance,
+        tags.get("host", ""),
+        dict(tags),
+        dict(sample.fields),
+        found,
+        guest=tags.get("guest", ""),
+        pending=[] if pending is None else pending,
+        not_a_vm=not_a_vm,
+    )
 
 
 @dataclass
@@ -162,16 +199,7 @@ class Judge:
         fields, tags, kind = sample.fields, sample.tags, part.kind
         if kind == catalog.GUEST and tags.get("hypervisor") == "none":
             # Not a VM: no balloon to judge, and the source sent no judgement to turn into one.
-            return VmReport(
-                kind,
-                part.instance,
-                tags.get("host", ""),
-                dict(tags),
-                dict(fields),
-                [],
-                guest=tags.get("guest", ""),
-                not_a_vm=True,
-            )
+            return _vm_report(part, sample, [], not_a_vm=True)
         health = self.runner.health
         rules = health.vm_rules_now(part.key, sample.key, now)
         ctx = self._vm_context(part, sample, now, watched)
@@ -304,16 +332,7 @@ class Judge:
                 add("balloon_without_pressure")
 
         found.sort(key=lambda f: -RANK[f.severity])
-        return VmReport(
-            kind,
-            part.instance,
-            tags.get("host", ""),
-            dict(tags),
-            dict(fields),
-            found,
-            guest=tags.get("guest", ""),
-            pending=pending,
-        )
+        return _vm_report(part, sample, found, pending=pending)
 
     @staticmethod
     def _integration(fields: Fields, rules: list[RuleState], ctx: Context) -> list[str]:
@@ -374,10 +393,7 @@ class Judge:
             ctx["vmid"] = tags["vmid"]
         if part.kind == catalog.QMP:
             ctx["socket"] = sample.key
-        for name, short in _SIZES:
-            value = fields.get(name)
-            if value is not None:
-                ctx[short] = size(value)
+        _put_sizes(ctx, fields, _SIZES)
         maximum = _number(fields, "memory_max_bytes")
         if maximum is not None:
             ctx["max_bytes"] = f"{maximum:.0f}"
@@ -599,16 +615,7 @@ class Judge:
             reclaimed_pct=percent(fields.get("reclaimed_ratio")),
             for_note="",
         )
-        for name, short in (
-            ("host_swap_out_bytes_per_second", "host_swap_rate"),
-            ("host_swap_used_bytes", "host_swap_used"),
-            ("host_swap_total_bytes", "host_swap_total"),
-            ("ksm_saved_bytes", "ksm_saved"),
-            ("ksm_profit_bytes", "ksm_profit"),
-        ):
-            value = fields.get(name)
-            if value is not None:
-                ctx[short] = size(value)
+        _put_sizes(ctx, fields, _HOST_SIZES)
         overcommit = _number(fields, "overcommit_ratio")
         if overcommit is not None:
             ctx["overcommit"] = f"{overcommit:.2f}x"

@@ -138,24 +138,26 @@ def user_cfg_path(pve_dir: str) -> str:
     return os.path.join(parent, "user.cfg")
 
 
-def read_pools(path: str) -> Optional[dict[str, str]]:
-    """vmid -> pool from a user.cfg, or None when it cannot be read."""
+def _read_text(path: str, limit: int) -> Optional[str]:
+    """At most `limit` bytes of a file as text (bad UTF-8 replaced), or None when unreadable."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read(4 << 20)
+            data = handle.read(limit)
     except OSError:
         return None
-    return parse_pools(data.decode("utf-8", "replace"))
+    return data.decode("utf-8", "replace")
+
+
+def read_pools(path: str) -> Optional[dict[str, str]]:
+    """vmid -> pool from a user.cfg, or None when it cannot be read."""
+    text = _read_text(path, 4 << 20)
+    return None if text is None else parse_pools(text)
 
 
 def read_config(path: str) -> Optional[PveConfig]:
     """The parsed config file, or None when it cannot be read (the VM is not on this node)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(1 << 20)
-    except OSError:
-        return None
-    return parse_config(data.decode("utf-8", "replace"))
+    text = _read_text(path, 1 << 20)
+    return None if text is None else parse_config(text)
 
 
 def resolve_dir(setting: str, auto_dir: str = PVE_DIR) -> Optional[str]:

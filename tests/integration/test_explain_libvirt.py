@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import json
 import shlex
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from telegraf_balloon.explain.render import to_json, to_text
 from telegraf_balloon.log import Log
 from telegraf_balloon.sources import build_sources
 from tests.stack.common import unavailable
-from tests.stack.execd import REPO, child_env
+from tests.stack.execd import run_cli
 from tests.stack.inprocess import wait_for
 from tests.stack.libvirt_stack import DomainSpec, LibvirtStack, write_node_xml
 from tests.test_explain import assert_found, codes
@@ -171,15 +169,7 @@ def test_qemu_cli_text_piped(
     domain.setMemoryStatsPeriod(0, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     config = tmp_path / "explain.toml"
     config.write_text(f'[[sources.libvirt]]\nuri = "{libvirt_stack.uri}"\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "telegraf_balloon", "--explain", "--config", str(config)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=child_env({"NO_COLOR": ""}),
-        cwd=str(REPO),
-        timeout=60,
-    )
+    done = run_cli("--explain", "--config", str(config), env={"NO_COLOR": ""})
     assert done.returncode == 1, done.stderr
     assert "\x1b" not in done.stdout
     assert qemu_guest in done.stdout

@@ -27,7 +27,7 @@ from telegraf_balloon.log import Log
 from telegraf_balloon.model import Sample
 from telegraf_balloon.sources.qmp.source import QmpSource
 from tests.integration.test_explain_libvirt import explain_once
-from tests.stack.common import StackError, unavailable, wait_for
+from tests.stack.common import StackError, wait_for
 from tests.stack.fixtures import new_qemu_host, running
 from tests.stack.inprocess import Plugin
 from tests.stack.libvirt_daemon import LibvirtStack
@@ -54,7 +54,8 @@ def agent_fields(fields: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def agent_domains(libvirt_stack: LibvirtStack) -> Iterator[LibvirtStack]:
     """Two booted guests with the agent's channel: one runs the stand-in agent, one nothing."""
-    try:
+
+    def boot() -> None:
         libvirt_stack.define_guest(UP, 256, 2, agent_channel=True, cmdline_extra="tb.agent=1")
         libvirt_stack.define_guest(DOWN, 256, 2, agent_channel=True)
         for name in (UP, DOWN):
@@ -62,13 +63,12 @@ def agent_domains(libvirt_stack: LibvirtStack) -> Iterator[LibvirtStack]:
         wait_for(
             lambda: "state='connected'" in _xml(libvirt_stack, UP), 60, "the agent's port open"
         )
-    except StackError as exc:
+
+    def remove() -> None:
         libvirt_stack.remove_domains([UP, DOWN])
-        unavailable(f"the agent guests did not boot: {exc}")
-    try:
+
+    with running(boot, remove, (StackError,), "the agent guests did not boot"):
         yield libvirt_stack
-    finally:
-        libvirt_stack.remove_domains([UP, DOWN])
 
 
 def _xml(stack: LibvirtStack, name: str) -> str:

@@ -56,8 +56,7 @@ stale_after = "6s"
 def test_balloon_actual_follows_set_memory(
     libvirt_stack: LibvirtStack, qemu_guest: str, domain: Any
 ) -> None:
-    plugin = Plugin(_toml(libvirt_stack))
-    try:
+    with Plugin(_toml(libvirt_stack)) as plugin:
         fields = plugin.vm(qemu_guest)
         assert fields["memory_max_bytes"] == 512 * MIB
         assert fields["balloon_actual_bytes"] == 0
@@ -75,16 +74,13 @@ def test_balloon_actual_follows_set_memory(
             assert fields["memory_current_bytes"] == target_mib * MIB
             assert fields["balloon_actual_bytes"] == (512 - target_mib) * MIB
             assert fields["balloon_ratio"] == (512 - target_mib) / 512
-    finally:
-        plugin.close()
 
 
 def test_guest_view_agrees_with_host_view(
     libvirt_stack: LibvirtStack, qemu_guest: str, domain: Any
 ) -> None:
     """What the guest's console prints of /proc agrees with the host-side balloon lines."""
-    plugin = Plugin(_toml(libvirt_stack))
-    try:
+    with Plugin(_toml(libvirt_stack)) as plugin:
         domain.setMemory(256 * 1024)
 
         def agree() -> Optional[tuple[dict[str, Any], dict[str, int]]]:
@@ -103,8 +99,6 @@ def test_guest_view_agrees_with_host_view(
         # Without DEFLATE_ON_OOM the guest's MemTotal shrank by exactly the balloon.
         assert fields["guest_free_bytes"] <= fields["guest_total_bytes"]
         assert fields["memory_current_bytes"] == 256 * MIB
-    finally:
-        plugin.close()
 
 
 def test_stats_period_zero_disables_then_rearm(
@@ -113,8 +107,7 @@ def test_stats_period_zero_disables_then_rearm(
     import libvirt
 
     # Read-only plugin: reports the disarmed period and, after stale_after, stale stats.
-    watcher = Plugin(_toml(libvirt_stack))
-    try:
+    with Plugin(_toml(libvirt_stack)) as watcher:
         assert watcher.vm(qemu_guest)["stats_disabled"] is False
         domain.setMemoryStatsPeriod(0, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         fields = wait_for(
@@ -124,12 +117,11 @@ def test_stats_period_zero_disables_then_rearm(
         )
         assert fields["stats_period_seconds"] == 0
         assert fields["stats_age_seconds"] > 6
-    finally:
-        watcher.close()
 
     # With set_stats_period the plugin re-arms it, and the guest's figures move again.
-    armer = Plugin(_toml(libvirt_stack, source_extra="read_only = false\nset_stats_period = 2"))
-    try:
+    with Plugin(
+        _toml(libvirt_stack, source_extra="read_only = false\nset_stats_period = 2")
+    ) as armer:
         first = armer.vm(qemu_guest)
         assert "armed balloon stats period 2s" in armer.log_stream.getvalue()
         assert first["stats_period_seconds"] == 2
@@ -139,8 +131,6 @@ def test_stats_period_zero_disables_then_rearm(
             "fresh stats after re-arming",
         )
         assert fields["stats_age_seconds"] < 6
-    finally:
-        armer.close()
 
 
 def test_inflated_past_40_percent_reaches_critical_after_for(
@@ -154,8 +144,7 @@ warn = 0.20
 crit = 0.40
 for = "4s"
 """
-    plugin = Plugin(_toml(libvirt_stack, extra=rules))
-    try:
+    with Plugin(_toml(libvirt_stack, extra=rules)) as plugin:
         assert plugin.vm(qemu_guest)["alert_level"] == 0
         domain.setMemory(232 * 1024)  # balloon 280 MiB of 512: ratio 0.547
         wait_for(lambda: domain.info()[2] == 232 * 1024, 30, "inflation to 232 MiB")
@@ -171,8 +160,6 @@ for = "4s"
         domain.setMemory(FULL_KIB)
         wait_for(lambda: domain.info()[2] == FULL_KIB, 30, "deflate")
         assert plugin.vm(qemu_guest)["alert_level"] == 0  # falls at once
-    finally:
-        plugin.close()
 
 
 def test_hung_daemon_is_noticed_by_keepalive(libvirt_stack: LibvirtStack, qemu_guest: str) -> None:

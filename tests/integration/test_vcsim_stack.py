@@ -38,6 +38,7 @@ from tests.stack.vsphere_setup import (  # noqa: E402
     configure_vm,
     configure_vms,
     connect,
+    connected,
     container_view,
     counter_ids,
     disconnect,
@@ -63,11 +64,8 @@ BALLOON_COUNTERS = [
 
 @pytest.fixture()
 def si(vcsim: Vcsim) -> Iterator[Any]:
-    conn = connect(vcsim)
-    try:
+    with connected(vcsim) as conn:
         yield conn
-    finally:
-        disconnect(conn)
 
 
 def test_inventory_multiplies_as_documented(vcsim: Vcsim, si: Any) -> None:

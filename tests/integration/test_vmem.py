@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shlex
 import subprocess
 import time
@@ -33,10 +32,9 @@ from telegraf_balloon.model import Fields
 from telegraf_balloon.sources.guest.source import GuestSource
 from telegraf_balloon.sources.qmp.source import QmpSource
 from tests.integration.test_explain_libvirt import explain_once
-from tests.stack.common import StackError, need_program, unavailable
+from tests.stack.common import StackError
 from tests.stack.execd import run_cli
-from tests.stack.fixtures import running
-from tests.stack.guest_image import DEFAULT_CACHE_DIR, build_guest
+from tests.stack.fixtures import new_qemu_host, running
 from tests.stack.inprocess import Plugin
 from tests.stack.libvirt_daemon import LibvirtStack
 from tests.stack.qemu_stack import QemuError, QemuHost
@@ -72,14 +70,7 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 @pytest.fixture(scope="module")
 def qemus() -> Iterator[QemuHost]:
-    if os.geteuid() != 0:
-        unavailable("QMP sockets are root-only: the qmp tests run as root")
-    qemu = need_program("qemu-system-x86_64")
-    try:
-        image = build_guest(DEFAULT_CACHE_DIR)
-    except (StackError, OSError) as exc:
-        unavailable(f"the guest image could not be built: {exc}")
-    host = QemuHost(qemu, image)
+    host = new_qemu_host()
     booted = {
         MOVABLE: (0, f"tb.vmem=1 {ONLINE_MOVABLE}"),
         PINNED: (
@@ -329,7 +320,7 @@ LV_BOOTED, LV_PAUSED = "vmem-booted", "vmem-paused"
 
 @pytest.fixture(scope="module")
 def vmem_domains(libvirt_stack: LibvirtStack) -> Iterator[LibvirtStack]:
-    try:
+    def start() -> None:
         libvirt_stack.define_guest(
             LV_BOOTED,
             memory_mib=BASE_MIB,
@@ -337,13 +328,12 @@ def vmem_domains(libvirt_stack: LibvirtStack) -> Iterator[LibvirtStack]:
         )
         libvirt_stack.start_paused([LV_PAUSED], customize=libvirt_vmem(VMEM_MIB, 128))
         libvirt_stack.wait_guest_stats(LV_BOOTED, timeout=240)
-    except StackError as exc:
+
+    def remove() -> None:
         libvirt_stack.remove_domains([LV_BOOTED, LV_PAUSED])
-        unavailable(f"the virtio-mem domains did not start: {exc}")
-    try:
+
+    with running(start, remove, (StackError,), "the virtio-mem domains did not start"):
         yield libvirt_stack
-    finally:
-        libvirt_stack.remove_domains([LV_BOOTED, LV_PAUSED])
 
 
 def libvirt_fields(source: Any, name: str) -> Fields:

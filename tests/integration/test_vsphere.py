@@ -27,7 +27,7 @@ from telegraf_balloon.sources.vsphere.fields import VM_PATHS
 from telegraf_balloon.sources.vsphere.source import VsphereSource
 from tests.stack.clock import Clock
 from tests.stack.execd import Execd
-from tests.stack.fixtures import _start_vcsim
+from tests.stack.fixtures import _start_vcsim, running_vcsim
 from tests.stack.vcsim import Vcsim
 from tests.stack.vsphere_oracle import (
     VMMEMCTL,
@@ -39,8 +39,7 @@ from tests.stack.vsphere_oracle import (
 from tests.stack.vsphere_setup import (
     all_vms,
     configure_vm,
-    connect,
-    disconnect,
+    connected,
     query_perf,
     retrieve,
     terminate_other_sessions,
@@ -60,20 +59,14 @@ INVENTORY = {"dc": 2, "cluster": 2, "host": 2, "standalone_host": 1, "vm": 3, "p
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[Vcsim]:
-    simulator = _start_vcsim(INVENTORY)
-    try:
+    with running_vcsim(INVENTORY) as simulator:
         yield simulator
-    finally:
-        simulator.stop()
 
 
 @pytest.fixture(scope="module")
 def si(sim: Vcsim) -> Iterator[Any]:
-    client = connect(sim)
-    try:
+    with connected(sim) as client:
         yield client
-    finally:
-        disconnect(client)
 
 
 def config_for(sim: Vcsim, **overrides: Any) -> VsphereConfig:
@@ -213,11 +206,8 @@ def test_paged_retrieval_destroys_its_views(sim: Vcsim) -> None:
 
 
 def all_vms_of(sim: Vcsim) -> list[Any]:
-    client = connect(sim)
-    try:
+    with connected(sim) as client:
         return all_vms(client)
-    finally:
-        disconnect(client)
 
 
 def test_targets_asked_once_per_realtime_sample(sim: Vcsim) -> None:
@@ -484,11 +474,8 @@ def test_simulator_restart_under_execd(tmp_path: Path) -> None:
 
 
 def test_two_thousand_vms_in_one_poll(vcsim_2000: Vcsim) -> None:
-    client = connect(vcsim_2000)
-    try:
+    with connected(vcsim_2000) as client:
         truth = oracle(client)
-    finally:
-        disconnect(client)
     source = source_for(vcsim_2000)
     started = time.perf_counter()
     result = poll_ok(source)

@@ -25,7 +25,7 @@ from telegraf_balloon.log import Log
 from telegraf_balloon.runner import Runner
 from telegraf_balloon.sources.vsphere.source import VsphereSource
 from tests.stack.clock import Clock
-from tests.stack.fixtures import _start_vcsim
+from tests.stack.fixtures import running_vcsim
 from tests.stack.vcsim import Vcsim
 from tests.stack.vsphere_setup import (
     all_vms,
@@ -54,11 +54,8 @@ INVENTORY = {
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[Vcsim]:
-    simulator = _start_vcsim(INVENTORY)
-    try:
+    with running_vcsim(INVENTORY) as simulator:
         yield simulator
-    finally:
-        simulator.stop()
 
 
 @pytest.fixture()

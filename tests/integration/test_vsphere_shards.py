@@ -19,6 +19,7 @@ import pytest
 
 from telegraf_balloon import catalog
 from tests.stack.common import REPO, child_env
+from tests.stack.execd import run_cli
 from tests.stack.fixtures import running_vcsim
 from tests.stack.vcsim import Vcsim
 from tests.stack.vsphere_setup import all_vms, configure_vms, connect, disconnect, retrieve
@@ -228,15 +229,7 @@ def test_agents_split_by_vm_include_mark_the_hosts_they_share_partial(
 def test_a_map_that_leaves_hosts_out_says_so(sim: Vcsim, tmp_path: Path) -> None:
     """No "*", and a path that leads nowhere: the agent reports its part and names the rest."""
     config = write_config(sim, tmp_path / "gaps.toml", {"east": ["/DC0", "/DC9"]})
-    done = subprocess.run(
-        [sys.executable, "-m", "telegraf_balloon", "--config", str(config), "--once"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=child_env({"BALLOON_SHARD": "east"}),
-        cwd=str(REPO),
-        timeout=120,
-    )
+    done = run_cli("--config", str(config), "--once", env={"BALLOON_SHARD": "east"}, timeout=120)
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if line.startswith("W! ")]
     assert len(warnings) == 1, done.stderr

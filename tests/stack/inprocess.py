@@ -7,6 +7,8 @@ execd harness (tests/stack/execd.py) is for the plugin as a child process, as Te
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import line_protocol_parser
@@ -16,13 +18,19 @@ from telegraf_balloon.config import load_text
 from telegraf_balloon.log import Log
 from telegraf_balloon.runner import Runner
 from telegraf_balloon.sources import build_sources
-from tests.stack.common import wait_for
+from tests.stack.common import unavailable, wait_for
+from tests.stack.node_xml import DomainSpec, write_node_xml
 
-__all__ = ["Plugin", "wait_for"]  # wait_for: the toolkit's, for the tests that import it here
+__all__ = [
+    "Plugin",
+    "rootless_plugin",
+    "wait_for",
+]  # wait_for: the toolkit's, for the tests that import it here
 
 
 class Plugin:
-    """The real runner with real sources, its output parsed line by line."""
+    """The real runner with real sources, its output parsed line by line (closed at the end
+    of a `with` block)."""
 
     def __init__(self, toml: str) -> None:
         self.log_stream = io.StringIO()
@@ -52,3 +60,26 @@ class Plugin:
 
     def close(self) -> None:
         self.runner.close()
+
+    def __enter__(self) -> Plugin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def rootless_plugin(folder: Path, domains: Sequence[DomainSpec], more: str = "") -> Plugin:
+    """The plugin over sources that need no root: libvirt's test driver on a node file of
+    `domains` and a QMP source whose glob matches no socket (both under `folder`), then the
+    TOML in `more`. Unavailable without the libvirt binding."""
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        unavailable("libvirt-python is not installed (make setup)")
+    node = folder / "node.xml"
+    write_node_xml(node, list(domains))
+    (folder / "qmp").mkdir()
+    return Plugin(
+        f'[[sources.libvirt]]\nuri = "test://{node}"\n'
+        f'[[sources.qmp]]\nsockets = ["{folder}/qmp/*.qmp"]\nproxmox_config = ""\n' + more
+    )

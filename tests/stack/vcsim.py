@@ -274,6 +274,8 @@ _INVENTORY_DEFAULTS: Dict[str, Any] = {
     "method_delay": None,
     "users": None,
 }
+# The numbers each passed as its own flag: -dc N, -standalone-host N, ...
+_COUNTS = ("dc", "cluster", "host", "standalone_host", "vm", "pool", "page", "max_query_metrics")
 
 
 class Vcsim:
@@ -389,26 +391,10 @@ class Vcsim:
     def _args(self, listen: str) -> List[str]:
         inv = self.inventory
         assert self.workdir is not None
-        args = [
-            str(self.binary),
-            "-listen",
-            listen,
-            "-dc",
-            str(inv["dc"]),
-            "-cluster",
-            str(inv["cluster"]),
-            "-host",
-            str(inv["host"]),
-            "-standalone-host",
-            str(inv["standalone_host"]),
-            "-vm",
-            str(inv["vm"]),
-            "-pool",
-            str(inv["pool"]),
-            "-page",
-            str(inv["page"]),
-            "-max-query-metrics",
-            str(inv["max_query_metrics"]),
+        args = [str(self.binary), "-listen", listen]
+        for key in _COUNTS:
+            args += ["-" + key.replace("_", "-"), str(inv[key])]
+        args += [
             "-max-query-metrics-historical-only="
             + ("true" if inv["max_query_metrics_historical_only"] else "false"),
             "-username",

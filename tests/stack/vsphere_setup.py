@@ -91,6 +91,18 @@ def disconnect(si: Any) -> None:
 
 
 @contextlib.contextmanager
+def connected(
+    sim: Vcsim, *, verify: bool = True, user: Optional[str] = None, pwd: Optional[str] = None
+) -> Iterator[Any]:
+    """A :func:`connect`-ed ServiceInstance for the block, disconnected after it."""
+    si = connect(sim, verify=verify, user=user, pwd=pwd)
+    try:
+        yield si
+    finally:
+        disconnect(si)
+
+
+@contextlib.contextmanager
 def container_view(content: Any, types: Sequence[Any], root: Any = None) -> Iterator[Any]:
     """A ContainerView of every object of ``types`` below the root folder (or ``root``, a
     datacenter, folder, cluster or host), destroyed on exit.

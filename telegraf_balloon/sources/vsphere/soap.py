@@ -75,6 +75,26 @@ def _mor(tag: str, kind: str, moid: str) -> str:
     return f'<{tag} type="{escape(kind)}">{escape(moid)}</{tag}>'
 
 
+def _prop_set(kind: str, paths: Sequence[str]) -> str:
+    """A PropertySpec: `paths` of the objects of type `kind` (put in as given)."""
+    return (
+        f"<propSet><type>{kind}</type><all>false</all>"
+        + "".join(f"<pathSet>{escape(p)}</pathSet>" for p in paths)
+        + "</propSet>"
+    )
+
+
+def _retrieve(collector: str, props: str, objects: str, page_size: int) -> bytes:
+    """RetrievePropertiesEx of one PropertyFilterSpec, `page_size` objects a page."""
+    body = (
+        f'<RetrievePropertiesEx xmlns="{_NS}">'
+        f"{_mor('_this', 'PropertyCollector', collector)}"
+        f"<specSet>{props}{objects}</specSet>"
+        f"<options><maxObjects>{page_size}</maxObjects></options></RetrievePropertiesEx>"
+    )
+    return _ENVELOPE.format(body=body).encode("utf-8")
+
+
 def retrieve_request(
     collector: str,
     views: str | Sequence[str],
@@ -83,46 +103,24 @@ def retrieve_request(
 ) -> bytes:
     """RetrievePropertiesEx over one container view or several (each object once, as the
     property collector answers): property paths per type, `page_size` objects a page."""
-    props = "".join(
-        f"<propSet><type>{kind}</type><all>false</all>"
-        + "".join(f"<pathSet>{escape(p)}</pathSet>" for p in paths)
-        + "</propSet>"
-        for kind, paths in specs
-    )
+    props = "".join(_prop_set(kind, paths) for kind, paths in specs)
     objects = "".join(
         f"<objectSet>{_mor('obj', 'ContainerView', view)}<skip>true</skip>"
         '<selectSet xsi:type="TraversalSpec"><name>view</name><type>ContainerView</type>'
         "<path>view</path><skip>false</skip></selectSet></objectSet>"
         for view in ([views] if isinstance(views, str) else views)
     )
-    body = (
-        f'<RetrievePropertiesEx xmlns="{_NS}">'
-        f"{_mor('_this', 'PropertyCollector', collector)}"
-        f"<specSet>{props}{objects}</specSet>"
-        f"<options><maxObjects>{page_size}</maxObjects></options></RetrievePropertiesEx>"
-    )
-    return _ENVELOPE.format(body=body).encode("utf-8")
+    return _retrieve(collector, props, objects, page_size)
 
 
 def objects_request(
     collector: str, kind: str, moids: Sequence[str], paths: Sequence[str], page_size: int
 ) -> bytes:
     """RetrievePropertiesEx of named objects (no view): `paths` of each of `moids`."""
-    props = (
-        f"<propSet><type>{escape(kind)}</type><all>false</all>"
-        + "".join(f"<pathSet>{escape(p)}</pathSet>" for p in paths)
-        + "</propSet>"
-    )
     objects = "".join(
         f"<objectSet>{_mor('obj', kind, moid)}<skip>false</skip></objectSet>" for moid in moids
     )
-    body = (
-        f'<RetrievePropertiesEx xmlns="{_NS}">'
-        f"{_mor('_this', 'PropertyCollector', collector)}"
-        f"<specSet>{props}{objects}</specSet>"
-        f"<options><maxObjects>{page_size}</maxObjects></options></RetrievePropertiesEx>"
-    )
-    return _ENVELOPE.format(body=body).encode("utf-8")
+    return _retrieve(collector, _prop_set(escape(kind), paths), objects, page_size)
 
 
 def continue_request(collector: str, token: str) -> bytes:
