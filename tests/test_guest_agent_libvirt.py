@@ -16,16 +16,8 @@ import threading
 import time
 from typing import Any, Optional
 
+import libvirt  # the binding is a test dependency: make setup installs it
 import pytest
-
-from tests.stack.common import in_ci, wait_for
-
-try:
-    import libvirt
-except ImportError:  # pragma: no cover - make setup installs the binding
-    if in_ci():
-        raise
-    pytest.skip("libvirt-python is not installed", allow_module_level=True)
 
 from telegraf_balloon.config import LibvirtConfig
 from telegraf_balloon.log import Log
@@ -35,6 +27,7 @@ from telegraf_balloon.sources.libvirt.fields import domain_fields
 from telegraf_balloon.sources.libvirt.reread import RECHECK_SECONDS, needs_xml
 from telegraf_balloon.sources.libvirt.source import LibvirtSource
 from tests.fakes.libvirt_conn import FakeConnection, FakeDomain, libvirt_error
+from tests.stack.common import wait_for
 from tests.test_libvirt_source import T0, UUIDS, domain, domain_xml, fake
 
 AGENT = "<channel type='unix'><source mode='bind' path='/run/x.sock'/>{target}</channel>"

@@ -14,19 +14,11 @@ import io
 import xml.etree.ElementTree as ET
 from typing import Any, Optional
 
+import libvirt  # the binding is a test dependency: make setup installs it
 import line_protocol_parser
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from tests.stack.common import in_ci
-
-try:
-    import libvirt
-except ImportError:  # pragma: no cover - make setup installs the binding
-    if in_ci():
-        raise
-    pytest.skip("libvirt-python is not installed", allow_module_level=True)
 
 from telegraf_balloon import catalog, lineprotocol
 from telegraf_balloon.sources.context import MAX_TAG_BYTES, tag_value

@@ -14,16 +14,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import libvirt  # the binding is a test dependency: make setup installs it
 import pytest
-
-from tests.stack.common import in_ci
-
-try:
-    import libvirt
-except ImportError:  # pragma: no cover - make setup installs the binding
-    if in_ci():
-        raise
-    pytest.skip("libvirt-python is not installed", allow_module_level=True)
 
 from telegraf_balloon.config import LibvirtConfig
 from telegraf_balloon.log import Log
