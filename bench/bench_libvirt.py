@@ -79,6 +79,7 @@ from benchlib import (
     every_file_read,
     fmt_ms,
     fmt_us,
+    host_facts_labels,
     host_facts_rounds,
     host_facts_table,
     median,
@@ -533,12 +534,7 @@ def host_facts(stack: LibvirtStack, names: list[str], repeat: int, log: Log) -> 
     finally:
         for source in (without, shipped, full):
             source.close()
-    labels = {
-        "d0": "d0. LibvirtSource.poll without host facts",
-        "h": "h. with host facts, as shipped on this machine",
-        "h1": "h1. with host facts, every VM's files read",
-        "n": "n. d0 + smaps_rollup of every QEMU (the naive way)",
-    }
+    labels = host_facts_labels("d0", "LibvirtSource.poll")
     text, verdicts = host_facts_table(totals, owns, inside, labels, n, "d0", "h1", "n")
     print(
         f"== Table 0h: the host's side of reclaim on the same {n} domains (local URI): host "

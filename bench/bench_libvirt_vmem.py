@@ -31,7 +31,7 @@ import time
 import xml.etree.ElementTree as ET
 from typing import Any, Callable
 
-from benchlib import CpuMeter, fmt_ms, fmt_us, median, parser, table, verdict
+from benchlib import CpuMeter, fmt_us, median, parser, table, verdict, ways_table
 
 from telegraf_balloon.config import LibvirtConfig
 from telegraf_balloon.log import Log
@@ -128,13 +128,10 @@ def main() -> int:
     finally:
         stack.stop()
 
-    rows = []
-    floor_total = median(times["c. no virtio-mem reading (the floor)"])
-    for name, _ in ways:
-        total = median(times[name])
-        rows.append([name, fmt_ms(total), fmt_ms(total / domains), f"{total / floor_total:.2f}x"])
+    floor_way = "c. no virtio-mem reading (the floor)"
+    floor_total = median(times[floor_way])
     print(f"\nTable 1: one poll of {domains} paused domains with virtio-mem, median of {repeat}")
-    print(table(["way", "poll ms", "per domain ms", "vs floor"], rows, [False, True, True, True]))
+    print(ways_table(times, [name for name, _ in ways], floor_way, domains, "domain", "floor"))
     print(load)
     ours = median(times["b. LibvirtSource.poll (the plugin)"])
     print(

@@ -54,12 +54,14 @@ from benchlib import (
     CpuMeter,
     every_file_read,
     fmt_ms,
+    host_facts_labels,
     host_facts_rounds,
     host_facts_table,
     median,
     parser,
     table,
     verdict,
+    ways_table,
 )
 
 from telegraf_balloon.config import QmpConfig
@@ -247,13 +249,10 @@ def main() -> int:
         host.close()
         groups.close()
 
-    bare_total = median(times["d. bare exchange, socket + json"])
-    rows = []
-    for name, _ in ways:
-        total = median(times[name])
-        rows.append([name, fmt_ms(total), fmt_ms(total / vms), f"{total / bare_total:.2f}x"])
+    bare_way = "d. bare exchange, socket + json"
+    bare_total = median(times[bare_way])
     print(f"\nTable 1: one poll of {vms} paused QEMU VMs, median of {repeat} (machine under load)")
-    print(table(["way", "poll ms", "per VM ms", "vs bare"], rows, [False, True, True, True]))
+    print(ways_table(times, [name for name, _ in ways], bare_way, vms, "VM", "bare"))
     print(load)
     ours = median(times["e. QmpSource.poll (the plugin)"])
     print(
@@ -303,12 +302,7 @@ def host_facts(host: QemuHost, config: QmpConfig, vms: int, repeat: int) -> str:
     rss = (qmp_source, "process_rss")  # e0 reads rss so; a QEMU's read does it with the rest
     totals, owns, inside = host_facts_rounds(sources, vms, "e0", pids, repeat, [rss])
     sample = shipped.poll(time.time()).samples[0].fields
-    labels = {
-        "e0": "e0. QmpSource.poll without host facts",
-        "h": "h. with host facts, as shipped on this machine",
-        "h1": "h1. with host facts, every VM's files read",
-        "n": "n. e0 + smaps_rollup of every QEMU (the naive way)",
-    }
+    labels = host_facts_labels("e0", "QmpSource.poll")
     text, verdicts = host_facts_table(totals, owns, inside, labels, vms, "e0", "h1", "n")
     fields = sorted(k for k in sample if k.startswith(("host_", "shared", "compressed")))
     return "\n".join(

@@ -336,6 +336,36 @@ def host_facts_rounds(
     return totals, owns, inside
 
 
+def ways_table(
+    times: dict[str, list[float]],
+    names: Sequence[str],
+    reference: str,
+    count: int,
+    per: str,
+    versus: str,
+) -> str:
+    """Each way's median poll, per `per` (domain, VM), and against the `reference` way's
+    (its column headed "vs `versus`")."""
+    ref = median(times[reference])
+    rows = []
+    for name in names:
+        total = median(times[name])
+        rows.append([name, fmt_ms(total), fmt_ms(total / count), f"{total / ref:.2f}x"])
+    headers = ["way", "poll ms", f"per {per} ms", f"vs {versus}"]
+    return table(headers, rows, [False, True, True, True])
+
+
+def host_facts_labels(base: str, poll: str) -> dict[str, str]:
+    """The four ways of a host facts table: `base` (the key of the poll without host facts,
+    `poll` its name), with them as shipped, with every VM's files read, and the naive way."""
+    return {
+        base: f"{base}. {poll} without host facts",
+        "h": "h. with host facts, as shipped on this machine",
+        "h1": "h1. with host facts, every VM's files read",
+        "n": f"n. {base} + smaps_rollup of every QEMU (the naive way)",
+    }
+
+
 def host_facts_table(
     totals: dict[str, list[float]],
     owns: dict[str, list[float]],
