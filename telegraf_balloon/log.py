@@ -14,6 +14,12 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 MAX_FAULTS = 4096
 
 
+def few(names: list[str], most: int = 5) -> str:
+    """The first `most` names, comma-separated, and how many more there are."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 class Log:
     """Writes `E! `/`W! `/`I! `/`D! ` lines; a fault is logged when it starts and when it clears."""
 

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from .. import catalog
 from ..findings import FINDINGS
+from ..log import few
 from ..model import Fields
 from .figures import duration, percent, size
 from .report import CRITICAL, OK, RANK, WARNING, Finding, Report, VmReport
@@ -288,7 +289,7 @@ def _not_judged_text(report: Report) -> list[str]:
                 continue
             watch = max(p.watch for v in vms for p in v.pending if p.code == code.code)
             names = sorted(printable(v.label) for v in vms)
-            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            shown = few(names)
             need = f"needs --watch {duration(watch)} or longer"
             parts.append(f"{code.code} ({kind}: {shown}: {need})")
     return parts

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import libvirt
 
 from ...config import LibvirtConfig
-from ...log import Log
+from ...log import Log, few
 
 # At most this many slices at once when sized automatically: libvirtd keeps 5 worker threads
 # for all its clients (min_workers) and serves 5 calls per connection (max_client_requests);
@@ -215,7 +215,7 @@ class StatsFetch:
         missing = [chunk for i, chunk in enumerate(chunks) if i not in got]
         if missing:
             names = sorted(d.name() for chunk in missing for d in chunk)
-            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            shown = few(names)
             self.log.fault(
                 key,
                 f"libvirt {self.instance}: no stats within {self.budget:g}s for "

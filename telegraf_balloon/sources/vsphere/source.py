@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from ...config import VsphereConfig
 from ...gcpause import gc_paused
-from ...log import Log
+from ...log import Log, few
 from ...model import HostInfo, PollResult, Sample, Tags
 from .attributes import CUSTOM_VALUE, CustomAttributes
 from .fields import COMPRESSED_QS, QUICK_PRESENT, SWAPPED_QS, VM_PATH_PATHS, VM_PATHS, vm_fields
@@ -159,10 +159,10 @@ class VsphereSource:
         part = scope(inventory, self.config.shards, self.config.shard, root)
         problems = []
         if part.unknown:
-            problems.append(f"shards name {_few(part.unknown)}, found nowhere in the inventory")
+            problems.append(f"shards name {few(part.unknown, 3)}, found nowhere in the inventory")
         if part.unassigned:
             problems.append(
-                f"{len(part.unassigned)} host(s) belong to no shard ({_few(part.unassigned)}): "
+                f"{len(part.unassigned)} host(s) belong to no shard ({few(part.unassigned, 3)}): "
                 'no agent reports their VMs; add them to a shard, or "*" to one'
             )
         key = f"vsphere-shards:{self.instance}"
@@ -183,8 +183,3 @@ class VsphereSource:
             inventory.add(kind, moid, props)
         inventory.resolve()
         return inventory
-
-
-def _few(names: list[str], most: int = 3) -> str:
-    shown = ", ".join(names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
