@@ -202,6 +202,18 @@ def _between(table: _Compiled, fields: Fields, state: _State, now: float) -> Non
             fields[result] = cap if cap is not None and rate > cap else rate
 
 
+def _held(
+    since: Optional[float], holds: bool, now: float, hold_for: float
+) -> tuple[Optional[float], bool]:
+    """A condition's clock after this poll, and whether it has held for `hold_for`: started
+    when the condition begins, stopped (None) when it does not hold."""
+    if not holds:
+        return None, False
+    if since is None:
+        since = now
+    return since, now - since >= hold_for
+
+
 def _levels(rules: list[_Rule], fields: Fields, state: _State, now: float) -> int:
     """Add `<field>_level` for every rule whose field is on the line; return the highest."""
     highest = 0
@@ -399,14 +411,8 @@ class Health:
             gap = target - actual  # type: ignore[operator]
             fields["balloon_gap_bytes"] = gap
             # Stuck: the balloon holds less than asked, by more than the ratio, for long.
-            if maximum and gap / maximum > cfg.stuck_gap_ratio:  # type: ignore[operator]
-                since = state.stuck_since
-                if since is None:
-                    since = state.stuck_since = now
-                fields["stuck"] = now - since >= cfg.stuck_for
-            else:
-                state.stuck_since = None
-                fields["stuck"] = False
+            off = bool(maximum) and gap / maximum > cfg.stuck_gap_ratio  # type: ignore[operator]
+            state.stuck_since, fields["stuck"] = _held(state.stuck_since, off, now, cfg.stuck_for)
         else:
             state.stuck_since = None
 
@@ -414,14 +420,10 @@ class Health:
         # unplug the guest cannot do, or a plug it did not take); the same grace as stuck.
         vmem_gap = get("vmem_gap_bytes")
         if vmem_gap is not None:
-            if abs(vmem_gap) > (get("vmem_block_bytes") or 0):  # type: ignore[operator, arg-type]
-                since = state.vmem_since
-                if since is None:
-                    since = state.vmem_since = now
-                fields["vmem_stuck"] = now - since >= cfg.stuck_for
-            else:
-                state.vmem_since = None
-                fields["vmem_stuck"] = False
+            off = abs(vmem_gap) > (get("vmem_block_bytes") or 0)  # type: ignore[operator, arg-type]
+            state.vmem_since, fields["vmem_stuck"] = _held(
+                state.vmem_since, off, now, cfg.stuck_for
+            )
         else:
             state.vmem_since = None
 
