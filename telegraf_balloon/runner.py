@@ -307,10 +307,6 @@ class Runner:
             if internal:
                 yield (catalog.COLLECTOR, part.collector_tags, part.status, time_ns)
 
-    def serialize(self, batch: Batch) -> str:
-        """The batch as line protocol, in the order the sources were configured."""
-        return lineprotocol.format_lines(self.points(batch))
-
     def write_points(self, points: Iterable[Point]) -> None:
         """Write a batch in whole-line chunks and flush it once; StdoutClosed when nobody reads.
 
