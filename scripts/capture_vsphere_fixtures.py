@@ -83,7 +83,7 @@ class Poster:
 def token_of(reply: bytes) -> str:
     """The continuation token of a RetrievePropertiesEx reply ('' on its last page)."""
     token: list[str] = []
-    for _ in soap.parse_objects(soap.Stream(io.BytesIO(reply).read, soap.OBJECT_TAGS), token):
+    for _ in soap.parse_objects(soap.Stream(io.BytesIO(reply).read, soap.OBJECT_REPLY), token):
         pass
     return token[0] if token else ""
 

@@ -111,7 +111,7 @@ _VALUE = (
 def _parse(values: str) -> dict[str, Any]:
     data = _REPLY.format(values=values).encode()
     stream = io.BytesIO(data)
-    [(_, moid, props)] = list(S.parse_objects(S.Stream(stream.read, S.OBJECT_TAGS), []))
+    [(_, moid, props)] = list(S.parse_objects(S.Stream(stream.read, S.OBJECT_REPLY), []))
     assert moid == "vm-42" and props["name"] == "web-01"
     return props
 

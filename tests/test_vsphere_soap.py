@@ -33,7 +33,7 @@ def _objects(name: str, chunk: int = S.CHUNK) -> tuple[list[tuple[str, str, S.Pr
     stream = io.BytesIO(data)
     token: list[str] = []
     items = list(
-        S.parse_objects(S.Stream(lambda n: stream.read(min(n, chunk)), S.OBJECT_TAGS), token)
+        S.parse_objects(S.Stream(lambda n: stream.read(min(n, chunk)), S.OBJECT_REPLY), token)
     )
     return items, token
 
@@ -119,7 +119,7 @@ def test_parse_does_not_depend_on_chunking(chunk: int) -> None:
 def test_queryperf_reply() -> None:
     data = (FIXTURES / "queryperf.xml").read_bytes()
     stream = io.BytesIO(data)
-    got = list(S.parse_perf(S.Stream(stream.read, S.PERF_TAGS)))
+    got = list(S.parse_perf(S.Stream(stream.read, S.PERF_REPLY)))
     assert [(m, v) for m, _, v in got] == [
         ("vm-54", {70: 12 * 1024, 90: 1024 * 1024, 94: 2 * 1024 * 1024, 105: 2048}),
         ("vm-51", {90: 0}),

@@ -19,7 +19,7 @@ from ...log import Log
 from ...model import Fields
 from .fields import COUNTERS, counter_fields, counters_for
 from .soap import (
-    PERF_TAGS,
+    PERF_REPLY,
     REALTIME_INTERVAL,
     VsphereFault,
     error_text,
@@ -165,7 +165,7 @@ class RealtimeTargets:
         perf = self._perf
         for batch in batches(queries, session.max_query_metrics):
             body = query_perf_request(session.perf_manager, batch)
-            answer = client.call(session, body, PERF_TAGS, parse_perf)
+            answer = client.call(session, body, PERF_REPLY, parse_perf)
             came_at = self._clock()
             # The samples' ages by the server's own clock (its reply's Date), so a skewed clock
             # here neither ages nor rejuvenates them; the poll's time when it sends no Date.

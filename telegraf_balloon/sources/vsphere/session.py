@@ -30,8 +30,9 @@ from ...log import Log
 from ...model import PollResult
 from .fields import COUNTERS
 from .soap import (
-    OBJECT_TAGS,
+    OBJECT_REPLY,
     Props,
+    Reply,
     Stream,
     VsphereFault,
     continue_request,
@@ -156,7 +157,7 @@ class Client:
         body = objects_request(session.collector, kind, moids, paths, size)
         while True:
             token.clear()
-            yield from self.call(session, body, OBJECT_TAGS, parse_objects, token)
+            yield from self.call(session, body, OBJECT_REPLY, parse_objects, token)
             if not token or not token[0]:
                 return
             body = continue_request(session.collector, token[0])
@@ -263,7 +264,7 @@ class Client:
             while True:
                 token.clear()
                 begun = self._clock()
-                page = self.call(session, body, OBJECT_TAGS, parse_objects, token)
+                page = self.call(session, body, OBJECT_REPLY, parse_objects, token)
                 self.retrieve_seconds += self._clock() - begun
                 yield from page
                 del page
@@ -279,7 +280,7 @@ class Client:
         self,
         session: Session,
         body: bytes,
-        wanted: frozenset[str],
+        reply: Reply,
         parse: Callable[..., Iterator[Any]],
         *extra: Any,
     ) -> list[Any]:
@@ -299,7 +300,7 @@ class Client:
                 resp.read()
                 raise http.client.HTTPException(f"HTTP {resp.status} {resp.reason}")
             try:
-                items = list(parse(Stream(resp.read, wanted), *extra))
+                items = list(parse(Stream(resp.read, reply), *extra))
             except VsphereFault as fault:
                 resp.read()
                 if fault.fault == "NotAuthenticated":

@@ -3,9 +3,10 @@
 Three requests (RetrievePropertiesEx over a container view, its continuation, and a realtime
 QueryPerf) and their replies: each ``ObjectContent`` becomes ``(type, moid, {path: value})``
 and each ``PerfEntityMetric`` ``(moid, sample time, {counter id: value})`` as soon as its end
-tag arrives, then is dropped. A SOAP fault in a reply raises :class:`VsphereFault`. (The
-request of named objects, not a view, is the custom attributes' of VMs new since their
-last refresh.)
+tag arrives, then is dropped. Those in vCenter's usual flat shape are read from their text
+(quick.py) and the XML parser sees a placeholder; the rest, and the document around them, go
+through the parser. A SOAP fault in a reply raises :class:`VsphereFault`. (The request of
+named objects, not a view, is the custom attributes' of VMs new since their last refresh.)
 
 Nothing here sends anything or knows pyVmomi: the session module posts these bodies on
 pyVmomi's connection, and the unit tests feed these parsers replies captured from the
@@ -16,12 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import re
 import socket
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 from xml.sax.saxutils import escape
+
+from . import quick
+from .quick import Blocks
 
 REALTIME_INTERVAL = 20  # seconds: vCenter's realtime performance sample
 CHUNK = 64 * 1024  # bytes read from a reply at a time
@@ -46,11 +51,20 @@ _T_KEY = f"{{{_NS}}}key"
 _T_FAULT = f"{{{_SOAP}}}Fault"
 _XSI_TYPE = f"{{{_XSI}}}type"
 
-# The elements each parser is handed (everything else streams past).
-OBJECT_TAGS = frozenset((_T_OBJECTS, _T_TOKEN, _T_FAULT))
-PERF_TAGS = frozenset((_T_RETURNVAL, _T_FAULT))
 
-Props = dict[str, Any]  # property path -> str, or (type, moid) for a reference
+Props = quick.Props  # property path -> str, or (type, moid) for a reference
+
+
+class Reply(NamedTuple):
+    """One kind of reply: the elements its parser is handed (everything else streams past),
+    and the element read from its text where it has the usual shape (None: all by the tree)."""
+
+    wanted: frozenset[str]
+    blocks: Optional[Blocks]
+
+
+OBJECT_REPLY = Reply(frozenset((_T_OBJECTS, _T_TOKEN, _T_FAULT)), quick.OBJECTS)
+PERF_REPLY = Reply(frozenset((_T_RETURNVAL, _T_FAULT)), quick.METRICS)
 
 
 class VsphereFault(Exception):
@@ -152,27 +166,124 @@ def query_perf_request(perf_manager: str, queries: Iterable[tuple[str, Sequence[
 # -- replies, parsed while they stream in -------------------------------------------------------
 
 
-class Stream:
-    """Feeds a reply to an XMLPullParser in chunks; yields each finished element of interest."""
+_QUICK_NS = "urn:telegraf-balloon:quick"
+_QUICK = f"{{{_QUICK_NS}}}n"  # a placeholder's attribute: the key of what was read in its place
+_PLACEHOLDER = b'<%s xmlns:q="' + _QUICK_NS.encode() + b'" q:n="%d"/>'
+_HEAD = 512  # bytes of a reply kept to read its XML declaration
+_DECLARED = re.compile(rb"<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)")
 
-    def __init__(self, read: Callable[[int], bytes], wanted: frozenset[str]) -> None:
+
+def _plain_utf8(head: bytes) -> bool:
+    """Whether a reply starting with `head` is UTF-8 without a DTD, as the text parsers read
+    it: no declaration, or one naming UTF-8, complete within the head."""
+    if b"<!DOCTYPE" in head:
+        return False
+    head = head.removeprefix(b"\xef\xbb\xbf")
+    if not head.startswith(b"<?xml"):
+        return True
+    end = head.find(b"?>")
+    if end < 0:
+        return False
+    declared = _DECLARED.match(head, 0, end)
+    return declared is None or declared.group(1).lower() == b"utf-8"
+
+
+class Stream:
+    """Feeds a reply to an XMLPullParser in chunks; yields each finished element of interest.
+
+    Each run of adjacent elements of `reply.blocks` that the text parser reads is replaced in
+    the parser's input by one empty placeholder of the same name: the consumer gets the
+    placeholder, and :meth:`take` gives what was read. An element the text parser declines
+    is fed as it came.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], reply: Reply) -> None:
         self._read = read
-        self._wanted = wanted
+        self._wanted = reply.wanted
+        self._blocks = reply.blocks
         self._parser: Any = ET.XMLPullParser(events=("end",))
+        self._head = b""
+        self._plain: Optional[bool] = None  # decided at the first block
+        self._read_here: dict[str, list[Any]] = {}
+        self._runs = 0
+        self.taken = 0  # elements of the reply read by the text parser
+
+    def take(self, elem: ET.Element) -> Optional[list[Any]]:
+        """What the text parser read in place of `elem`; None for an element of the tree."""
+        key = elem.get(_QUICK)
+        if key is None:
+            return None
+        items = self._read_here.pop(key, [])
+        self.taken += len(items)
+        return items
 
     def __iter__(self) -> Iterator[ET.Element]:
-        parser, wanted = self._parser, self._wanted
+        parser, wanted, blocks = self._parser, self._wanted, self._blocks
+        rest = b""
         while True:
             chunk = self._read(CHUNK)
-            if chunk:
-                parser.feed(chunk)
+            if blocks is None:
+                if chunk:
+                    parser.feed(chunk)
             else:
+                if len(self._head) < _HEAD:
+                    self._head += chunk[: _HEAD - len(self._head)]
+                rest = self._split(rest + chunk if rest else chunk, blocks, not chunk)
+            if not chunk:
                 parser.close()
             for _, elem in parser.read_events():
                 if elem.tag in wanted:
                     yield elem
             if not chunk:
+                self._read_here.clear()  # placeholders a comment or CDATA held: no elements
                 return
+
+    def _split(self, data: bytes, blocks: Blocks, final: bool) -> bytes:
+        """Feed `data` to the parser, each run of blocks read here replaced by a placeholder;
+        return the tail still to come (a block begun, or what may begin a start tag)."""
+        feed = self._parser.feed
+        start, end, parse = blocks
+        run: list[Any] = []
+        at = 0
+        while True:
+            begin = data.find(start, at)
+            stop = data.find(end, begin) if begin >= 0 else -1
+            if stop < 0 or begin > at:
+                self._placeholder(run, start)
+            if stop < 0:
+                keep = len(data) if final else begin if begin >= 0 else len(data) - len(start) + 1
+                keep = max(at, keep)
+                if keep > at:
+                    feed(data[at:keep])
+                return data[keep:]
+            stop += len(end)
+            if begin > at:
+                feed(data[at:begin])
+            item = self._parse(data[begin:stop], parse)
+            if item is None:
+                self._placeholder(run, start)
+                feed(data[begin:stop])
+            else:
+                run.append(item)
+            at = stop
+
+    def _placeholder(self, run: list[Any], start: bytes) -> None:
+        """Feed the placeholder of the blocks read since the last one (none: nothing)."""
+        if run:
+            self._runs += 1
+            self._read_here[str(self._runs)] = run[:]
+            run.clear()
+            self._parser.feed(_PLACEHOLDER % (start[1:].rstrip(b">"), self._runs))
+
+    def _parse(self, block: bytes, parse: Callable[[str], Optional[Any]]) -> Optional[Any]:
+        if self._plain is None:
+            self._plain = _plain_utf8(self._head)
+        if not self._plain:
+            return None
+        try:
+            return parse(block.decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
 
 
 # <soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>...</faultstring>
@@ -211,63 +322,74 @@ def _keyed_values(val: ET.Element) -> dict[str, str]:
     return out
 
 
-def parse_objects(
-    elems: Iterable[ET.Element], token: list[str]
-) -> Iterator[tuple[str, str, Props]]:
+def parse_objects(elems: Stream, token: list[str]) -> Iterator[tuple[str, str, Props]]:
     """(type, moid, {path: value}) per ObjectContent; the continuation token into `token`."""
     for elem in elems:
         tag = elem.tag
         if tag == _T_OBJECTS:
-            kind = moid = ""
-            props: Props = {}
-            for child in elem:
-                ctag = child.tag
-                if ctag == _T_PROPSET:
-                    name = child.findtext(_T_NAME)
-                    val = child.find(_T_VAL)
-                    if name is not None and val is not None:
-                        props[name] = _value(val)
-                elif ctag == _T_OBJ:
-                    kind, moid = child.get("type", ""), child.text or ""
+            items = elems.take(elem)
+            if items is None:
+                items = [_object(elem)]
             elem.clear()
-            yield kind, moid, props
+            yield from items
         elif tag == _T_TOKEN:
             token.append(elem.text or "")
         elif tag == _T_FAULT:
             raise parse_fault(elem)
 
 
-def parse_perf(elems: Iterable[ET.Element]) -> Iterator[tuple[str, float, dict[int, int]]]:
+def _object(elem: ET.Element) -> tuple[str, str, Props]:
+    kind = moid = ""
+    props: Props = {}
+    for child in elem:
+        ctag = child.tag
+        if ctag == _T_PROPSET:
+            name = child.findtext(_T_NAME)
+            val = child.find(_T_VAL)
+            if name is not None and val is not None:
+                props[name] = _value(val)
+        elif ctag == _T_OBJ:
+            kind, moid = child.get("type", ""), child.text or ""
+    return kind, moid, props
+
+
+def parse_perf(elems: Stream) -> Iterator[tuple[str, float, dict[int, int]]]:
     """(VM moid, sample time, {counter id: latest value}) per PerfEntityMetric."""
-    last_text, last_stamp = None, 0.0
+    last_text, last_stamp = "", 0.0
     for elem in elems:
         if elem.tag == _T_FAULT:
             raise parse_fault(elem)
-        entity = elem.findtext(_T_ENTITY)
-        if entity is None:
-            elem.clear()
-            continue
-        stamp = 0.0
-        infos = elem.findall(_T_SAMPLEINFO)
-        if infos:
-            text = infos[-1].findtext(_T_TIMESTAMP) or ""
+        items = elems.take(elem)
+        if items is None:
+            metric = _metric(elem)
+            items = [metric] if metric is not None else []
+        elem.clear()
+        for entity, text, values in items:
             if text != last_text:  # every VM of a reply usually has the same sample time
                 last_text, last_stamp = text, _iso_seconds(text)
-            stamp = last_stamp
-        values: dict[int, int] = {}
-        for series in elem.iterfind(_T_VALUE):
-            ident = series.find(_T_ID)  # a plain child lookup stays in C (a path would not)
-            counter = ident.findtext(_T_COUNTER) if ident is not None else None
-            points = series.findall(_T_VALUE)
-            if counter is None or not points:
-                continue
-            text = (points[-1].text or "").strip()
-            with contextlib.suppress(ValueError):
-                number = int(text)
-                if number >= 0:  # -1: no data for this sample
-                    values[int(counter)] = number
-        elem.clear()
-        yield entity, stamp, values
+            yield entity, last_stamp, values
+
+
+def _metric(elem: ET.Element) -> Optional[tuple[str, str, dict[int, int]]]:
+    """(entity, the last sample's timestamp text, {counter: latest value >= 0}); None
+    without an entity."""
+    entity = elem.findtext(_T_ENTITY)
+    if entity is None:
+        return None
+    infos = elem.findall(_T_SAMPLEINFO)
+    text = (infos[-1].findtext(_T_TIMESTAMP) or "") if infos else ""
+    values: dict[int, int] = {}
+    for series in elem.iterfind(_T_VALUE):
+        ident = series.find(_T_ID)  # a plain child lookup stays in C (a path would not)
+        counter = ident.findtext(_T_COUNTER) if ident is not None else None
+        points = series.findall(_T_VALUE)
+        if counter is None or not points:
+            continue
+        with contextlib.suppress(ValueError):
+            number = int((points[-1].text or "").strip())
+            if number >= 0:  # -1: no data for this sample
+                values[int(counter)] = number
+    return entity, text, values
 
 
 def _iso_seconds(text: str) -> float:
