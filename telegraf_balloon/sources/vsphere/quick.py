@@ -16,13 +16,15 @@ handed to Python as an event and dropped. The parsers here read one such element
 with regular expressions instead, and give the same values the tree would.
 
 They only accept what they can read exactly: text with nothing to unescape (no ``&``), no
-carriage return (a parser would change it), no control character (a parser would refuse it);
-attributes in double quotes, one space apart, none redeclaring the default namespace; no white
-space between the tags, no comment, no CDATA. Anything else (a custom attribute's array, a
-fault, another server's spacing) makes them answer None, and the stream hands those bytes to
-the XML parser as before (soap.Stream). The stream also puts a placeholder in the parser's
-input in place of each element read here, so the parser still checks where it stands: the
-document's shape, its namespaces and its faults stay the parser's to judge.
+carriage return (a parser would change it), no control character (a parser would refuse it),
+no ``>`` (servers escape it); attributes in double quotes, one space apart, none redeclaring
+the default namespace; no white space between the tags, no comment, no CDATA; every ``<`` of
+the element accounted for. Anything else (an entity reference, another server's spacing, a
+property of another kind) makes them answer None, and the stream hands those bytes to the XML
+parser as before (soap.Stream). The stream puts a placeholder in the parser's input in place
+of each run of elements read here, so the parser still checks where they stand: the
+document's shape, its namespaces and its faults stay the parser's to judge, and an element
+inside a comment or CDATA section (which no '>' in the text can end early) yields nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import re
 from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
-Props = dict[str, Any]  # property path -> str, or (type, moid) for a reference
+# property path -> str, (type, moid) for a reference, {key: value} for custom values
+Props = dict[str, Any]
 
 # Text a parser would hand over unchanged: no markup, reference, CR or control character; and
 # no '>' (servers write &gt;), so no block can end a comment or CDATA section begun before it.
@@ -54,12 +57,12 @@ class Blocks(NamedTuple):
     parse: Callable[[str], Optional[Any]]
 
 
-# -- RetrievePropertiesEx: ObjectContent --------------------------------------------------------
-
-
 def _uncaptured(pattern: str) -> str:
+    """The pattern with its groups made non-capturing (to repeat it inside another)."""
     return re.sub(r"\((?!\?)", "(?:", pattern)
 
+
+# -- RetrievePropertiesEx: ObjectContent --------------------------------------------------------
 
 _OBJ = re.compile(rf"<objects><obj({_ATTRS})>({_TEXT})</obj>")
 # customValue, the only array asked for: <CustomFieldValue xsi:type="CustomFieldStringValue">
@@ -110,8 +113,6 @@ _SERIES = (
     rf"<value{_ATTRS}><id><counterId>({_INT})</counterId>(?:<instance>{_TEXT}</instance>"
     rf"|<instance/>)</id>((?:<value>{_INT}</value>)+)</value>"
 )
-
-
 _METRIC = re.compile(
     rf"<returnval{_ATTRS}><entity{_ATTRS}>({_TEXT})</entity>"
     rf"((?:{_uncaptured(_SAMPLE)})*)((?:{_uncaptured(_SERIES)})*)</returnval>"

@@ -52,7 +52,7 @@ _T_FAULT = f"{{{_SOAP}}}Fault"
 _XSI_TYPE = f"{{{_XSI}}}type"
 
 
-Props = quick.Props  # property path -> str, or (type, moid) for a reference
+Props = quick.Props
 
 
 class Reply(NamedTuple):
