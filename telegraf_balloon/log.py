@@ -53,13 +53,14 @@ class Log:
         if self.debug_enabled:
             self._write("D! ", message)
 
-    def fault(self, key: str, message: str, level: str = "W") -> None:
+    def fault(self, key: str, message: str, level: str = "W", same: Optional[str] = None) -> None:
         """Log a fault under `key` once, until it clears or its message changes.
 
         Numbers do not make a new message: "still running after 1.2s" and "after 1.4s" are
-        the same fault going on.
+        the same fault going on. Messages given the same `same` are one fault, whatever
+        their words.
         """
-        shape = _NUMBER.sub("#", message)
+        shape = _NUMBER.sub("#", message if same is None else same)
         with self._lock:
             faults = self._faults
             if faults.get(key) == shape:

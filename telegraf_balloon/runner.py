@@ -23,6 +23,10 @@ from .model import Fields, HostInfo, PollResult, Sample, Source, Tags
 _TRIGGER = "trigger"
 _STOP = "stop"
 _DONE = "done"
+# A source's errors that the runner writes for a call that does not come back in time.
+_NO_ANSWER = "no answer within timeout"
+_BUSY = "previous poll still running"
+_HUNG = "hung"  # both are one fault to the log
 Point = tuple[str, Tags, Fields, int]  # measurement, tags, fields, time in ns
 WRITE_CHUNK = 100  # points per write of a batch (one flush per batch): about 60 kB of text
 
@@ -175,10 +179,7 @@ class Runner:
                 waiting.add(worker)
             else:
                 late = time.monotonic() - worker.busy_since
-                results[worker] = (
-                    PollResult(error=f"previous poll still running after {late:.1f}s"),
-                    0.0,
-                )
+                results[worker] = (PollResult(error=f"{_BUSY} after {late:.1f}s"), 0.0)
         while waiting and not self._stopping:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -191,7 +192,7 @@ class Runner:
         if self._stopping:
             return None
         for worker in waiting:
-            results[worker] = (PollResult(error=f"no answer within timeout {timeout:g}s"), timeout)
+            results[worker] = (PollResult(error=f"{_NO_ANSWER} {timeout:g}s"), timeout)
         with gc_paused():
             return self._judge(results, now, time_ns, judge_vms)
 
@@ -238,10 +239,15 @@ class Runner:
                     hosts = host_lines(result.samples, result.hosts)
                     self._judge_hosts(worker.key, hosts, now)
             else:
+                error = result.error or ""
                 worker.errors_total += 1
                 self.health.missed(worker.key)  # its VMs keep their state for a few polls
                 self.log.fault(
-                    worker.key, f"{source.kind} {source.instance}: {result.error}", level="E"
+                    worker.key,
+                    f"{source.kind} {source.instance}: {error}",
+                    level="E",
+                    # a hung call: the poll it missed and the ones it keeps busy are one fault
+                    same=_HUNG if error.startswith((_NO_ANSWER, _BUSY)) else None,
                 )
             status: Fields = {
                 "up": up,
