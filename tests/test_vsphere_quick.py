@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 from xml.sax.saxutils import escape, quoteattr
@@ -40,23 +41,14 @@ def _stream(data: bytes, reply: S.Reply, chunk: int) -> S.Stream:
     return S.Stream(lambda n: body.read(min(n, chunk)), reply)
 
 
-def objects(data: bytes, reply: S.Reply, chunk: int = S.CHUNK) -> tuple[Any, int]:
-    """(items, token, fault) of a RetrievePropertiesEx reply, and how many were read as text."""
-    stream = _stream(data, reply, chunk)
-    token: list[str] = []
-    try:
-        items: Any = list(S.parse_objects(stream, token))
-    except S.VsphereFault as fault:
-        items = ("fault", fault.fault, str(fault))
-    except ET.ParseError:
-        items = "not well-formed"
-    return (items, token), stream.taken
-
-
-def metrics(data: bytes, reply: S.Reply, chunk: int = S.CHUNK) -> tuple[Any, int]:
+def _read(
+    data: bytes, reply: S.Reply, parse: Callable[[S.Stream], Iterator[Any]], chunk: int
+) -> tuple[Any, int]:
+    """What `parse` gives of a reply (or its fault, or that it is not well-formed), and how
+    many elements were read as text."""
     stream = _stream(data, reply, chunk)
     try:
-        items: Any = list(S.parse_perf(stream))
+        items: Any = list(parse(stream))
     except S.VsphereFault as fault:
         items = ("fault", fault.fault, str(fault))
     except ET.ParseError:
@@ -64,21 +56,35 @@ def metrics(data: bytes, reply: S.Reply, chunk: int = S.CHUNK) -> tuple[Any, int
     return items, stream.taken
 
 
-def both_objects(data: bytes, chunk: int = S.CHUNK) -> int:
-    """Assert both ways agree; return how many objects the text parser read."""
-    quick, taken = objects(data, S.OBJECT_REPLY, chunk)
-    tree, none = objects(data, TREE_OBJECTS, chunk)
+def objects(data: bytes, reply: S.Reply, chunk: int = S.CHUNK) -> tuple[Any, int]:
+    """((items, token), how many read as text) of a RetrievePropertiesEx reply."""
+    token: list[str] = []
+    items, taken = _read(data, reply, lambda stream: S.parse_objects(stream, token), chunk)
+    return (items, token), taken
+
+
+def metrics(data: bytes, reply: S.Reply, chunk: int = S.CHUNK) -> tuple[Any, int]:
+    return _read(data, reply, S.parse_perf, chunk)
+
+
+def _both(
+    read: Callable[[bytes, S.Reply, int], tuple[Any, int]], data: bytes, reply: S.Reply, chunk: int
+) -> int:
+    """Assert the reply reads the same with the text parsers and by the tree alone; return
+    how many elements the text parsers read."""
+    quick, taken = read(data, reply, chunk)
+    tree, none = read(data, S.Reply(reply.wanted, None), chunk)
     assert none == 0
     assert quick == tree
     return taken
+
+
+def both_objects(data: bytes, chunk: int = S.CHUNK) -> int:
+    return _both(objects, data, S.OBJECT_REPLY, chunk)
 
 
 def both_metrics(data: bytes, chunk: int = S.CHUNK) -> int:
-    quick, taken = metrics(data, S.PERF_REPLY, chunk)
-    tree, none = metrics(data, TREE_PERF, chunk)
-    assert none == 0
-    assert quick == tree
-    return taken
+    return _both(metrics, data, S.PERF_REPLY, chunk)
 
 
 # -- the simulator's own replies ---------------------------------------------------------------
