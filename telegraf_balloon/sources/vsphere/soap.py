@@ -201,6 +201,8 @@ class Stream:
         self._read = read
         self._wanted = reply.wanted
         self._blocks = reply.blocks
+        # the placeholder's element name: the blocks' own (b"<objects>" -> b"objects")
+        self._name = reply.blocks.start[1:].rstrip(b">") if reply.blocks else b""
         self._parser: Any = ET.XMLPullParser(events=("end",))
         self._head = b""
         self._plain: Optional[bool] = None  # decided at the first block
@@ -249,10 +251,14 @@ class Stream:
             begin = data.find(start, at)
             stop = data.find(end, begin) if begin >= 0 else -1
             if stop < 0 or begin > at:
-                self._placeholder(run, start)
+                run = self._placeholder(run)
             if stop < 0:
-                keep = len(data) if final else begin if begin >= 0 else len(data) - len(start) + 1
-                keep = max(at, keep)
+                if final:
+                    keep = len(data)
+                elif begin >= 0:
+                    keep = begin  # a block begun: wait for its end
+                else:
+                    keep = max(at, len(data) - len(start) + 1)  # may begin a start tag
                 if keep > at:
                     feed(data[at:keep])
                 return data[keep:]
@@ -261,19 +267,21 @@ class Stream:
                 feed(data[at:begin])
             item = self._parse(data[begin:stop], parse)
             if item is None:
-                self._placeholder(run, start)
+                run = self._placeholder(run)
                 feed(data[begin:stop])
             else:
                 run.append(item)
             at = stop
 
-    def _placeholder(self, run: list[Any], start: bytes) -> None:
-        """Feed the placeholder of the blocks read since the last one (none: nothing)."""
-        if run:
-            self._runs += 1
-            self._read_here[str(self._runs)] = run[:]
-            run.clear()
-            self._parser.feed(_PLACEHOLDER % (start[1:].rstrip(b">"), self._runs))
+    def _placeholder(self, run: list[Any]) -> list[Any]:
+        """Feed the placeholder of the blocks read since the last one (none: nothing); return
+        the list for the next run."""
+        if not run:
+            return run
+        self._runs += 1
+        self._read_here[str(self._runs)] = run
+        self._parser.feed(_PLACEHOLDER % (self._name, self._runs))
+        return []
 
     def _parse(self, block: bytes, parse: Callable[[str], Optional[Any]]) -> Optional[Any]:
         if self._plain is None:
